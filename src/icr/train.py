@@ -1,0 +1,251 @@
+"""Stage 4, train: preference transfer with DPO + NLL on the chosen response.
+
+    loss = −log σ(β·[(log π(y_c|x) − log π_ref(y_c|x)) − (log π(y_r|x) − log π_ref(y_r|x))])
+           + λ · NLL(y_c | x)                    (NLL = token-mean cross-entropy of the chosen response)
+
+TRL's DPOTrainer does the optimisation (`loss_type=["sigmoid", "sft"]`, `loss_weights=[1, λ]`).
+The policy starts from the current model, which is also the reference. Reference log-probs are
+computed once, before training, by our scorer on exactly the tokens TRL trains on (same template,
+same end-of-turn, same `max_length` truncation) and stored keyed by the content they depend on; a
+spot check against TRL's own reference forward refuses stale or misaligned values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from icr.config import TrainConfig
+from icr.data import read_json, read_jsonl, write_json_atomic
+from icr.models import LoadedModel, load_model, tokenize_exchange
+from icr.scoring import ScoreGroup, score_group
+
+log = logging.getLogger(__name__)
+
+
+class StaleReferenceError(RuntimeError):
+    pass
+
+
+def _model_fingerprint(path: str) -> str:
+    """Content fingerprint of a model folder (file names, sizes, mtimes) or the Hub id itself."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return path
+    parts = sorted(f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in folder.iterdir() if p.is_file())
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+def _pair_tokens(tokenizer, pair: dict, max_length: int):
+    """(prompt ids, chosen ids, rejected ids) as TRL builds them, after keep_start truncation."""
+    instruction = pair["prompt"][0]["content"]
+    p_c, chosen = tokenize_exchange(tokenizer, instruction, pair["chosen"][0]["content"])
+    p_r, rejected = tokenize_exchange(tokenizer, instruction, pair["rejected"][0]["content"])
+    shared = min(len(p_c), len(p_r))
+    prompt = p_c[:shared]
+    room = max_length - shared
+    return prompt, (p_c[shared:] + chosen)[:room], (p_r[shared:] + rejected)[:room], (len(p_c) - shared,
+                                                                                     len(p_r) - shared)
+
+
+def reference_logps(reference: LoadedModel, pairs: list[dict], max_length: int, token_budget: int = 4096,
+                    per_token_nll: bool = False) -> list[dict]:
+    """ref_chosen_logps / ref_rejected_logps per pair (our scorer, TRL's tokens and truncation).
+    With `per_token_nll`, also the token-mean NLL of the chosen response."""
+    out = []
+    for pair in pairs:
+        prompt, chosen, rejected, starts = _pair_tokens(reference.tokenizer, pair, max_length)
+        per_token = score_group(reference.model, ScoreGroup(prompt, [chosen, rejected], list(starts)),
+                                token_budget, per_token=True)
+        row = {"ref_chosen_logps": float(sum(per_token[0])), "ref_rejected_logps": float(sum(per_token[1]))}
+        if per_token_nll:
+            row["chosen_nll"] = -sum(per_token[0]) / max(len(per_token[0]), 1)
+        out.append(row)
+    return out
+
+
+def usable_pairs(tokenizer, pairs: list[dict], max_length: int) -> list[dict]:
+    """Pairs TRL keeps: those whose prompt alone is shorter than max_length (it drops the others)."""
+    kept = [p for p in pairs if len(_pair_tokens(tokenizer, p, max_length)[0]) < max_length]
+    if len(kept) < len(pairs):
+        log.warning("%d pairs dropped: prompt alone reaches train.max_length=%d", len(pairs) - len(kept), max_length)
+    return kept
+
+
+def cached_reference_logps(reference: LoadedModel, pairs_file: Path, pairs: list[dict], config: TrainConfig,
+                           cache_dir: Path) -> list[dict]:
+    """Reference log-probs keyed by (pairs content, reference model content, max_length)."""
+    key = hashlib.sha256(
+        pairs_file.read_bytes() + _model_fingerprint(reference.path).encode() + str(config.max_length).encode()
+    ).hexdigest()[:20]
+    cache = cache_dir / f"ref_logps-{key}.json"
+    if cache.exists():
+        return read_json(cache)
+    values = reference_logps(reference, pairs, config.max_length)
+    write_json_atomic(cache, values)
+    return values
+
+
+def dpo_terms(policy: LoadedModel, pairs: list[dict], ref: list[dict], beta: float, max_length: int) -> dict:
+    """The DPO term, NLL term and reward margin/accuracy of `policy` on `pairs`, logged separately
+    (a large NLL weight can make the combined loss and reward metrics look better than they are)."""
+    cur = reference_logps(policy, pairs, max_length, per_token_nll=True)
+    margins = torch.tensor([beta * ((c["ref_chosen_logps"] - r["ref_chosen_logps"])
+                                    - (c["ref_rejected_logps"] - r["ref_rejected_logps"])) for c, r in zip(cur, ref)])
+    return {
+        "dpo_loss": float(-F.logsigmoid(margins).mean()),
+        "nll_loss": float(sum(c["chosen_nll"] for c in cur) / len(cur)),
+        "reward_margin": float(margins.mean()),
+        "reward_accuracy": float((margins > 0).float().mean()),
+    }
+
+
+def _make_trainer_class():
+    from trl import DPOTrainer
+
+    class ICRDPOTrainer(DPOTrainer):
+        """DPOTrainer that uses reference log-probs already present in the dataset."""
+
+        def _precompute_ref_logps(self, dataset, name, batch_size):
+            if "ref_chosen_logps" in dataset.column_names:
+                return dataset
+            return super()._precompute_ref_logps(dataset, name, batch_size)
+
+    return ICRDPOTrainer
+
+
+def _spot_check(trainer, dataset, tolerance: float = 1e-2) -> None:
+    """Refuse precomputed reference log-probs that disagree with TRL's own reference forward."""
+    batch = trainer.data_collator([dataset[i] for i in range(min(2, len(dataset)))])
+    batch = {k: v.to(trainer.model.device) if hasattr(v, "to") else v for k, v in batch.items()}
+    chosen, rejected = trainer.compute_ref_log_probs(trainer.model, batch)
+    want = torch.cat([chosen, rejected]).float().cpu()
+    have = torch.cat([batch["ref_chosen_logps"], batch["ref_rejected_logps"]]).float().cpu()
+    gap = float((want - have).abs().max())
+    if gap > tolerance + 1e-4 * float(want.abs().max()):
+        raise StaleReferenceError(
+            f"precomputed reference log-probs differ from the reference model by {gap:.4g} nats: stale or "
+            "misaligned cache; delete it and train again"
+        )
+
+
+def dpo_config(config: TrainConfig, output_dir: str, n_pairs: int):
+    from trl import DPOConfig
+
+    use_cpu = not torch.cuda.is_available()
+    return DPOConfig(
+        output_dir=output_dir,
+        beta=config.beta,
+        loss_type=["sigmoid", "sft"] if config.nll_weight > 0 else ["sigmoid"],
+        loss_weights=[1.0, config.nll_weight] if config.nll_weight > 0 else None,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_ratio,  # transformers 5: a float < 1 is a share of the steps
+        num_train_epochs=config.epochs,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        max_length=config.max_length,
+        seed=config.seed,
+        data_seed=config.seed,
+        precompute_ref_log_probs=config.precompute_ref,
+        gradient_checkpointing=config.gradient_checkpointing,
+        bf16=not use_cpu and torch.cuda.is_bf16_supported(),
+        use_cpu=use_cpu,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+
+
+def _lora(config: TrainConfig):
+    if not config.lora.enabled:
+        return None
+    from peft import LoraConfig as PeftLoraConfig
+
+    lora = config.lora
+    return PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                          target_modules=lora.target_modules, task_type="CAUSAL_LM")
+
+
+def train_dpo(model_spec: str, pairs_file: Path, out_dir: Path, config: TrainConfig, device: str = "auto",
+              trust_remote_code: bool = False) -> dict:
+    """Train π^{t+1} from π^t (= reference) on a pairs file; save a model folder at `out_dir`.
+
+    The folder appears complete or not at all (written beside it, then renamed). Metrics go to
+    `out_dir/train_metrics.json`: TRL's log history plus the DPO and NLL terms before and after."""
+    from datasets import Dataset
+
+    pairs = read_jsonl(pairs_file)
+    if not pairs:
+        raise ValueError(f"{pairs_file}: no preference pairs to train on")
+    lm = load_model(model_spec, device=device, dtype="float32" if device == "cpu" else "auto",
+                    trust_remote_code=trust_remote_code)
+    pairs = usable_pairs(lm.tokenizer, pairs, config.max_length)
+    work = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    ref = cached_reference_logps(lm, pairs_file, pairs, config, out_dir.parent / "cache")
+    before = dpo_terms(lm, pairs, ref, config.beta, config.max_length)
+    rows = [{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"], **r} for p, r in zip(pairs, ref)]
+    dataset = Dataset.from_list(rows if config.precompute_ref else [{k: r[k] for k in ("prompt", "chosen",
+                                                                                        "rejected")} for r in rows])
+    lm.model.train()
+    trainer = _make_trainer_class()(
+        model=lm.model, args=dpo_config(config, str(work / "trainer"), len(pairs)), train_dataset=dataset,
+        processing_class=lm.tokenizer, peft_config=_lora(config),
+    )
+    if config.precompute_ref:
+        _spot_check(trainer, trainer.train_dataset)
+    result = trainer.train()
+    model = trainer.model
+    if config.lora.enabled and config.lora.merge:
+        model = model.merge_and_unload()
+    model.eval()
+    try:
+        model.save_pretrained(work / "model", safe_serialization=True)
+        lm.tokenizer.save_pretrained(work / "model")
+        trained = LoadedModel(model=model, tokenizer=lm.tokenizer, spec=str(out_dir), path=str(work / "model"))
+        after = dpo_terms(trained, pairs, ref, config.beta, config.max_length) if not config.lora.enabled or \
+            config.lora.merge else None
+        metrics = {
+            "pairs": len(pairs),
+            "train_runtime_s": result.metrics.get("train_runtime"),
+            "steps": trainer.state.global_step,
+            "before": before,
+            "after": after,
+            "log_history": trainer.state.log_history,
+            "loss_definition": "sigmoid DPO + nll_weight * token-mean NLL of the chosen response",
+            "config": config.model_dump(),
+        }
+        write_json_atomic(work / "model" / "train_metrics.json", _finite(metrics))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(work / "model", out_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return metrics
+
+
+def _finite(obj):
+    """JSON-safe copy: NaN/inf become None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def load_metrics(model_dir: Path) -> dict:
+    return json.loads((model_dir / "train_metrics.json").read_text())
