@@ -157,7 +157,7 @@ def dpo_config(config: TrainConfig, output_dir: str, n_pairs: int):
         seed=config.seed,
         data_seed=config.seed,
         precompute_ref_log_probs=config.precompute_ref,
-        gradient_checkpointing=config.gradient_checkpointing,
+        **({"gradient_checkpointing": True} if config.gradient_checkpointing else {}),
         bf16=not use_cpu and torch.cuda.is_bf16_supported(),
         use_cpu=use_cpu,
         logging_steps=1,

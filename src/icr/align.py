@@ -1,0 +1,62 @@
+"""Stage 0, for users without an English DPO model: English DPO from a reference/SFT model.
+
+The English preference data (TRL's format: `prompt`, `chosen`, `rejected`, as strings or as
+messages) is converted to the conversational pairs format of `icr.pairs` and trained with the same
+`icr.train.train_dpo` as the ICR iterations, so stage 0 and stage 4 cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from icr.config import TrainConfig
+from icr.data import DataError, embedded_path, read_json, read_jsonl, write_jsonl_atomic
+from icr.train import train_dpo
+
+
+def _as_messages(value, role: str) -> list[dict]:
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return value
+    raise DataError(f"expected a string or a list of messages, got {type(value).__name__}")
+
+
+def load_english_preferences(source: str, split: str | None = "train") -> list[dict]:
+    """Rows with conversational `prompt`/`chosen`/`rejected`, from a file, a Hub id or 'embedded:demo'.
+
+    Rows carrying a `split` field are kept only if it equals `split`."""
+    if source.startswith("embedded:"):
+        rows = read_jsonl(embedded_path(source.split(":", 1)[1]) / "english_preferences.jsonl")
+    elif Path(source).is_file():
+        rows = read_jsonl(source) if source.endswith(".jsonl") else read_json(source)
+    else:
+        try:
+            from datasets import load_dataset
+
+            rows = list(load_dataset(source, split=split or "train"))
+        except Exception as err:
+            raise DataError(f"{source}: not a file, and loading it as a Hub dataset failed: {err}") from None
+    pairs = []
+    for k, row in enumerate(rows, start=1):
+        if split and "split" in row and row["split"] != split:
+            continue
+        missing = [f for f in ("prompt", "chosen", "rejected") if f not in row]
+        if missing:
+            raise DataError(f"{source}: row {k}: missing {', '.join(missing)}")
+        pairs.append({"id": str(row.get("id", k)), "lang": "en", "prompt": _as_messages(row["prompt"], "user"),
+                      "chosen": _as_messages(row["chosen"], "assistant"),
+                      "rejected": _as_messages(row["rejected"], "assistant")})
+    if not pairs:
+        raise DataError(f"{source}: no preference pairs (split={split!r})")
+    return pairs
+
+
+def align_english(model_spec: str, source: str, out_dir: Path, config: TrainConfig, split: str | None = "train",
+                  device: str = "auto") -> dict:
+    """Train π_dpo from `model_spec` on English preferences; returns the training metrics."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    pairs_file = out_dir.parent / f"{out_dir.name}-english-pairs.jsonl"
+    write_jsonl_atomic(pairs_file, load_english_preferences(source, split))
+    return train_dpo(model_spec, pairs_file, out_dir, config, device=device)
