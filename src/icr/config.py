@@ -77,6 +77,8 @@ class GenerateConfig(StrictModel):
     temperature: float = Field(0.9, gt=0, description="Sampling temperature (paper: 0.9).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (paper: 1.0).")
     max_new_tokens: int = Field(512, ge=1, description="Token limit per response.")
+    batch_prompts: int = Field(8, ge=1, description="Prompts decoded together (each with its n samples); "
+                               "fixed chunks of the prompt list, so results do not depend on resumption.")
     backend: Literal["hf", "vllm"] = Field("hf", description="Generation backend.")
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor-parallel size.")
 

@@ -43,8 +43,32 @@ class Generator(Protocol):
     def prompt_length(self, instruction: str) -> int: ...
 
 
+class RowSeededSampler:
+    """Logits processor that samples each row from its own seeded stream (Gumbel-max trick).
+
+    argmax(logits/T + Gumbel noise), after top-p filtering, is a draw from the temperature/top-p
+    distribution; the noise of row i at step k depends only on row i's seed, so a prompt's samples
+    do not depend on which other prompts share its batch. Used with greedy decoding."""
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float, device):
+        from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+        self.warpers = [TemperatureLogitsWarper(temperature)] + ([TopPLogitsWarper(top_p)] if top_p < 1 else [])
+        self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.float()
+        for warp in self.warpers:
+            scores = warp(input_ids, scores)
+        uniform = torch.stack([torch.rand(scores.shape[1], generator=g, device=scores.device)
+                               for g in self.generators])
+        gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-20)))
+        return scores + gumbel
+
+
 class HFGenerator:
-    """transformers backend: prefill the prompt once, expand its cache to n rows, sample."""
+    """transformers backend: prefill a batch of prompts once, expand each prompt's cache to its
+    n rows, decode. Rows draw from per-row seeded streams (`RowSeededSampler`)."""
 
     def __init__(self, lm: LoadedModel, config: GenerateConfig):
         self.lm, self.config = lm, config
@@ -53,29 +77,42 @@ class HFGenerator:
     def prompt_length(self, instruction: str) -> int:
         return len(prompt_ids(self.lm.tokenizer, instruction))
 
-    @torch.no_grad()
     def sample(self, instruction: str, n: int, seed: int) -> list[Sample]:
+        return self.sample_batch([instruction], n, [seed])[0]
+
+    @torch.no_grad()
+    def sample_batch(self, instructions: list[str], n: int, seeds: list[int]) -> list[list[Sample]]:
+        """n samples for each instruction; sample j of prompt i uses the stream seeded (seeds[i], j)."""
+        from transformers import LogitsProcessorList
+
         model, tok, cfg = self.lm.model, self.lm.tokenizer, self.config
-        ids = torch.tensor([prompt_ids(tok, instruction)], device=self.lm.device)
+        encoded = [prompt_ids(tok, text) for text in instructions]
+        width = max(len(e) for e in encoded)
+        pad = tok.pad_token_id
+        # Left padding: every prompt ends at the same column, where generation starts.
+        ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=self.lm.device)
+        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=self.lm.device)
         kwargs = {}
-        if ids.shape[1] > 1:  # the last prompt token is fed by generate(); the rest is cached once
-            cache = model(input_ids=ids[:, :-1], use_cache=True).past_key_values
+        if width > 1:  # the last prompt token is fed by generate(); the rest is computed once per prompt
+            positions = (mask.cumsum(-1) - 1).clamp_min(0)
+            cache = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
+                          use_cache=True).past_key_values
             cache.batch_repeat_interleave(n)
             kwargs["past_key_values"] = cache
-        torch.manual_seed(seed)
+        row_seeds = [seed * 1000 + j for seed in seeds for j in range(n)]
         out = model.generate(
-            input_ids=ids.repeat(n, 1),
-            attention_mask=torch.ones(n, ids.shape[1], dtype=torch.long, device=ids.device),
-            do_sample=True,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            top_k=0,
+            input_ids=ids.repeat_interleave(n, 0),
+            attention_mask=mask.repeat_interleave(n, 0),
+            do_sample=False,
+            logits_processor=LogitsProcessorList([RowSeededSampler(row_seeds, cfg.temperature, cfg.top_p,
+                                                                   self.lm.device)]),
             max_new_tokens=cfg.max_new_tokens,
             eos_token_id=self.stop_ids,
-            pad_token_id=tok.pad_token_id,
+            pad_token_id=pad,
             **kwargs,
         )
-        return [self._decode(row) for row in out[:, ids.shape[1] :].tolist()]
+        rows = [self._decode(row) for row in out[:, width:].tolist()]
+        return [rows[i * n : (i + 1) * n] for i in range(len(instructions))]
 
     def _decode(self, tokens: list[int]) -> Sample:
         stops = set(self.stop_ids)
@@ -149,25 +186,46 @@ def generate_language(
 ) -> list[dict]:
     """Sample for every prompt not yet in `out_file` (appending), then rewrite it in prompt order.
 
-    A prompt longer than `max_prompt_tokens` is not truncated: it gets a record with no responses
-    and a `skipped` reason, so it is visible downstream and never silently lost."""
+    Prompts are decoded in fixed chunks of `config.batch_prompts` (chunk k always holds the same
+    prompts), and a chunk left incomplete by a crash is decoded again whole, so a resumed run
+    writes exactly what an uninterrupted one would. A prompt longer than `max_prompt_tokens` is not
+    truncated: it gets a record with no responses and a `skipped` reason, never silently lost."""
     done = {r["id"] for r in read_jsonl(out_file, repair=True)}
     rank, world = shard
-    todo = [p for k, p in enumerate(prompts) if k % world == rank and p.id not in done]
-    with JsonlAppender(out_file) as out:
-        for prompt in tqdm(todo, desc=f"generate {prompts[0].lang if prompts else ''}", unit="prompt",
-                           initial=len(done), total=len(done) + len(todo)):
-            p_seed = prompt_seed(seed, iteration, prompt.lang, prompt.id)
-            n_prompt = generator.prompt_length(prompt.text)
-            if n_prompt > max_prompt_tokens:
-                log.warning("%s/%s: prompt has %d tokens > %d: skipped", prompt.lang, prompt.id, n_prompt,
-                            max_prompt_tokens)
-                record = generation_record(prompt, [], p_seed)
-                record["skipped"] = f"prompt has {n_prompt} tokens > data.max_prompt_tokens={max_prompt_tokens}"
-            else:
-                record = generation_record(prompt, generator.sample(prompt.text, config.n, p_seed), p_seed)
-            out.write(record)
+    chunks = [prompts[k : k + config.batch_prompts] for k in range(0, len(prompts), config.batch_prompts)]
+    mine = [c for k, c in enumerate(chunks) if k % world == rank and any(p.id not in done for p in c)]
+    lang = prompts[0].lang if prompts else ""
+    with JsonlAppender(out_file) as out, tqdm(total=len(prompts), initial=len(done), unit="prompt",
+                                               desc=f"generate {lang}") as bar:
+        for chunk in mine:
+            seeds = {p.id: prompt_seed(seed, iteration, p.lang, p.id) for p in chunk}
+            lengths = {p.id: generator.prompt_length(p.text) for p in chunk}
+            fits = [p for p in chunk if lengths[p.id] <= max_prompt_tokens]
+            samples = _sample_chunk(generator, fits, config.n, [seeds[p.id] for p in fits])
+            for p in chunk:
+                if p.id in done:
+                    continue
+                if p.id in samples:
+                    record = generation_record(p, samples[p.id], seeds[p.id])
+                else:
+                    log.warning("%s/%s: prompt has %d tokens > %d: skipped", lang, p.id, lengths[p.id],
+                                max_prompt_tokens)
+                    record = generation_record(p, [], seeds[p.id])
+                    record["skipped"] = (f"prompt has {lengths[p.id]} tokens > "
+                                         f"data.max_prompt_tokens={max_prompt_tokens}")
+                out.write(record)
+                bar.update(1)
     return finalize_in_order(out_file, [p.id for p in prompts])
+
+
+def _sample_chunk(generator: Generator, prompts: list[Prompt], n: int, seeds: list[int]) -> dict[str, list]:
+    if not prompts:
+        return {}
+    if hasattr(generator, "sample_batch"):
+        batches = generator.sample_batch([p.text for p in prompts], n, seeds)
+    else:
+        batches = [generator.sample(p.text, n, s) for p, s in zip(prompts, seeds)]
+    return {p.id: b for p, b in zip(prompts, batches)}
 
 
 def finalize_in_order(path: Path, order: list[str]) -> list[dict]:

@@ -85,25 +85,25 @@ def cached_reference_logps(reference: LoadedModel, pairs_file: Path, pairs: list
                            cache_dir: Path) -> list[dict]:
     """Reference log-probs keyed by (pairs content, reference model content, max_length)."""
     key = hashlib.sha256(
-        pairs_file.read_bytes() + _model_fingerprint(reference.path).encode() + str(config.max_length).encode()
+        pairs_file.read_bytes() + _model_fingerprint(reference.path).encode() + f"{config.max_length}|nll".encode()
     ).hexdigest()[:20]
     cache = cache_dir / f"ref_logps-{key}.json"
     if cache.exists():
         return read_json(cache)
-    values = reference_logps(reference, pairs, config.max_length)
+    values = reference_logps(reference, pairs, config.max_length, per_token_nll=True)
     write_json_atomic(cache, values)
     return values
 
 
-def dpo_terms(policy: LoadedModel, pairs: list[dict], ref: list[dict], beta: float, max_length: int) -> dict:
-    """The DPO term, NLL term and reward margin/accuracy of `policy` on `pairs`, logged separately
-    (a large NLL weight can make the combined loss and reward metrics look better than they are)."""
-    cur = reference_logps(policy, pairs, max_length, per_token_nll=True)
+def dpo_terms(current: list[dict], ref: list[dict], beta: float) -> dict:
+    """The DPO term, NLL term and reward margin/accuracy, from the policy's log-probs (`current`,
+    with `chosen_nll`) and the reference's. Logged separately: a large NLL weight can make the
+    combined loss and the reward metrics look better than they are."""
     margins = torch.tensor([beta * ((c["ref_chosen_logps"] - r["ref_chosen_logps"])
-                                    - (c["ref_rejected_logps"] - r["ref_rejected_logps"])) for c, r in zip(cur, ref)])
+                                    - (c["ref_rejected_logps"] - r["ref_rejected_logps"])) for c, r in zip(current, ref)])
     return {
         "dpo_loss": float(-F.logsigmoid(margins).mean()),
-        "nll_loss": float(sum(c["chosen_nll"] for c in cur) / len(cur)),
+        "nll_loss": float(sum(c["chosen_nll"] for c in current) / len(current)),
         "reward_margin": float(margins.mean()),
         "reward_accuracy": float((margins > 0).float().mean()),
     }
@@ -195,10 +195,10 @@ def train_dpo(model_spec: str, pairs_file: Path, out_dir: Path, config: TrainCon
     pairs = usable_pairs(lm.tokenizer, pairs, config.max_length)
     work = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
     ref = cached_reference_logps(lm, pairs_file, pairs, config, out_dir.parent / "cache")
-    before = dpo_terms(lm, pairs, ref, config.beta, config.max_length)
-    rows = [{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"], **r} for p, r in zip(pairs, ref)]
-    dataset = Dataset.from_list(rows if config.precompute_ref else [{k: r[k] for k in ("prompt", "chosen",
-                                                                                        "rejected")} for r in rows])
+    before = dpo_terms(ref, ref, config.beta)  # the policy starts as the reference
+    keep = ("prompt", "chosen", "rejected") + (("ref_chosen_logps", "ref_rejected_logps") if config.precompute_ref
+                                               else ())
+    dataset = Dataset.from_list([{k: {**p, **r}[k] for k in keep} for p, r in zip(pairs, ref)])
     lm.model.train()
     trainer = _make_trainer_class()(
         model=lm.model, args=dpo_config(config, str(work / "trainer"), len(pairs)), train_dataset=dataset,
@@ -215,8 +215,9 @@ def train_dpo(model_spec: str, pairs_file: Path, out_dir: Path, config: TrainCon
         model.save_pretrained(work / "model", safe_serialization=True)
         lm.tokenizer.save_pretrained(work / "model")
         trained = LoadedModel(model=model, tokenizer=lm.tokenizer, spec=str(out_dir), path=str(work / "model"))
-        after = dpo_terms(trained, pairs, ref, config.beta, config.max_length) if not config.lora.enabled or \
-            config.lora.merge else None
+        after = None
+        if not config.lora.enabled or config.lora.merge:
+            after = dpo_terms(reference_logps(trained, pairs, config.max_length, per_token_nll=True), ref, config.beta)
         metrics = {
             "pairs": len(pairs),
             "train_runtime_s": result.metrics.get("train_runtime"),

