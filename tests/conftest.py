@@ -80,3 +80,18 @@ def tiny_ref_lm(tiny_ref_dir):
     from icr.models import load_model
 
     return load_model(str(tiny_ref_dir), device="cpu")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_for_tiny_models(request):
+    """Tiny models run faster on one thread (two threads mostly synchronise on 64-wide matrices,
+    badly so on a loaded machine); tests of the real model keep the default."""
+    import torch
+
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

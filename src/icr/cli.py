@@ -22,8 +22,11 @@ def _option_name(dotted: str) -> str:
     return dotted.replace(".", "__")
 
 
-def _is_list(annotation) -> bool:
-    return get_origin(annotation) is list or any(get_origin(a) is list for a in get_args(annotation))
+def _accepted_types(annotation) -> tuple:
+    """The types a field accepts: (list[str],) for a list, (str, NoneType) for `str | None`, ..."""
+    if get_origin(annotation) is list:
+        return (annotation,)
+    return get_args(annotation) or (annotation,)
 
 
 def config_options(func):
@@ -39,12 +42,25 @@ def config_options(func):
 
 
 def _parse_value(raw: str, annotation) -> Any:
-    value = yaml.safe_load(raw) if raw.strip() else raw
-    if _is_list(annotation) and isinstance(value, str):
-        value = [v.strip() for v in value.split(",") if v.strip()]
-    if annotation is str and not isinstance(value, str):
-        value = raw  # a run name like "2024" or "yes" stays a string
-    return value
+    """A flag's text as the field's value. Strings are taken verbatim (templates, ids, 'no' the
+    Norwegian code); lists are 'a,b' or '[a, b]'; other values are YAML scalars ('true', '1e-6')."""
+    accepted = _accepted_types(annotation)
+    is_list = any(get_origin(t) is list for t in accepted)
+    if type(None) in accepted and raw.strip().lower() in ("null", "none", "~"):
+        return None
+    if is_list:
+        text = raw.strip()
+        if text.startswith("[") and text.endswith("]"):
+            text = text[1:-1]
+        elif str in accepted and "," not in text:
+            return raw  # e.g. LoRA's 'all-linear' shorthand, which PEFT only expands as a string
+        return [v.strip().strip("'\"") for v in text.split(",") if v.strip()]
+    if str in accepted:
+        return raw
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise click.UsageError(f"cannot read {raw!r}: {err}") from None
 
 
 def resolve_config(config_path: str | None, options: dict[str, Any]) -> RunConfig:

@@ -98,6 +98,17 @@ class RewardConfig(StrictModel):
         "({instruction}, {language}); English prompts are scored under the plain instruction.",
     )
     token_budget: int = Field(4096, ge=64, description="Max tokens per scoring forward pass.")
+
+    @field_validator("crosslingual_template")
+    @classmethod
+    def _template_fields(cls, value: str) -> str:
+        try:
+            value.format(instruction="", language="")
+        except (KeyError, IndexError, ValueError) as err:
+            raise ValueError(f"only {{instruction}} and {{language}} may be used: {err!r}") from None
+        if "{instruction}" not in value:
+            raise ValueError("the template must contain {instruction}")
+        return value
     translate_max_new_tokens: int = Field(512, ge=1, description="Token limit for translations.")
 
 

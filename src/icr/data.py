@@ -212,6 +212,8 @@ def _read_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
 def _pick_id_field(path: Path, records: list[tuple[str, dict]], id_field: str | None) -> str:
     if id_field:
         return id_field
+    if not records:
+        raise DataError(f"{path}: no prompts")
     first = records[0][1] if records else {}
     for candidate in ("instruction_id", "id"):
         if isinstance(first, dict) and candidate in first:

@@ -37,9 +37,9 @@ class DemoSize:
 
 
 FULL = DemoSize(None, 1.0, None, None, ("es", "de", "fr", "ru"), {})
-QUICK = DemoSize(16, 1.0, 8, 4, ("es", "de"), {
-    "data.languages": ["en", "es"], "data.limit": 3, "generate.n": 2, "generate.max_new_tokens": 12,
-    "train.max_length": 160,
+QUICK = DemoSize(8, 1.0, 4, 3, ("es", "de"), {
+    "data.languages": ["en", "es"], "data.limit": 2, "generate.n": 3, "generate.max_new_tokens": 10,
+    "train.max_length": 128,
 })
 
 

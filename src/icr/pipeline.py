@@ -59,12 +59,13 @@ class RunDir:
         self.root.mkdir(parents=True, exist_ok=True)
         self.manifest = read_json(self.manifest_path) if self.manifest_path.exists() else {
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "stages": {}}
-        self.manifest["versions"] = library_versions()
-        self.manifest["config_hash"] = config.section_hash(*STAGE_SECTIONS["train"], "reward")
-        (self.root / "config.yaml").write_text(dump_config(config), encoding="utf-8")
-        self._save()
 
     def _save(self) -> None:
+        """Record the config and versions that produced the finished stages (only when one finishes,
+        so a refused config never overwrites the description of a run)."""
+        self.manifest["versions"] = library_versions()
+        self.manifest["config_hash"] = self.config.section_hash(*STAGE_SECTIONS["train"])
+        (self.root / "config.yaml").write_text(dump_config(self.config), encoding="utf-8")
         write_json_atomic(self.manifest_path, self.manifest)
 
     def iter_dir(self, t: int) -> Path:

@@ -91,7 +91,7 @@ def write_report(output_dir: Path, run: RunDir, accuracy: dict, timings: dict, q
     data = {"quick": quick, "accuracy": accuracy, "iterations": rows, "training": train,
             "stage0": {"pairs": stage0["pairs"], "steps": stage0["steps"], "before": stage0["before"],
                        "after": stage0["after"]},
-            "timings_s": timings, "run_dir": str(run.root), "versions": run.manifest["versions"]}
+            "timings_s": timings, "run_dir": str(run.root), "versions": run.manifest.get("versions", {})}
     write_json_atomic(output_dir / "report.json", data)
     _plot_accuracy(accuracy, output_dir / "reward_accuracy.png")
     _plot_iterations(rows, output_dir / "iterations.png")

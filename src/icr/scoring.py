@@ -111,7 +111,7 @@ def score_group(
         if width > 0:
             pad = group.completions[rows[0]][0]
             inputs = torch.tensor(
-                [group.completions[i][:-1] + [pad] * (width - lengths[i] + 1) for i in rows], device=device
+                [group.completions[i][:-1] + [pad] * (width - max(lengths[i] - 1, 0)) for i in rows], device=device
             )
             cache = copy.deepcopy(prefix.past_key_values)
             cache.batch_repeat_interleave(len(rows))

@@ -64,8 +64,10 @@ def reference_logps(reference: LoadedModel, pairs: list[dict], max_length: int, 
     out = []
     for pair in pairs:
         prompt, chosen, rejected, starts = _pair_tokens(reference.tokenizer, pair, max_length)
-        per_token = score_group(reference.model, ScoreGroup(prompt, [chosen, rejected], list(starts)),
-                                token_budget, per_token=True)
+        # Every token after the shared prompt counts, as in TRL's completion mask (which also covers
+        # a prompt tail that merged with the response, see `tokenize_exchange`).
+        per_token = score_group(reference.model, ScoreGroup(prompt, [chosen, rejected]), token_budget,
+                                per_token=True)
         row = {"ref_chosen_logps": float(sum(per_token[0])), "ref_rejected_logps": float(sum(per_token[1]))}
         if per_token_nll:
             row["chosen_nll"] = -sum(per_token[0]) / max(len(per_token[0]), 1)

@@ -1,0 +1,135 @@
+"""The command line: every config field is a flag, values parse as YAML scalars or lists."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from icr.cli import _parse_value, main, resolve_config
+from icr.config import iter_fields
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """`icr` configures the root logger (force=True); give the other tests theirs back."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def config_yaml(*args: str) -> dict:
+    result = invoke("config", *args)
+    assert result.exit_code == 0, result.output
+    return yaml.safe_load(result.output)
+
+
+def test_config_prints_the_resolved_yaml():
+    tree = config_yaml()
+    assert tree["generate"]["n"] == 10 and tree["reward"]["mode"] == "crosslingual"
+    assert set(tree) >= {"models", "data", "generate", "reward", "pairs", "train"}
+
+
+def test_flags_parse():
+    tree = config_yaml("--generate.n", "4", "--data.languages", "en,es", "--pairs.max_chosen_score", "null",
+                       "--reward.beta", "1e-2", "--pairs.length_control", "false", "--train.lora.enabled", "true",
+                       "--name", "2024")
+    assert tree["generate"]["n"] == 4
+    assert tree["data"]["languages"] == ["en", "es"]
+    assert tree["pairs"]["max_chosen_score"] is None
+    assert tree["reward"]["beta"] == 0.01
+    assert tree["pairs"]["length_control"] is False and tree["train"]["lora"]["enabled"] is True
+    assert tree["name"] == "2024"  # a str field stays a string
+
+
+def test_max_chosen_score_number_then_null(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("pairs:\n  max_chosen_score: 2.5\ngenerate:\n  n: 3\n")
+    assert config_yaml("--config", str(path))["pairs"]["max_chosen_score"] == 2.5
+    tree = config_yaml("--config", str(path), "--pairs.max_chosen_score", "null")
+    assert tree["pairs"]["max_chosen_score"] is None and tree["generate"]["n"] == 3  # file kept, flag wins
+
+
+def test_yaml_list_syntax_and_single_language():
+    assert config_yaml("--data.languages", "[en, de]")["data"]["languages"] == ["en", "de"]
+    assert config_yaml("--data.languages", "en")["data"]["languages"] == ["en"]
+    assert config_yaml("--data.languages", "en, fr ,ru")["data"]["languages"] == ["en", "fr", "ru"]
+
+
+def test_invalid_values_are_usage_errors_naming_the_field():
+    result = CliRunner().invoke(main, ["config", "--generate.n", "1"])
+    assert result.exit_code == 2 and "generate.n" in result.output
+    result = CliRunner().invoke(main, ["config", "--data.languages", "en,xx"])
+    assert result.exit_code == 2 and "data.languages" in result.output and "xx" in result.output
+    result = CliRunner().invoke(main, ["config", "--generate.bogus", "1"])
+    assert result.exit_code == 2 and "bogus" in result.output
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", "../up"])
+def test_run_name_with_slash_or_dotdot_refused(name):
+    result = CliRunner().invoke(main, ["config", "--name", name])
+    assert result.exit_code == 2 and "name" in result.output
+
+
+def test_every_config_field_is_a_flag():
+    help_text = invoke("config", "--help").output
+    for dotted, _, _ in iter_fields():
+        assert f"--{dotted}" in help_text
+
+
+def test_stage_commands_exist():
+    out = invoke("--help").output
+    for command in ("generate", "reward", "pairs", "train", "run", "config", "align-english", "reward-accuracy"):
+        assert command in out
+
+
+def test_stage_command_validates_before_running(tmp_path):
+    result = CliRunner().invoke(main, ["generate", "--output_dir", str(tmp_path), "--reward.beta", "-1"])
+    assert result.exit_code == 2 and "reward.beta" in result.output
+    assert not any(tmp_path.iterdir())  # nothing was created
+
+
+def test_parse_value_rules():
+    from typing import Optional
+
+    assert _parse_value("4", int) == 4
+    assert _parse_value("null", Optional[float]) is None
+    assert _parse_value("a,b", list[str]) == ["a", "b"]
+    assert _parse_value("yes", str) == "yes"
+    assert _parse_value("0.5", float) == 0.5
+
+
+def test_resolve_config_ignores_unset_flags():
+    cfg = resolve_config(None, {"generate__n": None, "generate__temperature": "0.5"})
+    assert cfg.generate.n == 10 and cfg.generate.temperature == 0.5
+
+
+def test_norwegian_language_code_is_not_read_as_a_yaml_boolean():
+    """'no' is ISO 639-1 Norwegian; YAML 1.1 reads a bare `no` as false."""
+    assert config_yaml("--data.languages", "en,no")["data"]["languages"] == ["en", "no"]
+    assert config_yaml("--data.languages", "no", "--reward.mode", "multilingual")["data"]["languages"] == ["no"]
+
+
+def test_string_flags_are_taken_verbatim():
+    """A string field's value is text, not YAML: templates with ':' or brackets, numeric-looking ids."""
+    template = "{instruction}\n\nAnswer in {language}: please"
+    assert config_yaml("--reward.crosslingual_template", template)["reward"]["crosslingual_template"] == template
+    template = "{instruction} [in {language}]"
+    assert config_yaml("--reward.crosslingual_template", template)["reward"]["crosslingual_template"] == template
+    assert config_yaml("--data.id_field", "42")["data"]["id_field"] == "42"
+    assert config_yaml("--models.translator", "null")["models"]["translator"] is None
+
+
+def test_lora_all_linear_stays_the_peft_shorthand():
+    """PEFT expands target_modules='all-linear' only when it is a string, not ['all-linear']."""
+    assert config_yaml("--train.lora.target_modules", "all-linear")["train"]["lora"]["target_modules"] == "all-linear"
+    assert config_yaml("--train.lora.target_modules", "q_proj,v_proj")["train"]["lora"]["target_modules"] == [
+        "q_proj", "v_proj"]

@@ -1,0 +1,209 @@
+"""The run directory: stages recorded in the manifest, byte-identical resumption, refused config changes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import icr.generate
+import icr.models
+import icr.pipeline
+import icr.reward
+from icr.config import ConfigError, load_config
+from icr.data import read_json, read_jsonl
+from icr.pipeline import RunDir, run_stage
+
+LANGS = ("en", "es")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one thread is much faster than two on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_config(tiny_dir, tiny_ref_dir, output_dir: Path, name: str, **overrides):
+    tree = {
+        "name": name, "output_dir": str(output_dir), "iterations": 1,
+        "models.policy": str(tiny_dir), "models.reference": str(tiny_ref_dir), "models.device": "cpu",
+        "models.dtype": "float32",
+        "data.prompts": "embedded:demo", "data.languages": list(LANGS), "data.limit": 3,
+        "generate.n": 2, "generate.max_new_tokens": 6, "generate.batch_prompts": 1,
+        "pairs.language_filter": False,
+    }
+    tree.update(overrides)
+    return load_config(overrides=tree)
+
+
+def output_files(root: Path) -> dict[str, bytes]:
+    it = root / "iter_0"
+    files = [it / "generations" / f"{lang}.jsonl" for lang in LANGS]
+    files += [it / "rewards" / f"{lang}.jsonl" for lang in LANGS]
+    files += [it / "pairs.jsonl", it / "pairs_stats.json"]
+    return {str(f.relative_to(root)): f.read_bytes() for f in files}
+
+
+def finished(root: Path) -> set[str]:
+    path = root / "manifest.json"
+    return set(read_json(path)["stages"]) if path.exists() else set()
+
+
+def run_three(cfg):
+    for stage in ("generate", "reward", "pairs"):
+        run = run_stage(cfg, stage)
+    return run
+
+
+@pytest.fixture(scope="module")
+def reference_run(tiny_dir, tiny_ref_dir, tmp_path_factory):
+    """An uninterrupted generate → reward → pairs run."""
+    out = tmp_path_factory.mktemp("runs")
+    cfg = tiny_config(tiny_dir, tiny_ref_dir, out, "full")
+    run = run_three(cfg)
+    return cfg, run.root, output_files(run.root)
+
+
+def fail_after(k: int, func):
+    calls = {"n": 0}
+
+    def wrapped(*args, **kwargs):
+        if calls["n"] >= k:
+            raise KeyboardInterrupt("simulated crash")
+        calls["n"] += 1
+        return func(*args, **kwargs)
+
+    return wrapped
+
+
+def test_uninterrupted_run_outputs(reference_run):
+    cfg, root, files = reference_run
+    gens = {lang: read_jsonl(root / "iter_0" / "generations" / f"{lang}.jsonl") for lang in LANGS}
+    assert all(len(v) == 3 for v in gens.values())
+    assert [r["id"] for r in gens["es"]] == [r["id"] for r in gens["en"]]
+    for lang in LANGS:
+        for r in gens[lang]:
+            assert r["lang"] == lang and len(r["responses"]) == 2
+    rewards = read_jsonl(root / "iter_0" / "rewards" / "es.jsonl")
+    assert all(r["reward_prompt"].endswith("Please answer only in Spanish.") for r in rewards)
+    assert all(len(r["reward"]) == 2 for r in rewards)
+    pairs = read_jsonl(root / "iter_0" / "pairs.jsonl")
+    stats = read_json(root / "iter_0" / "pairs_stats.json")
+    assert set(stats) == set(LANGS)
+    assert len(pairs) == sum(s["pairs"] for s in stats.values()) > 0
+    manifest = read_json(root / "manifest.json")
+    assert {"iter_0/generate", "iter_0/reward", "iter_0/pairs"} <= set(manifest["stages"])
+    assert all(e["status"] == "done" for e in manifest["stages"].values())
+    assert manifest["stages"]["iter_0/generate"]["records"] == {"en": 3, "es": 3}
+    assert load_config(root / "config.yaml") == cfg
+
+
+def test_interrupted_and_resumed_run_is_byte_identical(reference_run, tiny_dir, tiny_ref_dir, tmp_path,
+                                                       monkeypatch):
+    _, _, want = reference_run
+    cfg = tiny_config(tiny_dir, tiny_ref_dir, tmp_path, "resumed")
+    # generation crashes after 4 of the 6 prompts (en done, es one of three)
+    monkeypatch.setattr(icr.generate.HFGenerator, "sample_batch",
+                        fail_after(4, icr.generate.HFGenerator.sample_batch))
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(cfg, "generate")
+    root = cfg.run_dir
+    assert len(read_jsonl(root / "iter_0" / "generations" / "es.jsonl")) == 1
+    assert "iter_0/generate" not in finished(root)
+    monkeypatch.undo()
+    run_stage(cfg, "generate")
+    # scoring crashes after 2 prompts
+    monkeypatch.setattr(icr.reward, "reward_record", fail_after(2, icr.reward.reward_record))
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(cfg, "reward")
+    assert len(read_jsonl(root / "iter_0" / "rewards" / "en.jsonl")) == 2
+    assert "iter_0/reward" not in finished(root)
+    monkeypatch.undo()
+    run_stage(cfg, "reward")
+    run_stage(cfg, "pairs")
+    assert output_files(root) == want
+
+
+@pytest.mark.parametrize("stage,lang", [("generate", "es"), ("reward", "en")])
+def test_truncated_stage_file_resumes_byte_identical(reference_run, tmp_path, stage, lang):
+    """A killed writer leaves k lines and half a line, and no manifest entry: the stage resumes."""
+    cfg, root, want = reference_run
+    copy_root = tmp_path / "copy"
+    shutil.copytree(root, copy_root)
+    cfg = cfg.model_copy(update={"output_dir": str(tmp_path), "name": "copy"})
+    folder = {"generate": "generations", "reward": "rewards"}[stage]
+    path = copy_root / "iter_0" / folder / f"{lang}.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    path.write_text(lines[0] + lines[1][: len(lines[1]) // 2], encoding="utf-8")
+    manifest = read_json(copy_root / "manifest.json")
+    later = ("generate", "reward", "pairs")[("generate", "reward", "pairs").index(stage):]
+    for s in later:
+        del manifest["stages"][f"iter_0/{s}"]
+    (copy_root / "manifest.json").write_text(json.dumps(manifest))
+    if stage == "generate":  # later outputs of the crashed run are stale
+        shutil.rmtree(copy_root / "iter_0" / "rewards")
+    for s in later:
+        run_stage(cfg, s)
+    assert output_files(copy_root) == want
+
+
+def test_rerunning_a_finished_stage_does_nothing(reference_run, tmp_path, monkeypatch):
+    cfg, root, want = reference_run
+    copy_root = tmp_path / "again"
+    shutil.copytree(root, copy_root)
+    cfg = cfg.model_copy(update={"output_dir": str(tmp_path), "name": "again"})
+    mtimes = {p: p.stat().st_mtime_ns for p in copy_root.rglob("*.json*") if p.name != "manifest.json"}
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a finished stage loaded a model")
+
+    monkeypatch.setattr(icr.models, "load_model", boom)
+    monkeypatch.setattr(icr.pipeline, "load_model", boom)
+    monkeypatch.setattr(icr.generate, "generate_language", boom)
+    monkeypatch.setattr(icr.reward, "reward_language", boom)
+    for stage in ("generate", "reward", "pairs"):
+        run_stage(cfg, stage)
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+    assert output_files(copy_root) == want
+
+
+@pytest.mark.parametrize("change,stage", [
+    ({"generate.temperature": 0.5}, "generate"),
+    ({"seed": 7}, "generate"),
+    ({"models.reference": "other-model"}, "generate"),  # the whole models section is hashed
+    ({"reward.beta": 0.2}, "reward"),
+    ({"pairs.min_margin": 0.3}, "pairs"),
+])
+def test_finished_stage_with_changed_config_is_refused(reference_run, tmp_path, change, stage):
+    cfg, root, want = reference_run
+    copy_root = tmp_path / "changed"
+    shutil.copytree(root, copy_root)
+    original = load_config(copy_root / "config.yaml")
+    changed = load_config(copy_root / "config.yaml",
+                          {"output_dir": str(tmp_path), "name": "changed", **change})
+    with pytest.raises(ConfigError, match=f"iter_0/{stage}"):
+        run_stage(changed, stage)
+    assert output_files(copy_root) == want
+    # the run's config.yaml still describes the results it holds (apart from where the copy lives)
+    kept = load_config(copy_root / "config.yaml").model_copy(update={"name": original.name,
+                                                                     "output_dir": original.output_dir})
+    assert kept == original, "a refused config overwrote the run's config.yaml"
+
+
+def test_unchanged_sections_do_not_block_later_stages(reference_run, tmp_path):
+    """Changing only `pairs` leaves generate and reward valid; the pairs stage alone is refused."""
+    cfg, root, _ = reference_run
+    copy_root = tmp_path / "pairs-only"
+    shutil.copytree(root, copy_root)
+    changed = load_config(root / "config.yaml", {"output_dir": str(tmp_path), "name": "pairs-only",
+                                                 "pairs.min_margin": 0.3})
+    run = RunDir(changed)
+    assert run.is_done(0, "generate") and run.is_done(0, "reward")
+    with pytest.raises(ConfigError):
+        run.is_done(0, "pairs")

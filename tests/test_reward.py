@@ -1,0 +1,266 @@
+"""The implicit reward: rewarding modes, TRL-exact tokenization, and the training reference log-probs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from icr.config import RewardConfig
+from icr.models import common_prefix_length, load_model, prompt_ids, tokenize_exchange
+from icr.reward import (
+    REWARD_MODES,
+    RewardInput,
+    reward_instruction,
+    reward_language,
+    reward_record,
+    score_responses,
+    sequence_logprobs,
+)
+from icr.scoring import reference_logprobs
+from icr.train import reference_logps
+
+ENGLISH = "Name two colours of the rainbow."
+SPANISH = "Nombra dos colores del arcoíris."
+RESPONSES_ES = ["Rojo y azul.", "El arcoíris tiene muchos colores, por ejemplo el verde y el amarillo.", "Rojo"]
+RESPONSES_EN = ["Red and blue.", "Green", "A rainbow has red, orange, yellow, green, blue and violet."]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one thread is much faster than two on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def conv(prompt: str, chosen: str, rejected: str) -> dict:
+    return {"prompt": [{"role": "user", "content": prompt}], "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}]}
+
+
+def plain_logp(lm, instruction: str, response: str) -> float:
+    """Summed log-probability of TRL's completion tokens, by the plain full-softmax forward."""
+    p, c = tokenize_exchange(lm.tokenizer, instruction, response)
+    return sum(reference_logprobs(lm.model, p, c))
+
+
+def generation(lang: str, native: str, responses: list[str], pid: str = "p1") -> dict:
+    return {"id": pid, "lang": lang, "prompt": native, "responses": responses, "n_tokens": [1] * len(responses),
+            "truncated": [False] * len(responses), "seed": 0}
+
+
+# ---------------------------------------------------------------- the reward itself
+
+
+def test_policy_equal_to_reference_gives_zero_reward(tiny_lm):
+    for mode in ("crosslingual", "multilingual"):
+        rec = reward_record(generation("es", SPANISH, RESPONSES_ES), ENGLISH, tiny_lm, tiny_lm,
+                            RewardConfig(mode=mode, beta=0.5))
+        assert rec["reward"] == [0.0] * len(RESPONSES_ES)
+        assert all(lp < 0 for lp in rec["logp_policy"])  # the scores themselves are real log-probs
+
+
+def test_reward_is_beta_times_logratio_and_linear_in_beta(tiny_lm, tiny_ref_lm):
+    small = score_responses(tiny_lm, tiny_ref_lm, ENGLISH, RESPONSES_EN, beta=0.1)
+    large = score_responses(tiny_lm, tiny_ref_lm, ENGLISH, RESPONSES_EN, beta=0.7)
+    assert small["logp_policy"] == large["logp_policy"] and small["logp_ref"] == large["logp_ref"]
+    for k in range(len(RESPONSES_EN)):
+        diff = small["logp_policy"][k] - small["logp_ref"][k]
+        assert abs(diff) > 1e-3  # different models: a non-trivial reward
+        assert small["reward"][k] == pytest.approx(0.1 * diff, rel=1e-12)
+        assert large["reward"][k] == pytest.approx(7 * small["reward"][k], rel=1e-9)
+
+
+def test_logprobs_are_those_of_the_trl_completion(tiny_lm, tiny_ref_lm):
+    """Each response is scored on its own TRL completion (incl. <|im_end|>), even when several
+    responses share one prompt pass and one of them changes the prompt's last token."""
+    responses = RESPONSES_EN + ["\n\nStarts with blank lines", "  two spaces"]
+    out = score_responses(tiny_lm, tiny_ref_lm, ENGLISH, responses, beta=1.0)
+    for k, r in enumerate(responses):
+        assert out["logp_policy"][k] == pytest.approx(plain_logp(tiny_lm, ENGLISH, r), abs=2e-3)
+        assert out["logp_ref"][k] == pytest.approx(plain_logp(tiny_ref_lm, ENGLISH, r), abs=2e-3)
+        assert out["n_tokens"][k] == len(tokenize_exchange(tiny_lm.tokenizer, ENGLISH, r)[1])
+
+
+# ---------------------------------------------------------------- rewarding modes
+
+
+def test_crosslingual_prompt_is_english_with_answer_in_language(tiny_lm, tiny_ref_lm):
+    cfg = RewardConfig(mode="crosslingual", beta=1.0)
+    rec = reward_record(generation("es", SPANISH, RESPONSES_ES), ENGLISH, tiny_lm, tiny_ref_lm, cfg)
+    assert rec["reward_prompt"] == f"{ENGLISH}\n\nPlease answer only in Spanish."
+    assert rec["prompt"] == SPANISH and rec["prompt_en"] == ENGLISH and rec["mode"] == "crosslingual"
+    want = sequence_logprobs(tiny_lm, rec["reward_prompt"], RESPONSES_ES)[0]
+    np.testing.assert_allclose(rec["logp_policy"], want, atol=1e-6)
+    native = sequence_logprobs(tiny_lm, SPANISH, RESPONSES_ES)[0]
+    assert max(abs(a - b) for a, b in zip(rec["logp_policy"], native)) > 1e-3  # the prompt matters
+
+    en = reward_record(generation("en", ENGLISH, RESPONSES_EN), ENGLISH, tiny_lm, tiny_ref_lm, cfg)
+    assert en["reward_prompt"] == ENGLISH
+    np.testing.assert_allclose(en["logp_policy"], sequence_logprobs(tiny_lm, ENGLISH, RESPONSES_EN)[0], atol=1e-6)
+
+
+def test_crosslingual_template_is_configurable():
+    cfg = RewardConfig(crosslingual_template="[{language}] {instruction}")
+    item = RewardInput("de", "Hallo?", "Hello?", ["Hallo"])
+    assert reward_instruction("crosslingual", item, cfg) == "[German] Hello?"
+
+
+def test_multilingual_prompt_is_the_native_instruction(tiny_lm, tiny_ref_lm):
+    cfg = RewardConfig(mode="multilingual", beta=1.0)
+    rec = reward_record(generation("es", SPANISH, RESPONSES_ES), ENGLISH, tiny_lm, tiny_ref_lm, cfg)
+    assert rec["reward_prompt"] == SPANISH
+    np.testing.assert_allclose(rec["logp_policy"], sequence_logprobs(tiny_lm, SPANISH, RESPONSES_ES)[0], atol=1e-6)
+    np.testing.assert_allclose(rec["logp_ref"], sequence_logprobs(tiny_ref_lm, SPANISH, RESPONSES_ES)[0], atol=1e-6)
+
+
+def test_translate_mode_stores_and_scores_translations(tiny_lm, tiny_ref_lm):
+    cfg = RewardConfig(mode="translate", beta=1.0, translate_max_new_tokens=4)
+    rec = reward_record(generation("es", SPANISH, RESPONSES_ES), ENGLISH, tiny_lm, tiny_ref_lm, cfg,
+                        translator=tiny_lm)
+    assert rec["reward_prompt"] == ENGLISH
+    assert len(rec["translations"]) == len(RESPONSES_ES)
+    assert all(isinstance(t, str) for t in rec["translations"])
+    assert rec["translations"] != RESPONSES_ES  # a (random) model translated them
+    assert rec["responses"] == RESPONSES_ES  # the originals are kept for the pairs
+    np.testing.assert_allclose(rec["logp_policy"], sequence_logprobs(tiny_lm, ENGLISH, rec["translations"])[0],
+                               atol=1e-6)
+    # English responses are not translated
+    en = reward_record(generation("en", ENGLISH, RESPONSES_EN), ENGLISH, tiny_lm, tiny_ref_lm, cfg, translator=tiny_lm)
+    assert en["translations"] == RESPONSES_EN
+    with pytest.raises(ValueError, match="translator"):
+        reward_record(generation("es", SPANISH, RESPONSES_ES), ENGLISH, tiny_lm, tiny_ref_lm, cfg)
+
+
+def test_every_mode_is_registered():
+    assert set(REWARD_MODES) == {"crosslingual", "multilingual", "translate"}
+    item = RewardInput("fr", "Bonjour ?", "Hello?", ["Salut"])
+    assert reward_instruction("multilingual", item, RewardConfig()) == "Bonjour ?"
+    assert reward_instruction("translate", item, RewardConfig()) == "Hello?"
+    assert reward_instruction("crosslingual", item, RewardConfig()) == "Hello?\n\nPlease answer only in French."
+
+
+def test_skipped_generation_is_passed_on_not_scored(tiny_lm, tiny_ref_lm):
+    gen = {**generation("es", SPANISH, []), "skipped": "prompt too long"}
+    rec = reward_record(gen, ENGLISH, tiny_lm, tiny_ref_lm, RewardConfig())
+    assert rec["skipped"] == "prompt too long" and "reward" not in rec
+
+
+def test_reward_language_writes_in_generation_order(tiny_lm, tiny_ref_lm, tmp_path):
+    gens = [generation("es", SPANISH, RESPONSES_ES[:2], pid="b"), generation("es", SPANISH, RESPONSES_ES[1:], pid="a")]
+    out = tmp_path / "es.jsonl"
+    recs = reward_language(gens, {"a": ENGLISH, "b": ENGLISH}, out, tiny_lm, tiny_ref_lm, RewardConfig())
+    assert [r["id"] for r in recs] == ["b", "a"]
+    from icr.data import read_jsonl
+
+    assert read_jsonl(out) == recs
+
+
+# ---------------------------------------------------------------- TRL: tokenization and reference log-probs
+
+PAIRS = [
+    conv("Hi there", "Hello!", "Go away, please"),
+    conv("Name a fruit.", "An apple is a fruit that grows on trees.", "No."),
+    conv(ENGLISH + "\n\nPlease answer only in Spanish.", "Rojo y azul.", "El arcoíris tiene muchos colores."),
+    conv("Write a story about dragons", "Once upon a time a dragon lived in a cave and ate sheep every day.",
+         "Dragons."),
+]
+# responses whose first characters merge with the template's last token: TRL then cuts the
+# prompt earlier, and the completion starts with a token of the prompt
+DIVERGING_PAIRS = [conv("Hi", "\n\nHello", "Bye"), conv("Hi", "Bye", "  x")]
+
+
+@pytest.fixture(scope="module")
+def trl_trainer(tiny_ref_dir, tmp_path_factory):
+    """A real TRL DPOTrainer on a fresh copy of the reference model (TRL patches its forward)."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    lm = load_model(str(tiny_ref_dir), device="cpu", dtype="float32")
+    args = DPOConfig(output_dir=str(tmp_path_factory.mktemp("trl")), use_cpu=True, report_to=[],
+                     precompute_ref_log_probs=False, max_length=256, remove_unused_columns=False,
+                     dataloader_num_workers=0, disable_tqdm=True)
+    trainer = DPOTrainer(model=lm.model, args=args, train_dataset=Dataset.from_list(PAIRS + DIVERGING_PAIRS),
+                         processing_class=lm.tokenizer)
+    return trainer
+
+
+def trl_rows(trainer, indices):
+    return [trainer.train_dataset[i] for i in indices]
+
+
+def test_tokenize_exchange_equals_trl_tokenization(tokenizer, trl_trainer):
+    for k, pair in enumerate(PAIRS):
+        row = trl_rows(trl_trainer, [k])[0]
+        instruction = pair["prompt"][0]["content"]
+        p_c, c = tokenize_exchange(tokenizer, instruction, pair["chosen"][0]["content"])
+        p_r, r = tokenize_exchange(tokenizer, instruction, pair["rejected"][0]["content"])
+        assert p_c == row["prompt_ids"] and p_r == row["prompt_ids"]
+        assert c == row["chosen_ids"] and r == row["rejected_ids"]
+        end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        assert end in c and end in r
+        assert "<|im_end|>" in tokenizer.decode(c)
+    # diverging prompts: the full sequence is TRL's, the prompt is a prefix of TRL's rendering
+    for k, pair in enumerate(DIVERGING_PAIRS, start=len(PAIRS)):
+        row = trl_rows(trl_trainer, [k])[0]
+        instruction = pair["prompt"][0]["content"]
+        for side in ("chosen", "rejected"):
+            p, c = tokenize_exchange(tokenizer, instruction, pair[side][0]["content"])
+            assert p + c == row["prompt_ids"] + row[f"{side}_ids"]
+            assert row["prompt_ids"] == p[: len(row["prompt_ids"])]
+
+
+@pytest.mark.parametrize("response", ["Hello!", "\n\nHello", "  x", " leading space", "Línea\ncon ñ", ""])
+def test_tokenize_exchange_reproduces_trl_rule(tokenizer, response):
+    """TRL's rule: the completion starts where apply_chat_template(prompt, add_generation_prompt=True)
+    and apply_chat_template(prompt + answer) diverge."""
+    msgs = [{"role": "user", "content": "Say something."}]
+    prompt = tokenizer.apply_chat_template(msgs, tokenize=True, return_dict=True,
+                                           add_generation_prompt=True)["input_ids"]
+    full = tokenizer.apply_chat_template(msgs + [{"role": "assistant", "content": response}], tokenize=True,
+                                         return_dict=True)["input_ids"]
+    cut = common_prefix_length(list(prompt), list(full))
+    p, c = tokenize_exchange(tokenizer, "Say something.", response)
+    assert p == list(prompt)[:cut] and c == list(full)[cut:]
+    assert c[-2:] == tokenizer.encode("<|im_end|>\n")  # the end-of-turn is part of the completion
+    assert p == prompt_ids(tokenizer, "Say something.")[: len(p)]
+
+
+def _trl_ref_logps(trainer, rows, max_length):
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    collator = DataCollatorForPreference(pad_token_id=trainer.processing_class.pad_token_id, max_length=max_length)
+    batch = collator(rows)
+    chosen, rejected = trainer.compute_ref_log_probs(trainer.model, batch)
+    return chosen.tolist(), rejected.tolist()
+
+
+@pytest.mark.parametrize("truncate", [False, True])
+def test_reference_logps_match_trl_compute_ref_log_probs(tiny_ref_lm, trl_trainer, truncate):
+    """Score exactly what training optimises: our reference log-probs equal TRL's own, on TRL's
+    collated batch (right padding, keep_start truncation at max_length)."""
+    rows = trl_rows(trl_trainer, range(len(PAIRS)))
+    max_length = max(len(r["prompt_ids"]) for r in rows) + 3 if truncate else 256
+    assert all(len(r["prompt_ids"]) < max_length for r in rows)
+    if truncate:  # the short limit really truncates completions
+        cut = [len(r["prompt_ids"]) + len(r[side]) > max_length
+               for r in rows for side in ("chosen_ids", "rejected_ids")]
+        assert sum(cut) >= 3
+    want_c, want_r = _trl_ref_logps(trl_trainer, rows, max_length)
+    ours = reference_logps(tiny_ref_lm, PAIRS, max_length)
+    for k in range(len(PAIRS)):
+        assert ours[k]["ref_chosen_logps"] == pytest.approx(want_c[k], abs=1e-2)
+        assert ours[k]["ref_rejected_logps"] == pytest.approx(want_r[k], abs=1e-2)
+
+
+def test_reference_logps_match_trl_when_prompt_tokenization_diverges(tiny_ref_lm, trl_trainer):
+    """A response starting with blank lines merges with the template's last '\\n': TRL cuts the
+    prompt of *both* sides there and scores the '\\n' as part of the other side's completion."""
+    rows = trl_rows(trl_trainer, range(len(PAIRS), len(PAIRS) + len(DIVERGING_PAIRS)))
+    want_c, want_r = _trl_ref_logps(trl_trainer, rows, 256)
+    ours = reference_logps(tiny_ref_lm, DIVERGING_PAIRS, 256)
+    for k in range(len(DIVERGING_PAIRS)):
+        assert ours[k]["ref_chosen_logps"] == pytest.approx(want_c[k], abs=1e-2)
+        assert ours[k]["ref_rejected_logps"] == pytest.approx(want_r[k], abs=1e-2)

@@ -1,0 +1,187 @@
+"""The scorer (`icr.scoring.score_group`) against the plain full-softmax computation."""
+
+from __future__ import annotations
+
+import random
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from icr import scoring
+from icr.models import prompt_ids, tokenize_exchange
+from icr.scoring import (
+    ScoreGroup,
+    _logit_transform,
+    _sub_batches,
+    reference_logprobs,
+    score_group,
+    score_groups,
+    token_logprobs_from_hidden,
+)
+
+TOL = 1e-4
+LENGTHS = [1, 2, 5, 9, 17, 4]
+
+
+@pytest.fixture(scope="module")
+def group(tokenizer):
+    """One prompt, completions of different lengths (random tokens + one real exchange)."""
+    rng = np.random.default_rng(0)
+    prompt = prompt_ids(tokenizer, "Tell me something about the sea.")
+    completions = [rng.integers(0, len(tokenizer), size=n).tolist() for n in LENGTHS]
+    _, real = tokenize_exchange(tokenizer, "Tell me something about the sea.", "The sea is salty and deep.")
+    completions.append(real)
+    return prompt, completions
+
+
+@pytest.fixture(scope="module")
+def expected(tiny_lm, group):
+    prompt, completions = group
+    return [reference_logprobs(tiny_lm.model, prompt, c) for c in completions]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one thread is much faster than two on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _assert_close(got: list[list[float]], want: list[list[float]], tol: float = TOL) -> None:
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert len(g) == len(w)
+        np.testing.assert_allclose(g, w, atol=tol, rtol=0)
+
+
+@pytest.mark.parametrize("budget", [1, 10, 20, 40, 10**6])
+def test_per_token_logprobs_match_full_softmax(tiny_lm, group, expected, budget):
+    prompt, completions = group
+    got = score_group(tiny_lm.model, ScoreGroup(prompt, completions), token_budget=budget, per_token=True)
+    _assert_close(got, expected)
+    sums = score_group(tiny_lm.model, ScoreGroup(prompt, completions), token_budget=budget)
+    np.testing.assert_allclose(sums, [sum(e) for e in expected], atol=TOL * 20, rtol=0)
+
+
+def test_small_budget_really_splits_into_sub_batches(group):
+    _, completions = group
+    lengths = [len(c) for c in completions]
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    for budget in (1, 10, 20, 40, 10**6):
+        batches = _sub_batches(order, lengths, budget)
+        assert [i for b in batches for i in b] == order  # every row once, in order
+        for b in batches:
+            assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= budget
+    assert len(_sub_batches(order, lengths, 1)) == len(order)
+    assert len(_sub_batches(order, lengths, 20)) > 1
+    assert len(_sub_batches(order, lengths, 10**6)) == 1
+
+
+def test_first_response_token_is_scored_from_last_prompt_position(tiny_lm, group):
+    """Off-by-one trap: token 0 of the completion is predicted by the logits at the last prompt token."""
+    prompt, completions = group
+    with torch.no_grad():
+        logits = tiny_lm.model(input_ids=torch.tensor([prompt])).logits[0, -1].float()
+    by_hand = torch.log_softmax(logits, dim=-1)
+    got = score_group(tiny_lm.model, ScoreGroup(prompt, completions), per_token=True)
+    for comp, per_token in zip(completions, got):
+        assert abs(per_token[0] - float(by_hand[comp[0]])) < TOL
+    # a one-token completion is exactly that one number
+    single = score_group(tiny_lm.model, ScoreGroup(prompt, [[completions[0][0]]]))
+    assert abs(single[0] - float(by_hand[completions[0][0]])) < TOL
+
+
+def test_score_from_offsets(tiny_lm, group, expected):
+    prompt, completions = group
+    starts = [min(k % 3, len(c)) for k, c in enumerate(completions)]
+    assert any(starts)
+    got = score_group(tiny_lm.model, ScoreGroup(prompt, completions, starts), token_budget=20, per_token=True)
+    _assert_close(got, [e[s:] for e, s in zip(expected, starts)])
+    sums = score_group(tiny_lm.model, ScoreGroup(prompt, completions, starts), token_budget=20)
+    np.testing.assert_allclose(sums, [sum(e[s:]) for e, s in zip(expected, starts)], atol=TOL * 20, rtol=0)
+    # a start at the end of a completion scores nothing
+    none = score_group(tiny_lm.model, ScoreGroup(prompt, [completions[1]], [len(completions[1])]), per_token=True)
+    assert none == [[]]
+
+
+def test_empty_completion_scores_zero(tiny_lm, group, expected):
+    prompt, completions = group
+    got = score_group(tiny_lm.model, ScoreGroup(prompt, [[], completions[2]]), per_token=True)
+    assert got[0] == []
+    _assert_close([got[1]], [expected[2]])
+    assert score_group(tiny_lm.model, ScoreGroup(prompt, [[], []])) == [0.0, 0.0]
+
+
+def test_score_group_needs_a_prompt():
+    with pytest.raises(ValueError, match="prompt"):
+        ScoreGroup([], [[1, 2]])
+
+
+def test_chunked_logsumexp_path_gives_same_numbers(tiny_lm, group, expected, monkeypatch):
+    prompt, completions = group
+    vocab = tiny_lm.model.get_output_embeddings().weight.shape[0]
+    for elements in (1, 3 * vocab, 7 * vocab):
+        monkeypatch.setattr(scoring, "LOGIT_CHUNK_ELEMENTS", elements)
+        got = score_group(tiny_lm.model, ScoreGroup(prompt, completions), token_budget=40, per_token=True)
+        _assert_close(got, expected)
+
+
+def test_token_logprobs_from_hidden_chunking(tiny_lm, monkeypatch):
+    torch.manual_seed(0)
+    hidden = torch.randn(11, tiny_lm.model.config.hidden_size)
+    targets = torch.randint(0, tiny_lm.model.config.vocab_size, (11,))
+    logits = tiny_lm.model.get_output_embeddings()(hidden).float()
+    want = torch.log_softmax(logits, -1).gather(1, targets[:, None])[:, 0]
+    vocab = logits.shape[1]
+    for elements in (1, 4 * vocab, 1 << 30):
+        monkeypatch.setattr(scoring, "LOGIT_CHUNK_ELEMENTS", elements)
+        with torch.no_grad():
+            got = token_logprobs_from_hidden(tiny_lm.model, hidden, targets)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_order_of_completions_does_not_change_scores(tiny_lm, group):
+    prompt, completions = group
+    starts = [k % 2 for k in range(len(completions))]
+    base = score_group(tiny_lm.model, ScoreGroup(prompt, completions, starts), token_budget=30)
+    rnd = random.Random(0)
+    for _ in range(3):
+        perm = list(range(len(completions)))
+        rnd.shuffle(perm)
+        shuffled = score_group(tiny_lm.model, ScoreGroup(prompt, [completions[i] for i in perm],
+                                                         [starts[i] for i in perm]), token_budget=30)
+        np.testing.assert_allclose(shuffled, [base[i] for i in perm], atol=1e-4, rtol=0)
+
+
+def test_duplicate_completions_get_identical_scores(tiny_lm, group):
+    prompt, completions = group
+    got = score_group(tiny_lm.model, ScoreGroup(prompt, [completions[3], completions[4], completions[3]]))
+    assert abs(got[0] - got[2]) < 1e-5
+    assert abs(got[0] - got[1]) > 1e-3  # different completions, different scores
+
+
+def test_score_groups_calls_back_per_group(tiny_lm, group, expected):
+    prompt, completions = group
+    seen = []
+    out = score_groups(tiny_lm.model, [ScoreGroup(prompt, completions[:2]), ScoreGroup(prompt[:5], completions[2:4])],
+                       on_group_done=lambda k, s: seen.append((k, s)))
+    assert [k for k, _ in seen] == [0, 1]
+    assert [s for _, s in seen] == out
+    np.testing.assert_allclose(out[0], [sum(e) for e in expected[:2]], atol=1e-3, rtol=0)
+    short = [sum(reference_logprobs(tiny_lm.model, prompt[:5], c)) for c in completions[2:4]]
+    np.testing.assert_allclose(out[1], short, atol=1e-3, rtol=0)
+
+
+def test_logit_transform_applies_softcap_and_scaling():
+    logits = torch.tensor([[-100.0, 0.0, 3.0, 100.0]])
+    capped = SimpleNamespace(config=SimpleNamespace(final_logit_softcapping=30.0))
+    torch.testing.assert_close(_logit_transform(capped)(logits), torch.tanh(logits / 30.0) * 30.0)
+    scaled = SimpleNamespace(config=SimpleNamespace(logits_scaling=4.0), logit_scale=0.5)
+    torch.testing.assert_close(_logit_transform(scaled)(logits), logits * 0.5 / 4.0)
+    plain = SimpleNamespace(config=SimpleNamespace())
+    assert torch.equal(_logit_transform(plain)(logits), logits)

@@ -1,0 +1,123 @@
+"""Stage 4 (DPO + NLL with TRL) and the iterative loop on tiny models."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from icr.config import TrainConfig, load_config
+from icr.data import read_json, read_jsonl, write_jsonl_atomic
+from icr.models import load_model
+from icr.train import StaleReferenceError, _make_trainer_class, _spot_check, dpo_config, reference_logps, train_dpo
+
+PAIRS = [
+    ("Name a fruit.", "An apple is a fruit.", "Cars are fast."),
+    ("What is 2 + 2?", "2 + 2 equals 4.", "It is 5, obviously."),
+    ("Nombra un color.", "El azul es un color.", "No sé nada, búscalo."),
+    ("Say hello.", "Hello! Nice to meet you.", "hello hello hello hello"),
+]
+
+
+def _pairs_file(path):
+    rows = [{"id": str(i), "lang": "en", "prompt": [{"role": "user", "content": p}],
+             "chosen": [{"role": "assistant", "content": c}], "rejected": [{"role": "assistant", "content": r}]}
+            for i, (p, c, r) in enumerate(PAIRS)]
+    write_jsonl_atomic(path, rows)
+    return path
+
+
+def _config(**kw):
+    base = dict(learning_rate=5e-3, batch_size=4, grad_accum=1, epochs=1, max_length=64, warmup_ratio=0.0,
+                lr_scheduler="constant", nll_weight=0.0)
+    return TrainConfig(**{**base, **kw})
+
+
+def _trainer(lm, pairs_path, config, tmp_path):
+    from datasets import Dataset
+
+    pairs = read_jsonl(pairs_path)
+    ref = reference_logps(lm, pairs, config.max_length)
+    rows = [{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"], **r} for p, r in zip(pairs, ref)]
+    return _make_trainer_class()(model=lm.model, args=dpo_config(config, str(tmp_path / "t"), len(rows)),
+                                 train_dataset=Dataset.from_list(rows), processing_class=lm.tokenizer)
+
+
+def _batch_loss(trainer):
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(trainer.train_dataset))])
+    with torch.no_grad():
+        return float(trainer.compute_loss(trainer.model, batch))
+
+
+def test_training_step_lowers_dpo_loss_and_starts_at_log2(tiny_dir, tmp_path):
+    lm = load_model(str(tiny_dir), device="cpu")
+    trainer = _trainer(lm, _pairs_file(tmp_path / "p.jsonl"), _config(), tmp_path)
+    start = _batch_loss(trainer)
+    assert start == pytest.approx(math.log(2), abs=1e-4)  # policy == reference at the start
+    trainer.train()
+    assert _batch_loss(trainer) < start - 1e-3
+
+
+def test_nll_weight_adds_lambda_times_token_mean_nll(tiny_dir, tmp_path):
+    lm = load_model(str(tiny_dir), device="cpu")
+    pairs_path = _pairs_file(tmp_path / "p.jsonl")
+    pairs = read_jsonl(pairs_path)
+    nll = sum(r["chosen_nll"] for r in reference_logps(lm, pairs, 64, per_token_nll=True))
+    # TRL's sft term is a token mean over the whole batch; recompute it that way.
+    per_token = []
+    from icr.scoring import ScoreGroup, score_group
+    from icr.train import _pair_tokens
+
+    for p in pairs:
+        prompt, chosen, rejected, starts = _pair_tokens(lm.tokenizer, p, 64)
+        per_token += score_group(lm.model, ScoreGroup(prompt, [chosen]), per_token=True)[0]
+    token_mean_nll = -sum(per_token) / len(per_token)
+    assert nll > 0
+    loss0 = _batch_loss(_trainer(lm, pairs_path, _config(nll_weight=0.0), tmp_path))
+    loss2 = _batch_loss(_trainer(lm, pairs_path, _config(nll_weight=2.0), tmp_path))
+    assert loss2 - loss0 == pytest.approx(2.0 * token_mean_nll, rel=1e-4)
+
+
+def test_stale_reference_logps_are_refused(tiny_dir, tmp_path):
+    lm = load_model(str(tiny_dir), device="cpu")
+    trainer = _trainer(lm, _pairs_file(tmp_path / "p.jsonl"), _config(), tmp_path)
+    _spot_check(trainer, trainer.train_dataset)  # fresh values pass
+    stale = trainer.train_dataset.map(lambda r: {"ref_chosen_logps": r["ref_chosen_logps"] - 3.0})
+    with pytest.raises(StaleReferenceError):
+        _spot_check(trainer, stale)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_train_dpo_saves_a_loadable_model_with_metrics(tiny_dir, tmp_path, lora):
+    pairs_path = _pairs_file(tmp_path / "p.jsonl")
+    out = tmp_path / "model"
+    config = _config(nll_weight=1.0, lora={"enabled": lora, "r": 4, "alpha": 8})
+    metrics = train_dpo(str(tiny_dir), pairs_path, out, config, device="cpu")
+    reloaded = load_model(str(out), device="cpu")
+    assert reloaded.tokenizer.chat_template  # template travels with the model
+    before = load_file(tiny_dir / "model.safetensors")
+    after = load_file(out / "model.safetensors")
+    assert set(after) >= {k for k in before if "embed" not in k} - {"lm_head.weight"}
+    changed = [k for k in before if k in after and not torch.equal(before[k], after[k])]
+    assert changed, "training changed no weight"
+    saved = read_json(out / "train_metrics.json")
+    assert saved["pairs"] == len(PAIRS) and saved["steps"] >= 1
+    assert saved["before"]["dpo_loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert saved["after"]["dpo_loss"] < saved["before"]["dpo_loss"]
+    assert metrics["after"]["reward_margin"] > 0
+    assert not list(tmp_path.glob(".model.*")), "temporary folder left behind"
+
+
+def test_config_errors_fail_before_any_model_loads(monkeypatch, tmp_path):
+    import icr.models
+
+    def boom(*a, **k):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(icr.models, "load_model", boom)
+    for override, field in [({"reward.beta": 0}, "reward.beta"), ({"generate.n": 1}, "generate.n"),
+                            ({"train.beta": -1}, "train.beta"), ({"bogus": 1}, "bogus")]:
+        with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+            load_config(None, override)
