@@ -54,7 +54,7 @@ def test_quick_demo_writes_a_consistent_report(tmp_path, smollm_path):
         assert {lang: v["n"] for lang, v in acc["multilingual"][mode].items()} == {"es": 3, "de": 3}
         for v in acc["multilingual"][mode].values():
             assert 0 <= v["ci_low"] <= v["accuracy"] <= v["ci_high"] <= 1
-    assert report["stage0"]["pairs"] == 8
+    assert report["stage0"]["pairs"] == 4
     assert report["stage0"]["after"]["dpo_loss"] < report["stage0"]["before"]["dpo_loss"]
     assert (run_dir / "iter_1" / "model" / "model.safetensors").exists()
     assert "What this scale can and cannot show" in md

@@ -196,15 +196,9 @@ def demo_command(quick, output_dir):
     click.echo(f"report: {report}")
 
 
-def _attach_optional_commands() -> None:
-    try:
-        from icr.eval_cli import eval_command
-    except ImportError:  # evaluation module not installed in this build
-        return
-    main.add_command(eval_command, name="eval")
+from icr.eval_cli import eval_command  # noqa: E402  (after `main`, which it does not need)
 
-
-_attach_optional_commands()
+main.add_command(eval_command, name="eval")
 
 
 if __name__ == "__main__":

@@ -37,9 +37,9 @@ class DemoSize:
 
 
 FULL = DemoSize(None, 1.0, None, None, ("es", "de", "fr", "ru"), {})
-QUICK = DemoSize(8, 1.0, 4, 3, ("es", "de"), {
-    "data.languages": ["en", "es"], "data.limit": 2, "generate.n": 3, "generate.max_new_tokens": 10,
-    "train.max_length": 128,
+QUICK = DemoSize(4, 1.0, 4, 3, ("es", "de"), {
+    "data.languages": ["en", "es"], "data.limit": 2, "generate.n": 3, "generate.max_new_tokens": 8,
+    "train.max_length": 96,
 })
 
 

@@ -1,0 +1,230 @@
+"""Evaluation harness: benchmark loading, outputs validation, resumable generation, the leaderboard
+with the offline (hf) judge, swap symmetry, and one run of the real SmolLM2 model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from icr.evaluate import (Decoding, EvalModel, OutputsError, evaluate, generate_outputs, load_benchmark,
+                          parse_model_option, read_outputs, resolve_sources, run_dir_models)
+from icr.generate import Sample
+from icr.judges import HFJudge
+from test_judges import REFERENCE, write_benchmark, write_outputs
+from test_metrics import gamed_csv  # noqa: F401  (fixture)
+
+X_ALPACAEVAL = Path(__file__).parents[2] / "shared" / "data" / "x-alpacaeval"
+EMBEDDED = "embedded:smollm2-135m-instruct"
+FIELDS = {"generator", "dataset", "id", "instruction", "output"}
+
+
+def test_model_options_and_run_dir(tmp_path):
+    assert parse_model_option("base=org/model-7b") == EvalModel("base", "org/model-7b")
+    assert parse_model_option("runs/x/iter_0/model") == EvalModel("model", "runs/x/iter_0/model")
+    run = tmp_path / "run"
+    (run / "iter_0" / "model").mkdir(parents=True)
+    (run / "iter_0" / "model" / "config.json").write_text("{}")
+    (run / "iter_1" / "generations").mkdir(parents=True)  # unfinished iteration: no model yet
+    (run / "config.yaml").write_text("models:\n  policy: org/dpo-model\n")
+    assert run_dir_models(run) == [EvalModel("pi0", "org/dpo-model"), EvalModel("pi1", str(run / "iter_0" / "model"))]
+
+
+def test_loads_x_alpacaeval_from_the_shared_folder():
+    prompt_dir, ref_dir = resolve_sources(str(X_ALPACAEVAL), None)
+    assert prompt_dir == X_ALPACAEVAL / "prompts" and ref_dir.name == REFERENCE
+    ref_en = json.loads((ref_dir / "en.json").read_text(encoding="utf-8"))  # alpaca_eval's file: no ids
+    for lang in ("en", "de"):
+        items = load_benchmark(prompt_dir, ref_dir, lang, limit=5)
+        assert [it["id"] for it in items] == [1, 2, 3, 4, 5]
+        assert all(it["reference"] and it["reference_generator"] == REFERENCE for it in items)
+    assert load_benchmark(prompt_dir, ref_dir, "en", limit=3)[2]["reference"] == ref_en[2]["output"]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda recs: recs.pop(3), "no output for id 4"),
+    (lambda recs: recs.append(dict(recs[1])), "id 2: duplicate id"),
+    (lambda recs: recs[2].update(instruction="Something else entirely"), "id 3: instruction differs"),
+    (lambda recs: recs[0].update(id=99), "id 99: not an id of the benchmark"),
+])
+def test_bad_outputs_are_errors_naming_the_id(tmp_path, edit, message):
+    bench = write_benchmark(tmp_path / "bench", langs=("de",), n=6)
+    outs = write_outputs(tmp_path / "outs", bench, lambda i: f"Antwort {i}", langs=("de",))
+    records = json.loads((outs / "de.json").read_text())
+    edit(records)
+    (outs / "de.json").write_text(json.dumps(records))
+    items = load_benchmark(bench / "prompts", bench / "reference" / REFERENCE, "de")
+    with pytest.raises(OutputsError, match=message):
+        read_outputs(outs, "de", items)
+
+    def no_judge():
+        raise AssertionError("outputs must be validated before any judging")
+
+    with pytest.raises(OutputsError, match=message):
+        evaluate([EvalModel("m", outputs=str(outs))], ["de"], str(bench), tmp_path / "out", no_judge)
+
+
+class CountingGenerator:
+    def __init__(self):
+        self.calls = []
+
+    def sample(self, instruction, n, seed):
+        self.calls.append((instruction, seed))
+        return [Sample(f"answer to {instruction}", 3, False) for _ in range(n)]
+
+
+class CountingBatchGenerator(CountingGenerator):
+    def sample_batch(self, instructions, n, seeds):
+        return [self.sample(text, n, seed) for text, seed in zip(instructions, seeds)]
+
+
+def test_batched_generation_decodes_an_incomplete_chunk_whole_but_keeps_what_was_written(tmp_path):
+    bench = write_benchmark(tmp_path / "bench", langs=("fr",), n=5)
+    items = load_benchmark(bench / "prompts", bench / "reference" / REFERENCE, "fr")
+    folder, model = tmp_path / "out", EvalModel("m", "some/model")
+    generate_outputs(CountingBatchGenerator(), model, "fr", items[:2], folder, Decoding(batch_size=4))
+    lines = (folder / "generations.jsonl").read_text()
+    resumed = CountingBatchGenerator()
+    outputs = generate_outputs(resumed, model, "fr", items, folder, Decoding(batch_size=4))
+    assert [c[0] for c in resumed.calls] == [it["instruction"] for it in items]  # chunks [1-4] and [5]
+    assert (folder / "generations.jsonl").read_text().startswith(lines) and len(outputs) == 5
+    assert len((folder / "generations.jsonl").read_text().splitlines()) == 5
+
+
+def test_generation_resumes_and_refuses_mixed_settings(tmp_path):
+    bench = write_benchmark(tmp_path / "bench", langs=("fr",), n=6)
+    items = load_benchmark(bench / "prompts", bench / "reference" / REFERENCE, "fr")
+    folder = tmp_path / "outputs" / "m" / "fr"
+    model, decoding = EvalModel("m", "some/model"), Decoding(max_new_tokens=8)
+    first = CountingGenerator()
+    generate_outputs(first, model, "fr", items[:2], folder, decoding)
+    with open(folder / "generations.jsonl", "a") as f:
+        f.write('{"id": 5, "instr')  # a write cut by a kill
+    resumed = CountingGenerator()
+    outputs = generate_outputs(resumed, model, "fr", items, folder, decoding)
+    assert len(first.calls) == 2 and len(resumed.calls) == 4
+    assert sorted(outputs) == [str(i) for i in range(1, 7)]
+    written = json.loads((folder / "model_outputs.json").read_text())
+    assert [r["id"] for r in written] == [1, 2, 3, 4, 5, 6] and all(set(r) == FIELDS for r in written)
+    assert written[0] == {"generator": "m", "dataset": "synthetic", "id": 1, "instruction": items[0]["instruction"],
+                          "output": f"answer to {items[0]['instruction']}"}
+    seeds = {json.loads(line)["id"]: json.loads(line)["seed"] for line in (folder / "generations.jsonl").open()}
+    assert len(set(seeds.values())) == 6  # one seed per instruction
+    with pytest.raises(OutputsError, match="generated with"):
+        generate_outputs(CountingGenerator(), model, "fr", items, folder, Decoding(temperature=1.0))
+
+
+def test_offline_judge_builds_the_leaderboard_and_resumes(tmp_path, tiny_lm, gamed_csv, monkeypatch):  # noqa: F811
+    bench = write_benchmark(tmp_path / "bench", langs=("en", "de"), n=6)
+    judges = []
+
+    def make_judge():
+        judges.append(HFJudge(tiny_lm, batch_size=4))
+        return judges[-1]
+
+    args = dict(models=[EvalModel("tiny", tiny_lm.path)], languages=["en", "de"], prompts=str(bench),
+                out_dir=tmp_path / "out", make_judge=make_judge, cache_dir=tmp_path / "cache",
+                decoding=Decoding(max_new_tokens=4), lc_data=str(gamed_csv), device="cpu")
+    table = evaluate(**args)
+    assert list(table["lang"]) == ["en", "de"] and list(table["n_pairs"]) == [6, 6]
+    assert ((table["n_wins"] + table["n_losses"] + table["n_draws"]) == 6).all()
+    assert table["win_rate"].between(0, 100).all() and table["lc_win_rate"].between(0, 100).all()
+    assert (table["lc_scope"] == "subset (6 of 805)").all()
+    out = tmp_path / "out"
+    board = pd.read_csv(out / "leaderboard.csv", index_col="model")
+    assert list(board.columns) == ["en LC", "en WR", "en n", "de LC", "de WR", "de n", "Avg LC", "Avg WR"]
+    assert board.at["tiny", "Avg WR"] == pytest.approx(table["win_rate"].mean())
+    md = (out / "leaderboard.md").read_text()
+    assert "| tiny |" in md and "(n=6)" in md and "subset" in md and "hf `" in md
+    assert (out / "leaderboard.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for lang in ("en", "de"):
+        written = json.loads((out / "outputs" / "tiny" / lang / "model_outputs.json").read_text())
+        assert len(written) == 6 and all(set(r) == FIELDS and r["generator"] == "tiny" for r in written)
+        anns = json.loads((out / "annotations" / "tiny" / f"{lang}.json").read_text())
+        assert [a["id"] for a in anns] == [1, 2, 3, 4, 5, 6] and all(1 <= a["preference"] <= 2 for a in anns)
+    results = json.loads((out / "results.json").read_text())
+    assert results["judge"]["backend"] == "hf" and results["judging"]["requested"] == 12
+
+    def no_generation(*a, **k):
+        raise AssertionError("outputs exist: nothing to generate")
+
+    monkeypatch.setattr("icr.evaluate._make_generator", no_generation)
+    again = evaluate(**args)
+    assert json.loads((out / "results.json").read_text())["judging"]["requested"] == 0
+    pd.testing.assert_frame_equal(again, table)
+
+
+def _bench_with_reference(root: Path, reference_text, n: int = 8) -> Path:
+    bench = write_benchmark(root, langs=("en",), n=n)
+    ref = json.loads((bench / "reference" / REFERENCE / "en.json").read_text())
+    for i, r in enumerate(ref, start=1):
+        r["output"] = reference_text(i)
+    (bench / "reference" / REFERENCE / "en.json").write_text(json.dumps(ref))
+    return bench
+
+
+@pytest.mark.parametrize("order", ["random", "both"])
+def test_swapping_model_and_reference_turns_w_into_100_minus_w(tmp_path, tiny_lm, order):
+    a = lambda i: f"A cat sat on mat number {i}." * (1 + i % 3)  # noqa: E731
+    b = lambda i: f"Dogs run in park {i}, quickly!"  # noqa: E731
+    rates = []
+    for name, model_text, ref_text in (("fwd", a, b), ("swap", b, a)):
+        bench = _bench_with_reference(tmp_path / name / "bench", ref_text)
+        outs = write_outputs(tmp_path / name / "outs", bench, model_text, langs=("en",))
+        table = evaluate([EvalModel("m", outputs=str(outs))], ["en"], str(bench), tmp_path / name / "out",
+                         lambda: HFJudge(tiny_lm), cache_dir=tmp_path / "cache", order=order, lc=False)
+        rates.append(float(table.at[0, "win_rate"]))
+    assert 0 < rates[0] < 100 and rates[0] != pytest.approx(50, abs=1e-6)
+    assert rates[1] == pytest.approx(100 - rates[0], abs=1e-9)
+
+
+def test_eval_command_fills_one_table_with_every_iteration_of_a_run(tmp_path, tiny_lm):
+    import shutil
+
+    from click.testing import CliRunner
+
+    from icr.eval_cli import eval_command
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_lm.path, run / "iter_0" / "model")  # "π1": same weights as π0 here
+    (run / "config.yaml").write_text(f"models:\n  policy: {tiny_lm.path}\n")
+    bench = write_benchmark(tmp_path / "bench", langs=("es",), n=3)
+    outs = write_outputs(tmp_path / "outs", bench, lambda i: f"Respuesta {i}", langs=("es",))
+    result = CliRunner().invoke(eval_command, [
+        "--run-dir", str(run), "--outputs", f"given={outs}", "--languages", "es", "--prompts", str(bench),
+        "--judge", "hf", "--judge-model", tiny_lm.path, "--judge-cache", str(tmp_path / "cache"), "--no-lc",
+        "--max-new-tokens", "3", "--device", "cpu", "--output", str(tmp_path / "out")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    board = pd.read_csv(tmp_path / "out" / "leaderboard.csv", index_col="model")
+    assert list(board.index) == ["pi0", "pi1", "given"] and (board["es n"] == 3).all()
+    # π0 and π1 have the same weights and seeds: the same outputs, hence the same judgements
+    assert board.at["pi0", "es WR"] == board.at["pi1", "es WR"]
+    assert "| pi1 |" in result.output and "LC n/a: disabled" in (tmp_path / "out" / "leaderboard.md").read_text()
+
+
+def test_eval_command_documents_every_option():
+    from icr.eval_cli import eval_command
+
+    for param in eval_command.params:
+        assert getattr(param, "help", None), f"--{param.name} has no help text"
+    names = {opt for p in eval_command.params for opt in p.opts}
+    for required in ("--model", "--run-dir", "--languages", "--prompts", "--reference-outputs", "--limit", "--judge",
+                     "--judge-model", "--judge-base-url", "--output", "--temperature", "--top-p", "--max-new-tokens"):
+        assert required in names
+
+
+@pytest.mark.slow
+def test_real_smollm2_on_x_alpacaeval_with_the_offline_judge(tmp_path):
+    from icr.models import load_model
+
+    table = evaluate([EvalModel("smollm2", EMBEDDED)], ["en", "de"], str(X_ALPACAEVAL), tmp_path / "out",
+                     lambda: HFJudge(load_model(EMBEDDED, device="cpu"), batch_size=1),
+                     cache_dir=tmp_path / "cache", limit=3, decoding=Decoding(max_new_tokens=16), lc=False, device="cpu")
+    assert list(table["n_pairs"]) == [3, 3] and table["win_rate"].between(0, 100).all()
+    assert (table["standard_error"] >= 0).all() and table["language_fidelity"].between(0, 100).all()
+    outputs = json.loads((tmp_path / "out" / "outputs" / "smollm2" / "en" / "model_outputs.json").read_text())
+    assert [r["id"] for r in outputs] == [1, 2, 3] and all(r["output"].strip() for r in outputs)
+    anns = json.loads((tmp_path / "out" / "annotations" / "smollm2" / "de.json").read_text())
+    assert all(1 < a["preference"] < 2 and a["rule"] == "logprobs" for a in anns)  # a real, non-degenerate verdict
