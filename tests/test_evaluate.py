@@ -17,6 +17,7 @@ from test_judges import REFERENCE, write_benchmark, write_outputs
 from test_metrics import gamed_csv  # noqa: F401  (fixture)
 
 X_ALPACAEVAL = Path(__file__).parents[2] / "shared" / "data" / "x-alpacaeval"
+needs_shared = pytest.mark.skipif(not X_ALPACAEVAL.exists(), reason="../shared/data is not available")
 EMBEDDED = "embedded:smollm2-135m-instruct"
 FIELDS = {"generator", "dataset", "id", "instruction", "output"}
 
@@ -32,6 +33,7 @@ def test_model_options_and_run_dir(tmp_path):
     assert run_dir_models(run) == [EvalModel("pi0", "org/dpo-model"), EvalModel("pi1", str(run / "iter_0" / "model"))]
 
 
+@needs_shared
 def test_loads_x_alpacaeval_from_the_shared_folder():
     prompt_dir, ref_dir = resolve_sources(str(X_ALPACAEVAL), None)
     assert prompt_dir == X_ALPACAEVAL / "prompts" and ref_dir.name == REFERENCE
@@ -216,6 +218,7 @@ def test_eval_command_documents_every_option():
 
 
 @pytest.mark.slow
+@needs_shared
 def test_real_smollm2_on_x_alpacaeval_with_the_offline_judge(tmp_path):
     from icr.models import load_model
 
