@@ -16,13 +16,6 @@ from icr.pipeline import run_stage
 UF = SHARED_DATA / "ultrafeedback-multilingual"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One thread: on a shared 2-core machine two threads spend their time waiting for each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.slow

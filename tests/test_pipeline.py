@@ -20,13 +20,6 @@ from icr.pipeline import RunDir, run_stage
 LANGS = ("en", "es")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is much faster than two on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_config(tiny_dir, tiny_ref_dir, output_dir: Path, name: str, **overrides):

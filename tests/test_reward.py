@@ -26,13 +26,6 @@ RESPONSES_ES = ["Rojo y azul.", "El arcoíris tiene muchos colores, por ejemplo 
 RESPONSES_EN = ["Red and blue.", "Green", "A rainbow has red, orange, yellow, green, blue and violet."]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is much faster than two on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def conv(prompt: str, chosen: str, rejected: str) -> dict:

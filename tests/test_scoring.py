@@ -42,13 +42,6 @@ def expected(tiny_lm, group):
     return [reference_logprobs(tiny_lm.model, prompt, c) for c in completions]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is much faster than two on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _assert_close(got: list[list[float]], want: list[list[float]], tol: float = TOL) -> None:
