@@ -182,13 +182,3 @@ def test_prompt_seed_depends_on_every_part():
     assert len({base, prompt_seed(1, 0, "en", "1"), prompt_seed(0, 1, "en", "1"), prompt_seed(0, 0, "es", "1"),
                 prompt_seed(0, 0, "en", "2")}) == 5
     assert 0 <= base < 2**31
-
-
-def test_sharding_splits_the_prompts(tiny_lm, tmp_path):
-    prompts = [Prompt(f"s{k}", "en", f"Q{k}?") for k in range(4)]
-    cfg = config(n=2, batch_prompts=1)
-    gen = HFGenerator(tiny_lm, cfg)
-    full = generate_language(gen, prompts, tmp_path / "full.jsonl", cfg, 0, 0, 1024)
-    part = generate_language(gen, prompts, tmp_path / "shard.jsonl", cfg, 0, 0, 1024, shard=(1, 2))
-    assert [r["id"] for r in part] == ["s1", "s3"]
-    assert part == [full[1], full[3]]

@@ -99,6 +99,7 @@ def eval_command(model_options, run_dir, outputs_options, languages, prompts, re
     judge each output against the reference output pairwise, and write the leaderboard (LC and WR
     per language and on average) as Markdown, CSV and PNG."""
     from icr.data import DataError
+    from icr.distributed import current_shard
     from icr.evaluate import evaluate
     from icr.judges import JudgeError, make_judge
     from icr.languages import UnknownLanguageError, check_language
@@ -129,6 +130,8 @@ def eval_command(model_options, run_dir, outputs_options, languages, prompts, re
                          estimate_only=estimate_only)
     except (DataError, JudgeError) as err:
         raise click.ClickException(str(err)) from None
+    if not current_shard().is_main:  # under `accelerate launch`: the main process judges and reports
+        return
     if estimate_only:
         click.echo("estimate only: no judgement requested (see the log line above)")
         return

@@ -28,6 +28,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from icr.data import DataError, JsonlAppender, read_json, read_jsonl, resolve_prompt_source, write_json_atomic
+from icr.distributed import Shard, current_shard, sharded_jsonl
 from icr.generate import prompt_seed
 from icr.judges import Judge, JudgementCache, PairItem, judge_pairs
 from icr.languages import check_language
@@ -206,7 +207,7 @@ def read_outputs(folder: str | Path, lang: str, items: list[dict]) -> dict[str, 
 
 
 def generate_outputs(generator, model: EvalModel, lang: str, items: list[dict], folder: Path,
-                     decoding: Decoding) -> dict[str, str]:
+                     decoding: Decoding, shard: Shard = Shard()) -> dict[str, str]:
     """Answer every item not yet in `folder/generations.jsonl` (one sample, per-id seed), then write
     `model_outputs.json` in benchmark order. A folder generated with another model or decoding is
     an error, never silently mixed."""
@@ -215,34 +216,40 @@ def generate_outputs(generator, model: EvalModel, lang: str, items: list[dict], 
     if meta_path.exists() and read_json(meta_path) != meta:
         raise OutputsError(f"{folder}: outputs were generated with {read_json(meta_path)}, not {meta}; "
                            "use another --output folder or delete this one")
-    write_json_atomic(meta_path, meta)
+    if shard.is_main:
+        write_json_atomic(meta_path, meta)
     log_path = folder / "generations.jsonl"
-    done = {str(r["id"]): r for r in read_jsonl(log_path, repair=True)}
     size = max(1, decoding.batch_size)
     chunks = [items[k : k + size] for k in range(0, len(items), size)]  # fixed chunks of the benchmark order
-    todo = [c for c in chunks if any(str(it["id"]) not in done for it in c)]
-    missing = sum(str(it["id"]) not in done for it in items)
-    if missing:
-        log.info("%s/%s: generating %d outputs (%d done)", model.name, lang, missing, len(items) - missing)
-    with JsonlAppender(log_path) as out:
-        for chunk in todo:
-            seeds = [prompt_seed(decoding.seed, 0, lang, str(it["id"])) for it in chunk]
-            for it, seed, sample in zip(chunk, seeds, _sample_chunk(generator, chunk, seeds, done)):
-                if str(it["id"]) in done:
-                    continue
-                record = {"id": it["id"], "instruction": it["instruction"], "output": sample.text,
-                          "n_tokens": sample.n_tokens, "truncated": sample.truncated, "seed": seed}
-                out.write(record)
-                done[str(it["id"])] = record
+
+    def work(target: Path, done_ids: set[str]) -> None:
+        todo = [c for k, c in enumerate(chunks) if shard.owns(k) and any(str(it["id"]) not in done_ids for it in c)]
+        missing = sum(str(it["id"]) not in done_ids for c in todo for it in c)
+        if missing:
+            log.info("%s/%s: generating %d outputs (%d done)", model.name, lang, missing, len(done_ids))
+        done = dict.fromkeys(done_ids)
+        with JsonlAppender(target) as out:
+            for chunk in todo:
+                seeds = [prompt_seed(decoding.seed, 0, lang, str(it["id"])) for it in chunk]
+                for it, seed, sample in zip(chunk, seeds, _sample_chunk(generator, chunk, seeds, done)):
+                    if str(it["id"]) in done:
+                        continue
+                    out.write({"id": it["id"], "instruction": it["instruction"], "output": sample.text,
+                               "n_tokens": sample.n_tokens, "truncated": sample.truncated, "seed": seed})
+                    done[str(it["id"])] = True
+
+    order = [str(it["id"]) for it in items]
+    merged = sharded_jsonl(log_path, order, shard, work, key=lambda r: str(r["id"]))
+    done = {str(r["id"]): r for r in merged}
     for it in items:  # a resume log written for other prompts must not be passed off as answers to these
         if done[str(it["id"])]["instruction"].strip() != it["instruction"].strip():
             raise OutputsError(f"{log_path}: id {it['id']}: instruction differs from the benchmark's")
-    order = {str(it["id"]): k for k, it in enumerate(items)}
-    ordered = sorted(done.values(), key=lambda r: order.get(str(r["id"]), len(order)))
+    ordered = [done[k] for k in order]
     datasets = {str(it["id"]): it["dataset"] for it in items}
-    write_json_atomic(folder / "model_outputs.json", [
-        {"generator": model.name, "dataset": datasets.get(str(r["id"]), ""), "id": r["id"],
-         "instruction": r["instruction"], "output": r["output"]} for r in ordered])
+    if shard.is_main:
+        write_json_atomic(folder / "model_outputs.json", [
+            {"generator": model.name, "dataset": datasets.get(str(r["id"]), ""), "id": r["id"],
+             "instruction": r["instruction"], "output": r["output"]} for r in ordered])
     return {str(r["id"]): r["output"] for r in ordered}
 
 
@@ -297,6 +304,7 @@ def evaluate(models: list[EvalModel], languages: list[str], prompts: str, out_di
     prompt_dir, reference_dir = resolve_sources(prompts, reference)
     bench = {lang: load_benchmark(prompt_dir, reference_dir, lang, limit) for lang in languages}
     outputs: dict[tuple[str, str], dict[str, str]] = {}
+    shard = current_shard()  # under `accelerate launch`, output generation is split across processes
     for model in models:
         if model.outputs:
             for lang in languages:
@@ -308,9 +316,12 @@ def evaluate(models: list[EvalModel], languages: list[str], prompts: str, out_di
             done = {str(r.get("id")) for r in read_jsonl(folder / "generations.jsonl", repair=True)}
             if generator is None and any(str(it["id"]) not in done for it in bench[lang]):
                 generator = _make_generator(model.spec, decoding, device, dtype)
-            outputs[model.name, lang] = generate_outputs(generator, model, lang, bench[lang], folder, decoding)
+            outputs[model.name, lang] = generate_outputs(generator, model, lang, bench[lang], folder, decoding,
+                                                         shard)
         del generator
         _free_memory()
+    if not shard.is_main:  # judging and metrics: the main process alone
+        return pd.DataFrame()
     items = [PairItem(m.name, lang, it["id"], it["instruction"], outputs[m.name, lang][str(it["id"])], it["reference"])
              for m in models for lang in languages for it in bench[lang]]
     judge = make_judge()

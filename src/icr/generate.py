@@ -19,7 +19,8 @@ import torch
 from tqdm.auto import tqdm
 
 from icr.config import GenerateConfig
-from icr.data import JsonlAppender, Prompt, PromptSet, read_jsonl, write_jsonl_atomic
+from icr.data import JsonlAppender, Prompt, PromptSet
+from icr.distributed import Shard, sharded_jsonl
 from icr.models import LoadedModel, end_of_turn_ids, prompt_ids
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,11 @@ class HFGenerator:
 class VLLMGenerator:
     """vLLM backend (GPU): prefix caching shares the prompt among the n samples."""
 
-    def __init__(self, model_path: str, config: GenerateConfig, dtype: str = "auto", trust_remote_code=False):
+    def __init__(self, model_path: str, config: GenerateConfig, dtype: str = "auto", trust_remote_code=False,
+                 allow_pickle: bool = False):
+        from icr.models import _refuse_pickle
+
+        _refuse_pickle(model_path, allow_pickle)  # vLLM loads the weights itself: refuse pickle files first
         try:
             from vllm import LLM, SamplingParams
         except ImportError:
@@ -182,40 +187,43 @@ def generate_language(
     seed: int,
     iteration: int,
     max_prompt_tokens: int,
-    shard: tuple[int, int] = (0, 1),
+    shard: Shard = Shard(),
 ) -> list[dict]:
     """Sample for every prompt not yet in `out_file` (appending), then rewrite it in prompt order.
 
     Prompts are decoded in fixed chunks of `config.batch_prompts` (chunk k always holds the same
-    prompts), and a chunk left incomplete by a crash is decoded again whole, so a resumed run
-    writes exactly what an uninterrupted one would. A prompt longer than `max_prompt_tokens` is not
-    truncated: it gets a record with no responses and a `skipped` reason, never silently lost."""
-    done = {r["id"] for r in read_jsonl(out_file, repair=True)}
-    rank, world = shard
+    prompts, and belongs to process k % P of P), and a chunk left incomplete by a crash is decoded
+    again whole, so a resumed or sharded run writes exactly what an uninterrupted one would. A
+    prompt longer than `max_prompt_tokens` is not truncated: it gets a record with no responses
+    and a `skipped` reason, never silently lost."""
     chunks = [prompts[k : k + config.batch_prompts] for k in range(0, len(prompts), config.batch_prompts)]
-    mine = [c for k, c in enumerate(chunks) if k % world == rank and any(p.id not in done for p in c)]
     lang = prompts[0].lang if prompts else ""
-    with JsonlAppender(out_file) as out, tqdm(total=len(prompts), initial=len(done), unit="prompt",
-                                               desc=f"generate {lang}") as bar:
-        for chunk in mine:
-            seeds = {p.id: prompt_seed(seed, iteration, p.lang, p.id) for p in chunk}
-            lengths = {p.id: generator.prompt_length(p.text) for p in chunk}
-            fits = [p for p in chunk if lengths[p.id] <= max_prompt_tokens]
-            samples = _sample_chunk(generator, fits, config.n, [seeds[p.id] for p in fits])
-            for p in chunk:
-                if p.id in done:
-                    continue
-                if p.id in samples:
-                    record = generation_record(p, samples[p.id], seeds[p.id])
-                else:
-                    log.warning("%s/%s: prompt has %d tokens > %d: skipped", lang, p.id, lengths[p.id],
-                                max_prompt_tokens)
-                    record = generation_record(p, [], seeds[p.id])
-                    record["skipped"] = (f"prompt has {lengths[p.id]} tokens > "
-                                         f"data.max_prompt_tokens={max_prompt_tokens}")
-                out.write(record)
-                bar.update(1)
-    return finalize_in_order(out_file, [p.id for p in prompts])
+
+    def work(target: Path, done: set[str]) -> None:
+        mine = [c for k, c in enumerate(chunks) if shard.owns(k) and any(p.id not in done for p in c)]
+        todo = sum(p.id not in done for c in mine for p in c)
+        with JsonlAppender(target) as out, tqdm(total=todo, unit="prompt", desc=f"generate {lang}",
+                                                 disable=not todo) as bar:
+            for chunk in mine:
+                seeds = {p.id: prompt_seed(seed, iteration, p.lang, p.id) for p in chunk}
+                lengths = {p.id: generator.prompt_length(p.text) for p in chunk}
+                fits = [p for p in chunk if lengths[p.id] <= max_prompt_tokens]
+                samples = _sample_chunk(generator, fits, config.n, [seeds[p.id] for p in fits])
+                for p in chunk:
+                    if p.id in done:
+                        continue
+                    if p.id in samples:
+                        record = generation_record(p, samples[p.id], seeds[p.id])
+                    else:
+                        log.warning("%s/%s: prompt has %d tokens > %d: skipped", lang, p.id, lengths[p.id],
+                                    max_prompt_tokens)
+                        record = generation_record(p, [], seeds[p.id])
+                        record["skipped"] = (f"prompt has {lengths[p.id]} tokens > "
+                                             f"data.max_prompt_tokens={max_prompt_tokens}")
+                    out.write(record)
+                    bar.update(1)
+
+    return sharded_jsonl(out_file, [p.id for p in prompts], shard, work)
 
 
 def _sample_chunk(generator: Generator, prompts: list[Prompt], n: int, seeds: list[int]) -> dict[str, list]:
@@ -228,20 +236,12 @@ def _sample_chunk(generator: Generator, prompts: list[Prompt], n: int, seeds: li
     return {p.id: b for p, b in zip(prompts, batches)}
 
 
-def finalize_in_order(path: Path, order: list[str]) -> list[dict]:
-    """Rewrite a stage file in canonical id order (atomically), so the bytes do not depend on
-    where a run was interrupted or how work was sharded."""
-    records = {r["id"]: r for r in read_jsonl(path, repair=True)}
-    ordered = [records[i] for i in order if i in records]
-    write_jsonl_atomic(path, ordered)
-    return ordered
-
-
 def generate_stage(generator: Generator, prompt_set: PromptSet, out_dir: Path, config: GenerateConfig,
-                   seed: int, iteration: int, max_prompt_tokens: int) -> dict[str, list[dict]]:
+                   seed: int, iteration: int, max_prompt_tokens: int,
+                   shard: Shard = Shard()) -> dict[str, list[dict]]:
     """Run `generate_language` for every language into out_dir/{lang}.jsonl."""
     return {
         lang: generate_language(generator, prompts, out_dir / f"{lang}.jsonl", config, seed, iteration,
-                                max_prompt_tokens)
+                                max_prompt_tokens, shard)
         for lang, prompts in prompt_set.by_lang.items()
     }

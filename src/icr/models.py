@@ -124,7 +124,10 @@ def pick_device(device: str = "auto") -> str:
 
     if device != "auto":
         return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        return "cpu"
+    # under `accelerate launch`, each process uses its own GPU
+    return f"cuda:{os.environ['LOCAL_RANK']}" if "LOCAL_RANK" in os.environ else "cuda"
 
 
 def pick_dtype(dtype: str, device: str):

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from icr.config import ConfigError, RunConfig, dump_config
 from icr.data import PromptSet, load_prompt_set, read_json, read_jsonl, write_json_atomic, write_jsonl_atomic
+from icr.distributed import current_shard
 from icr.models import LoadedModel, load_model
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class RunDir:
 
     def __init__(self, config: RunConfig):
         self.config = config
+        self.shard = current_shard()  # under `accelerate launch`, only the main process writes the manifest
         self.root = config.run_dir
         self.manifest_path = self.root / "manifest.json"
         self.root.mkdir(parents=True, exist_ok=True)
@@ -63,6 +65,8 @@ class RunDir:
     def _save(self) -> None:
         """Record the config and versions that produced the finished stages (only when one finishes,
         so a refused config never overwrites the description of a run)."""
+        if not self.shard.is_main:
+            return
         self.manifest["versions"] = library_versions()
         self.manifest["config_hash"] = self.config.section_hash(*STAGE_SECTIONS["train"])
         (self.root / "config.yaml").write_text(dump_config(self.config), encoding="utf-8")
@@ -155,11 +159,12 @@ def run_generate(run: RunDir, t: int, pool: ModelPool, prompts: PromptSet) -> No
         from icr.models import resolve_model_path
 
         generator = make_generator(resolve_model_path(spec), config.generate, dtype=config.models.dtype,
-                                   trust_remote_code=config.models.trust_remote_code)
+                                   trust_remote_code=config.models.trust_remote_code,
+                                   allow_pickle=config.models.allow_pickle)
     else:
         generator = make_generator(pool.get(spec), config.generate)
     out = generate_stage(generator, prompts, run.generations_dir(t), config.generate, config.seed, t,
-                         config.data.max_prompt_tokens)
+                         config.data.max_prompt_tokens, run.shard)
     run.mark_done(t, "generate", policy=spec, records={lang: len(v) for lang, v in out.items()})
 
 
@@ -177,7 +182,7 @@ def run_reward(run: RunDir, t: int, pool: ModelPool, prompts: PromptSet) -> None
     for lang in prompts.languages:
         generations = read_jsonl(run.generations_dir(t) / f"{lang}.jsonl")
         done = reward_language(generations, prompts.english, run.rewards_dir(t) / f"{lang}.jsonl",
-                               pool.get(policy), pool.get(reference), config.reward, translator)
+                               pool.get(policy), pool.get(reference), config.reward, translator, run.shard)
         counts[lang] = len(done)
     run.mark_done(t, "reward", policy=policy, reference=reference, mode=config.reward.mode, records=counts)
 
@@ -187,6 +192,10 @@ def run_pairs(run: RunDir, t: int, prompts: PromptSet) -> dict:
 
     if run.is_done(t, "pairs"):
         return read_json(run.iter_dir(t) / "pairs_stats.json")
+    if not run.shard.is_main:  # cheap: the main process selects, the others wait for its files
+        run.shard.wait()
+        run.mark_done(t, "pairs")
+        return read_json(run.iter_dir(t) / "pairs_stats.json")
     all_pairs, stats = [], {}
     for lang in prompts.languages:
         pairs, stats[lang] = select_pairs(read_jsonl(run.rewards_dir(t) / f"{lang}.jsonl"), run.config.pairs)
@@ -194,6 +203,7 @@ def run_pairs(run: RunDir, t: int, prompts: PromptSet) -> dict:
     write_jsonl_atomic(run.pairs_file(t), all_pairs)
     write_json_atomic(run.iter_dir(t) / "pairs_stats.json", stats)
     run.mark_done(t, "pairs", pairs=len(all_pairs))
+    run.shard.wait()
     return stats
 
 
@@ -206,7 +216,7 @@ def run_train(run: RunDir, t: int, pool: ModelPool) -> None:
     config = run.config
     spec = policy_spec(config, t)
     metrics = train_dpo(spec, run.pairs_file(t), run.model_dir(t), config.train, config.models.device,
-                        config.models.trust_remote_code)
+                        config.models.trust_remote_code, config.models.allow_pickle)
     run.mark_done(t, "train", init=spec, output=str(run.model_dir(t)), steps=metrics["steps"],
                   after=metrics["after"])
 
@@ -260,6 +270,7 @@ def summary_rows(run: RunDir) -> list[dict]:
 
 
 def write_summary(run: RunDir) -> str:
+    run.shard.wait()
     rows = summary_rows(run)
     head = "| iter | lang | prompts | pairs | len chosen | len rejected | margin | α | in target lang |"
     lines = [head, "|" + "---|" * 9]
@@ -268,5 +279,6 @@ def write_summary(run: RunDir) -> str:
                      f"{r['mean_len_chosen']:.1f} | {r['mean_len_rejected']:.1f} | {r['mean_margin']:.3f} | "
                      f"{r['alpha']:.4f} | {100 * r['target_language_share']:.1f}% |")
     text = "\n".join(lines) + "\n"
-    (run.root / "summary.md").write_text(text, encoding="utf-8")
+    if run.shard.is_main:
+        (run.root / "summary.md").write_text(text, encoding="utf-8")
     return text

@@ -23,8 +23,8 @@ import torch
 from tqdm.auto import tqdm
 
 from icr.config import RewardConfig
-from icr.data import JsonlAppender, read_jsonl
-from icr.generate import finalize_in_order
+from icr.data import JsonlAppender
+from icr.distributed import Shard, sharded_jsonl
 from icr.languages import language_name
 from icr.models import LoadedModel, end_of_turn_ids, prompt_ids, tokenize_exchange
 from icr.scoring import ScoreGroup, score_group
@@ -134,15 +134,16 @@ def reward_record(
 def reward_language(
     generations: list[dict], english: dict[str, str], out_file: Path, policy: LoadedModel,
     reference: LoadedModel, config: RewardConfig, translator: LoadedModel | None = None,
-    shard: tuple[int, int] = (0, 1),
+    shard: Shard = Shard(),
 ) -> list[dict]:
-    """Score every generation record not yet in `out_file` (appending), then order the file."""
-    done = {r["id"] for r in read_jsonl(out_file, repair=True)}
-    rank, world = shard
-    todo = [g for k, g in enumerate(generations) if k % world == rank and g["id"] not in done]
+    """Score every generation record not yet in `out_file` (appending; record k belongs to process
+    k % P of P), then rewrite the file in generation order."""
     lang = generations[0]["lang"] if generations else ""
-    with JsonlAppender(out_file) as out:
-        for gen in tqdm(todo, desc=f"reward {lang} ({config.mode})", unit="prompt", initial=len(done),
-                        total=len(done) + len(todo)):
-            out.write(reward_record(gen, english[gen["id"]], policy, reference, config, translator))
-    return finalize_in_order(out_file, [g["id"] for g in generations])
+
+    def work(target: Path, done: set[str]) -> None:
+        todo = [g for k, g in enumerate(generations) if shard.owns(k) and g["id"] not in done]
+        with JsonlAppender(target) as out:
+            for gen in tqdm(todo, desc=f"reward {lang} ({config.mode})", unit="prompt", disable=not todo):
+                out.write(reward_record(gen, english[gen["id"]], policy, reference, config, translator))
+
+    return sharded_jsonl(out_file, [g["id"] for g in generations], shard, work)

@@ -18,7 +18,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 
 from icr.config import TrainConfig
 from icr.data import read_json, read_jsonl, write_json_atomic
+from icr.distributed import current_shard
 from icr.models import LoadedModel, load_model, tokenize_exchange
 from icr.scoring import ScoreGroup, score_group
 
@@ -182,7 +182,7 @@ def _lora(config: TrainConfig):
 
 
 def train_dpo(model_spec: str, pairs_file: Path, out_dir: Path, config: TrainConfig, device: str = "auto",
-              trust_remote_code: bool = False) -> dict:
+              trust_remote_code: bool = False, allow_pickle: bool = False) -> dict:
     """Train π^{t+1} from π^t (= reference) on a pairs file; save a model folder at `out_dir`.
 
     The folder appears complete or not at all (written beside it, then renamed). Metrics go to
@@ -193,9 +193,15 @@ def train_dpo(model_spec: str, pairs_file: Path, out_dir: Path, config: TrainCon
     if not pairs:
         raise ValueError(f"{pairs_file}: no preference pairs to train on")
     lm = load_model(model_spec, device=device, dtype="float32" if device == "cpu" else "auto",
-                    trust_remote_code=trust_remote_code)
+                    trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     pairs = usable_pairs(lm.tokenizer, pairs, config.max_length)
-    work = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    shard = current_shard()
+    # One scratch folder, the same on every process (a sharded save writes into it from all of them);
+    # what a killed run left there is discarded.
+    work = out_dir.parent / f".{out_dir.name}.partial"
+    if shard.is_main:
+        shutil.rmtree(work, ignore_errors=True)
+    shard.wait()
     ref = cached_reference_logps(lm, pairs_file, pairs, config, out_dir.parent / "cache")
     before = dpo_terms(ref, ref, config.beta)  # the policy starts as the reference
     keep = ("prompt", "chosen", "rejected") + (("ref_chosen_logps", "ref_rejected_logps") if config.precompute_ref
@@ -209,34 +215,52 @@ def train_dpo(model_spec: str, pairs_file: Path, out_dir: Path, config: TrainCon
     if config.precompute_ref:
         _spot_check(trainer, trainer.train_dataset)
     result = trainer.train()
-    model = trainer.model
-    if config.lora.enabled and config.lora.merge:
-        model = model.merge_and_unload()
-    model.eval()
     try:
-        model.save_pretrained(work / "model", safe_serialization=True)
-        lm.tokenizer.save_pretrained(work / "model")
-        trained = LoadedModel(model=model, tokenizer=lm.tokenizer, spec=str(out_dir), path=str(work / "model"))
-        after = None
-        if not config.lora.enabled or config.lora.merge:
-            after = dpo_terms(reference_logps(trained, pairs, config.max_length, per_token_nll=True), ref, config.beta)
-        metrics = {
-            "pairs": len(pairs),
+        model = _save_trained(trainer, config, work / "model", lm.tokenizer, shard)
+        metrics = {"pairs": len(pairs), "steps": trainer.state.global_step, "before": before, "after": None}
+        if not shard.is_main:
+            return metrics
+        if model is not None:  # weights whole in this process: measure the DPO and NLL terms after training
+            model.eval()
+            trained = LoadedModel(model=model, tokenizer=lm.tokenizer, spec=str(out_dir), path=str(work / "model"))
+            metrics["after"] = dpo_terms(reference_logps(trained, pairs, config.max_length, per_token_nll=True),
+                                         ref, config.beta)
+        metrics.update({
             "train_runtime_s": result.metrics.get("train_runtime"),
-            "steps": trainer.state.global_step,
-            "before": before,
-            "after": after,
             "log_history": trainer.state.log_history,
             "loss_definition": "sigmoid DPO + nll_weight * token-mean NLL of the chosen response",
             "config": config.model_dump(),
-        }
+            "processes": shard.world,
+        })
         write_json_atomic(work / "model" / "train_metrics.json", _finite(metrics))
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(work / "model", out_dir)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        shard.wait()
+        if shard.is_main:
+            shutil.rmtree(work, ignore_errors=True)
     return metrics
+
+
+def _save_trained(trainer, config: TrainConfig, folder: Path, tokenizer, shard):
+    """Write the trained model (LoRA merged unless `lora.merge` is false) as a safetensors model
+    folder. Returns the model when its weights are whole in this process (None under ZeRO-3/FSDP,
+    whose shards `trainer.save_model` gathers from every process)."""
+    sharded = bool(getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False))
+    if config.lora.enabled and config.lora.merge:
+        if sharded:
+            raise ValueError("train.lora.merge under DeepSpeed ZeRO-3 or FSDP is not supported: set "
+                             "train.lora.merge: false and merge the saved adapter afterwards")
+        model = trainer.model.merge_and_unload()
+        if shard.is_main:
+            model.save_pretrained(folder, safe_serialization=True)
+            tokenizer.save_pretrained(folder)
+        return model
+    trainer.save_model(str(folder))  # every process takes part; the main one writes
+    if shard.is_main:
+        (folder / "training_args.bin").unlink(missing_ok=True)  # a pickle: nothing a model folder needs
+    return None if sharded else trainer.model
 
 
 def _finite(obj):
