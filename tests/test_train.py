@@ -121,3 +121,37 @@ def test_config_errors_fail_before_any_model_loads(monkeypatch, tmp_path):
                             ({"train.beta": -1}, "train.beta"), ({"bogus": 1}, "bogus")]:
         with pytest.raises(ValueError, match=field.replace(".", r"\.")):
             load_config(None, override)
+
+
+def test_compacted_lm_head_on_cpu_gives_the_same_log_probs_and_gradients(tiny_dir, monkeypatch):
+    """Our patch sends only labelled positions through TRL's fused head on CPU; TRL's own path
+    projects every position. Both must give the same per-token log-probs and gradients."""
+    import trl.trainer.utils as trl_utils
+    from trl.kernels.chunked_logprob import _use_triton as trl_use_triton
+    from trl.trainer.utils import add_fused_lm_head
+
+    from icr.train import score_only_labelled_positions
+
+    monkeypatch.setattr(trl_utils, "_use_triton", trl_use_triton)  # TRL as shipped (restored afterwards)
+    lm = load_model(str(tiny_dir), device="cpu")
+    add_fused_lm_head(lm.model, outputs=("log_probs", "entropy"))
+    torch.manual_seed(0)
+    ids = torch.randint(0, 1000, (3, 12))
+    labels = ids.clone()
+    labels[:, :5] = -100  # a prompt
+    labels[1, 9:] = -100  # padding
+
+    def run():
+        lm.model.zero_grad()
+        out = lm.model(input_ids=ids, labels=labels, fused_lm_head=True)
+        out.log_probs.sum().backward()
+        return out.log_probs.detach(), lm.model.get_output_embeddings().weight.grad.clone()
+
+    assert not trl_utils._use_triton(torch.device("cpu"))  # TRL projects every position on CPU
+    every_position = run()
+    score_only_labelled_positions()
+    assert trl_utils._use_triton(torch.device("cpu"))  # now only the labelled ones
+    compacted = run()
+    assert (every_position[0][labels[:, 1:] == -100] == 0).all()
+    torch.testing.assert_close(compacted[0], every_position[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(compacted[1], every_position[1], atol=1e-5, rtol=1e-5)

@@ -111,8 +111,31 @@ def dpo_terms(current: list[dict], ref: list[dict], beta: float) -> dict:
     }
 
 
+def score_only_labelled_positions() -> None:
+    """Make TRL's fused LM head project only the positions that carry a label, on CPU too.
+
+    TRL compacts to the labelled positions on Triton devices and projects every position
+    elsewhere (fixed tile shapes for compilers such as Neuron's). On CPU that sends the prompt and
+    the padding through the vocabulary projection as well: in our benchmark's step (8 pairs,
+    max_length 256) 4,080 positions instead of 760, a third of the step's time. The log-probs
+    are the same either way (unlabelled positions are zero); `test_train` checks it."""
+    import trl.trainer.utils as trl_utils
+
+    original = getattr(trl_utils, "_use_triton", None)
+    if original is None or getattr(original, "icr_compact_on_cpu", False):
+        return
+
+    def compact(device) -> bool:
+        return device.type == "cpu" or original(device)
+
+    compact.icr_compact_on_cpu = True
+    trl_utils._use_triton = compact
+
+
 def _make_trainer_class():
     from trl import DPOTrainer
+
+    score_only_labelled_positions()
 
     class ICRDPOTrainer(DPOTrainer):
         """DPOTrainer that uses reference log-probs already present in the dataset."""

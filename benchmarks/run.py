@@ -1,0 +1,298 @@
+"""`make bench`: speed of scoring, generation and one training step against the reference approach.
+
+Workload (the paper's shape, scaled to a 2-core CPU): real UltraFeedback prompts from
+../shared/data/ultrafeedback-multilingual, N = 10 responses per prompt sampled from SmolLM2-135M,
+scored under the same model. Each part runs in its own process so its peak RSS is its own.
+Writes benchmarks/results/latest.json and latest.md. Every figure is measured here, never copied.
+
+Baselines (the reference code's approach, same process, same data):
+  scoring     right-padded batches of 3, full-vocabulary log-softmax over every position, the prompt
+              recomputed for every response;
+  generation  one response per `generate` call;
+  training    none: a training step is compared with its arithmetic bound (one forward+backward of
+              the policy plus one forward of the reference over the step's real tokens, at the
+              measured matmul rate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+UF = ROOT.parent / "shared" / "data" / "ultrafeedback-multilingual" / "random_100"
+MODEL = "embedded:smollm2-135m-instruct"
+WORKLOAD_N = 10  # responses sampled per prompt once; smaller N use the first N of them
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def matmul_gflops(size: int = 1024, repeats: int = 20) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(3):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def load_prompts(n_prompts: int, langs=("en", "es")) -> list[tuple[str, str]]:
+    from icr.data import load_prompt_set
+
+    prompts = load_prompt_set(str(UF), list(langs), limit=n_prompts)
+    out = []
+    for k in range(n_prompts):
+        lang = langs[k % len(langs)]
+        out.append((lang, prompts.by_lang[lang][k].text))
+    return out
+
+
+def sampled_workload(lm, n_prompts: int, n: int, max_new_tokens: int, cache: Path) -> list[dict]:
+    """Real prompts with n responses each, sampled once and cached so every part scores the same."""
+    if cache.exists():
+        return json.loads(cache.read_text())
+    from icr.config import GenerateConfig
+    from icr.generate import HFGenerator
+
+    gen = HFGenerator(lm, GenerateConfig(n=n, max_new_tokens=max_new_tokens, batch_prompts=n_prompts))
+    prompts = load_prompts(n_prompts)
+    samples = gen.sample_batch([p for _, p in prompts], n, list(range(len(prompts))))
+    work = [{"lang": lang, "prompt": p, "responses": [s.text for s in rows]} for (lang, p), rows in zip(prompts, samples)]
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(work, ensure_ascii=False))
+    return work
+
+
+def workload_file(args) -> Path:
+    """The sampled workload's cache, keyed by its shape."""
+    return RESULTS / f"workload-p{args.prompts}-t{args.max_new_tokens}.json"
+
+
+def n_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------- parts
+
+
+def part_scoring(args) -> dict:
+    from icr.models import load_model, tokenize_exchange
+    from icr.reward import sequence_logprobs
+
+    lm = load_model(MODEL, device="cpu")
+    work = sampled_workload(lm, args.prompts, WORKLOAD_N, args.max_new_tokens, workload_file(args))
+    work = [{**w, "responses": w["responses"][: args.n]} for w in work]
+    exchanges = [[tokenize_exchange(lm.tokenizer, w["prompt"], r) for r in w["responses"]] for w in work]
+    response_tokens = sum(len(c) for ex in exchanges for _, c in ex)
+    if args.impl == "ours":
+        start = time.perf_counter()
+        for w in work:
+            sequence_logprobs(lm, w["prompt"], w["responses"])
+        seconds = time.perf_counter() - start
+        computed = sum(len(ex[0][0]) + sum(len(c) - 1 for _, c in ex) for ex in exchanges)
+    else:
+        seqs = [(p, c) for ex in exchanges for p, c in ex]
+        start = time.perf_counter()
+        with torch.no_grad():
+            for k in range(0, len(seqs), 3):  # right-padded batches of 3, full log-softmax everywhere
+                batch = seqs[k : k + 3]
+                width = max(len(p) + len(c) for p, c in batch)
+                ids = torch.tensor([p + c + [0] * (width - len(p) - len(c)) for p, c in batch])
+                mask = torch.tensor([[1] * (len(p) + len(c)) + [0] * (width - len(p) - len(c)) for p, c in batch])
+                logps = torch.log_softmax(lm.model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+                for row, (p, c) in enumerate(batch):
+                    tgt = ids[row, len(p) : len(p) + len(c)]
+                    logps[row, len(p) - 1 : len(p) + len(c) - 1].gather(1, tgt[:, None]).sum()
+        seconds = time.perf_counter() - start
+        computed = sum(3 * max(len(p) + len(c) for p, c in seqs[k : k + 3]) for k in range(0, len(seqs), 3))
+    flops = 2 * n_params(lm.model) * computed
+    return {"seconds": seconds, "response_tokens": response_tokens, "tokens_per_s": response_tokens / seconds,
+            "tokens_computed": computed, "achieved_gflops": flops / seconds / 1e9, "peak_rss_mb": peak_rss_mb()}
+
+
+def part_generation(args) -> dict:
+    from icr.config import GenerateConfig
+    from icr.generate import HFGenerator
+    from icr.models import end_of_turn_ids, load_model, prompt_ids
+
+    lm = load_model(MODEL, device="cpu")
+    prompts = [p for _, p in load_prompts(args.prompts)]
+    if args.impl == "ours":
+        gen = HFGenerator(lm, GenerateConfig(n=args.n, max_new_tokens=args.max_new_tokens,
+                                             batch_prompts=len(prompts)))
+        start = time.perf_counter()
+        rows = gen.sample_batch(prompts, args.n, list(range(len(prompts))))
+        seconds = time.perf_counter() - start
+        tokens = sum(s.n_tokens for r in rows for s in r)
+    else:  # one response per generate() call, on the first prompt, args.baseline_calls times
+        stops = end_of_turn_ids(lm.tokenizer, lm.model)
+        ids = torch.tensor([prompt_ids(lm.tokenizer, prompts[0])])
+        tokens, start = 0, time.perf_counter()
+        for k in range(args.baseline_calls):
+            torch.manual_seed(k)
+            out = lm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
+                                    temperature=0.9, top_p=1.0, top_k=0, max_new_tokens=args.max_new_tokens,
+                                    eos_token_id=stops, pad_token_id=lm.tokenizer.pad_token_id)
+            new = out[0, ids.shape[1]:].tolist()
+            tokens += next((i for i, t in enumerate(new) if t in stops), len(new))
+        seconds = time.perf_counter() - start
+    return {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds, "peak_rss_mb": peak_rss_mb()}
+
+
+def part_training(args) -> dict:
+    from datasets import Dataset
+
+    from icr.config import TrainConfig
+    from icr.models import load_model
+    from icr.train import _make_trainer_class, _pair_tokens, dpo_config, reference_logps
+
+    lm = load_model(MODEL, device="cpu")
+    work = json.loads(workload_file(args).read_text())
+    pairs = []
+    for w in work:
+        for k in range(0, len(w["responses"]) - 1, 2):
+            pairs.append({"prompt": [{"role": "user", "content": w["prompt"]}],
+                          "chosen": [{"role": "assistant", "content": w["responses"][k]}],
+                          "rejected": [{"role": "assistant", "content": w["responses"][k + 1]}]})
+    pairs = pairs[: args.pairs]
+    config = TrainConfig(batch_size=len(pairs), grad_accum=1, max_length=256, learning_rate=1e-6)
+    ref = reference_logps(lm, pairs, config.max_length)
+    rows = [{**p, **r} for p, r in zip(pairs, ref)]
+    trainer = _make_trainer_class()(model=lm.model, args=dpo_config(config, str(RESULTS / "trainer"), len(rows)),
+                                    train_dataset=Dataset.from_list(rows), processing_class=lm.tokenizer)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(rows))])
+    real_tokens = int(batch["attention_mask"].sum())
+    lm.model.train()
+    trainer.current_gradient_accumulation_steps = 1  # set by Trainer's loop, which we bypass to time one step
+    optimizer = trainer.create_optimizer()
+    times = []
+    for _ in range(args.repeats):  # one optimiser step: TRL's forward+backward, then AdamW
+        start = time.perf_counter()
+        trainer.training_step(lm.model, batch)
+        optimizer.step()
+        optimizer.zero_grad()
+        times.append(time.perf_counter() - start)
+    step = min(times)
+    tokens_check = sum(len(a) + len(b) + len(c) for a, b, c, _ in (_pair_tokens(lm.tokenizer, p, 256) for p in pairs))
+    return {"step_s": step, "step_times_s": times, "pairs": len(pairs), "real_tokens": real_tokens,
+            "tokens_check": tokens_check, "params": n_params(lm.model), "peak_rss_mb": peak_rss_mb()}
+
+
+PARTS = {"scoring": part_scoring, "generation": part_generation, "training": part_training}
+
+
+def run_part(name: str, impl: str, args) -> dict:
+    """Run one part in a fresh process (its own peak RSS), return its JSON."""
+    cmd = [sys.executable, __file__, "--part", name, "--impl", impl, "--prompts", str(args.prompts), "--n",
+           str(args.n), "--max-new-tokens", str(args.max_new_tokens), "--pairs", str(args.pairs),
+           "--repeats", str(args.repeats), "--baseline-calls", str(args.baseline_calls)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=list(PARTS))
+    parser.add_argument("--impl", default="ours", choices=["ours", "baseline"])
+    parser.add_argument("--prompts", type=int, default=4, help="real prompts (en/es alternating)")
+    parser.add_argument("--n", type=int, default=10, help="responses per prompt (paper: 10)")
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--pairs", type=int, default=8, help="pairs in the training step")
+    parser.add_argument("--repeats", type=int, default=2, help="training steps timed (the fastest counts)")
+    parser.add_argument("--baseline-calls", type=int, default=6, help="generate() calls timed for the baseline")
+    parser.add_argument("--sizes", default="2,5,10", help="N values for the scaling table")
+    args = parser.parse_args()
+    if args.part:
+        print(json.dumps(PARTS[args.part](args)))
+        return
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    from icr.models import resolve_model_path
+
+    resolve_model_path(MODEL)  # dequantize once, outside the timings
+    gflops = matmul_gflops()
+    scoring = {impl: run_part("scoring", impl, args) for impl in ("ours", "baseline")}
+    generation = {impl: run_part("generation", impl, args) for impl in ("ours", "baseline")}
+    training = run_part("training", "ours", args)
+    # forward ≈ 2·P FLOPs a token, backward ≈ 4·P: policy forward+backward (6·P) + reference forward (2·P)
+    bound = (6 + 2) * training["params"] * training["real_tokens"] / (gflops * 1e9)
+    result = {
+        "machine": {"matmul_gflops": gflops, "cpu_count": os.cpu_count(), "platform": platform.platform(),
+                    "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "device": "cuda" if torch.cuda.is_available() else "cpu"},
+        "workload": {"prompts": args.prompts, "n": args.n, "max_new_tokens": args.max_new_tokens,
+                     "source": str(UF.relative_to(ROOT.parent))},
+        "scoring": {
+            "tokens_per_s": scoring["ours"]["tokens_per_s"],
+            "baseline_tokens_per_s": scoring["baseline"]["tokens_per_s"],
+            "speedup": scoring["ours"]["tokens_per_s"] / scoring["baseline"]["tokens_per_s"],
+            "peak_flops_share": scoring["ours"]["achieved_gflops"] / gflops,
+            "baseline_peak_flops_share": scoring["baseline"]["achieved_gflops"] / gflops,
+            "peak_rss_mb": scoring["ours"]["peak_rss_mb"],
+            "baseline_peak_rss_mb": scoring["baseline"]["peak_rss_mb"],
+            "detail": scoring,
+        },
+        "generation": {
+            "tokens_per_s": generation["ours"]["tokens_per_s"],
+            "baseline_tokens_per_s": generation["baseline"]["tokens_per_s"],
+            "speedup": generation["ours"]["tokens_per_s"] / generation["baseline"]["tokens_per_s"],
+            "detail": generation,
+        },
+        "training": {"step_s": training["step_s"], "flop_bound_s": bound, "ratio": training["step_s"] / bound,
+                     "detail": training},
+    }
+    scaling = []
+    for n in [int(x) for x in args.sizes.split(",")]:
+        sub = argparse.Namespace(**{**vars(args), "n": n})
+        ours = run_part("scoring", "ours", sub)
+        scaling.append({"n": n, "seconds": ours["seconds"], "response_tokens": ours["response_tokens"],
+                        "tokens_computed": ours["tokens_computed"], "tokens_per_s": ours["tokens_per_s"]})
+    result["scoring_scaling_n"] = scaling
+    (RESULTS / "latest.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / "latest.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+def markdown(r: dict) -> str:
+    s, g, t = r["scoring"], r["generation"], r["training"]
+    lines = [
+        f"Machine: {r['machine']['cpu_count']} cores, {r['machine']['device']}, matmul "
+        f"{r['machine']['matmul_gflops']:.1f} GFLOP/s (fp32 1024², measured), torch {r['machine']['torch']}.",
+        f"Workload: {r['workload']['prompts']} UltraFeedback prompts (en/es) × N = {r['workload']['n']} sampled "
+        f"responses (≤ {r['workload']['max_new_tokens']} tokens), SmolLM2-135M-Instruct, fp32.", "",
+        "| part | icr | baseline | speedup | notes |", "|---|---|---|---|---|",
+        f"| scoring (response tokens/s) | {s['tokens_per_s']:.1f} | {s['baseline_tokens_per_s']:.1f} | "
+        f"{s['speedup']:.2f}× | {100 * s['peak_flops_share']:.0f}% of matmul peak "
+        f"(baseline {100 * s['baseline_peak_flops_share']:.0f}%); peak RSS {s['peak_rss_mb']:.0f} MB "
+        f"(baseline {s['baseline_peak_rss_mb']:.0f} MB) |",
+        f"| generation (tokens/s) | {g['tokens_per_s']:.1f} | {g['baseline_tokens_per_s']:.1f} | "
+        f"{g['speedup']:.2f}× | one batched call per prompt chunk vs one response per call |",
+        f"| training step (s) | {t['step_s']:.1f} | bound {t['flop_bound_s']:.1f} | ratio {t['ratio']:.2f} | "
+        f"{t['detail']['pairs']} pairs, {t['detail']['real_tokens']} real tokens |", "",
+        "Scoring cost against N (responses per prompt, same prompts):", "",
+        "| N | seconds | response tokens | tokens computed | response tokens/s |", "|---|---|---|---|---|",
+    ]
+    for row in r["scoring_scaling_n"]:
+        lines.append(f"| {row['n']} | {row['seconds']:.1f} | {row['response_tokens']} | {row['tokens_computed']} | "
+                     f"{row['tokens_per_s']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
