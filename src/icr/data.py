@@ -114,6 +114,10 @@ def write_jsonl_atomic(path: str | Path, records: Iterable[dict[str, Any]]) -> N
     _atomic_write_bytes(Path(path), "".join(dumps_line(r) for r in records).encode("utf-8"))
 
 
+def write_text_atomic(path: str | Path, text: str) -> None:
+    _atomic_write_bytes(Path(path), text.encode("utf-8"))
+
+
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     text = json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=False) + "\n"
     _atomic_write_bytes(Path(path), text.encode("utf-8"))
@@ -221,6 +225,14 @@ def _pick_id_field(path: Path, records: list[tuple[str, dict]], id_field: str | 
     raise DataError(f"{path}: no 'instruction_id' or 'id' field; set data.id_field")
 
 
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def load_language_file(path: Path, lang: str, id_field: str | None, text_field: str) -> list[Prompt]:
     """Read and validate one language's prompts: objects, unique ids, non-empty text, no NUL."""
     records = _read_records(path)
@@ -237,6 +249,8 @@ def load_language_file(path: Path, lang: str, id_field: str | None, text_field: 
             raise DataError(f"{path}:{where}: id {pid}: {text_field!r} is missing or empty")
         if "\x00" in text:
             raise DataError(f"{path}:{where}: id {pid}: text contains a NUL byte")
+        if not _is_unicode(text) or not _is_unicode(pid):  # a stray \udXXX escape: no writer can encode it
+            raise DataError(f"{path}:{where}: id {pid!a}: id or text contains a lone surrogate (invalid Unicode)")
         if pid in seen:
             raise DataError(f"{path}:{where}: id {pid}: duplicate id (first at {seen[pid]})")
         seen[pid] = where

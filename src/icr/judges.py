@@ -211,6 +211,11 @@ class OpenAIJudge:
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
+    def _redact(self, text: str) -> str:
+        """`text` with the API key blanked out: a server may quote the request's header in an error."""
+        key = os.environ.get(self.api_key_env)
+        return text.replace(key, "<redacted>") if key else text
+
     def _post(self, payload: dict[str, Any]) -> dict[str, Any]:
         """POST with retries on rate limits, server errors and network faults; other HTTP errors
         raise JudgeError with the status and the start of the body (never the headers)."""
@@ -224,7 +229,7 @@ class OpenAIJudge:
                     return json.loads(response.read().decode("utf-8"))
             except urllib.error.HTTPError as err:
                 try:
-                    body = err.read().decode("utf-8", "replace")[:300]
+                    body = self._redact(err.read().decode("utf-8", "replace"))[:300]
                 except OSError:
                     body = ""
                 if err.code not in RETRY_STATUS or attempt == self.max_retries:
@@ -233,7 +238,7 @@ class OpenAIJudge:
                 delay = self.backoff * 2**attempt if delay is None else delay
             except (urllib.error.URLError, TimeoutError, ConnectionError, json.JSONDecodeError) as err:
                 if attempt == self.max_retries:
-                    raise JudgeError(f"{self.base_url}: {type(err).__name__}: {err}") from None
+                    raise JudgeError(self._redact(f"{self.base_url}: {type(err).__name__}: {err}")) from None
                 delay = self.backoff * 2**attempt
             log.info("judge request failed (attempt %d/%d); retrying in %.1fs", attempt + 1, self.max_retries + 1,
                      delay)

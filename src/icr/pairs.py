@@ -79,7 +79,8 @@ def candidates_for(record: dict, config: PairsConfig) -> tuple[Candidates | None
     """Valid responses of a reward record (language filter applied if on) and how many were off-language."""
     in_lang = [is_in_language(t, record["lang"], config.language_min_confidence) for t in record["responses"]]
     off = in_lang.count(False)  # counted for the statistics even when the filter is off
-    keep = [i for i in range(len(in_lang)) if in_lang[i] or not config.language_filter]
+    finite = np.isfinite(np.asarray(record["reward"], dtype=float))  # a NaN/inf reward ranks nothing
+    keep = [i for i in range(len(in_lang)) if finite[i] and (in_lang[i] or not config.language_filter)]
     if len(keep) < 2:
         return None, off
     lengths = response_lengths(record, config.length_unit)
@@ -100,7 +101,9 @@ def select_pairs(records: list[dict], config: PairsConfig) -> tuple[list[dict], 
         cand, off = candidates_for(record, config)
         n_off += off
         if cand is None:
-            drops["fewer_than_2_in_language"] += 1
+            finite = int(np.isfinite(np.asarray(record["reward"], dtype=float)).sum())
+            broken = finite < len(record["reward"]) and finite < 2  # NaN/inf rewards left too few to rank
+            drops["fewer_than_2_finite_rewards" if broken else "fewer_than_2_in_language"] += 1
         else:
             groups.append(cand)
     alpha = fit_alpha(groups, config.alpha_max) if config.length_control else 0.0
@@ -109,7 +112,7 @@ def select_pairs(records: list[dict], config: PairsConfig) -> tuple[list[dict], 
         scores = g.rewards - alpha * g.lengths
         c, r = int(scores.argmax()), int(scores.argmin())
         margin = float(scores[c] - scores[r])
-        if config.drop_identical and g.texts[c].strip() == g.texts[r].strip():
+        if config.drop_identical and c != r and g.texts[c].strip() == g.texts[r].strip():
             drops["identical"] += 1
         elif config.max_chosen_score is not None and scores[c] > config.max_chosen_score:
             drops["above_max_chosen_score"] += 1

@@ -24,7 +24,8 @@ from importlib import metadata
 from pathlib import Path
 
 from icr.config import ConfigError, RunConfig, dump_config
-from icr.data import PromptSet, load_prompt_set, read_json, read_jsonl, write_json_atomic, write_jsonl_atomic
+from icr.data import (PromptSet, load_prompt_set, read_json, read_jsonl, write_json_atomic, write_jsonl_atomic,
+                      write_text_atomic)
 from icr.distributed import current_shard
 from icr.models import LoadedModel, load_model
 
@@ -59,6 +60,9 @@ class RunDir:
         self.root = config.run_dir
         self.manifest_path = self.root / "manifest.json"
         self.root.mkdir(parents=True, exist_ok=True)
+        if self.shard.is_main:  # temporary files of atomic writes that a killed run left unfinished
+            for stale in self.root.rglob(".*.tmp"):
+                stale.unlink(missing_ok=True)
         self.manifest = read_json(self.manifest_path) if self.manifest_path.exists() else {
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "stages": {}}
 
@@ -69,7 +73,7 @@ class RunDir:
             return
         self.manifest["versions"] = library_versions()
         self.manifest["config_hash"] = self.config.section_hash(*STAGE_SECTIONS["train"])
-        (self.root / "config.yaml").write_text(dump_config(self.config), encoding="utf-8")
+        write_text_atomic(self.root / "config.yaml", dump_config(self.config))
         write_json_atomic(self.manifest_path, self.manifest)
 
     def iter_dir(self, t: int) -> Path:
@@ -280,5 +284,5 @@ def write_summary(run: RunDir) -> str:
                      f"{r['alpha']:.4f} | {100 * r['target_language_share']:.1f}% |")
     text = "\n".join(lines) + "\n"
     if run.shard.is_main:
-        (run.root / "summary.md").write_text(text, encoding="utf-8")
+        write_text_atomic(run.root / "summary.md", text)
     return text

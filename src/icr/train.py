@@ -256,8 +256,8 @@ def train_dpo(model_spec: str, pairs_file: Path, out_dir: Path, config: TrainCon
             "processes": shard.world,
         })
         write_json_atomic(work / "model" / "train_metrics.json", _finite(metrics))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
+        if out_dir.exists():  # moved aside in one step: out_dir is never a half-deleted model
+            os.replace(out_dir, work / "previous")
         os.replace(work / "model", out_dir)
     finally:
         shard.wait()
