@@ -292,3 +292,15 @@ def test_blank_lines_are_skipped(tmp_path):
     path.write_text('{"id": "1"}\n\n{"id": "2"}\n{"id', encoding="utf-8")
     assert read_jsonl(path, repair=True) == [{"id": "1"}, {"id": "2"}]
     assert path.read_text(encoding="utf-8") == '{"id": "1"}\n\n{"id": "2"}\n'
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    import os
+    import stat
+
+    from icr.data import write_json_atomic
+
+    umask = os.umask(0)
+    os.umask(umask)
+    write_json_atomic(tmp_path / "m.json", {"a": 1})
+    assert stat.S_IMODE((tmp_path / "m.json").stat().st_mode) == 0o666 & ~umask
