@@ -100,10 +100,15 @@ def part_scoring(args) -> dict:
     work = [{**w, "responses": w["responses"][: args.n]} for w in work]
     exchanges = [[tokenize_exchange(lm.tokenizer, w["prompt"], r) for r in w["responses"]] for w in work]
     response_tokens = sum(len(c) for ex in exchanges for _, c in ex)
+    peak_before = matmul_gflops()
+    per_prompt = []
     if args.impl == "ours":
         start = time.perf_counter()
-        for w in work:
+        for w, ex in zip(work, exchanges):
+            t0 = time.perf_counter()
             sequence_logprobs(lm, w["prompt"], w["responses"])
+            per_prompt.append({"lang": w["lang"], "prompt_tokens": len(ex[0][0]),
+                               "response_tokens": sum(len(c) for _, c in ex), "seconds": time.perf_counter() - t0})
         seconds = time.perf_counter() - start
         computed = sum(len(ex[0][0]) + sum(len(c) - 1 for _, c in ex) for ex in exchanges)
     else:
@@ -122,8 +127,13 @@ def part_scoring(args) -> dict:
         seconds = time.perf_counter() - start
         computed = sum(3 * max(len(p) + len(c) for p, c in seqs[k : k + 3]) for k in range(0, len(seqs), 3))
     flops = 2 * n_params(lm.model) * computed
-    return {"seconds": seconds, "response_tokens": response_tokens, "tokens_per_s": response_tokens / seconds,
-            "tokens_computed": computed, "achieved_gflops": flops / seconds / 1e9, "peak_rss_mb": peak_rss_mb()}
+    # The machine's matmul rate drifts (shared host): measure it right before and after the timed work.
+    rates = [peak_before, matmul_gflops()]
+    peak = sum(rates) / 2
+    return {"seconds": seconds, "matmul_gflops": peak, "matmul_gflops_before_after": rates,
+            "peak_flops_share": flops / seconds / 1e9 / peak,
+            "response_tokens": response_tokens, "tokens_per_s": response_tokens / seconds, "tokens_computed": computed,
+            "achieved_gflops": flops / seconds / 1e9, "peak_rss_mb": peak_rss_mb(), "per_prompt": per_prompt}
 
 
 def part_generation(args) -> dict:
@@ -160,7 +170,7 @@ def part_training(args) -> dict:
 
     from icr.config import TrainConfig
     from icr.models import load_model
-    from icr.train import _make_trainer_class, _pair_tokens, dpo_config, reference_logps
+    from icr.train import _make_trainer_class, dpo_config, reference_logps
 
     lm = load_model(MODEL, device="cpu")
     work = json.loads(workload_file(args).read_text())
@@ -181,6 +191,7 @@ def part_training(args) -> dict:
     lm.model.train()
     trainer.current_gradient_accumulation_steps = 1  # set by Trainer's loop, which we bypass to time one step
     optimizer = trainer.create_optimizer()
+    peak_before = matmul_gflops()
     times = []
     for _ in range(args.repeats):  # one optimiser step: TRL's forward+backward, then AdamW
         start = time.perf_counter()
@@ -189,9 +200,11 @@ def part_training(args) -> dict:
         optimizer.zero_grad()
         times.append(time.perf_counter() - start)
     step = min(times)
-    tokens_check = sum(len(a) + len(b) + len(c) for a, b, c, _ in (_pair_tokens(lm.tokenizer, p, 256) for p in pairs))
-    return {"step_s": step, "step_times_s": times, "pairs": len(pairs), "real_tokens": real_tokens,
-            "tokens_check": tokens_check, "params": n_params(lm.model), "peak_rss_mb": peak_rss_mb()}
+    rates = [peak_before, matmul_gflops()]
+    return {"step_s": step, "step_times_s": times, "matmul_gflops": sum(rates) / 2,
+            "matmul_gflops_before_after": rates,
+            "pairs": len(pairs), "real_tokens": real_tokens, "padded_tokens": int(batch["attention_mask"].numel()),
+            "params": n_params(lm.model), "peak_rss_mb": peak_rss_mb()}
 
 
 PARTS = {"scoring": part_scoring, "generation": part_generation, "training": part_training}
@@ -231,7 +244,7 @@ def main() -> None:
     generation = {impl: run_part("generation", impl, args) for impl in ("ours", "baseline")}
     training = run_part("training", "ours", args)
     # forward ≈ 2·P FLOPs a token, backward ≈ 4·P: policy forward+backward (6·P) + reference forward (2·P)
-    bound = (6 + 2) * training["params"] * training["real_tokens"] / (gflops * 1e9)
+    bound = (6 + 2) * training["params"] * training["real_tokens"] / (training["matmul_gflops"] * 1e9)
     result = {
         "machine": {"matmul_gflops": gflops, "cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -242,8 +255,8 @@ def main() -> None:
             "tokens_per_s": scoring["ours"]["tokens_per_s"],
             "baseline_tokens_per_s": scoring["baseline"]["tokens_per_s"],
             "speedup": scoring["ours"]["tokens_per_s"] / scoring["baseline"]["tokens_per_s"],
-            "peak_flops_share": scoring["ours"]["achieved_gflops"] / gflops,
-            "baseline_peak_flops_share": scoring["baseline"]["achieved_gflops"] / gflops,
+            "peak_flops_share": scoring["ours"]["peak_flops_share"],
+            "baseline_peak_flops_share": scoring["baseline"]["peak_flops_share"],
             "peak_rss_mb": scoring["ours"]["peak_rss_mb"],
             "baseline_peak_rss_mb": scoring["baseline"]["peak_rss_mb"],
             "detail": scoring,
@@ -271,9 +284,13 @@ def main() -> None:
 
 def markdown(r: dict) -> str:
     s, g, t = r["scoring"], r["generation"], r["training"]
+    rates = [r["machine"]["matmul_gflops"], *t["detail"]["matmul_gflops_before_after"],
+             *(x for impl in ("ours", "baseline") for x in s["detail"][impl]["matmul_gflops_before_after"])]
     lines = [
         f"Machine: {r['machine']['cpu_count']} cores, {r['machine']['device']}, matmul "
-        f"{r['machine']['matmul_gflops']:.1f} GFLOP/s (fp32 1024², measured), torch {r['machine']['torch']}.",
+        f"{r['machine']['matmul_gflops']:.1f} GFLOP/s (fp32 1024², measured; shares and the training bound use "
+        f"the mean rate measured just before and after each part, as this shared host drifts: "
+        f"{min(rates):.0f}–{max(rates):.0f} GFLOP/s in this run), torch {r['machine']['torch']}.",
         f"Workload: {r['workload']['prompts']} UltraFeedback prompts (en/es) × N = {r['workload']['n']} sampled "
         f"responses (≤ {r['workload']['max_new_tokens']} tokens), SmolLM2-135M-Instruct, fp32.", "",
         "| part | icr | baseline | speedup | notes |", "|---|---|---|---|---|",
@@ -291,6 +308,10 @@ def markdown(r: dict) -> str:
     for row in r["scoring_scaling_n"]:
         lines.append(f"| {row['n']} | {row['seconds']:.1f} | {row['response_tokens']} | {row['tokens_computed']} | "
                      f"{row['tokens_per_s']:.1f} |")
+    lines += ["", f"Scoring cost against prompt length and language (one prompt each, N = {r['workload']['n']}):", "",
+              "| lang | prompt tokens | response tokens | seconds |", "|---|---|---|---|"]
+    for row in sorted(s["detail"]["ours"]["per_prompt"], key=lambda x: x["prompt_tokens"]):
+        lines.append(f"| {row['lang']} | {row['prompt_tokens']} | {row['response_tokens']} | {row['seconds']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
