@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -76,6 +77,12 @@ def test_merge_keeps_records_outside_the_order_at_the_end(tmp_path):
 # ---------------------------------------------------------------- real processes (accelerate launch)
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _launch(processes: int, args: list[str], cwd: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     if processes == 1:
@@ -85,7 +92,7 @@ def _launch(processes: int, args: list[str], cwd: Path) -> None:
         # `--cpu` alone would start one process and leave multi-CPU to mpirun
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", "29517", "-m", "icr.cli", *args]
+               "--main_process_port", str(_free_port()), "-m", "icr.cli", *args]
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 

@@ -122,8 +122,9 @@ def run_command(config_path, **options):
 
     config = resolve_config(config_path, options)
     run = run_iterations(config)
-    click.echo((run.root / "summary.md").read_text())
-    click.echo(f"run finished: {run.root}")
+    if run.shard.is_main:  # under `accelerate launch`, the main process writes and prints the summary
+        click.echo((run.root / "summary.md").read_text())
+        click.echo(f"run finished: {run.root}")
 
 
 @main.command(name="config")
