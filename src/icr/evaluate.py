@@ -227,7 +227,7 @@ def generate_outputs(generator, model: EvalModel, lang: str, items: list[dict], 
         missing = sum(str(it["id"]) not in done_ids for c in todo for it in c)
         if missing:
             log.info("%s/%s: generating %d outputs (%d done)", model.name, lang, missing, len(done_ids))
-        done = dict.fromkeys(done_ids)
+        done = set(done_ids)
         with JsonlAppender(target) as out:
             for chunk in todo:
                 seeds = [prompt_seed(decoding.seed, 0, lang, str(it["id"])) for it in chunk]
@@ -236,7 +236,7 @@ def generate_outputs(generator, model: EvalModel, lang: str, items: list[dict], 
                         continue
                     out.write({"id": it["id"], "instruction": it["instruction"], "output": sample.text,
                                "n_tokens": sample.n_tokens, "truncated": sample.truncated, "seed": seed})
-                    done[str(it["id"])] = True
+                    done.add(str(it["id"]))
 
     order = [str(it["id"]) for it in items]
     merged = sharded_jsonl(log_path, order, shard, work, key=lambda r: str(r["id"]))
@@ -253,7 +253,7 @@ def generate_outputs(generator, model: EvalModel, lang: str, items: list[dict], 
     return {str(r["id"]): r["output"] for r in ordered}
 
 
-def _sample_chunk(generator, chunk: list[dict], seeds: list[int], done: dict) -> list:
+def _sample_chunk(generator, chunk: list[dict], seeds: list[int], done: set[str]) -> list:
     """One sample per instruction of the chunk. A batching backend (`sample_batch`) decodes the whole
     chunk, as an uninterrupted run would; others sample only the missing ones (None for the rest)."""
     texts = [it["instruction"] for it in chunk]

@@ -75,17 +75,19 @@ def response_lengths(record: dict, unit: str) -> np.ndarray:
     return np.asarray([len(t) for t in record["responses"]], dtype=float)
 
 
-def candidates_for(record: dict, config: PairsConfig) -> tuple[Candidates | None, int]:
-    """Valid responses of a reward record (language filter applied if on) and how many were off-language."""
+def candidates_for(record: dict, config: PairsConfig) -> tuple[Candidates | str, int]:
+    """Valid responses of a reward record (language filter applied if on), or the reason it has
+    fewer than two, and how many responses were off-language."""
     in_lang = [is_in_language(t, record["lang"], config.language_min_confidence) for t in record["responses"]]
     off = in_lang.count(False)  # counted for the statistics even when the filter is off
-    finite = np.isfinite(np.asarray(record["reward"], dtype=float))  # a NaN/inf reward ranks nothing
+    rewards = np.asarray(record["reward"], dtype=float)
+    finite = np.isfinite(rewards)  # a NaN/inf reward ranks nothing
     keep = [i for i in range(len(in_lang)) if finite[i] and (in_lang[i] or not config.language_filter)]
     if len(keep) < 2:
-        return None, off
+        broken = not finite.all() and finite.sum() < 2  # NaN/inf rewards left too few to rank
+        return ("fewer_than_2_finite_rewards" if broken else "fewer_than_2_in_language"), off
     lengths = response_lengths(record, config.length_unit)
-    return Candidates(record, [record["responses"][i] for i in keep],
-                      np.asarray(record["reward"], dtype=float)[keep], lengths[keep]), off
+    return Candidates(record, [record["responses"][i] for i in keep], rewards[keep], lengths[keep]), off
 
 
 def select_pairs(records: list[dict], config: PairsConfig) -> tuple[list[dict], dict]:
@@ -100,10 +102,8 @@ def select_pairs(records: list[dict], config: PairsConfig) -> tuple[list[dict], 
         n_responses += len(record["responses"])
         cand, off = candidates_for(record, config)
         n_off += off
-        if cand is None:
-            finite = int(np.isfinite(np.asarray(record["reward"], dtype=float)).sum())
-            broken = finite < len(record["reward"]) and finite < 2  # NaN/inf rewards left too few to rank
-            drops["fewer_than_2_finite_rewards" if broken else "fewer_than_2_in_language"] += 1
+        if isinstance(cand, str):
+            drops[cand] += 1
         else:
             groups.append(cand)
     alpha = fit_alpha(groups, config.alpha_max) if config.length_control else 0.0
