@@ -34,6 +34,7 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 UF = ROOT.parent / "shared" / "data" / "ultrafeedback-multilingual" / "random_100"
+UF_ALL_LANGUAGES = UF.parent / "random_1000"  # bn de en es fr ru sw th zh
 MODEL = "embedded:smollm2-135m-instruct"
 WORKLOAD_N = 10  # responses sampled per prompt once; smaller N use the first N of them
 
@@ -100,32 +101,43 @@ def part_scoring(args) -> dict:
     work = [{**w, "responses": w["responses"][: args.n]} for w in work]
     exchanges = [[tokenize_exchange(lm.tokenizer, w["prompt"], r) for r in w["responses"]] for w in work]
     response_tokens = sum(len(c) for ex in exchanges for _, c in ex)
-    peak_before = matmul_gflops()
-    per_prompt = []
-    if args.impl == "ours":
-        start = time.perf_counter()
-        for w, ex in zip(work, exchanges):
+    seqs = [(p, c) for ex in exchanges for p, c in ex]
+
+    def score_ours(items):
+        for w, ex in items:
             t0 = time.perf_counter()
             sequence_logprobs(lm, w["prompt"], w["responses"])
             per_prompt.append({"lang": w["lang"], "prompt_tokens": len(ex[0][0]),
                                "response_tokens": sum(len(c) for _, c in ex), "seconds": time.perf_counter() - t0})
-        seconds = time.perf_counter() - start
+
+    @torch.no_grad()
+    def score_baseline(batches):
+        for batch in batches:  # right-padded batches of 3, full log-softmax everywhere
+            width = max(len(p) + len(c) for p, c in batch)
+            ids = torch.tensor([p + c + [0] * (width - len(p) - len(c)) for p, c in batch])
+            mask = torch.tensor([[1] * (len(p) + len(c)) + [0] * (width - len(p) - len(c)) for p, c in batch])
+            logps = torch.log_softmax(lm.model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+            for row, (p, c) in enumerate(batch):
+                tgt = ids[row, len(p) : len(p) + len(c)]
+                logps[row, len(p) - 1 : len(p) + len(c) - 1].gather(1, tgt[:, None]).sum()
+
+    batches = [seqs[k : k + 3] for k in range(0, len(seqs), 3)]
+    per_prompt: list[dict] = []
+    # Warm-up (untimed, both implementations): the first forward pass pays one-time allocations.
+    if args.impl == "ours":
+        score_ours(list(zip(work, exchanges))[:1])
+    else:
+        score_baseline(batches[:1])
+    per_prompt.clear()
+    peak_before = matmul_gflops()
+    start = time.perf_counter()
+    if args.impl == "ours":
+        score_ours(list(zip(work, exchanges)))
         computed = sum(len(ex[0][0]) + sum(len(c) - 1 for _, c in ex) for ex in exchanges)
     else:
-        seqs = [(p, c) for ex in exchanges for p, c in ex]
-        start = time.perf_counter()
-        with torch.no_grad():
-            for k in range(0, len(seqs), 3):  # right-padded batches of 3, full log-softmax everywhere
-                batch = seqs[k : k + 3]
-                width = max(len(p) + len(c) for p, c in batch)
-                ids = torch.tensor([p + c + [0] * (width - len(p) - len(c)) for p, c in batch])
-                mask = torch.tensor([[1] * (len(p) + len(c)) + [0] * (width - len(p) - len(c)) for p, c in batch])
-                logps = torch.log_softmax(lm.model(input_ids=ids, attention_mask=mask).logits.float(), -1)
-                for row, (p, c) in enumerate(batch):
-                    tgt = ids[row, len(p) : len(p) + len(c)]
-                    logps[row, len(p) - 1 : len(p) + len(c) - 1].gather(1, tgt[:, None]).sum()
-        seconds = time.perf_counter() - start
-        computed = sum(3 * max(len(p) + len(c) for p, c in seqs[k : k + 3]) for k in range(0, len(seqs), 3))
+        score_baseline(batches)
+        computed = sum(len(b) * max(len(p) + len(c) for p, c in b) for b in batches)
+    seconds = time.perf_counter() - start
     flops = 2 * n_params(lm.model) * computed
     # The machine's matmul rate drifts (shared host): measure it right before and after the timed work.
     rates = [peak_before, matmul_gflops()]
@@ -207,14 +219,44 @@ def part_training(args) -> dict:
             "params": n_params(lm.model), "peak_rss_mb": peak_rss_mb()}
 
 
-PARTS = {"scoring": part_scoring, "generation": part_generation, "training": part_training}
+def part_languages(args) -> dict:
+    """Generate and score `args.per_language` prompts in each of `args.langs`, one language after
+    another as the pipeline does; the same UltraFeedback ids in every language."""
+    from icr.config import GenerateConfig
+    from icr.data import load_prompt_set
+    from icr.generate import HFGenerator
+    from icr.models import load_model, prompt_ids
+    from icr.reward import sequence_logprobs
+
+    langs = args.langs.split(",")
+    lm = load_model(MODEL, device="cpu")
+    prompt_set = load_prompt_set(str(UF_ALL_LANGUAGES), langs, limit=args.per_language)
+    gen = HFGenerator(lm, GenerateConfig(n=args.n, max_new_tokens=args.max_new_tokens, batch_prompts=args.per_language))
+    sequence_logprobs(lm, "Warm-up.", ["Yes."])
+    rows = []
+    for lang in langs:
+        texts = [p.text for p in prompt_set.by_lang[lang]]
+        start = time.perf_counter()
+        samples = gen.sample_batch(texts, args.n, list(range(len(texts))))
+        gen_s = time.perf_counter() - start
+        start = time.perf_counter()
+        for text, group in zip(texts, samples):
+            sequence_logprobs(lm, text, [s.text for s in group])
+        rows.append({"lang": lang, "generate_s": gen_s, "score_s": time.perf_counter() - start,
+                     "prompt_tokens": sum(len(prompt_ids(lm.tokenizer, t)) for t in texts),
+                     "response_tokens": sum(s.n_tokens for group in samples for s in group)})
+    return {"langs": langs, "per_language": rows}
+
+
+PARTS = {"scoring": part_scoring, "generation": part_generation, "training": part_training, "languages": part_languages}
 
 
 def run_part(name: str, impl: str, args) -> dict:
     """Run one part in a fresh process (its own peak RSS), return its JSON."""
     cmd = [sys.executable, __file__, "--part", name, "--impl", impl, "--prompts", str(args.prompts), "--n",
            str(args.n), "--max-new-tokens", str(args.max_new_tokens), "--pairs", str(args.pairs),
-           "--repeats", str(args.repeats), "--baseline-calls", str(args.baseline_calls)]
+           "--repeats", str(args.repeats), "--baseline-calls", str(args.baseline_calls), "--langs", args.langs,
+           "--per-language", str(args.per_language)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -230,6 +272,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="training steps timed (the fastest counts)")
     parser.add_argument("--baseline-calls", type=int, default=6, help="generate() calls timed for the baseline")
     parser.add_argument("--sizes", default="2,5,10", help="N values for the scaling table")
+    parser.add_argument("--langs", default="en", help="languages of the `languages` part (comma-separated)")
+    parser.add_argument("--language-sizes", default="en;en,es;en,es,de,ru",
+                        help="language sets of the languages scaling table, separated by ';'")
+    parser.add_argument("--per-language", type=int, default=2, help="prompts per language in the languages table")
     args = parser.parse_args()
     if args.part:
         print(json.dumps(PARTS[args.part](args)))
@@ -250,7 +296,7 @@ def main() -> None:
                     "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "device": "cuda" if torch.cuda.is_available() else "cpu"},
         "workload": {"prompts": args.prompts, "n": args.n, "max_new_tokens": args.max_new_tokens,
-                     "source": str(UF.relative_to(ROOT.parent))},
+                     "per_language": args.per_language, "source": str(UF.relative_to(ROOT.parent))},
         "scoring": {
             "tokens_per_s": scoring["ours"]["tokens_per_s"],
             "baseline_tokens_per_s": scoring["baseline"]["tokens_per_s"],
@@ -277,6 +323,13 @@ def main() -> None:
         scaling.append({"n": n, "seconds": ours["seconds"], "response_tokens": ours["response_tokens"],
                         "tokens_computed": ours["tokens_computed"], "tokens_per_s": ours["tokens_per_s"]})
     result["scoring_scaling_n"] = scaling
+    result["scaling_languages"] = []
+    for langs in args.language_sizes.split(";"):
+        rows = run_part("languages", "ours", argparse.Namespace(**{**vars(args), "langs": langs}))["per_language"]
+        result["scaling_languages"].append({
+            "langs": langs.split(","), "prompts": args.per_language * len(rows),
+            **{key: sum(row[key] for row in rows) for key in ("generate_s", "score_s", "prompt_tokens", "response_tokens")},
+            "per_language": rows})
     (RESULTS / "latest.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / "latest.md").write_text(markdown(result))
     print(markdown(result))
@@ -312,6 +365,13 @@ def markdown(r: dict) -> str:
               "| lang | prompt tokens | response tokens | seconds |", "|---|---|---|---|"]
     for row in sorted(s["detail"]["ours"]["per_prompt"], key=lambda x: x["prompt_tokens"]):
         lines.append(f"| {row['lang']} | {row['prompt_tokens']} | {row['response_tokens']} | {row['seconds']:.2f} |")
+    lines += ["", f"Cost against the number of languages ({r['workload']['per_language']} prompts per language, "
+              f"N = {r['workload']['n']}, languages run one after another as in the pipeline):", "",
+              "| languages | prompts | prompt tokens | response tokens | generate s | score s | total s |",
+              "|---|---|---|---|---|---|---|"]
+    for row in r["scaling_languages"]:
+        lines.append(f"| {' '.join(row['langs'])} | {row['prompts']} | {row['prompt_tokens']} | {row['response_tokens']} "
+                     f"| {row['generate_s']:.1f} | {row['score_s']:.1f} | {row['generate_s'] + row['score_s']:.1f} |")
     return "\n".join(lines) + "\n"
 
 

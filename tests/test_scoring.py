@@ -117,24 +117,56 @@ def test_score_group_needs_a_prompt():
 def test_chunked_logsumexp_path_gives_same_numbers(tiny_lm, group, expected, monkeypatch):
     prompt, completions = group
     vocab = tiny_lm.model.get_output_embeddings().weight.shape[0]
-    for elements in (1, 3 * vocab, 7 * vocab):
+    for elements, vocab_chunk in ((1, vocab), (3 * vocab, 1000), (7 * 2048, 2048)):
         monkeypatch.setattr(scoring, "LOGIT_CHUNK_ELEMENTS", elements)
+        monkeypatch.setattr(scoring, "VOCAB_CHUNK", vocab_chunk)
         got = score_group(tiny_lm.model, ScoreGroup(prompt, completions), token_budget=40, per_token=True)
         _assert_close(got, expected)
 
 
-def test_token_logprobs_from_hidden_chunking(tiny_lm, monkeypatch):
+@pytest.mark.parametrize("vocab_chunk", [1000, 2048, 1 << 20])
+def test_token_logprobs_from_hidden_chunking(tiny_lm, monkeypatch, vocab_chunk):
+    """Slices of the vocabulary (one not dividing it, so the last slice is short) and of the
+    positions give the full log-softmax; targets include the first and last vocabulary ids."""
     torch.manual_seed(0)
     hidden = torch.randn(11, tiny_lm.model.config.hidden_size)
-    targets = torch.randint(0, tiny_lm.model.config.vocab_size, (11,))
+    vocab = tiny_lm.model.get_output_embeddings().weight.shape[0]
+    targets = torch.randint(0, vocab, (11,))
+    targets[0], targets[1] = 0, vocab - 1
     logits = tiny_lm.model.get_output_embeddings()(hidden).float()
     want = torch.log_softmax(logits, -1).gather(1, targets[:, None])[:, 0]
-    vocab = logits.shape[1]
-    for elements in (1, 4 * vocab, 1 << 30):
+    monkeypatch.setattr(scoring, "VOCAB_CHUNK", vocab_chunk)
+    for elements in (1, 4 * vocab_chunk, 1 << 30):
         monkeypatch.setattr(scoring, "LOGIT_CHUNK_ELEMENTS", elements)
         with torch.no_grad():
             got = token_logprobs_from_hidden(tiny_lm.model, hidden, targets)
         assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_token_logprobs_from_hidden_with_bias_and_wrapped_head(monkeypatch):
+    """A biased head is sliced with its bias; a head that is not a plain Linear (an adapter's
+    wrapper) is called as a module on the whole vocabulary. Both match the full log-softmax."""
+    torch.manual_seed(1)
+    linear = torch.nn.Linear(8, 5000, bias=True)
+    torch.nn.init.normal_(linear.bias, std=3.0)
+    hidden, targets = torch.randn(6, 8), torch.tensor([0, 4999, 2047, 2048, 17, 3000])
+    want = torch.log_softmax(linear(hidden), -1).gather(1, targets[:, None])[:, 0]
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = linear
+            self.weight = linear.weight
+
+        def forward(self, x):
+            return self.inner(x)
+
+    monkeypatch.setattr(scoring, "LOGIT_CHUNK_ELEMENTS", 3 * 2048)
+    for head in (linear, Wrapped()):
+        model = SimpleNamespace(config=SimpleNamespace(), get_output_embeddings=lambda head=head: head)
+        with torch.no_grad():
+            got = token_logprobs_from_hidden(model, hidden, targets)
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
