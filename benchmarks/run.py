@@ -9,9 +9,10 @@ Baselines (the reference code's approach, same process, same data):
   scoring     right-padded batches of 3, full-vocabulary log-softmax over every position, the prompt
               recomputed for every response;
   generation  one response per `generate` call;
-  training    none: a training step is compared with its arithmetic bound (one forward+backward of
-              the policy plus one forward of the reference over the step's real tokens, at the
-              measured matmul rate).
+  training    the same epoch of DPO steps in TRL's default random order (ours groups pairs by
+              length); each is also compared with its arithmetic bound (one forward+backward of the
+              policy plus one forward of the reference over a step's real tokens, at the measured
+              matmul rate).
 """
 
 from __future__ import annotations
@@ -178,45 +179,45 @@ def part_generation(args) -> dict:
 
 
 def part_training(args) -> dict:
-    from datasets import Dataset
-
+    """One epoch of DPO steps (`args.pairs` pairs a step) over the workload's pairs, batched as
+    `icr train` batches them: grouped by length (ours) or in TRL's default random order (baseline)."""
     from icr.config import TrainConfig
     from icr.models import load_model
-    from icr.train import _make_trainer_class, dpo_config, reference_logps
+    from icr.train import _make_trainer_class, dpo_config, preference_dataset, reference_logps
 
     lm = load_model(MODEL, device="cpu")
     work = json.loads(workload_file(args).read_text())
-    pairs = []
-    for w in work:
-        for k in range(0, len(w["responses"]) - 1, 2):
-            pairs.append({"prompt": [{"role": "user", "content": w["prompt"]}],
-                          "chosen": [{"role": "assistant", "content": w["responses"][k]}],
-                          "rejected": [{"role": "assistant", "content": w["responses"][k + 1]}]})
-    pairs = pairs[: args.pairs]
-    config = TrainConfig(batch_size=len(pairs), grad_accum=1, max_length=256, learning_rate=1e-6)
-    ref = reference_logps(lm, pairs, config.max_length)
-    rows = [{**p, **r} for p, r in zip(pairs, ref)]
-    trainer = _make_trainer_class()(model=lm.model, args=dpo_config(config, str(RESULTS / "trainer"), len(rows)),
-                                    train_dataset=Dataset.from_list(rows), processing_class=lm.tokenizer)
-    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(rows))])
-    real_tokens = int(batch["attention_mask"].sum())
+    pairs = [{"prompt": [{"role": "user", "content": w["prompt"]}],
+              "chosen": [{"role": "assistant", "content": w["responses"][k]}],
+              "rejected": [{"role": "assistant", "content": w["responses"][k + 1]}]}
+             for w in work for k in range(0, len(w["responses"]) - 1, 2)]
+    config = TrainConfig(batch_size=args.pairs, grad_accum=1, max_length=256, learning_rate=1e-6,
+                         group_by_length=args.impl == "ours")
+    dataset = preference_dataset(lm.tokenizer, pairs, reference_logps(lm, pairs, config.max_length), config)
+    trainer = _make_trainer_class()(model=lm.model, args=dpo_config(config, str(RESULTS / "trainer"), len(pairs)),
+                                    train_dataset=dataset, processing_class=lm.tokenizer)
+    batches = list(trainer.get_train_dataloader())
     lm.model.train()
-    trainer.current_gradient_accumulation_steps = 1  # set by Trainer's loop, which we bypass to time one step
+    trainer.current_gradient_accumulation_steps = 1  # set by Trainer's loop, which we bypass to time each step
     optimizer = trainer.create_optimizer()
-    peak_before = matmul_gflops()
-    times = []
-    for _ in range(args.repeats):  # one optimiser step: TRL's forward+backward, then AdamW
+
+    def step(batch) -> float:  # one optimiser step: TRL's forward+backward, then AdamW
         start = time.perf_counter()
         trainer.training_step(lm.model, batch)
         optimizer.step()
         optimizer.zero_grad()
-        times.append(time.perf_counter() - start)
-    step = min(times)
+        return time.perf_counter() - start
+
+    step(min(batches, key=lambda b: b["input_ids"].numel()))  # warm-up, untimed (allocations, optimiser state)
+    peak_before = matmul_gflops()
+    steps = [{"seconds": step(b), "real_tokens": int(b["attention_mask"].sum()),
+              "token_slots": int(b["attention_mask"].numel())} for b in batches]
     rates = [peak_before, matmul_gflops()]
-    return {"step_s": step, "step_times_s": times, "matmul_gflops": sum(rates) / 2,
-            "matmul_gflops_before_after": rates,
-            "pairs": len(pairs), "real_tokens": real_tokens, "padded_tokens": int(batch["attention_mask"].numel()),
-            "params": n_params(lm.model), "peak_rss_mb": peak_rss_mb()}
+    return {"step_s": sum(s["seconds"] for s in steps) / len(steps), "steps": steps,
+            "matmul_gflops": sum(rates) / 2, "matmul_gflops_before_after": rates,
+            "pairs": len(pairs), "pairs_per_step": args.pairs, "real_tokens": sum(s["real_tokens"] for s in steps),
+            "token_slots": sum(s["token_slots"] for s in steps), "params": n_params(lm.model),
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def part_languages(args) -> dict:
@@ -255,7 +256,7 @@ def run_part(name: str, impl: str, args) -> dict:
     """Run one part in a fresh process (its own peak RSS), return its JSON."""
     cmd = [sys.executable, __file__, "--part", name, "--impl", impl, "--prompts", str(args.prompts), "--n",
            str(args.n), "--max-new-tokens", str(args.max_new_tokens), "--pairs", str(args.pairs),
-           "--repeats", str(args.repeats), "--baseline-calls", str(args.baseline_calls), "--langs", args.langs,
+           "--baseline-calls", str(args.baseline_calls), "--langs", args.langs,
            "--per-language", str(args.per_language)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -268,8 +269,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=4, help="real prompts (en/es alternating)")
     parser.add_argument("--n", type=int, default=10, help="responses per prompt (paper: 10)")
     parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--pairs", type=int, default=8, help="pairs in the training step")
-    parser.add_argument("--repeats", type=int, default=2, help="training steps timed (the fastest counts)")
+    parser.add_argument("--pairs", type=int, default=8, help="pairs per training step")
     parser.add_argument("--baseline-calls", type=int, default=6, help="generate() calls timed for the baseline")
     parser.add_argument("--sizes", default="2,5,10", help="N values for the scaling table")
     parser.add_argument("--langs", default="en", help="languages of the `languages` part (comma-separated)")
@@ -288,9 +288,12 @@ def main() -> None:
     gflops = matmul_gflops()
     scoring = {impl: run_part("scoring", impl, args) for impl in ("ours", "baseline")}
     generation = {impl: run_part("generation", impl, args) for impl in ("ours", "baseline")}
-    training = run_part("training", "ours", args)
-    # forward ≈ 2·P FLOPs a token, backward ≈ 4·P: policy forward+backward (6·P) + reference forward (2·P)
-    bound = (6 + 2) * training["params"] * training["real_tokens"] / (training["matmul_gflops"] * 1e9)
+    training = {impl: run_part("training", impl, args) for impl in ("ours", "baseline")}
+    for part in training.values():
+        # forward ≈ 2·P FLOPs a token, backward ≈ 4·P: policy forward+backward (6·P) + reference forward
+        # (2·P), over the real tokens of an average step, at the matmul rate measured around the part
+        part["flop_bound_s"] = ((6 + 2) * part["params"] * part["real_tokens"] / len(part["steps"])
+                                / (part["matmul_gflops"] * 1e9))
     result = {
         "machine": {"matmul_gflops": gflops, "cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -313,7 +316,10 @@ def main() -> None:
             "speedup": generation["ours"]["tokens_per_s"] / generation["baseline"]["tokens_per_s"],
             "detail": generation,
         },
-        "training": {"step_s": training["step_s"], "flop_bound_s": bound, "ratio": training["step_s"] / bound,
+        "training": {"step_s": training["ours"]["step_s"], "flop_bound_s": training["ours"]["flop_bound_s"],
+                     "ratio": training["ours"]["step_s"] / training["ours"]["flop_bound_s"],
+                     "baseline_step_s": training["baseline"]["step_s"],
+                     "baseline_ratio": training["baseline"]["step_s"] / training["baseline"]["flop_bound_s"],
                      "detail": training},
     }
     scaling = []
@@ -337,7 +343,8 @@ def main() -> None:
 
 def markdown(r: dict) -> str:
     s, g, t = r["scoring"], r["generation"], r["training"]
-    rates = [r["machine"]["matmul_gflops"], *t["detail"]["matmul_gflops_before_after"],
+    rates = [r["machine"]["matmul_gflops"],
+             *(x for impl in ("ours", "baseline") for x in t["detail"][impl]["matmul_gflops_before_after"]),
              *(x for impl in ("ours", "baseline") for x in s["detail"][impl]["matmul_gflops_before_after"])]
     lines = [
         f"Machine: {r['machine']['cpu_count']} cores, {r['machine']['device']}, matmul "
@@ -353,8 +360,11 @@ def markdown(r: dict) -> str:
         f"(baseline {s['baseline_peak_rss_mb']:.0f} MB) |",
         f"| generation (tokens/s) | {g['tokens_per_s']:.1f} | {g['baseline_tokens_per_s']:.1f} | "
         f"{g['speedup']:.2f}× | one batched call per prompt chunk vs one response per call |",
-        f"| training step (s) | {t['step_s']:.1f} | bound {t['flop_bound_s']:.1f} | ratio {t['ratio']:.2f} | "
-        f"{t['detail']['pairs']} pairs, {t['detail']['real_tokens']} real tokens |", "",
+        f"| training step (s) | {t['step_s']:.1f} | {t['baseline_step_s']:.1f} | "
+        f"{t['baseline_step_s'] / t['step_s']:.2f}× | {t['ratio']:.2f}× its FLOP bound of {t['flop_bound_s']:.1f} s "
+        f"(baseline {t['baseline_ratio']:.2f}×); {t['detail']['ours']['pairs_per_step']} pairs a step, an epoch "
+        f"of {t['detail']['ours']['pairs']} pairs: {t['detail']['ours']['real_tokens']} real tokens in "
+        f"{t['detail']['ours']['token_slots']} slots (baseline {t['detail']['baseline']['token_slots']}) |", "",
         "Scoring cost against N (responses per prompt, same prompts):", "",
         "| N | seconds | response tokens | tokens computed | response tokens/s |", "|---|---|---|---|---|",
     ]

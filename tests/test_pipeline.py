@@ -28,7 +28,7 @@ def tiny_config(tiny_dir, tiny_ref_dir, output_dir: Path, name: str, **overrides
         "models.policy": str(tiny_dir), "models.reference": str(tiny_ref_dir), "models.device": "cpu",
         "models.dtype": "float32",
         "data.prompts": "embedded:demo", "data.languages": list(LANGS), "data.limit": 3,
-        "generate.n": 2, "generate.max_new_tokens": 6, "generate.batch_prompts": 1,
+        "generate.n": 2, "generate.max_new_tokens": 6, "generate.batch_prompts": 1, "reward.batch_prompts": 2,
         "pairs.language_filter": False,
     }
     tree.update(overrides)
@@ -111,8 +111,8 @@ def test_interrupted_and_resumed_run_is_byte_identical(reference_run, tiny_dir, 
     assert "iter_0/generate" not in finished(root)
     monkeypatch.undo()
     run_stage(cfg, "generate")
-    # scoring crashes after 2 prompts
-    monkeypatch.setattr(icr.reward, "reward_record", fail_after(2, icr.reward.reward_record))
+    # scoring crashes after one chunk of 2 prompts (reward.batch_prompts=2)
+    monkeypatch.setattr(icr.reward, "reward_records", fail_after(1, icr.reward.reward_records))
     with pytest.raises(KeyboardInterrupt):
         run_stage(cfg, "reward")
     assert len(read_jsonl(root / "iter_0" / "rewards" / "en.jsonl")) == 2

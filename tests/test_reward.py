@@ -14,6 +14,7 @@ from icr.reward import (
     reward_instruction,
     reward_language,
     reward_record,
+    reward_records,
     score_responses,
     sequence_logprobs,
 )
@@ -257,3 +258,22 @@ def test_reference_logps_match_trl_when_prompt_tokenization_diverges(tiny_ref_lm
     for k in range(len(DIVERGING_PAIRS)):
         assert ours[k]["ref_chosen_logps"] == pytest.approx(want_c[k], abs=1e-2)
         assert ours[k]["ref_rejected_logps"] == pytest.approx(want_r[k], abs=1e-2)
+
+
+def test_records_scored_together_match_one_at_a_time(tiny_lm, tiny_ref_lm):
+    """reward_records batches the responses of several prompts (and keeps skipped records in
+    place); every number matches scoring each record alone."""
+    gens = [generation("es", SPANISH, RESPONSES_ES), {**generation("en", ENGLISH, []), "id": "skip"},
+            {**generation("en", ENGLISH, RESPONSES_EN), "id": "b"},
+            {**generation("es", SPANISH, RESPONSES_ES[:1]), "id": "c"}]
+    cfg = RewardConfig()
+    together = reward_records(gens, [ENGLISH] * len(gens), tiny_lm, tiny_ref_lm, cfg)
+    assert [r["id"] for r in together] == [g["id"] for g in gens]
+    assert together[1]["skipped"] and "reward" not in together[1]
+    for got, gen in zip(together, gens):
+        if "skipped" in got:
+            continue
+        alone = reward_record(gen, ENGLISH, tiny_lm, tiny_ref_lm, cfg)
+        assert got["reward_prompt"] == alone["reward_prompt"] and got["n_tokens"] == alone["n_tokens"]
+        for key in ("logp_policy", "logp_ref"):
+            np.testing.assert_allclose(got[key], alone[key], atol=1e-3, rtol=0)

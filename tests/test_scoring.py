@@ -1,4 +1,4 @@
-"""The scorer (`icr.scoring.score_group`) against the plain full-softmax computation."""
+"""The scorer (`icr.scoring.score_groups`) against the plain full-softmax computation."""
 
 from __future__ import annotations
 
@@ -190,16 +190,68 @@ def test_duplicate_completions_get_identical_scores(tiny_lm, group):
     assert abs(got[0] - got[1]) > 1e-3  # different completions, different scores
 
 
-def test_score_groups_calls_back_per_group(tiny_lm, group, expected):
-    prompt, completions = group
+@pytest.fixture(scope="module")
+def groups(tokenizer):
+    """Prompts of different lengths (1 to 40 tokens), each with completions of different lengths,
+    some empty or scored from a later token."""
+    rng = np.random.default_rng(1)
+    out = []
+    for k, (prompt_len, lengths) in enumerate([(40, [3, 12, 0, 7]), (1, [5, 1, 20]), (17, [9, 9, 2, 30, 4]),
+                                               (6, [11])]):
+        prompt = rng.integers(0, len(tokenizer), size=prompt_len).tolist()
+        completions = [rng.integers(0, len(tokenizer), size=n).tolist() for n in lengths]
+        starts = [min(n, (k + i) % 3) for i, n in enumerate(lengths)]
+        out.append(ScoreGroup(prompt, completions, starts))
+    return out
+
+
+@pytest.fixture(scope="module")
+def groups_expected(tiny_lm, groups):
+    return [[reference_logprobs(tiny_lm.model, g.prompt_ids, c)[s:] if c else []
+             for c, s in zip(g.completions, g.score_from)] for g in groups]
+
+
+@pytest.mark.parametrize("budget", [1, 13, 40, 90, 10**6])
+def test_groups_scored_together_match_full_softmax(tiny_lm, groups, groups_expected, budget):
+    """Completions of different prompts in one sub-batch (left-padded caches, own positions) give
+    each prompt's own numbers, whatever the budget cuts."""
+    got = score_groups(tiny_lm.model, groups, token_budget=budget, per_token=True)
+    for g, want in zip(got, groups_expected):
+        _assert_close(g, want)
+    sums = score_groups(tiny_lm.model, groups, token_budget=budget)
+    for g, want in zip(sums, groups_expected):
+        np.testing.assert_allclose(g, [sum(w) for w in want], atol=TOL * 20, rtol=0)
+
+
+def test_groups_mix_prompts_in_one_forward_pass(tiny_lm, groups, monkeypatch):
+    """With a large budget the completions of all prompts share forward passes."""
     seen = []
-    out = score_groups(tiny_lm.model, [ScoreGroup(prompt, completions[:2]), ScoreGroup(prompt[:5], completions[2:4])],
-                       on_group_done=lambda k, s: seen.append((k, s)))
-    assert [k for k, _ in seen] == [0, 1]
-    assert [s for _, s in seen] == out
-    np.testing.assert_allclose(out[0], [sum(e) for e in expected[:2]], atol=1e-3, rtol=0)
-    short = [sum(reference_logprobs(tiny_lm.model, prompt[:5], c)) for c in completions[2:4]]
-    np.testing.assert_allclose(out[1], short, atol=1e-3, rtol=0)
+    real = scoring._batch_cache
+    monkeypatch.setattr(scoring, "_batch_cache", lambda prefixes, rows: seen.append(set(rows)) or real(prefixes, rows))
+    score_groups(tiny_lm.model, groups, token_budget=10**6)
+    assert len(seen) == 1 and seen[0] == {0, 1, 2, 3}
+
+
+def test_caches_that_cannot_be_stacked_score_one_prompt_per_pass(tiny_lm, groups, groups_expected, monkeypatch):
+    monkeypatch.setattr(scoring, "_plain_layers", lambda cache: False)
+    seen = []
+    real = scoring._batch_cache
+    monkeypatch.setattr(scoring, "_batch_cache", lambda prefixes, rows: seen.append(set(rows)) or real(prefixes, rows))
+    got = score_groups(tiny_lm.model, groups, token_budget=40, per_token=True)
+    assert seen and all(len(rows) == 1 for rows in seen)
+    for g, want in zip(got, groups_expected):
+        _assert_close(g, want)
+
+
+def test_sub_batches_respect_token_and_cache_budgets():
+    lengths, prompts = [10, 9, 8, 2, 2], [0, 100, 0, 0, 300]
+    batches = _sub_batches([0, 1, 2, 3, 4], lengths, 30, prompts)
+    assert [i for b in batches for i in b] == [0, 1, 2, 3, 4]
+    for b in batches:
+        longest = max(lengths[i] for i in b)
+        assert len(b) * longest <= 30 or len(b) == 1
+        assert len(b) * (max(prompts[i] for i in b) + longest) <= scoring.CACHE_BUDGET_FACTOR * 30 or len(b) == 1
+    assert batches == [[0], [1], [2, 3], [4]]  # the long prompts (100, 300 tokens) go alone
 
 
 def test_logit_transform_applies_softcap_and_scaling():

@@ -11,7 +11,15 @@ from safetensors.torch import load_file
 from icr.config import TrainConfig, load_config
 from icr.data import read_json, read_jsonl, write_jsonl_atomic
 from icr.models import load_model
-from icr.train import StaleReferenceError, _make_trainer_class, _spot_check, dpo_config, reference_logps, train_dpo
+from icr.train import (
+    StaleReferenceError,
+    _make_trainer_class,
+    _spot_check,
+    dpo_config,
+    preference_dataset,
+    reference_logps,
+    train_dpo,
+)
 
 PAIRS = [
     ("Name a fruit.", "An apple is a fruit.", "Cars are fast."),
@@ -36,13 +44,10 @@ def _config(**kw):
 
 
 def _trainer(lm, pairs_path, config, tmp_path):
-    from datasets import Dataset
-
     pairs = read_jsonl(pairs_path)
-    ref = reference_logps(lm, pairs, config.max_length)
-    rows = [{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"], **r} for p, r in zip(pairs, ref)]
-    return _make_trainer_class()(model=lm.model, args=dpo_config(config, str(tmp_path / "t"), len(rows)),
-                                 train_dataset=Dataset.from_list(rows), processing_class=lm.tokenizer)
+    dataset = preference_dataset(lm.tokenizer, pairs, reference_logps(lm, pairs, config.max_length), config)
+    return _make_trainer_class()(model=lm.model, args=dpo_config(config, str(tmp_path / "t"), len(pairs)),
+                                 train_dataset=dataset, processing_class=lm.tokenizer)
 
 
 def _batch_loss(trainer):
@@ -58,6 +63,29 @@ def test_training_step_lowers_dpo_loss_and_starts_at_log2(tiny_dir, tmp_path):
     assert start == pytest.approx(math.log(2), abs=1e-4)  # policy == reference at the start
     trainer.train()
     assert _batch_loss(trainer) < start - 1e-3
+
+
+def test_length_grouping_batches_pairs_of_similar_length(tiny_dir, tmp_path):
+    """Four short and four long pairs, batches of four: grouped by length, each batch holds one
+    kind and the epoch pads fewer token slots than TRL's random order (the minimum over batchings)."""
+    lm = load_model(str(tiny_dir), device="cpu")
+    long = " ".join(["The answer needs many words to explain it well."] * 4)
+    rows = [{"id": str(i), "lang": "en", "prompt": [{"role": "user", "content": f"Question {i}?"}],
+             "chosen": [{"role": "assistant", "content": long if i % 2 else "Yes."}],
+             "rejected": [{"role": "assistant", "content": long + " More." if i % 2 else "No."}]} for i in range(8)]
+    path = tmp_path / "mixed.jsonl"
+    write_jsonl_atomic(path, rows)
+    slots = {}
+    for grouped in (True, False):
+        trainer = _trainer(lm, path, _config(max_length=128, group_by_length=grouped), tmp_path)
+        batches = list(trainer.get_train_dataloader())
+        assert sum(len(b["input_ids"]) for b in batches) == 16  # chosen + rejected of 8 pairs
+        slots[grouped] = sum(b["input_ids"].numel() for b in batches)
+        if grouped:
+            for b in batches:
+                lengths = b["attention_mask"].sum(dim=1)
+                assert lengths.max() - lengths.min() < 40, lengths  # one kind per batch
+    assert slots[True] < slots[False]
 
 
 def test_nll_weight_adds_lambda_times_token_mean_nll(tiny_dir, tmp_path):

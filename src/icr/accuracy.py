@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from icr.config import RewardConfig
 from icr.data import DataError, read_jsonl
 from icr.models import LoadedModel
-from icr.reward import reward_record
+from icr.reward import reward_records
 
 REQUIRED = ("id", "lang", "prompt", "prompt_en", "chosen", "rejected")
 
@@ -56,13 +56,13 @@ def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, f
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def pair_rewards(policy: LoadedModel, reference: LoadedModel, pair: dict, config: RewardConfig,
-                 translator: LoadedModel | None = None) -> tuple[float, float]:
-    """(r(chosen), r(rejected)) of one pair under `config.mode`."""
-    generation = {"id": pair["id"], "lang": pair["lang"], "prompt": pair["prompt"],
-                  "responses": [pair["chosen"], pair["rejected"]]}
-    record = reward_record(generation, pair["prompt_en"], policy, reference, config, translator)
-    return record["reward"][0], record["reward"][1]
+def pair_rewards(policy: LoadedModel, reference: LoadedModel, pairs: list[dict], config: RewardConfig,
+                 translator: LoadedModel | None = None) -> list[tuple[float, float]]:
+    """(r(chosen), r(rejected)) of each pair under `config.mode`, the pairs scored together."""
+    generations = [{"id": p["id"], "lang": p["lang"], "prompt": p["prompt"], "responses": [p["chosen"], p["rejected"]]}
+                   for p in pairs]
+    records = reward_records(generations, [p["prompt_en"] for p in pairs], policy, reference, config, translator)
+    return [(r["reward"][0], r["reward"][1]) for r in records]
 
 
 def reward_accuracy(policy: LoadedModel, reference: LoadedModel, pairs: list[dict], config: RewardConfig,
@@ -70,10 +70,13 @@ def reward_accuracy(policy: LoadedModel, reference: LoadedModel, pairs: list[dic
     """{lang: {accuracy, n, ci_low, ci_high, mean_margin}} for one rewarding mode."""
     wins: dict[str, float] = defaultdict(float)
     margins: dict[str, list[float]] = defaultdict(list)
-    for pair in tqdm(pairs, desc=f"reward accuracy ({config.mode})", unit="pair"):
-        chosen, rejected = pair_rewards(policy, reference, pair, config, translator)
-        wins[pair["lang"]] += 1.0 if chosen > rejected else 0.5 if chosen == rejected else 0.0
-        margins[pair["lang"]].append(chosen - rejected)
+    with tqdm(total=len(pairs), desc=f"reward accuracy ({config.mode})", unit="pair") as bar:
+        for k in range(0, len(pairs), config.batch_prompts):
+            chunk = pairs[k : k + config.batch_prompts]
+            for pair, (chosen, rejected) in zip(chunk, pair_rewards(policy, reference, chunk, config, translator)):
+                wins[pair["lang"]] += 1.0 if chosen > rejected else 0.5 if chosen == rejected else 0.0
+                margins[pair["lang"]].append(chosen - rejected)
+            bar.update(len(chunk))
     table = {}
     for lang in sorted(margins):
         n = len(margins[lang])

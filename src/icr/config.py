@@ -98,6 +98,8 @@ class RewardConfig(StrictModel):
         "({instruction}, {language}); English prompts are scored under the plain instruction.",
     )
     token_budget: int = Field(4096, ge=64, description="Max tokens per scoring forward pass.")
+    batch_prompts: int = Field(8, ge=1, description="Prompts scored together (their responses share forward "
+                               "passes); fixed chunks of the generation file, so results do not depend on resuming.")
 
     @field_validator("crosslingual_template")
     @classmethod
@@ -149,6 +151,8 @@ class TrainConfig(StrictModel):
     max_length: int = Field(2048, ge=16, description="Max prompt+response tokens (longer: truncated at the end).")
     seed: int = Field(0, description="Training seed.")
     precompute_ref: bool = Field(True, description="Compute reference log-probs once before training.")
+    group_by_length: bool = Field(True, description="Batch pairs of similar length together (less padding; "
+                                  "transformers' LengthGroupedSampler: random groups, sorted within).")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory (large models).")
     lora: LoraConfig = Field(default_factory=LoraConfig)
 

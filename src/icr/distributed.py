@@ -56,6 +56,14 @@ def current_shard() -> Shard:
     return Shard(state.process_index, state.num_processes)
 
 
+def owned_chunks(items: list, size: int, shard: Shard, done: set[str], key: Callable) -> list[list]:
+    """Fixed chunks of `size` items (chunk k always holds the same items, and belongs to process
+    k % P) that still have an item not in `done`. A chunk is processed whole, so what a stage
+    computes for an item never depends on resuming or on the number of processes."""
+    chunks = [items[k : k + size] for k in range(0, len(items), size)]
+    return [c for k, c in enumerate(chunks) if shard.owns(k) and any(key(x) not in done for x in c)]
+
+
 def part_path(path: Path, shard: Shard) -> Path:
     """Where this process appends: the stage file itself in a single process, else its part file."""
     return path if shard.world == 1 else path.with_name(f".{path.name}.part{shard.rank}-of-{shard.world}")

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from icr.config import GenerateConfig
 from icr.data import JsonlAppender, Prompt, PromptSet
-from icr.distributed import Shard, sharded_jsonl
+from icr.distributed import Shard, owned_chunks, sharded_jsonl
 from icr.models import LoadedModel, end_of_turn_ids, prompt_ids
 
 log = logging.getLogger(__name__)
@@ -196,11 +196,10 @@ def generate_language(
     again whole, so a resumed or sharded run writes exactly what an uninterrupted one would. A
     prompt longer than `max_prompt_tokens` is not truncated: it gets a record with no responses
     and a `skipped` reason, never silently lost."""
-    chunks = [prompts[k : k + config.batch_prompts] for k in range(0, len(prompts), config.batch_prompts)]
     lang = prompts[0].lang if prompts else ""
 
     def work(target: Path, done: set[str]) -> None:
-        mine = [c for k, c in enumerate(chunks) if shard.owns(k) and any(p.id not in done for p in c)]
+        mine = owned_chunks(prompts, config.batch_prompts, shard, done, key=lambda p: p.id)
         todo = sum(p.id not in done for c in mine for p in c)
         with JsonlAppender(target) as out, tqdm(total=todo, unit="prompt", desc=f"generate {lang}",
                                                  disable=not todo) as bar:

@@ -24,10 +24,10 @@ from tqdm.auto import tqdm
 
 from icr.config import RewardConfig
 from icr.data import JsonlAppender
-from icr.distributed import Shard, sharded_jsonl
+from icr.distributed import Shard, owned_chunks, sharded_jsonl
 from icr.languages import language_name
 from icr.models import LoadedModel, end_of_turn_ids, prompt_ids, tokenize_exchange
-from icr.scoring import ScoreGroup, score_group
+from icr.scoring import ScoreGroup, score_groups
 
 
 @dataclass
@@ -83,30 +83,80 @@ def translate_to_english(translator: LoadedModel, texts: list[str], lang: str, m
     return out
 
 
-def sequence_logprobs(lm: LoadedModel, instruction: str, responses: list[str], token_budget: int = 4096):
-    """(summed log π(y|x) per response, scored token count per response) under `lm`."""
+def _score_group_for(lm: LoadedModel, instruction: str, responses: list[str]) -> tuple[ScoreGroup, list[int]]:
+    """The responses as completions of their shared prompt, and each response's scored token count."""
     exchanges = [tokenize_exchange(lm.tokenizer, instruction, r) for r in responses]
     shared = min(len(p) for p, _ in exchanges)
-    prompt = exchanges[0][0][:shared]
-    completions = [p[shared:] + c for p, c in exchanges]
-    score_from = [len(p) - shared for p, _ in exchanges]
-    logps = score_group(lm.model, ScoreGroup(prompt, completions, score_from), token_budget)
-    return logps, [len(c) for _, c in exchanges]
+    group = ScoreGroup(exchanges[0][0][:shared], [p[shared:] + c for p, c in exchanges],
+                       [len(p) - shared for p, _ in exchanges])
+    return group, [len(c) for _, c in exchanges]
+
+
+def batch_sequence_logprobs(lm: LoadedModel, items: list[tuple[str, list[str]]], token_budget: int = 4096):
+    """For each (instruction, responses): (summed log π(y|x) per response, scored token counts),
+    all items scored together (`icr.scoring.score_groups`)."""
+    prepared = [_score_group_for(lm, instruction, responses) for instruction, responses in items]
+    logps = score_groups(lm.model, [group for group, _ in prepared], token_budget)
+    return [(lp, n_tokens) for lp, (_, n_tokens) in zip(logps, prepared)]
+
+
+def sequence_logprobs(lm: LoadedModel, instruction: str, responses: list[str], token_budget: int = 4096):
+    """(summed log π(y|x) per response, scored token count per response) under `lm`."""
+    return batch_sequence_logprobs(lm, [(instruction, responses)], token_budget)[0]
+
+
+def score_response_groups(
+    policy: LoadedModel, reference: LoadedModel, items: list[tuple[str, list[str]]], beta: float,
+    token_budget: int = 4096,
+) -> list[dict[str, list]]:
+    """For each (instruction, responses): logp_policy, logp_ref, n_tokens and
+    reward = β·(logp_policy − logp_ref) per response."""
+    policy_scores = batch_sequence_logprobs(policy, items, token_budget)
+    reference_scores = batch_sequence_logprobs(reference, items, token_budget)
+    return [{"logp_policy": logp_policy, "logp_ref": logp_ref, "n_tokens": n_tokens,
+             "reward": [beta * (a - b) for a, b in zip(logp_policy, logp_ref)]}
+            for (logp_policy, n_tokens), (logp_ref, _) in zip(policy_scores, reference_scores)]
 
 
 def score_responses(
     policy: LoadedModel, reference: LoadedModel, instruction: str, responses: list[str], beta: float,
     token_budget: int = 4096,
 ) -> dict[str, list]:
-    """logp_policy, logp_ref, n_tokens and reward = β·(logp_policy − logp_ref) for each response."""
-    logp_policy, n_tokens = sequence_logprobs(policy, instruction, responses, token_budget)
-    logp_ref, _ = sequence_logprobs(reference, instruction, responses, token_budget)
-    return {
-        "logp_policy": logp_policy,
-        "logp_ref": logp_ref,
-        "n_tokens": n_tokens,
-        "reward": [beta * (a - b) for a, b in zip(logp_policy, logp_ref)],
-    }
+    """`score_response_groups` for one instruction."""
+    return score_response_groups(policy, reference, [(instruction, responses)], beta, token_budget)[0]
+
+
+def _prepare_record(generation: dict, english: str, config: RewardConfig,
+                    translator: LoadedModel | None) -> tuple[dict, list[str] | None]:
+    """The record's fields before scoring, and the texts to score (None for a skipped record)."""
+    item = RewardInput(generation["lang"], generation["prompt"], english, generation["responses"])
+    record = {"id": generation["id"], "lang": item.lang, "mode": config.mode, "prompt": item.native,
+              "prompt_en": english, "responses": item.responses}
+    if generation.get("skipped") or not item.responses:
+        return {**record, "skipped": generation.get("skipped", "no responses")}, None
+    scored_texts = item.responses
+    if config.mode == "translate":
+        if translator is None:
+            raise ValueError("reward.mode=translate needs a translator model")
+        scored_texts = translate_to_english(translator, item.responses, item.lang, config.translate_max_new_tokens)
+        record["translations"] = scored_texts
+    record["reward_prompt"] = reward_instruction(config.mode, item, config)
+    return record, scored_texts
+
+
+def reward_records(
+    generations: list[dict], english: list[str], policy: LoadedModel, reference: LoadedModel,
+    config: RewardConfig, translator: LoadedModel | None = None,
+) -> list[dict]:
+    """Score generation records (all N responses of each prompt) under `config.mode`, together:
+    the responses of all the records share forward passes."""
+    prepared = [_prepare_record(g, e, config, translator) for g, e in zip(generations, english)]
+    scored = [(record, texts) for record, texts in prepared if texts is not None]
+    scores = score_response_groups(policy, reference, [(r["reward_prompt"], texts) for r, texts in scored],
+                                   config.beta, config.token_budget)
+    for (record, _), score in zip(scored, scores):
+        record.update(score)
+    return [record for record, _ in prepared]
 
 
 def reward_record(
@@ -114,21 +164,7 @@ def reward_record(
     translator: LoadedModel | None = None,
 ) -> dict:
     """Score one generation record (all N responses of a prompt) under `config.mode`."""
-    item = RewardInput(generation["lang"], generation["prompt"], english, generation["responses"])
-    record = {"id": generation["id"], "lang": item.lang, "mode": config.mode, "prompt": item.native,
-              "prompt_en": english, "responses": item.responses}
-    if generation.get("skipped") or not item.responses:
-        return {**record, "skipped": generation.get("skipped", "no responses")}
-    scored_texts = item.responses
-    if config.mode == "translate":
-        if translator is None:
-            raise ValueError("reward.mode=translate needs a translator model")
-        scored_texts = translate_to_english(translator, item.responses, item.lang, config.translate_max_new_tokens)
-        record["translations"] = scored_texts
-    instruction = reward_instruction(config.mode, item, config)
-    record["reward_prompt"] = instruction
-    record.update(score_responses(policy, reference, instruction, scored_texts, config.beta, config.token_budget))
-    return record
+    return reward_records([generation], [english], policy, reference, config, translator)[0]
 
 
 def reward_language(
@@ -136,14 +172,22 @@ def reward_language(
     reference: LoadedModel, config: RewardConfig, translator: LoadedModel | None = None,
     shard: Shard = Shard(),
 ) -> list[dict]:
-    """Score every generation record not yet in `out_file` (appending; record k belongs to process
-    k % P of P), then rewrite the file in generation order."""
+    """Score every generation record not yet in `out_file` (appending), then rewrite the file in
+    generation order. Records are scored in fixed chunks of `config.batch_prompts`
+    (`icr.distributed.owned_chunks`), so a resumed or sharded run writes what an uninterrupted one would."""
     lang = generations[0]["lang"] if generations else ""
 
     def work(target: Path, done: set[str]) -> None:
-        todo = [g for k, g in enumerate(generations) if shard.owns(k) and g["id"] not in done]
-        with JsonlAppender(target) as out:
-            for gen in tqdm(todo, desc=f"reward {lang} ({config.mode})", unit="prompt", disable=not todo):
-                out.write(reward_record(gen, english[gen["id"]], policy, reference, config, translator))
+        mine = owned_chunks(generations, config.batch_prompts, shard, done, key=lambda g: g["id"])
+        todo = sum(g["id"] not in done for chunk in mine for g in chunk)
+        with JsonlAppender(target) as out, tqdm(total=todo, unit="prompt", desc=f"reward {lang} ({config.mode})",
+                                                 disable=not todo) as bar:
+            for chunk in mine:
+                records = reward_records(chunk, [english[g["id"]] for g in chunk], policy, reference, config,
+                                         translator)
+                for record in records:
+                    if record["id"] not in done:
+                        out.write(record)
+                        bar.update(1)
 
     return sharded_jsonl(out_file, [g["id"] for g in generations], shard, work)

@@ -1,13 +1,14 @@
-"""The scorer: summed log-probabilities of many completions that share one prompt.
+"""The scorer: summed log-probabilities of many completions that share prompts.
 
     log π(y | x) = Σ_j log softmax(W h_j)[y_j]
 
 computed so that it costs little more than the arithmetic it needs:
 
-* the prompt x runs through the model once; its key/value cache is copied to every completion
-  of that prompt (ICR scores N responses per prompt, and prompts are often longer than answers);
-* completions are sorted by length and cut into sub-batches under a token budget, right-padded
-  (causal attention means a real token never sees the padding after it, so no mask is needed);
+* each prompt x runs through the model once; its key/value cache serves every completion of that
+  prompt (ICR scores N responses per prompt, and prompts are often longer than answers);
+* the completions of many prompts are sorted by length and cut into sub-batches under a token
+  budget, right-padded (causal attention keeps a real token from seeing the padding after it);
+  a row carries its own prompt's cache, left-padded and masked to the sub-batch's longest prompt;
 * the output layer is applied only to the positions that are scored, a slice of the vocabulary at
   a time, taking the target logit and a running logsumexp: a full-vocabulary log-softmax over every
   position of a batch is never held in memory.
@@ -26,6 +27,7 @@ import torch
 
 LOGIT_CHUNK_ELEMENTS = 1 << 23  # logits held at once: positions × vocabulary slice (32 MiB in fp32)
 VOCAB_CHUNK = 2048  # vocabulary slice of the output layer computed at a time
+CACHE_BUDGET_FACTOR = 4  # rows × (cached prompt + completion) per sub-batch, in token budgets
 
 
 @dataclass
@@ -102,78 +104,163 @@ def token_logprobs_from_hidden(model, hidden: torch.Tensor, targets: torch.Tenso
     return out
 
 
-def _sub_batches(order: list[int], lengths: list[int], token_budget: int) -> list[list[int]]:
-    """Split rows (sorted longest first) so that rows × longest row <= token_budget."""
-    batches, current = [], []
+def _sub_batches(order: list[int], lengths: list[int], token_budget: int,
+                 prompt_lengths: list[int] | None = None) -> list[list[int]]:
+    """Split rows (sorted longest first) so that rows × longest row <= token_budget and, when rows
+    carry cached prompts, rows × (longest prompt + longest row) <= CACHE_BUDGET_FACTOR × token_budget."""
+    prompt_lengths = prompt_lengths or [0] * len(lengths)
+    batches, current, widest_prompt = [], [], 0
     for i in order:
         longest = lengths[current[0]] if current else lengths[i]
-        if current and (len(current) + 1) * max(longest, 1) > token_budget:
+        prompt = max(widest_prompt, prompt_lengths[i])
+        rows = len(current) + 1
+        if current and (rows * max(longest, 1) > token_budget
+                        or rows * (prompt + longest) > CACHE_BUDGET_FACTOR * token_budget):
             batches.append(current)
-            current = []
+            current, prompt = [], prompt_lengths[i]
         current.append(i)
+        widest_prompt = prompt
     if current:
         batches.append(current)
     return batches
 
 
+@dataclass
+class _Prefix:
+    """A prompt after its forward pass: its key/value cache and the hidden state that predicts
+    the first completion token."""
+
+    cache: object
+    last_hidden: torch.Tensor
+    length: int
+
+
+def _plain_layers(cache) -> bool:
+    """Caches whose layers are plain growing key/value tensors can be stacked across prompts."""
+    from transformers.cache_utils import DynamicLayer
+
+    return all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", [None]))
+
+
+def _batch_cache(prefixes: list[_Prefix], row_prefix: list[int]):
+    """One cache whose row r holds prompt `row_prefix[r]`, left-padded with zeros to the longest
+    prompt (the caller masks the padding). Rows of a single prompt copy its cache as it is."""
+    if len(set(row_prefix)) == 1:
+        cache = copy.deepcopy(prefixes[row_prefix[0]].cache)
+        cache.batch_repeat_interleave(len(row_prefix))
+        return cache
+    from transformers import DynamicCache
+
+    used = sorted(set(row_prefix))
+    width = max(prefixes[k].length for k in used)
+    index = torch.tensor([used.index(k) for k in row_prefix], device=prefixes[0].last_hidden.device)
+    cache = DynamicCache()
+    for layer_idx in range(len(prefixes[0].cache.layers)):
+        stacked = []
+        for name in ("keys", "values"):
+            first = getattr(prefixes[0].cache.layers[layer_idx], name)
+            padded = first.new_zeros((len(used), *first.shape[1:-2], width, first.shape[-1]))
+            for slot, k in enumerate(used):
+                states = getattr(prefixes[k].cache.layers[layer_idx], name)
+                padded[slot, ..., width - prefixes[k].length :, :] = states[0]
+            stacked.append(padded.index_select(0, index))
+        cache.update(*stacked, layer_idx)
+    return cache
+
+
 @torch.no_grad()
+def score_groups(
+    model, groups: Sequence[ScoreGroup], token_budget: int = 4096, per_token: bool = False
+) -> list[list[float]] | list[list[list[float]]]:
+    """For each group, the summed log-probability of each completion (per-token lists if `per_token`).
+
+    Every prompt runs through the model once. The completions of all groups are then sorted by
+    length and cut into sub-batches under the token budget, so that completions of different
+    prompts share a forward pass with little padding: each row gets its own prompt's cache,
+    left-padded to the longest prompt of the sub-batch and masked, and positions that continue
+    its own prompt. (Models whose caches are not plain key/value tensors, e.g. sliding-window
+    layers, batch only the completions of one prompt together.)"""
+    device = next(model.parameters()).device
+    decoder = model.get_decoder()
+    prefixes = []
+    for group in groups:
+        out = decoder(input_ids=torch.tensor([group.prompt_ids], device=device), use_cache=True)
+        prefixes.append(_Prefix(out.past_key_values, out.last_hidden_state[0, -1], len(group.prompt_ids)))
+    mixable = all(_plain_layers(p.cache) for p in prefixes)
+    rows = [(g, i) for g, group in enumerate(groups) for i in range(len(group.completions))]
+    lengths = [len(groups[g].completions[i]) for g, i in rows]
+    order = sorted(range(len(rows)), key=lambda r: (-lengths[r], rows[r]))
+    if not mixable:
+        order = sorted(order, key=lambda r: rows[r][0])  # stable: longest first within each group
+    prompt_lengths = [prefixes[g].length for g, _ in rows]
+    batches = [sub for part in ([order] if mixable else _split_by_group(order, rows))
+               for sub in _sub_batches(part, lengths, token_budget, prompt_lengths)]
+    results: list[list] = [[None] * len(group.completions) for group in groups]
+    for batch in batches:
+        per_row = _score_rows(model, decoder, groups, prefixes, [rows[r] for r in batch])
+        for (g, i), logps in zip((rows[r] for r in batch), per_row):
+            results[g][i] = logps if per_token else float(sum(logps))
+    return results
+
+
+def _split_by_group(order: list[int], rows: list[tuple[int, int]]) -> list[list[int]]:
+    parts: dict[int, list[int]] = {}
+    for r in order:
+        parts.setdefault(rows[r][0], []).append(r)
+    return list(parts.values())
+
+
+def _score_rows(model, decoder, groups, prefixes, batch: list[tuple[int, int]]) -> list[list[float]]:
+    """Per-token log-probabilities of the completions `batch` ((group, completion) pairs)."""
+    device = prefixes[0].last_hidden.device
+    completions = [groups[g].completions[i] for g, i in batch]
+    # Inputs are completion[:-1]: the hidden state after the last token predicts nothing we score.
+    width = max(len(c) for c in completions) - 1
+    hidden = None
+    if width > 0:
+        row_prefix = [g for g, _ in batch]
+        prompt_width = max(prefixes[g].length for g in row_prefix)
+        inputs = torch.tensor([c[:-1] + [c[0]] * (width - max(len(c) - 1, 0)) if c else [0] * width
+                               for c in completions], device=device)
+        # Completion tokens are right-padded: causal attention keeps real tokens from seeing them.
+        mask = torch.ones(len(batch), prompt_width + width, dtype=torch.long, device=device)
+        starts = torch.tensor([prefixes[g].length for g in row_prefix], device=device)
+        for r, g in enumerate(row_prefix):
+            mask[r, : prompt_width - prefixes[g].length] = 0
+        positions = starts[:, None] + torch.arange(width, device=device)[None, :]
+        hidden = decoder(input_ids=inputs, attention_mask=mask, position_ids=positions,
+                         past_key_values=_batch_cache(prefixes, row_prefix), use_cache=True).last_hidden_state
+    # Row r's token j is predicted by the prompt's last hidden state (j = 0) or by hidden[r, j-1].
+    sources, targets, owner = [], [], []
+    for r, ((g, i), c) in enumerate(zip(batch, completions)):
+        for j in range(groups[g].score_from[i], len(c)):
+            sources.append(-1 - g if j == 0 else r * width + j - 1)
+            targets.append(c[j])
+            owner.append(r)
+    per_row: list[list[float]] = [[] for _ in batch]
+    if not sources:
+        return per_row
+    flat = hidden.reshape(-1, hidden.shape[-1]) if hidden is not None else None
+    index = torch.tensor(sources, device=device)
+    vectors = torch.empty(len(sources), prefixes[0].last_hidden.shape[-1], dtype=prefixes[0].last_hidden.dtype,
+                          device=device)
+    from_prompt = index < 0
+    if from_prompt.any():
+        lasts = torch.stack([p.last_hidden for p in prefixes])
+        vectors[from_prompt] = lasts[-1 - index[from_prompt]]
+    if (~from_prompt).any():
+        vectors[~from_prompt] = flat[index[~from_prompt]]
+    logps = token_logprobs_from_hidden(model, vectors, torch.tensor(targets, device=device)).tolist()
+    for r, lp in zip(owner, logps):
+        per_row[r].append(lp)
+    return per_row
+
+
 def score_group(
     model, group: ScoreGroup, token_budget: int = 4096, per_token: bool = False
 ) -> list[float] | list[list[float]]:
     """Summed log-probability of each completion of `group` (or per-token lists if `per_token`)."""
-    device = next(model.parameters()).device
-    decoder = model.get_decoder()
-    prompt = torch.tensor([group.prompt_ids], device=device)
-    prefix = decoder(input_ids=prompt, use_cache=True)
-    h_last = prefix.last_hidden_state[0, -1]  # predicts the first completion token
-    results: list = [None] * len(group.completions)
-    lengths = [len(c) for c in group.completions]
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    for rows in _sub_batches(order, lengths, token_budget):
-        # Inputs are completion[:-1]: the hidden state after the last token predicts nothing we score.
-        width = max(lengths[i] for i in rows) - 1
-        hidden = None
-        if width > 0:
-            pad = group.completions[rows[0]][0]
-            inputs = torch.tensor(
-                [group.completions[i][:-1] + [pad] * (width - max(lengths[i] - 1, 0)) for i in rows], device=device
-            )
-            cache = copy.deepcopy(prefix.past_key_values)
-            cache.batch_repeat_interleave(len(rows))
-            hidden = decoder(input_ids=inputs, past_key_values=cache, use_cache=True).last_hidden_state
-        vectors, targets, owner = [], [], []
-        for b, i in enumerate(rows):
-            start = group.score_from[i]
-            for j in range(start, lengths[i]):
-                vectors.append(h_last if j == 0 else hidden[b, j - 1])
-                targets.append(group.completions[i][j])
-                owner.append(i)
-        if not vectors:
-            for i in rows:
-                results[i] = [] if per_token else 0.0
-            continue
-        logps = token_logprobs_from_hidden(
-            model, torch.stack(vectors), torch.tensor(targets, device=device)
-        ).tolist()
-        per_row: dict[int, list[float]] = {i: [] for i in rows}
-        for i, lp in zip(owner, logps):
-            per_row[i].append(lp)
-        for i in rows:
-            results[i] = per_row[i] if per_token else float(sum(per_row[i]))
-    return results
-
-
-def score_groups(
-    model, groups: Sequence[ScoreGroup], token_budget: int = 4096, on_group_done: Callable | None = None
-) -> list[list[float]]:
-    """`score_group` over many groups; `on_group_done(index, scores)` is called after each."""
-    out = []
-    for k, group in enumerate(groups):
-        scores = score_group(model, group, token_budget)
-        out.append(scores)
-        if on_group_done is not None:
-            on_group_done(k, scores)
-    return out
+    return score_groups(model, [group], token_budget, per_token)[0]
 
 
 @torch.no_grad()

@@ -27,9 +27,10 @@ from icr.config import TrainConfig
 from icr.data import read_json, read_jsonl, write_json_atomic
 from icr.distributed import current_shard
 from icr.models import LoadedModel, load_model, tokenize_exchange
-from icr.scoring import ScoreGroup, score_group
+from icr.scoring import ScoreGroup, score_groups
 
 log = logging.getLogger(__name__)
+REFERENCE_PAIRS_PER_PASS = 8  # pairs whose responses share the reference's forward passes
 
 
 class StaleReferenceError(RuntimeError):
@@ -62,17 +63,34 @@ def reference_logps(reference: LoadedModel, pairs: list[dict], max_length: int, 
     """ref_chosen_logps / ref_rejected_logps per pair (our scorer, TRL's tokens and truncation).
     With `per_token_nll`, also the token-mean NLL of the chosen response."""
     out = []
-    for pair in pairs:
-        prompt, chosen, rejected, starts = _pair_tokens(reference.tokenizer, pair, max_length)
+    for k in range(0, len(pairs), REFERENCE_PAIRS_PER_PASS):
         # Every token after the shared prompt counts, as in TRL's completion mask (which also covers
         # a prompt tail that merged with the response, see `tokenize_exchange`).
-        per_token = score_group(reference.model, ScoreGroup(prompt, [chosen, rejected]), token_budget,
-                                per_token=True)
-        row = {"ref_chosen_logps": float(sum(per_token[0])), "ref_rejected_logps": float(sum(per_token[1]))}
-        if per_token_nll:
-            row["chosen_nll"] = -sum(per_token[0]) / max(len(per_token[0]), 1)
-        out.append(row)
+        groups = [ScoreGroup(prompt, [chosen, rejected]) for prompt, chosen, rejected, _ in
+                  (_pair_tokens(reference.tokenizer, pair, max_length) for pair in pairs[k : k + REFERENCE_PAIRS_PER_PASS])]
+        for chosen, rejected in score_groups(reference.model, groups, token_budget, per_token=True):
+            row = {"ref_chosen_logps": float(sum(chosen)), "ref_rejected_logps": float(sum(rejected))}
+            if per_token_nll:
+                row["chosen_nll"] = -sum(chosen) / max(len(chosen), 1)
+            out.append(row)
     return out
+
+
+def pair_length(tokenizer, pair: dict, config: TrainConfig) -> int:
+    """Token slots the pair's longer sequence takes in a batch (what length grouping sorts by)."""
+    prompt, chosen, rejected, _ = _pair_tokens(tokenizer, pair, config.max_length)
+    return len(prompt) + max(len(chosen), len(rejected))
+
+
+def preference_dataset(tokenizer, pairs: list[dict], ref: list[dict], config: TrainConfig):
+    """TRL's preference columns (prompt, chosen, rejected, and ref_*_logps when precomputed) plus
+    the `length` that transformers' length-grouped sampler reads."""
+    from datasets import Dataset
+
+    keep = ("prompt", "chosen", "rejected") + (("ref_chosen_logps", "ref_rejected_logps") if config.precompute_ref
+                                               else ())
+    return Dataset.from_list([{**{k: {**p, **r}[k] for k in keep}, "length": pair_length(tokenizer, p, config)}
+                              for p, r in zip(pairs, ref)])
 
 
 def usable_pairs(tokenizer, pairs: list[dict], max_length: int) -> list[dict]:
@@ -182,6 +200,7 @@ def dpo_config(config: TrainConfig, output_dir: str, n_pairs: int):
         seed=config.seed,
         data_seed=config.seed,
         precompute_ref_log_probs=config.precompute_ref,
+        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
         **({"gradient_checkpointing": True} if config.gradient_checkpointing else {}),
         bf16=not use_cpu and torch.cuda.is_bf16_supported(),
         use_cpu=use_cpu,
@@ -210,8 +229,6 @@ def train_dpo(model_spec: str, pairs_file: Path, out_dir: Path, config: TrainCon
 
     The folder appears complete or not at all (written beside it, then renamed). Metrics go to
     `out_dir/train_metrics.json`: TRL's log history plus the DPO and NLL terms before and after."""
-    from datasets import Dataset
-
     pairs = read_jsonl(pairs_file)
     if not pairs:
         raise ValueError(f"{pairs_file}: no preference pairs to train on")
@@ -227,9 +244,7 @@ def train_dpo(model_spec: str, pairs_file: Path, out_dir: Path, config: TrainCon
     shard.wait()
     ref = cached_reference_logps(lm, pairs_file, pairs, config, out_dir.parent / "cache")
     before = dpo_terms(ref, ref, config.beta)  # the policy starts as the reference
-    keep = ("prompt", "chosen", "rejected") + (("ref_chosen_logps", "ref_rejected_logps") if config.precompute_ref
-                                               else ())
-    dataset = Dataset.from_list([{k: {**p, **r}[k] for k in keep} for p, r in zip(pairs, ref)])
+    dataset = preference_dataset(lm.tokenizer, pairs, ref, config)
     lm.model.train()
     trainer = _make_trainer_class()(
         model=lm.model, args=dpo_config(config, str(work / "trainer"), len(pairs)), train_dataset=dataset,
