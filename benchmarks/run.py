@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 UF = ROOT.parent / "shared" / "data" / "ultrafeedback-multilingual" / "random_100"
 UF_ALL_LANGUAGES = UF.parent / "random_1000"  # bn de en es fr ru sw th zh
+XAE_REFERENCE = ROOT.parent / "shared" / "data" / "x-alpacaeval" / "reference" / "gpt-4-turbo-2024-04-09"
 MODEL = "embedded:smollm2-135m-instruct"
 WORKLOAD_N = 10  # responses sampled per prompt once; smaller N use the first N of them
 
@@ -95,7 +96,7 @@ def n_params(model) -> int:
 
 def part_scoring(args) -> dict:
     from icr.models import load_model, tokenize_exchange
-    from icr.reward import sequence_logprobs
+    from icr.reward import batch_sequence_logprobs
 
     lm = load_model(MODEL, device="cpu")
     work = sampled_workload(lm, args.prompts, WORKLOAD_N, args.max_new_tokens, workload_file(args))
@@ -104,12 +105,8 @@ def part_scoring(args) -> dict:
     response_tokens = sum(len(c) for ex in exchanges for _, c in ex)
     seqs = [(p, c) for ex in exchanges for p, c in ex]
 
-    def score_ours(items):
-        for w, ex in items:
-            t0 = time.perf_counter()
-            sequence_logprobs(lm, w["prompt"], w["responses"])
-            per_prompt.append({"lang": w["lang"], "prompt_tokens": len(ex[0][0]),
-                               "response_tokens": sum(len(c) for _, c in ex), "seconds": time.perf_counter() - t0})
+    def score_ours(items):  # as the reward stage does: the prompts of a chunk scored together
+        batch_sequence_logprobs(lm, [(w["prompt"], w["responses"]) for w, _ in items])
 
     @torch.no_grad()
     def score_baseline(batches):
@@ -123,13 +120,11 @@ def part_scoring(args) -> dict:
                 logps[row, len(p) - 1 : len(p) + len(c) - 1].gather(1, tgt[:, None]).sum()
 
     batches = [seqs[k : k + 3] for k in range(0, len(seqs), 3)]
-    per_prompt: list[dict] = []
     # Warm-up (untimed, both implementations): the first forward pass pays one-time allocations.
     if args.impl == "ours":
         score_ours(list(zip(work, exchanges))[:1])
     else:
         score_baseline(batches[:1])
-    per_prompt.clear()
     peak_before = matmul_gflops()
     start = time.perf_counter()
     if args.impl == "ours":
@@ -139,6 +134,13 @@ def part_scoring(args) -> dict:
         score_baseline(batches)
         computed = sum(len(b) * max(len(p) + len(c) for p, c in b) for b in batches)
     seconds = time.perf_counter() - start
+    per_prompt = []
+    if args.impl == "ours":  # cost against prompt length: each prompt alone, after the timed run
+        for w, ex in zip(work, exchanges):
+            t0 = time.perf_counter()
+            score_ours([(w, ex)])
+            per_prompt.append({"lang": w["lang"], "prompt_tokens": len(ex[0][0]),
+                               "response_tokens": sum(len(c) for _, c in ex), "seconds": time.perf_counter() - t0})
     flops = 2 * n_params(lm.model) * computed
     # The machine's matmul rate drifts (shared host): measure it right before and after the timed work.
     rates = [peak_before, matmul_gflops()]
@@ -220,6 +222,35 @@ def part_training(args) -> dict:
             "peak_rss_mb": peak_rss_mb()}
 
 
+def part_padding(args) -> dict:
+    """Token slots an epoch of DPO batches pads to, grouped by length vs TRL's random order, on
+    pairs with real lengths: X-AlpacaEval instructions (en, es) with gpt-4-turbo's answers to that
+    instruction (chosen) and to the next one (rejected). Collation only, no training."""
+    from icr.config import TrainConfig
+    from icr.models import load_model
+    from icr.train import _make_trainer_class, dpo_config, preference_dataset
+
+    lm = load_model(MODEL, device="cpu")
+    pairs = []
+    for lang in ("en", "es"):
+        rows = json.loads((XAE_REFERENCE / f"{lang}.json").read_text(encoding="utf-8"))
+        pairs += [{"prompt": [{"role": "user", "content": a["instruction"]}],
+                   "chosen": [{"role": "assistant", "content": a["output"]}],
+                   "rejected": [{"role": "assistant", "content": b["output"]}]} for a, b in zip(rows, rows[1:])]
+    config = TrainConfig(batch_size=args.pairs, grad_accum=1)
+    ref = [{"ref_chosen_logps": 0.0, "ref_rejected_logps": 0.0}] * len(pairs)  # unused: no step is taken
+    trainer = _make_trainer_class()(model=lm.model, args=dpo_config(config, str(RESULTS / "trainer"), len(pairs)),
+                                    train_dataset=preference_dataset(lm.tokenizer, pairs, ref, config),
+                                    processing_class=lm.tokenizer)
+    out = {"pairs": len(pairs), "pairs_per_step": args.pairs, "max_length": config.max_length}
+    for strategy in ("group_by_length", "random"):
+        trainer.args.train_sampling_strategy = strategy
+        batches = list(trainer.get_train_dataloader())
+        out["real_tokens"] = sum(int(b["attention_mask"].sum()) for b in batches)
+        out[f"slots_{strategy}"] = sum(int(b["attention_mask"].numel()) for b in batches)
+    return out
+
+
 def part_languages(args) -> dict:
     """Generate and score `args.per_language` prompts in each of `args.langs`, one language after
     another as the pipeline does; the same UltraFeedback ids in every language."""
@@ -227,13 +258,13 @@ def part_languages(args) -> dict:
     from icr.data import load_prompt_set
     from icr.generate import HFGenerator
     from icr.models import load_model, prompt_ids
-    from icr.reward import sequence_logprobs
+    from icr.reward import batch_sequence_logprobs
 
     langs = args.langs.split(",")
     lm = load_model(MODEL, device="cpu")
     prompt_set = load_prompt_set(str(UF_ALL_LANGUAGES), langs, limit=args.per_language)
     gen = HFGenerator(lm, GenerateConfig(n=args.n, max_new_tokens=args.max_new_tokens, batch_prompts=args.per_language))
-    sequence_logprobs(lm, "Warm-up.", ["Yes."])
+    batch_sequence_logprobs(lm, [("Warm-up.", ["Yes."])])
     rows = []
     for lang in langs:
         texts = [p.text for p in prompt_set.by_lang[lang]]
@@ -241,15 +272,15 @@ def part_languages(args) -> dict:
         samples = gen.sample_batch(texts, args.n, list(range(len(texts))))
         gen_s = time.perf_counter() - start
         start = time.perf_counter()
-        for text, group in zip(texts, samples):
-            sequence_logprobs(lm, text, [s.text for s in group])
+        batch_sequence_logprobs(lm, [(text, [s.text for s in group]) for text, group in zip(texts, samples)])
         rows.append({"lang": lang, "generate_s": gen_s, "score_s": time.perf_counter() - start,
                      "prompt_tokens": sum(len(prompt_ids(lm.tokenizer, t)) for t in texts),
                      "response_tokens": sum(s.n_tokens for group in samples for s in group)})
     return {"langs": langs, "per_language": rows}
 
 
-PARTS = {"scoring": part_scoring, "generation": part_generation, "training": part_training, "languages": part_languages}
+PARTS = {"scoring": part_scoring, "generation": part_generation, "training": part_training, "languages": part_languages,
+         "padding": part_padding}
 
 
 def run_part(name: str, impl: str, args) -> dict:
@@ -322,6 +353,7 @@ def main() -> None:
                      "baseline_ratio": training["baseline"]["step_s"] / training["baseline"]["flop_bound_s"],
                      "detail": training},
     }
+    result["training"]["padding_at_scale"] = run_part("padding", "ours", args)
     scaling = []
     for n in [int(x) for x in args.sizes.split(",")]:
         sub = argparse.Namespace(**{**vars(args), "n": n})
@@ -375,6 +407,12 @@ def markdown(r: dict) -> str:
               "| lang | prompt tokens | response tokens | seconds |", "|---|---|---|---|"]
     for row in sorted(s["detail"]["ours"]["per_prompt"], key=lambda x: x["prompt_tokens"]):
         lines.append(f"| {row['lang']} | {row['prompt_tokens']} | {row['response_tokens']} | {row['seconds']:.2f} |")
+    pad = t["padding_at_scale"]
+    lines += ["", f"Padding at dataset scale ({pad['pairs']} X-AlpacaEval pairs with gpt-4-turbo's answers, "
+              f"{pad['pairs_per_step']} pairs a step, max_length {pad['max_length']}; collation only): "
+              f"{pad['real_tokens']} real tokens in {pad['slots_group_by_length']} slots grouped by length "
+              f"({100 * pad['real_tokens'] / pad['slots_group_by_length']:.0f}% real) vs {pad['slots_random']} "
+              f"in random order ({100 * pad['real_tokens'] / pad['slots_random']:.0f}% real)."]
     lines += ["", f"Cost against the number of languages ({r['workload']['per_language']} prompts per language, "
               f"N = {r['workload']['n']}, languages run one after another as in the pipeline):", "",
               "| languages | prompts | prompt tokens | response tokens | generate s | score s | total s |",

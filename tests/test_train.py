@@ -66,26 +66,30 @@ def test_training_step_lowers_dpo_loss_and_starts_at_log2(tiny_dir, tmp_path):
 
 
 def test_length_grouping_batches_pairs_of_similar_length(tiny_dir, tmp_path):
-    """Four short and four long pairs, batches of four: grouped by length, each batch holds one
-    kind and the epoch pads fewer token slots than TRL's random order (the minimum over batchings)."""
+    """32 short and 32 long pairs in random order, 2 pairs a step. Grouped by length
+    (transformers' LengthGroupedSampler sorts groups of 16 here), nearly every step holds one kind
+    and the epoch pads far fewer token slots than TRL's random order."""
     lm = load_model(str(tiny_dir), device="cpu")
-    long = " ".join(["The answer needs many words to explain it well."] * 4)
-    rows = [{"id": str(i), "lang": "en", "prompt": [{"role": "user", "content": f"Question {i}?"}],
-             "chosen": [{"role": "assistant", "content": long if i % 2 else "Yes."}],
-             "rejected": [{"role": "assistant", "content": long + " More." if i % 2 else "No."}]} for i in range(8)]
-    path = tmp_path / "mixed.jsonl"
-    write_jsonl_atomic(path, rows)
-    slots = {}
+    long = " ".join(["The answer needs many words to explain it well."] * 8)
+    kinds = [i % 2 == 1 for i in range(64)]
+    rows = [{"prompt": [{"role": "user", "content": f"Question {i}?"}],
+             "chosen": [{"role": "assistant", "content": long if is_long else "Yes."}],
+             "rejected": [{"role": "assistant", "content": long + " More." if is_long else "No."}]}
+            for i, is_long in enumerate(kinds)]
+    slots, mixed = {}, {}
     for grouped in (True, False):
-        trainer = _trainer(lm, path, _config(max_length=128, group_by_length=grouped), tmp_path)
+        config = _config(batch_size=2, max_length=256, group_by_length=grouped)
+        ref = [{"ref_chosen_logps": 0.0, "ref_rejected_logps": 0.0}] * len(rows)
+        trainer = _make_trainer_class()(model=lm.model, args=dpo_config(config, str(tmp_path / "t"), len(rows)),
+                                        train_dataset=preference_dataset(lm.tokenizer, rows, ref, config),
+                                        processing_class=lm.tokenizer)
         batches = list(trainer.get_train_dataloader())
-        assert sum(len(b["input_ids"]) for b in batches) == 16  # chosen + rejected of 8 pairs
+        assert sum(len(b["input_ids"]) for b in batches) == 128  # chosen + rejected of 64 pairs
         slots[grouped] = sum(b["input_ids"].numel() for b in batches)
-        if grouped:
-            for b in batches:
-                lengths = b["attention_mask"].sum(dim=1)
-                assert lengths.max() - lengths.min() < 40, lengths  # one kind per batch
-    assert slots[True] < slots[False]
+        lengths = [b["attention_mask"].sum(dim=1) for b in batches]
+        mixed[grouped] = sum(int(x.max() - x.min() > 40) for x in lengths)
+    assert mixed[True] <= 2 < mixed[False]  # a sorted group of 16 splits into steps of one kind
+    assert slots[True] < 0.85 * slots[False]
 
 
 def test_nll_weight_adds_lambda_times_token_mean_nll(tiny_dir, tmp_path):
