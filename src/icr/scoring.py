@@ -27,7 +27,7 @@ import torch
 
 LOGIT_CHUNK_ELEMENTS = 1 << 23  # logits held at once: positions × vocabulary slice (32 MiB in fp32)
 VOCAB_CHUNK = 2048  # vocabulary slice of the output layer computed at a time
-CACHE_BUDGET_FACTOR = 4  # rows × (cached prompt + completion) per sub-batch, in token budgets
+CACHE_BUDGET_FACTOR = 2  # rows × (cached prompt + completion) per sub-batch, in token budgets (the KV memory)
 
 
 @dataclass
