@@ -109,17 +109,16 @@ def _sub_batches(order: list[int], lengths: list[int], token_budget: int,
     """Split rows (sorted longest first) so that rows × longest row <= token_budget and, when rows
     carry cached prompts, rows × (longest prompt + longest row) <= CACHE_BUDGET_FACTOR × token_budget."""
     prompt_lengths = prompt_lengths or [0] * len(lengths)
-    batches, current, widest_prompt = [], [], 0
+    batches, current = [], []
     for i in order:
-        longest = lengths[current[0]] if current else lengths[i]
-        prompt = max(widest_prompt, prompt_lengths[i])
-        rows = len(current) + 1
-        if current and (rows * max(longest, 1) > token_budget
-                        or rows * (prompt + longest) > CACHE_BUDGET_FACTOR * token_budget):
+        rows = current + [i]
+        longest = max(lengths[rows[0]], 1)
+        widest_prompt = max(prompt_lengths[r] for r in rows)
+        if current and (len(rows) * longest > token_budget
+                        or len(rows) * (widest_prompt + longest) > CACHE_BUDGET_FACTOR * token_budget):
             batches.append(current)
-            current, prompt = [], prompt_lengths[i]
+            current = []
         current.append(i)
-        widest_prompt = prompt
     if current:
         batches.append(current)
     return batches
@@ -151,19 +150,18 @@ def _batch_cache(prefixes: list[_Prefix], row_prefix: list[int]):
         return cache
     from transformers import DynamicCache
 
-    used = sorted(set(row_prefix))
-    width = max(prefixes[k].length for k in used)
-    index = torch.tensor([used.index(k) for k in row_prefix], device=prefixes[0].last_hidden.device)
+    width = max(prefixes[k].length for k in row_prefix)
+    rows_of = {k: torch.tensor([r for r, g in enumerate(row_prefix) if g == k], device=prefixes[0].last_hidden.device)
+               for k in dict.fromkeys(row_prefix)}
     cache = DynamicCache()
     for layer_idx in range(len(prefixes[0].cache.layers)):
         stacked = []
         for name in ("keys", "values"):
             first = getattr(prefixes[0].cache.layers[layer_idx], name)
-            padded = first.new_zeros((len(used), *first.shape[1:-2], width, first.shape[-1]))
-            for slot, k in enumerate(used):
-                states = getattr(prefixes[k].cache.layers[layer_idx], name)
-                padded[slot, ..., width - prefixes[k].length :, :] = states[0]
-            stacked.append(padded.index_select(0, index))
+            padded = first.new_zeros((len(row_prefix), *first.shape[1:-2], width, first.shape[-1]))
+            for k, rows in rows_of.items():
+                padded[rows, ..., width - prefixes[k].length :, :] = getattr(prefixes[k].cache.layers[layer_idx], name)
+            stacked.append(padded)
         cache.update(*stacked, layer_idx)
     return cache
 
@@ -190,8 +188,6 @@ def score_groups(
     rows = [(g, i) for g, group in enumerate(groups) for i in range(len(group.completions))]
     lengths = [len(groups[g].completions[i]) for g, i in rows]
     order = sorted(range(len(rows)), key=lambda r: (-lengths[r], rows[r]))
-    if not mixable:
-        order = sorted(order, key=lambda r: rows[r][0])  # stable: longest first within each group
     prompt_lengths = [prefixes[g].length for g, _ in rows]
     batches = [sub for part in ([order] if mixable else _split_by_group(order, rows))
                for sub in _sub_batches(part, lengths, token_budget, prompt_lengths)]
@@ -204,6 +200,7 @@ def score_groups(
 
 
 def _split_by_group(order: list[int], rows: list[tuple[int, int]]) -> list[list[int]]:
+    """`order` cut into one list per group, each in the order it had."""
     parts: dict[int, list[int]] = {}
     for r in order:
         parts.setdefault(rows[r][0], []).append(r)
@@ -230,26 +227,21 @@ def _score_rows(model, decoder, groups, prefixes, batch: list[tuple[int, int]]) 
         positions = starts[:, None] + torch.arange(width, device=device)[None, :]
         hidden = decoder(input_ids=inputs, attention_mask=mask, position_ids=positions,
                          past_key_values=_batch_cache(prefixes, row_prefix), use_cache=True).last_hidden_state
-    # Row r's token j is predicted by the prompt's last hidden state (j = 0) or by hidden[r, j-1].
+    # Row r's token j is predicted by hidden[r, j-1], or for j = 0 by its prompt's last hidden state,
+    # which sits after the rows × width hidden states in `states`.
+    lasts = torch.stack([p.last_hidden for p in prefixes])
+    states = lasts if hidden is None else torch.cat([hidden.reshape(-1, hidden.shape[-1]), lasts])
+    first_last = states.shape[0] - len(prefixes)
     sources, targets, owner = [], [], []
     for r, ((g, i), c) in enumerate(zip(batch, completions)):
         for j in range(groups[g].score_from[i], len(c)):
-            sources.append(-1 - g if j == 0 else r * width + j - 1)
+            sources.append(first_last + g if j == 0 else r * width + j - 1)
             targets.append(c[j])
             owner.append(r)
     per_row: list[list[float]] = [[] for _ in batch]
     if not sources:
         return per_row
-    flat = hidden.reshape(-1, hidden.shape[-1]) if hidden is not None else None
-    index = torch.tensor(sources, device=device)
-    vectors = torch.empty(len(sources), prefixes[0].last_hidden.shape[-1], dtype=prefixes[0].last_hidden.dtype,
-                          device=device)
-    from_prompt = index < 0
-    if from_prompt.any():
-        lasts = torch.stack([p.last_hidden for p in prefixes])
-        vectors[from_prompt] = lasts[-1 - index[from_prompt]]
-    if (~from_prompt).any():
-        vectors[~from_prompt] = flat[index[~from_prompt]]
+    vectors = states[torch.tensor(sources, device=device)]
     logps = token_logprobs_from_hidden(model, vectors, torch.tensor(targets, device=device)).tolist()
     for r, lp in zip(owner, logps):
         per_row[r].append(lp)
