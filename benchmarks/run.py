@@ -87,6 +87,12 @@ def workload_file(args) -> Path:
     return RESULTS / f"workload-p{args.prompts}-t{args.max_new_tokens}.json"
 
 
+def chat_pair(prompt: str, chosen: str, rejected: str) -> dict:
+    """A preference pair in TRL's conversational format."""
+    return {"prompt": [{"role": "user", "content": prompt}], "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}]}
+
+
 def n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -185,19 +191,16 @@ def part_training(args) -> dict:
     `icr train` batches them: grouped by length (ours) or in TRL's default random order (baseline)."""
     from icr.config import TrainConfig
     from icr.models import load_model
-    from icr.train import _make_trainer_class, dpo_config, preference_dataset, reference_logps
+    from icr.train import dpo_trainer, preference_dataset, reference_logps
 
     lm = load_model(MODEL, device="cpu")
     work = json.loads(workload_file(args).read_text())
-    pairs = [{"prompt": [{"role": "user", "content": w["prompt"]}],
-              "chosen": [{"role": "assistant", "content": w["responses"][k]}],
-              "rejected": [{"role": "assistant", "content": w["responses"][k + 1]}]}
+    pairs = [chat_pair(w["prompt"], w["responses"][k], w["responses"][k + 1])
              for w in work for k in range(0, len(w["responses"]) - 1, 2)]
     config = TrainConfig(batch_size=args.pairs, grad_accum=1, max_length=256, learning_rate=1e-6,
                          group_by_length=args.impl == "ours")
     dataset = preference_dataset(lm.tokenizer, pairs, reference_logps(lm, pairs, config.max_length), config)
-    trainer = _make_trainer_class()(model=lm.model, args=dpo_config(config, str(RESULTS / "trainer"), len(pairs)),
-                                    train_dataset=dataset, processing_class=lm.tokenizer)
+    trainer = dpo_trainer(lm, dataset, config, str(RESULTS / "trainer"))
     batches = list(trainer.get_train_dataloader())
     lm.model.train()
     trainer.current_gradient_accumulation_steps = 1  # set by Trainer's loop, which we bypass to time each step
@@ -228,20 +231,16 @@ def part_padding(args) -> dict:
     instruction (chosen) and to the next one (rejected). Collation only, no training."""
     from icr.config import TrainConfig
     from icr.models import load_model
-    from icr.train import _make_trainer_class, dpo_config, preference_dataset
+    from icr.train import dpo_trainer, preference_dataset
 
     lm = load_model(MODEL, device="cpu")
     pairs = []
     for lang in ("en", "es"):
         rows = json.loads((XAE_REFERENCE / f"{lang}.json").read_text(encoding="utf-8"))
-        pairs += [{"prompt": [{"role": "user", "content": a["instruction"]}],
-                   "chosen": [{"role": "assistant", "content": a["output"]}],
-                   "rejected": [{"role": "assistant", "content": b["output"]}]} for a, b in zip(rows, rows[1:])]
+        pairs += [chat_pair(a["instruction"], a["output"], b["output"]) for a, b in zip(rows, rows[1:])]
     config = TrainConfig(batch_size=args.pairs, grad_accum=1)
     ref = [{"ref_chosen_logps": 0.0, "ref_rejected_logps": 0.0}] * len(pairs)  # unused: no step is taken
-    trainer = _make_trainer_class()(model=lm.model, args=dpo_config(config, str(RESULTS / "trainer"), len(pairs)),
-                                    train_dataset=preference_dataset(lm.tokenizer, pairs, ref, config),
-                                    processing_class=lm.tokenizer)
+    trainer = dpo_trainer(lm, preference_dataset(lm.tokenizer, pairs, ref, config), config, str(RESULTS / "trainer"))
     out = {"pairs": len(pairs), "pairs_per_step": args.pairs, "max_length": config.max_length}
     for strategy in ("group_by_length", "random"):
         trainer.args.train_sampling_strategy = strategy

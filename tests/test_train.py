@@ -13,9 +13,8 @@ from icr.data import read_json, read_jsonl, write_jsonl_atomic
 from icr.models import load_model
 from icr.train import (
     StaleReferenceError,
-    _make_trainer_class,
     _spot_check,
-    dpo_config,
+    dpo_trainer,
     preference_dataset,
     reference_logps,
     train_dpo,
@@ -46,8 +45,7 @@ def _config(**kw):
 def _trainer(lm, pairs_path, config, tmp_path):
     pairs = read_jsonl(pairs_path)
     dataset = preference_dataset(lm.tokenizer, pairs, reference_logps(lm, pairs, config.max_length), config)
-    return _make_trainer_class()(model=lm.model, args=dpo_config(config, str(tmp_path / "t"), len(pairs)),
-                                 train_dataset=dataset, processing_class=lm.tokenizer)
+    return dpo_trainer(lm, dataset, config, str(tmp_path / "t"))
 
 
 def _batch_loss(trainer):
@@ -80,9 +78,7 @@ def test_length_grouping_batches_pairs_of_similar_length(tiny_dir, tmp_path):
     for grouped in (True, False):
         config = _config(batch_size=2, max_length=256, group_by_length=grouped)
         ref = [{"ref_chosen_logps": 0.0, "ref_rejected_logps": 0.0}] * len(rows)
-        trainer = _make_trainer_class()(model=lm.model, args=dpo_config(config, str(tmp_path / "t"), len(rows)),
-                                        train_dataset=preference_dataset(lm.tokenizer, rows, ref, config),
-                                        processing_class=lm.tokenizer)
+        trainer = dpo_trainer(lm, preference_dataset(lm.tokenizer, rows, ref, config), config, str(tmp_path / "t"))
         batches = list(trainer.get_train_dataloader())
         assert sum(len(b["input_ids"]) for b in batches) == 128  # chosen + rejected of 64 pairs
         slots[grouped] = sum(b["input_ids"].numel() for b in batches)

@@ -66,8 +66,9 @@ def reference_logps(reference: LoadedModel, pairs: list[dict], max_length: int, 
     for k in range(0, len(pairs), REFERENCE_PAIRS_PER_PASS):
         # Every token after the shared prompt counts, as in TRL's completion mask (which also covers
         # a prompt tail that merged with the response, see `tokenize_exchange`).
-        groups = [ScoreGroup(prompt, [chosen, rejected]) for prompt, chosen, rejected, _ in
-                  (_pair_tokens(reference.tokenizer, pair, max_length) for pair in pairs[k : k + REFERENCE_PAIRS_PER_PASS])]
+        chunk = pairs[k : k + REFERENCE_PAIRS_PER_PASS]
+        tokens = [_pair_tokens(reference.tokenizer, pair, max_length) for pair in chunk]
+        groups = [ScoreGroup(prompt, [chosen, rejected]) for prompt, chosen, rejected, _ in tokens]
         for chosen, rejected in score_groups(reference.model, groups, token_budget, per_token=True):
             row = {"ref_chosen_logps": float(sum(chosen)), "ref_rejected_logps": float(sum(rejected))}
             if per_token_nll:
@@ -213,6 +214,12 @@ def dpo_config(config: TrainConfig, output_dir: str, n_pairs: int):
     )
 
 
+def dpo_trainer(lm: LoadedModel, dataset, config: TrainConfig, output_dir: str):
+    """Our DPOTrainer on `dataset` (see `preference_dataset`) with `config`'s arguments and LoRA."""
+    return _make_trainer_class()(model=lm.model, args=dpo_config(config, output_dir, len(dataset)),
+                                 train_dataset=dataset, processing_class=lm.tokenizer, peft_config=_lora(config))
+
+
 def _lora(config: TrainConfig):
     if not config.lora.enabled:
         return None
@@ -246,10 +253,7 @@ def train_dpo(model_spec: str, pairs_file: Path, out_dir: Path, config: TrainCon
     before = dpo_terms(ref, ref, config.beta)  # the policy starts as the reference
     dataset = preference_dataset(lm.tokenizer, pairs, ref, config)
     lm.model.train()
-    trainer = _make_trainer_class()(
-        model=lm.model, args=dpo_config(config, str(work / "trainer"), len(pairs)), train_dataset=dataset,
-        processing_class=lm.tokenizer, peft_config=_lora(config),
-    )
+    trainer = dpo_trainer(lm, dataset, config, str(work / "trainer"))
     if config.precompute_ref:
         _spot_check(trainer, trainer.train_dataset)
     result = trainer.train()
