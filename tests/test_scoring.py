@@ -262,3 +262,29 @@ def test_logit_transform_applies_softcap_and_scaling():
     torch.testing.assert_close(_logit_transform(scaled)(logits), logits * 0.5 / 4.0)
     plain = SimpleNamespace(config=SimpleNamespace())
     assert torch.equal(_logit_transform(plain)(logits), logits)
+
+
+def test_scoring_attends_on_grouped_kv_heads_and_restores_sdpa(tiny_lm, groups, groups_expected, monkeypatch):
+    """On CPU the grouped-query model scores through `_sdpa_gqa_attention` (masked mixed batches
+    included, numbers as the plain computation), and is back on plain SDPA afterwards, also after an error."""
+    assert tiny_lm.model.config.num_key_value_heads < tiny_lm.model.config.num_attention_heads
+    calls = []
+    real = scoring._sdpa_gqa_attention
+    monkeypatch.setattr(scoring, "_sdpa_gqa_attention",
+                        lambda module, q, k, v, mask, **kw: calls.append(mask is not None) or real(module, q, k, v, mask, **kw))
+    got = score_groups(tiny_lm.model, groups, token_budget=10**6, per_token=True)
+    for g, want in zip(got, groups_expected):
+        _assert_close(g, want)
+    assert True in calls  # the mixed sub-batch's left-padding mask went through it
+    assert tiny_lm.model.config._attn_implementation == "sdpa"
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(scoring, "_sdpa_gqa_attention", fail)
+    with pytest.raises(RuntimeError, match="boom"):
+        score_groups(tiny_lm.model, groups)
+    assert tiny_lm.model.config._attn_implementation == "sdpa"
+    monkeypatch.undo()
+    plain = tiny_lm.model(input_ids=torch.tensor([groups[0].prompt_ids]))  # still works outside the scorer
+    assert torch.isfinite(plain.logits).all()

@@ -20,6 +20,7 @@ tests hold the scorer to it within 1e-4 per token.
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -104,6 +105,48 @@ def token_logprobs_from_hidden(model, hidden: torch.Tensor, targets: torch.Tenso
     return out
 
 
+GQA_ATTENTION = "icr_sdpa_gqa"  # our name in transformers' AttentionInterface
+
+
+def _sdpa_gqa_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
+                        **kwargs):
+    """transformers' SDPA attention, computed on the key/value heads as they are (`enable_gqa`).
+
+    transformers copies every key/value head out to its query heads whenever a mask is given (CUDA's
+    masked kernels lack GQA), a copy of the whole cache per layer; PyTorch's CPU kernel takes the mask
+    and GQA together, which made scoring about 6% faster on a 2-core CPU (SmolLM2: 9 query, 3 KV heads)."""
+    if is_causal is None:
+        is_causal = getattr(module, "is_causal", True)
+    is_causal = query.shape[2] > 1 and attention_mask is None and is_causal
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling, is_causal=is_causal,
+        enable_gqa=True)
+    return out.transpose(1, 2).contiguous(), None
+
+
+@contextmanager
+def _gqa_attention(model):
+    """Within the block, a CPU model with grouped-query attention over SDPA uses `_sdpa_gqa_attention`."""
+    config = model.config
+    grouped = getattr(config, "num_key_value_heads", None) not in (None, getattr(config, "num_attention_heads", None))
+    settable = getattr(type(model), "_can_set_attn_implementation", lambda: False)
+    switch = (grouped and config._attn_implementation == "sdpa" and next(model.parameters()).device.type == "cpu"
+              and settable())
+    if not switch:
+        yield
+        return
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import sdpa_mask
+
+    AttentionInterface.register(GQA_ATTENTION, _sdpa_gqa_attention)
+    AttentionMaskInterface.register(GQA_ATTENTION, sdpa_mask)  # unregistered names get no mask at all
+    model.set_attn_implementation(GQA_ATTENTION)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation("sdpa")
+
+
 def _sub_batches(order: list[int], lengths: list[int], token_budget: int,
                  prompt_lengths: list[int] | None = None) -> list[list[int]]:
     """Split rows (sorted longest first) so that rows × longest row <= token_budget and, when rows
@@ -178,6 +221,11 @@ def score_groups(
     left-padded to the longest prompt of the sub-batch and masked, and positions that continue
     its own prompt. (Models whose caches are not plain key/value tensors, e.g. sliding-window
     layers, batch only the completions of one prompt together.)"""
+    with _gqa_attention(model):
+        return _score_groups(model, groups, token_budget, per_token)
+
+
+def _score_groups(model, groups, token_budget, per_token):
     device = next(model.parameters()).device
     decoder = model.get_decoder()
     prefixes = []
