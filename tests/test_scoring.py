@@ -227,7 +227,8 @@ def test_groups_mix_prompts_in_one_forward_pass(tiny_lm, groups, monkeypatch):
     """With a large budget the completions of all prompts share forward passes."""
     seen = []
     real = scoring._batch_cache
-    monkeypatch.setattr(scoring, "_batch_cache", lambda prefixes, rows: seen.append(set(rows)) or real(prefixes, rows))
+    monkeypatch.setattr(scoring, "_batch_cache",
+                        lambda prefixes, rows, width: seen.append(set(rows)) or real(prefixes, rows, width))
     score_groups(tiny_lm.model, groups, token_budget=10**6)
     assert len(seen) == 1 and seen[0] == {0, 1, 2, 3}
 
@@ -235,10 +236,11 @@ def test_groups_mix_prompts_in_one_forward_pass(tiny_lm, groups, monkeypatch):
 def test_caches_that_cannot_be_stacked_score_one_prompt_per_pass(tiny_lm, groups, groups_expected, monkeypatch):
     monkeypatch.setattr(scoring, "_plain_layers", lambda cache: False)
     seen = []
-    real = scoring._batch_cache
-    monkeypatch.setattr(scoring, "_batch_cache", lambda prefixes, rows: seen.append(set(rows)) or real(prefixes, rows))
+    real = scoring._repeated_cache
+    monkeypatch.setattr(scoring, "_repeated_cache", lambda prefix, rows: seen.append(prefix) or real(prefix, rows))
+    monkeypatch.setattr(scoring, "_batch_cache", None)  # stacking caches is not attempted
     got = score_groups(tiny_lm.model, groups, token_budget=40, per_token=True)
-    assert seen and all(len(rows) == 1 for rows in seen)
+    assert len(seen) > len(groups)  # several passes, each on one prompt's cache
     for g, want in zip(got, groups_expected):
         _assert_close(g, want)
 

@@ -20,11 +20,13 @@ tests hold the scorer to it within 1e-4 per token.
 from __future__ import annotations
 
 import copy
+import itertools
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
+from transformers.cache_utils import Cache, DynamicLayer
 
 LOGIT_CHUNK_ELEMENTS = 1 << 23  # logits held at once: positions × vocabulary slice (32 MiB in fp32)
 VOCAB_CHUNK = 2048  # vocabulary slice of the output layer computed at a time
@@ -179,33 +181,59 @@ class _Prefix:
 
 def _plain_layers(cache) -> bool:
     """Caches whose layers are plain growing key/value tensors can be stacked across prompts."""
-    from transformers.cache_utils import DynamicLayer
-
     return all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", [None]))
 
 
-def _batch_cache(prefixes: list[_Prefix], row_prefix: list[int]):
-    """One cache whose row r holds prompt `row_prefix[r]`, left-padded with zeros to the longest
-    prompt (the caller masks the padding). Rows of a single prompt copy its cache as it is."""
-    if len(set(row_prefix)) == 1:
-        cache = copy.deepcopy(prefixes[row_prefix[0]].cache)
-        cache.batch_repeat_interleave(len(row_prefix))
-        return cache
-    from transformers import DynamicCache
+class _FilledLayer(DynamicLayer):
+    """A key/value cache layer whose tensors already have their final width: `update` writes the new
+    tokens in place (DynamicLayer concatenates: a copy of the whole cache per layer and pass)."""
 
-    width = max(prefixes[k].length for k in row_prefix)
-    rows_of = {k: torch.tensor([r for r, g in enumerate(row_prefix) if g == k], device=prefixes[0].last_hidden.device)
-               for k in dict.fromkeys(row_prefix)}
-    cache = DynamicCache()
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, filled: int):
+        super().__init__()
+        self.keys, self.values, self.filled = keys, values, filled
+        self.dtype, self.device = keys.dtype, keys.device
+        self.is_initialized = True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        end = self.filled + key_states.shape[-2]
+        self.keys[..., self.filled : end, :] = key_states
+        self.values[..., self.filled : end, :] = value_states
+        self.filled = end
+        return self.keys[..., :end, :], self.values[..., :end, :]
+
+    def get_seq_length(self) -> int:
+        return self.filled
+
+
+def _batch_cache(prefixes: list[_Prefix], row_prefix: list[int], width: int):
+    """One cache for a sub-batch, allocated at its final width: row r holds prompt `row_prefix[r]`,
+    left-padded with zeros to the longest prompt (the caller masks the padding), then room for `width`
+    completion tokens, which `_FilledLayer.update` writes in place. Rows of one prompt must be adjacent."""
+    prompt_width = max(prefixes[k].length for k in row_prefix)
+    spans, start = [], 0  # (prompt, first row, end row)
+    for k, rows in itertools.groupby(row_prefix):
+        end = start + len(list(rows))
+        spans.append((k, start, end))
+        start = end
+    layers = []
     for layer_idx in range(len(prefixes[0].cache.layers)):
-        stacked = []
+        tensors = []
         for name in ("keys", "values"):
             first = getattr(prefixes[0].cache.layers[layer_idx], name)
-            padded = first.new_zeros((len(row_prefix), *first.shape[1:-2], width, first.shape[-1]))
-            for k, rows in rows_of.items():
-                padded[rows, ..., width - prefixes[k].length :, :] = getattr(prefixes[k].cache.layers[layer_idx], name)
-            stacked.append(padded)
-        cache.update(*stacked, layer_idx)
+            buffer = first.new_empty((len(row_prefix), *first.shape[1:-2], prompt_width + width, first.shape[-1]))
+            for k, r0, r1 in spans:
+                pad = prompt_width - prefixes[k].length
+                buffer[r0:r1, ..., :pad, :] = 0  # masked, but garbage there could be NaN, and NaN x 0 = NaN
+                buffer[r0:r1, ..., pad:prompt_width, :] = getattr(prefixes[k].cache.layers[layer_idx], name)
+            tensors.append(buffer)
+        layers.append(_FilledLayer(*tensors, filled=prompt_width))
+    return Cache(layers=layers)
+
+
+def _repeated_cache(prefix: _Prefix, rows: int):
+    """A copy of one prompt's cache, of any layer type, repeated over `rows` rows."""
+    cache = copy.deepcopy(prefix.cache)
+    cache.batch_repeat_interleave(rows)
     return cache
 
 
@@ -241,8 +269,9 @@ def _score_groups(model, groups, token_budget, per_token):
                for sub in _sub_batches(part, lengths, token_budget, prompt_lengths)]
     results: list[list] = [[None] * len(group.completions) for group in groups]
     for batch in batches:
-        per_row = _score_rows(model, decoder, groups, prefixes, [rows[r] for r in batch])
-        for (g, i), logps in zip((rows[r] for r in batch), per_row):
+        members = sorted(rows[r] for r in batch)  # a prompt's rows adjacent: its cache is copied in one slice
+        per_row = _score_rows(model, decoder, groups, prefixes, members, mixable)
+        for (g, i), logps in zip(members, per_row):
             results[g][i] = logps if per_token else float(sum(logps))
     return results
 
@@ -255,8 +284,9 @@ def _split_by_group(order: list[int], rows: list[tuple[int, int]]) -> list[list[
     return list(parts.values())
 
 
-def _score_rows(model, decoder, groups, prefixes, batch: list[tuple[int, int]]) -> list[list[float]]:
-    """Per-token log-probabilities of the completions `batch` ((group, completion) pairs)."""
+def _score_rows(model, decoder, groups, prefixes, batch: list[tuple[int, int]], plain: bool) -> list[list[float]]:
+    """Per-token log-probabilities of the completions `batch` ((group, completion) pairs, a group's
+    rows adjacent; of one group unless the caches are `plain` key/value tensors)."""
     device = prefixes[0].last_hidden.device
     completions = [groups[g].completions[i] for g, i in batch]
     # Inputs are completion[:-1]: the hidden state after the last token predicts nothing we score.
@@ -274,7 +304,9 @@ def _score_rows(model, decoder, groups, prefixes, batch: list[tuple[int, int]]) 
             mask[r, : prompt_width - prefixes[g].length] = 0
         positions = starts[:, None] + torch.arange(width, device=device)[None, :]
         hidden = decoder(input_ids=inputs, attention_mask=mask, position_ids=positions,
-                         past_key_values=_batch_cache(prefixes, row_prefix), use_cache=True).last_hidden_state
+                         past_key_values=_batch_cache(prefixes, row_prefix, width) if plain
+                         else _repeated_cache(prefixes[row_prefix[0]], len(batch)),
+                         use_cache=True).last_hidden_state
     # Row r's token j is predicted by hidden[r, j-1], or for j = 0 by its prompt's last hidden state,
     # which sits after the rows × width hidden states in `states`.
     lasts = torch.stack([p.last_hidden for p in prefixes])
