@@ -8,7 +8,10 @@ computed so that it costs little more than the arithmetic it needs:
   prompt (ICR scores N responses per prompt, and prompts are often longer than answers);
 * the completions of many prompts are sorted by length and cut into sub-batches under a token
   budget, right-padded (causal attention keeps a real token from seeing the padding after it);
-  a row carries its own prompt's cache, left-padded and masked to the sub-batch's longest prompt;
+  a row carries its own prompt's cache, left-padded and masked to the sub-batch's longest prompt,
+  in a cache allocated once at its final width (the completion's keys/values are written in place);
+* on CPU, attention runs on the key/value heads as they are (grouped-query models), not on copies
+  expanded to every query head;
 * the output layer is applied only to the positions that are scored, a slice of the vocabulary at
   a time, taking the target logit and a running logsumexp: a full-vocabulary log-softmax over every
   position of a batch is never held in memory.
