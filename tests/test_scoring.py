@@ -290,3 +290,15 @@ def test_scoring_attends_on_grouped_kv_heads_and_restores_sdpa(tiny_lm, groups, 
     monkeypatch.undo()
     plain = tiny_lm.model(input_ids=torch.tensor([groups[0].prompt_ids]))  # still works outside the scorer
     assert torch.isfinite(plain.logits).all()
+
+
+def test_gqa_attention_leaves_what_sdpa_cannot_do_to_transformers():
+    """Softcapped attention is refused as transformers' SDPA refuses it, not computed without the cap."""
+    q, kv = torch.randn(1, 4, 3, 8), torch.randn(1, 2, 3, 8)
+    module = SimpleNamespace(is_causal=True, num_key_value_groups=2)
+    with pytest.raises(ValueError, match="softcap"):
+        scoring._sdpa_gqa_attention(module, q, kv, kv, None, softcap=50.0)
+    out, _ = scoring._sdpa_gqa_attention(module, q, kv, kv, None)
+    want = torch.nn.functional.scaled_dot_product_attention(q, kv.repeat_interleave(2, 1), kv.repeat_interleave(2, 1),
+                                                            is_causal=True)
+    torch.testing.assert_close(out, want.transpose(1, 2))
