@@ -126,15 +126,15 @@ def part_scoring(args) -> dict:
                 tgt = ids[row, len(p) : len(p) + len(c)]
                 logps[row, len(p) - 1 : len(p) + len(c) - 1].gather(1, tgt[:, None]).sum()
 
-    batches = [seqs[k : k + 3] for k in range(0, len(seqs), 3)]
+    items, batches = list(zip(work, exchanges)), [seqs[k : k + 3] for k in range(0, len(seqs), 3)]
     if args.impl == "ours":
-        run_once = lambda: score_ours(list(zip(work, exchanges)))  # noqa: E731
+        score, work_items = score_ours, items
         computed = sum(len(ex[0][0]) + sum(len(c) - 1 for _, c in ex) for ex in exchanges)
     else:
-        run_once = lambda: score_baseline(batches)  # noqa: E731
+        score, work_items = score_baseline, batches
         computed = sum(len(b) * max(len(p) + len(c) for p, c in b) for b in batches)
-    # Warm-up (untimed, both implementations): the first forward pass pays one-time allocations.
-    score_ours(list(zip(work, exchanges))[:1]) if args.impl == "ours" else score_baseline(batches[:1])
+    score(work_items[:1])  # warm-up (untimed): the first forward pass pays one-time allocations
+    run_once = lambda: score(work_items)  # noqa: E731
     flops = 2 * n_params(lm.model) * computed
     timed = bracketed(run_once, flops, args.repeats)
     per_prompt = []
@@ -144,11 +144,8 @@ def part_scoring(args) -> dict:
             score_ours([(w, ex)])
             per_prompt.append({"lang": w["lang"], "prompt_tokens": len(ex[0][0]),
                                "response_tokens": sum(len(c) for _, c in ex), "seconds": time.perf_counter() - t0})
-    out = {**timed, "response_tokens": response_tokens, "tokens_per_s": response_tokens / timed["seconds"],
-           "tokens_computed": computed, "peak_rss_mb": peak_rss_mb(), "per_prompt": per_prompt}
-    if args.impl == "ours":
-        out["plain_forward"] = plain_forward_share(lm, seqs, args.repeats)
-    return out
+    return {**timed, "response_tokens": response_tokens, "tokens_per_s": response_tokens / timed["seconds"],
+            "tokens_computed": computed, "peak_rss_mb": peak_rss_mb(), "per_prompt": per_prompt}
 
 
 def bracketed(run_once, flops: float, repeats: int) -> dict:
@@ -171,13 +168,19 @@ def bracketed(run_once, flops: float, repeats: int) -> dict:
 
 
 @torch.no_grad()
-def plain_forward_share(lm, seqs, repeats: int, tokens: int = 960) -> dict:
+def part_plain_forward(args, tokens: int = 960) -> dict:
     """The share of the matmul peak a plain forward of the model reaches on this machine: one
     sequence of `tokens` real workload tokens, logits at every position (what the model's own
     arithmetic allows here, before any scorer overhead)."""
-    ids = torch.tensor([[t for p, c in seqs for t in p + c][:tokens]])
+    from icr.models import load_model, tokenize_exchange
+
+    lm = load_model(MODEL, device="cpu")
+    work = sampled_workload(lm, args.prompts, WORKLOAD_N, args.max_new_tokens, workload_file(args))
+    text = [t for w in work for r in w["responses"] for part in tokenize_exchange(lm.tokenizer, w["prompt"], r)
+            for t in part]
+    ids = torch.tensor([text[:tokens]])
     lm.model(input_ids=ids)  # warm-up
-    return bracketed(lambda: lm.model(input_ids=ids), 2 * n_params(lm.model) * ids.shape[1], repeats)
+    return bracketed(lambda: lm.model(input_ids=ids), 2 * n_params(lm.model) * ids.shape[1], args.repeats)
 
 
 def part_generation(args) -> dict:
@@ -302,7 +305,7 @@ def part_languages(args) -> dict:
 
 
 PARTS = {"scoring": part_scoring, "generation": part_generation, "training": part_training, "languages": part_languages,
-         "padding": part_padding}
+         "padding": part_padding, "plain_forward": part_plain_forward}
 
 
 def run_part(name: str, impl: str, args) -> dict:
@@ -342,6 +345,7 @@ def main() -> None:
     resolve_model_path(MODEL)  # dequantize once, outside the timings
     gflops = matmul_gflops()
     scoring = {impl: run_part("scoring", impl, args) for impl in ("ours", "baseline")}
+    scoring["plain_forward"] = run_part("plain_forward", "ours", args)
     generation = {impl: run_part("generation", impl, args) for impl in ("ours", "baseline")}
     training = {impl: run_part("training", impl, args) for impl in ("ours", "baseline")}
     for part in training.values():
@@ -361,7 +365,7 @@ def main() -> None:
             "speedup": scoring["ours"]["tokens_per_s"] / scoring["baseline"]["tokens_per_s"],
             "peak_flops_share": scoring["ours"]["peak_flops_share"],
             "baseline_peak_flops_share": scoring["baseline"]["peak_flops_share"],
-            "plain_forward_flops_share": scoring["ours"]["plain_forward"]["peak_flops_share"],
+            "plain_forward_flops_share": scoring["plain_forward"]["peak_flops_share"],
             "peak_rss_mb": scoring["ours"]["peak_rss_mb"],
             "baseline_peak_rss_mb": scoring["baseline"]["peak_rss_mb"],
             "detail": scoring,
