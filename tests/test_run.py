@@ -59,7 +59,7 @@ def _crash_after_appends(monkeypatch, k):
     def write(self, record):
         if count["n"] >= k:
             # leave a half-written line behind, as a kill in the middle of a write would
-            self._f.write('{"id": "half')
+            self._f.write(b'{"id": "half')  # the appender is unbuffered binary
             self._f.flush()
             raise Crash("simulated kill")
         count["n"] += 1

@@ -16,6 +16,7 @@ import click
 import yaml
 
 from icr.config import ConfigError, RunConfig, dump_config, iter_fields, load_config
+from icr.faults import command_faults
 
 
 def _option_name(dotted: str) -> str:
@@ -102,7 +103,8 @@ def _stage_command(stage: str, summary: str):
         from icr.pipeline import run_stage
 
         config = resolve_config(config_path, options)
-        run = run_stage(config, stage, iteration)
+        with command_faults():  # SIGTERM/SIGINT, full disk, out of memory...: a message and an exit code
+            run = run_stage(config, stage, iteration)
         click.echo(f"{stage} of iteration {iteration} finished: {run.root / f'iter_{iteration}'}")
 
     return command
@@ -121,7 +123,8 @@ def run_command(config_path, **options):
     from icr.pipeline import run_iterations
 
     config = resolve_config(config_path, options)
-    run = run_iterations(config)
+    with command_faults():  # SIGTERM/SIGINT, full disk, out of memory...: a message and an exit code
+        run = run_iterations(config)
     if run.shard.is_main:  # under `accelerate launch`, the main process writes and prints the summary
         click.echo((run.root / "summary.md").read_text())
         click.echo(f"run finished: {run.root}")

@@ -154,6 +154,9 @@ class TrainConfig(StrictModel):
     group_by_length: bool = Field(True, description="Batch pairs of similar length together (less padding; "
                                   "transformers' LengthGroupedSampler: random groups, sorted within).")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory (large models).")
+    max_loss_ratio: float | None = Field(
+        10.0, gt=1, description="Training stops as diverged, and no model is promoted, when a step's loss "
+        "exceeds this multiple of the first step's loss (null: only a NaN or infinite loss stops it).")
     lora: LoraConfig = Field(default_factory=LoraConfig)
 
 

@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from icr.faults import append_whole, disk_errors, write_all, write_section
 from icr.languages import UnknownLanguageError, check_language
 
 log = logging.getLogger(__name__)
@@ -72,22 +73,26 @@ def dumps_line(record: dict[str, Any]) -> str:
 
 
 class JsonlAppender:
-    """Append records one complete line at a time, flushed, so a kill loses at most the line
-    being written (which `read_jsonl(repair=True)` removes)."""
+    """Append records one complete line at a time, unbuffered, so a kill loses at most the line
+    being written (which `read_jsonl(repair=True)` removes), a failed write (a full disk) leaves
+    none of it (`icr.faults.append_whole`), and a stop signal waits for the line to be out."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.path, "a", encoding="utf-8")
+        with disk_errors(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._f = open(self.path, "ab", buffering=0)
 
     def write(self, record: dict[str, Any]) -> None:
-        self._f.write(dumps_line(record))
-        self._f.flush()
+        with write_section():
+            append_whole(self._f.fileno(), self.path, dumps_line(record).encode("utf-8"))
 
     def close(self) -> None:
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
+        try:
+            with disk_errors(self.path):
+                os.fsync(self._f.fileno())
+        finally:
+            self._f.close()
 
     def __enter__(self) -> "JsonlAppender":
         return self
@@ -101,18 +106,22 @@ os.umask(_UMASK)
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files owner-only; give them the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write beside `path`, then rename: `path` is the old file or the new one, never a part. A
+    failed write (full disk) is a `DiskWriteError` naming `path`; a stop signal waits for the rename."""
+    with write_section(), disk_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            try:
+                write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files owner-only; give them the usual mode
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def write_jsonl_atomic(path: str | Path, records: Iterable[dict[str, Any]]) -> None:

@@ -123,11 +123,14 @@ def eval_command(model_options, run_dir, outputs_options, languages, prompts, re
 
     decoding = Decoding(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
                         backend=backend, batch_size=batch_size)
+    from icr.faults import command_faults
+
     try:
-        table = evaluate(models, langs, prompts, output_dir, build_judge, reference=reference_outputs,
-                         cache_dir=judge_cache or _default_cache(), limit=limit, order=judge_order,
-                         decoding=decoding, lc_data=lc_data, lc=not no_lc, device=device, dtype=dtype,
-                         estimate_only=estimate_only)
+        with command_faults():  # SIGTERM/SIGINT, full disk, out of memory: a message and an exit code
+            table = evaluate(models, langs, prompts, output_dir, build_judge, reference=reference_outputs,
+                             cache_dir=judge_cache or _default_cache(), limit=limit, order=judge_order,
+                             decoding=decoding, lc_data=lc_data, lc=not no_lc, device=device, dtype=dtype,
+                             estimate_only=estimate_only)
     except (DataError, JudgeError) as err:
         raise click.ClickException(str(err)) from None
     if not current_shard().is_main:  # under `accelerate launch`: the main process judges and reports

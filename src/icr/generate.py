@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from icr.config import GenerateConfig
 from icr.data import JsonlAppender, Prompt, PromptSet
 from icr.distributed import Shard, owned_chunks, sharded_jsonl
+from icr.faults import OomBackoff
 from icr.models import LoadedModel, end_of_turn_ids, prompt_ids
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,8 @@ class HFGenerator:
     def __init__(self, lm: LoadedModel, config: GenerateConfig):
         self.lm, self.config = lm, config
         self.stop_ids = end_of_turn_ids(lm.tokenizer, lm.model)
+        self.oom = OomBackoff("generation", "Lower the token limit (generate.max_new_tokens; "
+                              "`icr eval`: --max-new-tokens) or data.max_prompt_tokens, or free the GPU")
 
     def prompt_length(self, instruction: str) -> int:
         return len(prompt_ids(self.lm.tokenizer, instruction))
@@ -81,29 +84,47 @@ class HFGenerator:
     def sample(self, instruction: str, n: int, seed: int) -> list[Sample]:
         return self.sample_batch([instruction], n, [seed])[0]
 
-    @torch.no_grad()
     def sample_batch(self, instructions: list[str], n: int, seeds: list[int]) -> list[list[Sample]]:
-        """n samples for each instruction; sample j of prompt i uses the stream seeded (seeds[i], j)."""
+        """n samples for each instruction; sample j of prompt i uses the stream seeded (seeds[i], j).
+
+        Out of memory, the rows (prompt, sample) are decoded in halves (`icr.faults.OomBackoff`),
+        each prompt left-padded to the same width as in the whole batch."""
+        encoded = [prompt_ids(self.lm.tokenizer, text) for text in instructions]
+        width = max(len(e) for e in encoded)
+        rows = [(i, j) for i in range(len(instructions)) for j in range(n)]
+        samples = self.oom.run(rows, width + self.config.max_new_tokens,
+                               lambda part: self._sample_rows(encoded, part, width, seeds))
+        return [samples[i * n : (i + 1) * n] for i in range(len(instructions))]
+
+    @torch.no_grad()
+    def _sample_rows(self, encoded: list[list[int]], rows: list[tuple[int, int]], width: int,
+                     seeds: list[int]) -> list[Sample]:
+        """Decode the rows (prompt i, sample j), grouped by prompt, prompts left-padded to `width`."""
         from transformers import LogitsProcessorList
 
         model, tok, cfg = self.lm.model, self.lm.tokenizer, self.config
-        encoded = [prompt_ids(tok, text) for text in instructions]
-        width = max(len(e) for e in encoded)
+        prompts = sorted({i for i, _ in rows})
+        counts = [sum(1 for i, _ in rows if i == p) for p in prompts]
         pad = tok.pad_token_id
         # Left padding: every prompt ends at the same column, where generation starts.
-        ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=self.lm.device)
-        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=self.lm.device)
+        ids = torch.tensor([[pad] * (width - len(encoded[p])) + encoded[p] for p in prompts], device=self.lm.device)
+        mask = torch.tensor([[0] * (width - len(encoded[p])) + [1] * len(encoded[p]) for p in prompts],
+                            device=self.lm.device)
+        repeats = torch.tensor(counts, device=self.lm.device)
         kwargs = {}
         if width > 1:  # the last prompt token is fed by generate(); the rest is computed once per prompt
             positions = (mask.cumsum(-1) - 1).clamp_min(0)
             cache = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
                           use_cache=True).past_key_values
-            cache.batch_repeat_interleave(n)
+            if len(set(counts)) == 1:
+                cache.batch_repeat_interleave(counts[0])
+            else:  # a split batch: some prompts keep only part of their rows
+                cache.batch_select_indices(torch.arange(len(prompts), device=self.lm.device).repeat_interleave(repeats))
             kwargs["past_key_values"] = cache
-        row_seeds = [seed * 1000 + j for seed in seeds for j in range(n)]
+        row_seeds = [seeds[i] * 1000 + j for i, j in rows]
         out = model.generate(
-            input_ids=ids.repeat_interleave(n, 0),
-            attention_mask=mask.repeat_interleave(n, 0),
+            input_ids=ids.repeat_interleave(repeats, 0),
+            attention_mask=mask.repeat_interleave(repeats, 0),
             do_sample=False,
             logits_processor=LogitsProcessorList([RowSeededSampler(row_seeds, cfg.temperature, cfg.top_p,
                                                                    self.lm.device)]),
@@ -112,8 +133,7 @@ class HFGenerator:
             pad_token_id=pad,
             **kwargs,
         )
-        rows = [self._decode(row) for row in out[:, width:].tolist()]
-        return [rows[i * n : (i + 1) * n] for i in range(len(instructions))]
+        return [self._decode(row) for row in out[:, width:].tolist()]
 
     def _decode(self, tokens: list[int]) -> Sample:
         stops = set(self.stop_ids)

@@ -20,6 +20,7 @@ import gc
 import logging
 import platform
 import time
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -27,7 +28,10 @@ from icr.config import ConfigError, RunConfig, dump_config
 from icr.data import (PromptSet, load_prompt_set, read_json, read_jsonl, write_json_atomic, write_jsonl_atomic,
                       write_text_atomic)
 from icr.distributed import current_shard
+from icr.faults import (OutOfMemory, Preempted, RunFault, TrainingDiverged, train_change_excuse,
+                        write_section)
 from icr.models import LoadedModel, load_model
+from icr.runlock import run_lock
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +77,22 @@ class RunDir:
             return
         self.manifest["versions"] = library_versions()
         self.manifest["config_hash"] = self.config.section_hash(*STAGE_SECTIONS["train"])
-        write_text_atomic(self.root / "config.yaml", dump_config(self.config))
-        write_json_atomic(self.manifest_path, self.manifest)
+        with write_section():  # a stop signal waits for both files
+            write_text_atomic(self.root / "config.yaml", dump_config(self.config))
+            write_json_atomic(self.manifest_path, self.manifest)
+
+    def record_failure(self, t: int, stage: str, err: BaseException) -> None:
+        """Keep a stage's failure (a diverged or out-of-memory training, a preemption) in the
+        manifest's `failures` list; a failed training lets earlier iterations keep other train settings."""
+        if not self.shard.is_main:
+            return
+        self.manifest.setdefault("failures", []).append({
+            "stage": stage, "iteration": t, "kind": type(err).__name__, "message": str(err),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "train_hash": self.config.section_hash("train")})
+        try:
+            write_json_atomic(self.manifest_path, self.manifest)
+        except RunFault as write_err:  # e.g. the disk is full too: the stop itself matters more
+            log.error("%s", write_err)
 
     def iter_dir(self, t: int) -> Path:
         return self.root / f"iter_{t}"
@@ -97,7 +115,12 @@ class RunDir:
         if not entry or entry.get("status") != "done":
             return False
         want = self.config.section_hash(*STAGE_SECTIONS[stage])
-        if entry["config_hash"] != want:
+        excuse = stage == "train" and train_change_excuse(self.manifest.get("failures", []), t)
+        if entry["config_hash"] != want and excuse:
+            log.warning("iter_%d/train finished under other train settings; kept, because the training of "
+                        "iteration %d failed (%s) and the new settings apply from there on", t,
+                        excuse["iteration"], excuse["kind"])
+        elif entry["config_hash"] != want:
             raise ConfigError(
                 f"{self.root}: stage iter_{t}/{stage} finished under a different config (sections "
                 f"{', '.join(STAGE_SECTIONS[stage])}); use a new run name, or delete iter_{t} onwards to redo it"
@@ -219,8 +242,12 @@ def run_train(run: RunDir, t: int, pool: ModelPool) -> None:
     pool.clear()  # training loads its own copy; do not hold a second one
     config = run.config
     spec = policy_spec(config, t)
-    metrics = train_dpo(spec, run.pairs_file(t), run.model_dir(t), config.train, config.models.device,
-                        config.models.trust_remote_code, config.models.allow_pickle)
+    try:
+        metrics = train_dpo(spec, run.pairs_file(t), run.model_dir(t), config.train, config.models.device,
+                            config.models.trust_remote_code, config.models.allow_pickle)
+    except (TrainingDiverged, OutOfMemory) as err:  # nothing promoted; the user changes train.* and resumes
+        run.record_failure(t, "train", err)
+        raise
     run.mark_done(t, "train", init=spec, output=str(run.model_dir(t)), steps=metrics["steps"],
                   after=metrics["after"])
 
@@ -235,27 +262,40 @@ STAGE_RUNNERS = {
 
 def run_stage(config: RunConfig, stage: str, iteration: int = 0) -> RunDir:
     """Run one stage of one iteration (the earlier stages of that iteration must be finished)."""
-    run = RunDir(config)
-    for earlier in STAGES[: STAGES.index(stage)]:
-        if not run.is_done(iteration, earlier):
-            raise ConfigError(f"stage iter_{iteration}/{stage} needs iter_{iteration}/{earlier} first")
-    if iteration > 0 and not run.is_done(iteration - 1, "train"):
-        raise ConfigError(f"iteration {iteration} needs the model trained in iteration {iteration - 1}")
-    STAGE_RUNNERS[stage](run, iteration, ModelPool(config), load_prompts(config))
+    with run_lock(config.run_dir):  # before RunDir, which clears what an earlier writer left
+        run = RunDir(config)
+        for earlier in STAGES[: STAGES.index(stage)]:
+            if not run.is_done(iteration, earlier):
+                raise ConfigError(f"stage iter_{iteration}/{stage} needs iter_{iteration}/{earlier} first")
+        if iteration > 0 and not run.is_done(iteration - 1, "train"):
+            raise ConfigError(f"iteration {iteration} needs the model trained in iteration {iteration - 1}")
+        with _noting_preemption(run, iteration, stage):
+            STAGE_RUNNERS[stage](run, iteration, ModelPool(config), load_prompts(config))
     return run
+
+
+@contextmanager
+def _noting_preemption(run: RunDir, t: int, stage: str):
+    try:
+        yield
+    except Preempted as err:
+        run.record_failure(t, stage, err)
+        raise
 
 
 def run_iterations(config: RunConfig) -> RunDir:
     """The whole loop: T iterations of generate → reward → pairs → train, resuming where it stopped."""
-    run = RunDir(config)
-    prompts = load_prompts(config)
-    pool = ModelPool(config)
-    for t in range(config.iterations):
-        for stage in STAGES:
-            log.info("iteration %d: %s", t, stage)
-            STAGE_RUNNERS[stage](run, t, pool, prompts)
-        pool.clear()
-    write_summary(run)
+    with run_lock(config.run_dir):  # before RunDir, which clears what an earlier writer left
+        run = RunDir(config)
+        prompts = load_prompts(config)
+        pool = ModelPool(config)
+        for t in range(config.iterations):
+            for stage in STAGES:
+                log.info("iteration %d: %s", t, stage)
+                with _noting_preemption(run, t, stage):
+                    STAGE_RUNNERS[stage](run, t, pool, prompts)
+            pool.clear()
+        write_summary(run)
     return run
 
 

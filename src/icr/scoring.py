@@ -31,9 +31,12 @@ from typing import Callable, Sequence
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
+from icr.faults import OomBackoff
+
 LOGIT_CHUNK_ELEMENTS = 1 << 23  # logits held at once: positions × vocabulary slice (32 MiB in fp32)
 VOCAB_CHUNK = 2048  # vocabulary slice of the output layer computed at a time
 CACHE_BUDGET_FACTOR = 2  # rows × (cached prompt + completion) per sub-batch, in token budgets (the KV memory)
+_SCORING_OOM = OomBackoff("scoring", "Lower reward.token_budget (training: train.max_length), or free the GPU")
 
 
 @dataclass
@@ -214,11 +217,10 @@ class _FilledLayer(DynamicLayer):
         return self.filled
 
 
-def _batch_cache(prefixes: list[_Prefix], row_prefix: list[int], width: int):
+def _batch_cache(prefixes: list[_Prefix], row_prefix: list[int], width: int, prompt_width: int):
     """One cache for a sub-batch, allocated at its final width: row r holds prompt `row_prefix[r]`,
     left-padded with zeros to the longest prompt (the caller masks the padding), then room for `width`
     completion tokens, which `_FilledLayer.update` writes in place. Rows of one prompt must be adjacent."""
-    prompt_width = max(prefixes[k].length for k in row_prefix)
     spans, start = [], 0  # (prompt, first row, end row)
     for k, rows in itertools.groupby(row_prefix):
         end = start + len(list(rows))
@@ -266,8 +268,9 @@ def _score_groups(model, groups, token_budget, per_token):
     device = next(model.parameters()).device
     decoder = model.get_decoder()
     prefixes = []
-    for group in groups:
-        out = decoder(input_ids=torch.tensor([group.prompt_ids], device=device), use_cache=True)
+    for group in groups:  # one row each: out of memory here is a clear error, not a retry
+        out, = _SCORING_OOM.run([group], len(group.prompt_ids), lambda part: [
+            decoder(input_ids=torch.tensor([part[0].prompt_ids], device=device), use_cache=True)])
         prefixes.append(_Prefix(out.past_key_values, out.last_hidden_state[0, -1], len(group.prompt_ids)))
     mixable = all(_plain_layers(p.cache) for p in prefixes)
     rows = [(g, i) for g, group in enumerate(groups) for i in range(len(group.completions))]
@@ -279,7 +282,11 @@ def _score_groups(model, groups, token_budget, per_token):
     results: list[list] = [[None] * len(group.completions) for group in groups]
     for batch in batches:
         members = sorted(rows[r] for r in batch)  # a prompt's rows adjacent: its cache is copied in one slice
-        per_row = _score_rows(model, decoder, groups, prefixes, members, mixable)
+        # the sub-batch's padded widths, kept by the halves of a sub-batch that runs out of memory
+        widths = (max(prefixes[g].length for g, _ in members),
+                  max(len(groups[g].completions[i]) for g, i in members) - 1)
+        per_row = _SCORING_OOM.run(members, sum(widths), lambda part: _score_rows(
+            model, decoder, groups, prefixes, part, mixable, widths))
         for (g, i), logps in zip(members, per_row):
             results[g][i] = logps if per_token else float(sum(logps))
     return results
@@ -293,17 +300,18 @@ def _split_by_group(order: list[int], rows: list[tuple[int, int]]) -> list[list[
     return list(parts.values())
 
 
-def _score_rows(model, decoder, groups, prefixes, batch: list[tuple[int, int]], plain: bool) -> list[list[float]]:
+def _score_rows(model, decoder, groups, prefixes, batch: list[tuple[int, int]], plain: bool,
+                widths: tuple[int, int]) -> list[list[float]]:
     """Per-token log-probabilities of the completions `batch` ((group, completion) pairs, a group's
-    rows adjacent; of one group unless the caches are `plain` key/value tensors)."""
+    rows adjacent; of one group unless the caches are `plain` key/value tensors), padded to
+    `widths` (prompt, completion inputs): those of the sub-batch they belong to."""
     device = prefixes[0].last_hidden.device
     completions = [groups[g].completions[i] for g, i in batch]
     # Inputs are completion[:-1]: the hidden state after the last token predicts nothing we score.
-    width = max(len(c) for c in completions) - 1
+    prompt_width, width = widths
     hidden = None
     if width > 0:
         row_prefix = [g for g, _ in batch]
-        prompt_width = max(prefixes[g].length for g in row_prefix)
         inputs = torch.tensor([c[:-1] + [c[0]] * (width - max(len(c) - 1, 0)) if c else [0] * width
                                for c in completions], device=device)
         # Completion tokens are right-padded: causal attention keeps real tokens from seeing them.
@@ -313,7 +321,7 @@ def _score_rows(model, decoder, groups, prefixes, batch: list[tuple[int, int]], 
             mask[r, : prompt_width - prefixes[g].length] = 0
         positions = starts[:, None] + torch.arange(width, device=device)[None, :]
         hidden = decoder(input_ids=inputs, attention_mask=mask, position_ids=positions,
-                         past_key_values=_batch_cache(prefixes, row_prefix, width) if plain
+                         past_key_values=_batch_cache(prefixes, row_prefix, width, prompt_width) if plain
                          else _repeated_cache(prefixes[row_prefix[0]], len(batch)),
                          use_cache=True).last_hidden_state
     # Row r's token j is predicted by hidden[r, j-1], or for j = 0 by its prompt's last hidden state,

@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -26,6 +27,8 @@ import torch.nn.functional as F
 from icr.config import TrainConfig
 from icr.data import read_json, read_jsonl, write_json_atomic
 from icr.distributed import current_shard
+from icr.faults import (OutOfMemory, TrainingOutOfMemory, disk_errors, divergence_guard, free_accelerator_memory,
+                        training_oom_message, write_section)
 from icr.models import LoadedModel, load_model, tokenize_exchange
 from icr.scoring import ScoreGroup, score_groups
 
@@ -206,6 +209,7 @@ def dpo_config(config: TrainConfig, output_dir: str, n_pairs: int):
         bf16=not use_cpu and torch.cuda.is_bf16_supported(),
         use_cpu=use_cpu,
         logging_steps=1,
+        logging_nan_inf_filter=False,  # transformers would log a NaN/inf loss as the mean of the earlier ones
         save_strategy="no",
         report_to=[],
         remove_unused_columns=False,
@@ -249,39 +253,66 @@ def train_dpo(model_spec: str, pairs_file: Path, out_dir: Path, config: TrainCon
     if shard.is_main:
         shutil.rmtree(work, ignore_errors=True)
     shard.wait()
-    ref = cached_reference_logps(lm, pairs_file, pairs, config, out_dir.parent / "cache")
+    with training_memory(config):
+        ref = cached_reference_logps(lm, pairs_file, pairs, config, out_dir.parent / "cache")
     before = dpo_terms(ref, ref, config.beta)  # the policy starts as the reference
     dataset = preference_dataset(lm.tokenizer, pairs, ref, config)
     lm.model.train()
     trainer = dpo_trainer(lm, dataset, config, str(work / "trainer"))
-    if config.precompute_ref:
-        _spot_check(trainer, trainer.train_dataset)
-    result = trainer.train()
+    # a NaN/inf or exploding loss stops training: nothing below runs, no model is promoted
+    trainer.add_callback(divergence_guard(config.max_loss_ratio, f"{out_dir} (from {model_spec})"))
+    with training_memory(config):
+        if config.precompute_ref:
+            _spot_check(trainer, trainer.train_dataset)
+        result = trainer.train()
     try:
-        model = _save_trained(trainer, config, work / "model", lm.tokenizer, shard)
-        metrics = {"pairs": len(pairs), "steps": trainer.state.global_step, "before": before, "after": None}
-        if not shard.is_main:
-            return metrics
-        if model is not None:  # weights whole in this process: measure the DPO and NLL terms after training
-            model.eval()
-            trained = LoadedModel(model=model, tokenizer=lm.tokenizer, spec=str(out_dir), path=str(work / "model"))
-            metrics["after"] = dpo_terms(reference_logps(trained, pairs, config.max_length, per_token_nll=True),
-                                         ref, config.beta)
-        metrics.update({
-            "train_runtime_s": result.metrics.get("train_runtime"),
-            "log_history": trainer.state.log_history,
-            "loss_definition": "sigmoid DPO + nll_weight * token-mean NLL of the chosen response",
-            "config": config.model_dump(),
-            "processes": shard.world,
-        })
-        write_json_atomic(work / "model" / "train_metrics.json", _finite(metrics))
-        if out_dir.exists():  # moved aside in one step: out_dir is never a half-deleted model
-            os.replace(out_dir, work / "previous")
-        os.replace(work / "model", out_dir)
+        # a stop signal lets the model be saved and renamed, and acts once the stage is recorded
+        with write_section(completes_record=False), disk_errors(out_dir):
+            metrics = _save_and_promote(trainer, lm, config, pairs, ref, before, result, work, out_dir, shard)
     finally:
         shard.wait()
         if shard.is_main:
             shutil.rmtree(work, ignore_errors=True)
+    return metrics
+
+
+@contextmanager
+def training_memory(config: TrainConfig):
+    """Out of memory in training: a `TrainingOutOfMemory` naming the settings to lower."""
+    try:
+        yield
+    except OutOfMemory as err:
+        raise TrainingOutOfMemory(f"{err}; {training_oom_message(config.model_dump())}") from err
+    except torch.OutOfMemoryError as err:
+        message = str(err).split("\n")[0]
+    else:
+        return
+    free_accelerator_memory()
+    raise TrainingOutOfMemory(f"{training_oom_message(config.model_dump())} ({message})")
+
+
+def _save_and_promote(trainer, lm, config, pairs, ref, before, result, work: Path, out_dir: Path, shard) -> dict:
+    """Save the trained model in the scratch folder, measure it, and rename it to `out_dir`."""
+    model = _save_trained(trainer, config, work / "model", lm.tokenizer, shard)
+    metrics = {"pairs": len(pairs), "steps": trainer.state.global_step, "before": before, "after": None}
+    if not shard.is_main:
+        return metrics
+    if model is not None:  # weights whole in this process: measure the DPO and NLL terms after training
+        model.eval()
+        trained = LoadedModel(model=model, tokenizer=lm.tokenizer, spec=str(out_dir), path=str(work / "model"))
+        metrics["after"] = dpo_terms(reference_logps(trained, pairs, config.max_length, per_token_nll=True),
+                                     ref, config.beta)
+    metrics.update({
+        "train_runtime_s": result.metrics.get("train_runtime"),
+        "log_history": trainer.state.log_history,
+        "loss_definition": "sigmoid DPO + nll_weight * token-mean NLL of the chosen response",
+        "config": config.model_dump(),
+        "processes": shard.world,
+    })
+    write_json_atomic(work / "model" / "train_metrics.json", _finite(metrics))
+    if out_dir.exists():  # moved aside in one step: out_dir is never a half-deleted model
+        os.replace(out_dir, work / "previous")
+    os.replace(work / "model", out_dir)
     return metrics
 
 

@@ -1,0 +1,332 @@
+"""Faults of long runs, each turned into a clear stop that a restart recovers from.
+
+* a full disk (`DiskWriteError`): a write that fails (ENOSPC or any OSError) stops the stage with a
+  message naming the file and the free space; a half-written line is cut off, an atomic file or a
+  model folder never replaces the old one, so a restart finds only whole records;
+* out of memory (`OomBackoff`): a sub-batch that does not fit is split in halves and retried,
+  each row computed at the same padded width as before, so the numbers do not depend on the
+  split where the kernels do not depend on the batch size (CPU: checked by the tests);
+* preemption (`stop_on_signals`): SIGTERM/SIGINT stop the stage at once, except inside a write,
+  which is finished first (`write_section`);
+* a diverging loss (`TrainingDiverged`, `divergence_guard`) and a training that does not fit
+  (`TrainingOutOfMemory`): training stops, nothing is promoted, the message says what to change.
+
+Every fault is a `RunFault` (or `Preempted`) with its own exit code (`EXIT_CODES`).
+"""
+
+from __future__ import annotations
+
+import errno
+import gc
+import logging
+import math
+import os
+import shutil
+import signal
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, Sequence, TypeVar
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class RunFault(RuntimeError):
+    """A fault that stops a command with a message and a documented exit code."""
+
+    exit_code = 1
+
+
+class Preempted(BaseException):
+    """SIGTERM or SIGINT: the stage stopped between records. A BaseException, like
+    KeyboardInterrupt, so that no `except Exception` on the way swallows it."""
+
+    exit_code = 75  # sysexits' EX_TEMPFAIL: "try again later", which requeue scripts test for
+
+    def __init__(self, signal_name: str):
+        self.signal_name = signal_name
+        super().__init__(f"stopped by {signal_name}: every finished record is saved; run the same command "
+                         "again to resume")
+
+
+class RunDirInUse(RunFault):
+    exit_code = 3
+
+
+class DiskWriteError(RunFault):
+    exit_code = 4
+
+
+class OutOfMemory(RunFault):
+    exit_code = 5
+
+
+class TrainingOutOfMemory(OutOfMemory):
+    pass
+
+
+class TrainingDiverged(RunFault):
+    exit_code = 6
+
+
+EXIT_CODES = {"run directory in use": RunDirInUse.exit_code, "disk write failed": DiskWriteError.exit_code,
+              "out of memory": OutOfMemory.exit_code, "training diverged": TrainingDiverged.exit_code,
+              "preempted (SIGTERM/SIGINT)": Preempted.exit_code}
+
+
+@contextmanager
+def command_faults() -> Iterator[None]:
+    """What a command runs in: stop signals handled (`stop_on_signals`), and a fault ends the
+    process with its message on stderr and its exit code (`EXIT_CODES`)."""
+    import sys
+
+    try:
+        with stop_on_signals():
+            yield
+    except (RunFault, Preempted) as err:
+        sys.stderr.write(f"icr: {err} [exit code {err.exit_code}]\n")
+        sys.stderr.flush()
+        raise SystemExit(err.exit_code) from None
+
+
+# ---------------------------------------------------------------- full disk
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n} B"
+
+
+def free_space(path: str | Path) -> str:
+    """Free space on the file system holding `path` (its nearest existing ancestor)."""
+    folder = Path(path).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return f"{_human(shutil.disk_usage(folder).free)} free in {folder}"
+    except OSError:
+        return f"free space in {folder} unknown"
+
+
+def disk_error(path: str | Path, err: BaseException) -> DiskWriteError:
+    code = getattr(err, "errno", None)
+    why = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded"}.get(code, str(err))
+    return DiskWriteError(f"writing {path} failed: {why} ({free_space(path)}). Nothing already written is "
+                          "damaged: free some space and run the same command again to resume")
+
+
+def _is_write_failure(err: BaseException) -> bool:
+    """An OSError, or safetensors' own error wrapping one (it does not subclass OSError)."""
+    return isinstance(err, OSError) or (type(err).__name__ == "SafetensorError" and "Os {" in str(err))
+
+
+@contextmanager
+def disk_errors(path: str | Path) -> Iterator[None]:
+    """Turn a failed write of `path` into a `DiskWriteError` naming the file and the free space."""
+    try:
+        yield
+    except DiskWriteError:
+        raise
+    except Exception as err:
+        if not _is_write_failure(err):
+            raise
+        raise disk_error(path, err) from err
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is out (a write may take fewer bytes than given)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def append_whole(fd: int, path: Path, data: bytes) -> None:
+    """Append `data` (one record's line) whole or not at all: after a failed write the file is cut
+    back to where it was, so a line is never left half written for the next one to run into."""
+    start = os.lseek(fd, 0, os.SEEK_END)
+    try:
+        write_all(fd, data)
+    except OSError as err:
+        try:
+            os.ftruncate(fd, start)  # needs no free space
+        except OSError:
+            pass  # a truncated last line is still cut off by read_jsonl(repair=True)
+        raise disk_error(path, err) from err
+
+
+# ---------------------------------------------------------------- preemption
+
+
+class _StopState:
+    installed = False
+    pending: str | None = None  # the signal received and not yet acted on
+    raised = False  # Preempted is on its way up: later writes must not raise it again
+    depth = 0  # nested write sections
+
+
+_STOP = _StopState()
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _on_signal(signum, frame) -> None:
+    name = signal.Signals(signum).name
+    urgent = _STOP.pending is not None  # a second signal: stop now, even inside a write
+    _STOP.pending = name
+    if (_STOP.depth == 0 or urgent) and not _STOP.raised:
+        _STOP.raised = True
+        raise Preempted(name)
+
+
+def stop_requested() -> str | None:
+    return _STOP.pending
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGINT raise `Preempted` at once, or at the end of the write
+    in progress. Installed by the commands (not by library calls), in the main thread only."""
+    import threading
+
+    if _STOP.installed or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, _on_signal) for s in STOP_SIGNALS}
+    _STOP.installed, _STOP.pending, _STOP.raised, _STOP.depth = True, None, False, 0
+    try:
+        yield
+        if _STOP.pending and not _STOP.raised:  # arrived inside a last write: not lost
+            _STOP.raised = True
+            raise Preempted(_STOP.pending)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        _STOP.installed = False
+
+
+@contextmanager
+def write_section(completes_record: bool = True) -> Iterator[None]:
+    """A write that a stop signal must not cut: the signal is acted on when it ends (or, when the
+    write does not complete a record by itself, e.g. a model save before its stage is recorded, at
+    the end of the next write that does)."""
+    _STOP.depth += 1
+    try:
+        yield
+    finally:
+        _STOP.depth -= 1
+    if completes_record and _STOP.depth == 0 and _STOP.pending and not _STOP.raised:
+        _STOP.raised = True
+        raise Preempted(_STOP.pending)
+
+
+# ---------------------------------------------------------------- out of memory
+
+
+def _oom_types() -> tuple[type[BaseException], ...]:
+    import torch
+
+    return (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),)
+
+
+def free_accelerator_memory() -> None:
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class OomBackoff:
+    """Run row-wise work in sub-batches that fit: `run(rows, width, work)` calls `work(part)` (one
+    result per row, in order) on parts of `rows`. A part that runs out of memory is split in halves
+    and retried, and from then on parts hold at most half its rows × `width` (the token cells that
+    did not fit), so later sub-batches do not fail first. One row that does not fit is an error.
+
+    `work` must compute each row as it would in the whole sub-batch (same padded widths), so that
+    the results do not depend on the split."""
+
+    def __init__(self, what: str, advice: str):
+        self.what, self.advice = what, advice
+        self.max_cells = math.inf
+        self.retries = 0
+
+    def run(self, rows: Sequence[T], width: int, work: Callable[[list[T]], list]) -> list:
+        rows, width = list(rows), max(1, width)
+        per_part = len(rows) if self.max_cells == math.inf else max(1, int(self.max_cells // width))
+        out = []
+        for k in range(0, len(rows), per_part):
+            out += self._attempt(rows[k : k + per_part], width, work)
+        return out
+
+    def _attempt(self, part: list[T], width: int, work: Callable[[list[T]], list]) -> list:
+        try:
+            return work(part)
+        except _oom_types() as err:
+            message = str(err).split("\n")[0]
+        # out of the except block: the traceback no longer pins the failed attempt's tensors
+        free_accelerator_memory()
+        if len(part) == 1:
+            raise OutOfMemory(f"{self.what}: out of memory on a single row of {width} tokens ({message}). "
+                              f"{self.advice}")
+        self.retries += 1
+        self.max_cells = min(self.max_cells, len(part) * width / 2)
+        half = len(part) // 2
+        log.warning("%s: out of memory on %d rows of %d tokens; retrying as %d + %d rows (and at most %d rows "
+                    "of this width from now on)", self.what, len(part), width, half, len(part) - half,
+                    max(1, int(self.max_cells // width)))
+        return self._attempt(part[:half], width, work) + self._attempt(part[half:], width, work)
+
+
+def train_change_excuse(failures: list[dict], iteration: int) -> dict | None:
+    """The failed training of a later iteration (diverged, out of memory), if any, which lets the
+    finished training of `iteration` keep the train settings it ran with while the config now has
+    the user's new ones. (The other sections it depends on are checked by its own iteration's
+    earlier stages.)"""
+    return next((f for f in failures if f["stage"] == "train" and f["iteration"] > iteration
+                 and f["kind"] in ("TrainingDiverged", "TrainingOutOfMemory")), None)
+
+
+def training_oom_message(settings: dict) -> str:
+    return ("training ran out of memory; no model was saved. Lower one of: train.batch_size (now "
+            f"{settings['batch_size']}; raise train.grad_accum, now {settings['grad_accum']}, to keep the "
+            f"effective batch), train.max_length (now {settings['max_length']}), or set "
+            "train.gradient_checkpointing: true or train.lora.enabled: true; then run the same command "
+            "again: the run resumes at this training stage")
+
+
+# ---------------------------------------------------------------- divergence
+
+
+def divergence_guard(max_loss_ratio: float | None, what: str):
+    """A transformers TrainerCallback that raises `TrainingDiverged` when a logged training loss is
+    NaN or infinite, or exceeds `max_loss_ratio` × the first logged loss. The logged loss is the
+    mean over the processes, so every process stops at the same step."""
+    from transformers import TrainerCallback
+
+    class DivergenceGuard(TrainerCallback):
+        start: tuple[int, float] | None = None
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            loss = (logs or {}).get("loss")
+            if loss is None:
+                return
+            step = state.global_step
+            if self.start is None and math.isfinite(loss):
+                self.start = (step, loss)
+            start = f"starting loss {self.start[1]:.4g} at step {self.start[0]}" if self.start else "no finite loss yet"
+            if not math.isfinite(loss):
+                reason = f"loss is {loss} at step {step} of {state.max_steps} ({start})"
+            elif (max_loss_ratio is not None and self.start and self.start[1] > 0
+                  and loss > max_loss_ratio * self.start[1]):
+                reason = (f"loss {loss:.4g} at step {step} of {state.max_steps} is above train.max_loss_ratio "
+                          f"= {max_loss_ratio:g} × the {start}")
+            else:
+                return
+            raise TrainingDiverged(
+                f"{what}: training diverged: {reason}. No model was promoted. Change the training settings "
+                "(e.g. a lower train.learning_rate) and run the same command again: the run resumes at "
+                "this training stage, earlier iterations keep their models")
+
+    return DivergenceGuard()
