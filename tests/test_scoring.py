@@ -228,7 +228,7 @@ def test_groups_mix_prompts_in_one_forward_pass(tiny_lm, groups, monkeypatch):
     seen = []
     real = scoring._batch_cache
     monkeypatch.setattr(scoring, "_batch_cache",
-                        lambda prefixes, rows, width: seen.append(set(rows)) or real(prefixes, rows, width))
+                        lambda prefixes, rows, *widths: seen.append(set(rows)) or real(prefixes, rows, *widths))
     score_groups(tiny_lm.model, groups, token_budget=10**6)
     assert len(seen) == 1 and seen[0] == {0, 1, 2, 3}
 

@@ -217,10 +217,13 @@ class _FilledLayer(DynamicLayer):
         return self.filled
 
 
-def _batch_cache(prefixes: list[_Prefix], row_prefix: list[int], width: int, prompt_width: int):
+def _batch_cache(prefixes: list[_Prefix], row_prefix: list[int], width: int, prompt_width: int | None = None):
     """One cache for a sub-batch, allocated at its final width: row r holds prompt `row_prefix[r]`,
     left-padded with zeros to the longest prompt (the caller masks the padding), then room for `width`
-    completion tokens, which `_FilledLayer.update` writes in place. Rows of one prompt must be adjacent."""
+    completion tokens, which `_FilledLayer.update` writes in place. Rows of one prompt must be adjacent.
+    `prompt_width` (default: the longest of these prompts) is that of the whole sub-batch when these
+    rows are part of one (`icr.faults.OomBackoff`)."""
+    prompt_width = prompt_width or max(prefixes[k].length for k in row_prefix)
     spans, start = [], 0  # (prompt, first row, end row)
     for k, rows in itertools.groupby(row_prefix):
         end = start + len(list(rows))

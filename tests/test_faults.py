@@ -1,0 +1,231 @@
+"""Faults inside one process: out of memory at chosen sub-batches, a disk that fills up mid-write,
+a stop signal during a write, a diverging loss (`icr.faults`)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import math
+import os
+import signal
+from contextlib import contextmanager
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import icr.data
+import icr.faults
+from icr.config import GenerateConfig, RewardConfig
+from icr.data import JsonlAppender, Prompt, read_jsonl, write_json_atomic
+from icr.evaluate import Decoding, EvalModel, generate_outputs
+from icr.faults import (DiskWriteError, OomBackoff, OutOfMemory, Preempted, TrainingDiverged, divergence_guard,
+                        stop_on_signals, write_section)
+from icr.generate import HFGenerator, generate_language
+from icr.reward import reward_language
+from icr.scoring import _SCORING_OOM
+
+
+@contextmanager
+def oom_at(module, calls: set[int], min_rows: int = 1):
+    """torch.OutOfMemoryError raised by `module`'s forward at the chosen calls (1-based, counting
+    calls on at least `min_rows` rows), as a GPU would raise it for a sub-batch that does not fit;
+    `hits` counts the errors raised."""
+    state = SimpleNamespace(n=0, hits=0)
+
+    def hook(mod, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None or ids.shape[0] < min_rows:
+            return
+        state.n += 1
+        if state.n in calls:
+            state.hits += 1
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+
+    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield state
+    finally:
+        handle.remove()
+
+
+@pytest.fixture(autouse=True)
+def fresh_scoring_backoff():
+    """The scorer's back-off remembers what did not fit for the rest of the process: start clean."""
+    _SCORING_OOM.max_cells, _SCORING_OOM.retries = math.inf, 0
+    yield
+    _SCORING_OOM.max_cells, _SCORING_OOM.retries = math.inf, 0
+
+
+GENERATIONS = [{"id": str(k), "lang": "es", "prompt": f"Pregunta número {k}: ¿qué es {w}?",
+                "responses": [f"{w} es algo {'muy ' * r}interesante." for r in range(4)]}
+               for k, w in enumerate(["el sol", "una bicicleta", "la lluvia", "un río", "el pan"])]
+ENGLISH = {g["id"]: f"Question number {g['id']}: what is it?" for g in GENERATIONS}
+
+
+def test_out_of_memory_in_scoring_halves_sub_batches_and_writes_identical_records(tiny_lm, tiny_ref_lm, tmp_path,
+                                                                                    caplog):
+    cfg = RewardConfig(batch_prompts=3)
+    clean = tmp_path / "clean.jsonl"
+    reward_language(GENERATIONS, ENGLISH, clean, tiny_lm, tiny_ref_lm, cfg)
+    # sub-batches (calls on several rows; prompt passes are one row each): the policy's first one
+    # fails, then the first half of it; the reference's third one fails too
+    faulted = tmp_path / "faulted.jsonl"
+    with caplog.at_level(logging.WARNING, logger="icr.faults"), \
+            oom_at(tiny_lm.model.get_decoder(), {1, 2}, min_rows=2) as pol, \
+            oom_at(tiny_ref_lm.model.get_decoder(), {3}, min_rows=2) as ref:
+        reward_language(GENERATIONS, ENGLISH, faulted, tiny_lm, tiny_ref_lm, cfg)
+    assert (pol.hits, ref.hits) == (2, 1)
+    assert faulted.read_bytes() == clean.read_bytes()
+    assert _SCORING_OOM.retries == 3
+    assert any("out of memory on 12 rows" in r.getMessage() and "retrying as 6 + 6 rows" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_out_of_memory_on_one_row_is_a_clear_error(tiny_lm, tiny_ref_lm, tmp_path):
+    calls = set(range(1, 100))
+    with oom_at(tiny_lm.model.get_decoder(), calls), pytest.raises(OutOfMemory, match="single row.*reward.token_budget"):
+        reward_language(GENERATIONS[:1], ENGLISH, tmp_path / "r.jsonl", tiny_lm, tiny_ref_lm, RewardConfig())
+    assert read_jsonl(tmp_path / "r.jsonl") == []
+
+
+def test_back_off_remembers_what_did_not_fit():
+    seen = []
+
+    def work(part):
+        seen.append(len(part))
+        if len(part) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return [x * 10 for x in part]
+
+    backoff = OomBackoff("test", "")
+    assert backoff.run(list(range(8)), 100, work) == [x * 10 for x in range(8)]
+    assert seen == [8, 4, 2, 2, 4, 2, 2]
+    seen.clear()
+    assert backoff.run(list(range(5)), 100, work) == [x * 10 for x in range(5)]
+    assert seen == [2, 2, 1]  # no failing attempt first: parts of at most half the rows that failed
+    assert backoff.run(list(range(5)), 50, lambda p: p) == list(range(5))  # a shorter width fits more rows
+
+
+PROMPTS = [Prompt(str(k), "en", text) for k, text in enumerate(
+    ["Name a colour.", "Write one long sentence about the history of the bicycle, please.", "Hi",
+     "Explain photosynthesis to a child.", "Count to three."])]
+
+
+def test_out_of_memory_in_generation_halves_rows_and_writes_identical_records(tiny_lm, tmp_path):
+    cfg = GenerateConfig(n=3, max_new_tokens=6, batch_prompts=3)
+    clean = tmp_path / "clean.jsonl"
+    generate_language(HFGenerator(tiny_lm, cfg), PROMPTS, clean, cfg, seed=0, iteration=0, max_prompt_tokens=512)
+    faulted = tmp_path / "faulted.jsonl"
+    generator = HFGenerator(tiny_lm, cfg)
+    # model calls: 1 = first chunk's prefill (9 rows → 4 + 5 rows), 4 = a decoding step of the 4 rows
+    with oom_at(tiny_lm.model, {1, 4}) as faults:
+        generate_language(generator, PROMPTS, faulted, cfg, seed=0, iteration=0, max_prompt_tokens=512)
+    assert faults.hits == 2 and generator.oom.retries == 2
+    assert faulted.read_bytes() == clean.read_bytes()
+
+
+def test_out_of_memory_in_eval_generation_gives_identical_outputs(tiny_lm, tmp_path):
+    items = [{"id": k, "instruction": p.text, "dataset": "test"} for k, p in enumerate(PROMPTS)]
+    decoding = Decoding(max_new_tokens=6, batch_size=4)
+    cfg = GenerateConfig(n=2, temperature=decoding.temperature, top_p=decoding.top_p, max_new_tokens=6)
+    model = EvalModel("tiny", "tiny")
+    generate_outputs(HFGenerator(tiny_lm, cfg), model, "en", items, tmp_path / "clean", decoding)
+    generator = HFGenerator(tiny_lm, cfg)
+    with oom_at(tiny_lm.model, {1, 2}, min_rows=2) as faults:  # 4 rows → 2 (fails) → 1 + 1, then 2 as 1 + 1
+        generate_outputs(generator, model, "en", items, tmp_path / "faulted", decoding)
+    assert faults.hits == 2 and generator.oom.max_cells < 2 * (6 + 20)
+    for name in ("generations.jsonl", "model_outputs.json"):
+        assert (tmp_path / "faulted" / name).read_bytes() == (tmp_path / "clean" / name).read_bytes()
+
+
+# ---------------------------------------------------------------- full disk
+
+
+def enospc_after(monkeypatch, nth: int, partial: bool = True):
+    """os.write of icr's writers fails with ENOSPC from the nth call on, after writing part of the
+    bytes (a disk that fills up in the middle of a write)."""
+    real, count = os.write, {"n": 0}
+
+    def write(fd, data):
+        count["n"] += 1
+        if count["n"] >= nth:
+            if partial and len(data) > 1:
+                real(fd, bytes(data[: len(data) // 2]))
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd, data)
+
+    monkeypatch.setattr(icr.faults.os, "write", write)
+
+
+def test_full_disk_mid_line_leaves_the_earlier_lines_whole(tmp_path, monkeypatch):
+    path = tmp_path / "out.jsonl"
+    with JsonlAppender(path) as out:
+        out.write({"id": "1", "text": "first"})
+    enospc_after(monkeypatch, 1)
+    with pytest.raises(DiskWriteError) as err, JsonlAppender(path) as out:
+        out.write({"id": "2", "text": "second, never whole"})
+    message = str(err.value)
+    assert str(path) in message and "the disk is full" in message and "free in" in message
+    assert path.read_text() == '{"id": "1", "text": "first"}\n'  # the half line is gone, not left for the next
+
+
+def test_full_disk_during_an_atomic_write_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "manifest.json"
+    write_json_atomic(path, {"stages": {"a": 1}})
+    before = path.read_bytes()
+    enospc_after(monkeypatch, 1)
+    with pytest.raises(DiskWriteError, match="manifest.json failed: the disk is full"):
+        write_json_atomic(path, {"stages": {"a": 1, "b": 2}})
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]  # no temporary file left
+
+
+# ---------------------------------------------------------------- stop signals
+
+
+def test_sigterm_during_a_write_finishes_the_line_then_stops(tmp_path):
+    path = tmp_path / "out.jsonl"
+    with pytest.raises(Preempted, match="SIGTERM"), stop_on_signals(), JsonlAppender(path) as out:
+        out.write({"id": "1"})
+        with write_section():  # as if the signal came in the middle of writing record 2
+            os.kill(os.getpid(), signal.SIGTERM)
+            out.write({"id": "2"})
+            out.write({"id": "3"})
+        out.write({"id": "4"})
+    assert read_jsonl(path) == [{"id": "1"}, {"id": "2"}, {"id": "3"}]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+
+
+def test_sigint_outside_a_write_stops_at_once():
+    with pytest.raises(Preempted, match="SIGINT"), stop_on_signals():
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(10**8):  # a computation; the handler raises between bytecodes
+            pass
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+# ---------------------------------------------------------------- divergence
+
+
+@pytest.mark.parametrize("losses, ratio, match", [
+    ([0.7, 0.6, float("nan")], 10.0, r"loss is nan at step 3 of 9 \(starting loss 0.7 at step 1\)"),
+    ([0.7, float("inf")], None, r"loss is inf at step 2"),
+    ([0.7, 0.8, 7.5], 10.0, r"loss 7.5 at step 3 of 9 is above train.max_loss_ratio = 10 × the starting loss 0.7"),
+])
+def test_divergence_guard_names_the_step_and_values(losses, ratio, match):
+    guard = divergence_guard(ratio, "iter_0/model")
+    state = SimpleNamespace(global_step=0, max_steps=9)
+    with pytest.raises(TrainingDiverged, match=match):
+        for step, loss in enumerate(losses, start=1):
+            state.global_step = step
+            guard.on_log(None, state, None, logs={"loss": loss})
+
+
+def test_divergence_guard_lets_a_falling_loss_pass():
+    guard = divergence_guard(2.0, "m")
+    state = SimpleNamespace(global_step=0, max_steps=5)
+    for step, loss in enumerate([0.7, 1.3, 0.2, 0.01], start=1):
+        state.global_step = step
+        guard.on_log(None, state, None, logs={"loss": loss, "grad_norm": 3.0})
