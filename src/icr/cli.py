@@ -91,7 +91,12 @@ def _setup_logging(verbose: bool) -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(verbose: bool) -> None:
     """Implicit Cross-lingual Rewarding: turn an English DPO model into multilingual preference
-    pairs and train on them. See README.md and docs/cli.md."""
+    pairs and train on them. See README.md and docs/cli.md.
+
+    Exit codes: 0 done; 1 error; 2 bad usage or config; 3 run directory in use by another process;
+    4 a write failed (disk full); 5 out of memory; 6 training diverged; 75 stopped by SIGTERM/SIGINT.
+    The same command resumes the run after 75, after 4 once there is space, after 5 or 6 once the
+    settings the message names are changed (README: Failures and recovery)."""
     _setup_logging(verbose)
 
 
