@@ -4,11 +4,11 @@ a stop signal during a write, a diverging loss (`icr.faults`)."""
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import math
 import os
 import signal
+import sys
 from contextlib import contextmanager
 from types import SimpleNamespace
 
@@ -20,8 +20,16 @@ import icr.faults
 from icr.config import GenerateConfig, RewardConfig
 from icr.data import JsonlAppender, Prompt, read_jsonl, write_json_atomic
 from icr.evaluate import Decoding, EvalModel, generate_outputs
-from icr.faults import (DiskWriteError, OomBackoff, OutOfMemory, Preempted, TrainingDiverged, divergence_guard,
-                        stop_on_signals, write_section)
+from icr.faults import (
+    DiskWriteError,
+    OomBackoff,
+    OutOfMemory,
+    Preempted,
+    TrainingDiverged,
+    divergence_guard,
+    stop_on_signals,
+    write_section,
+)
 from icr.generate import HFGenerator, generate_language
 from icr.reward import reward_language
 from icr.scoring import _SCORING_OOM
@@ -196,6 +204,22 @@ def test_sigterm_during_a_write_finishes_the_line_then_stops(tmp_path):
         out.write({"id": "4"})
     assert read_jsonl(path) == [{"id": "1"}, {"id": "2"}, {"id": "3"}]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+
+
+def test_a_stop_whose_raise_python_ignored_is_acted_on_at_the_next_record(tmp_path, monkeypatch):
+    class SignalledDuringGarbageCollection:
+        def __del__(self):  # the handler raises in here, and Python prints and ignores the exception
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    ignored = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: ignored.append(unraisable.exc_type))
+    path = tmp_path / "out.jsonl"
+    with pytest.raises(Preempted, match="SIGTERM"), stop_on_signals(), JsonlAppender(path) as out:
+        SignalledDuringGarbageCollection()
+        assert ignored == [Preempted]
+        out.write({"id": "1"})
+        out.write({"id": "2"})
+    assert read_jsonl(path) == [{"id": "1"}]
 
 
 def test_sigint_outside_a_write_stops_at_once():

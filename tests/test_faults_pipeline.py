@@ -9,12 +9,12 @@ import os
 
 import pytest
 import torch
+import transformers.modeling_utils
 from safetensors.torch import load_file
 from test_run import FILES, _config
 
 import icr.faults
 import icr.train
-import transformers.modeling_utils
 from icr.data import read_json
 from icr.faults import DiskWriteError, TrainingDiverged, TrainingOutOfMemory
 from icr.pipeline import run_iterations

@@ -155,8 +155,9 @@ def align_english_command(model_spec, data_source, split, output_dir, config_pat
     from icr.align import align_english
 
     config = resolve_config(config_path, options)
-    metrics = align_english(model_spec, data_source, Path(output_dir), config.train, split=split,
-                            device=config.models.device)
+    with command_faults():
+        metrics = align_english(model_spec, data_source, Path(output_dir), config.train, split=split,
+                                device=config.models.device)
     click.echo(f"π_dpo written to {output_dir} ({metrics['pairs']} pairs, {metrics['steps']} steps)")
 
 
@@ -201,7 +202,8 @@ def demo_command(quick, output_dir):
     reward accuracy in 5 languages, and a Markdown report with plots."""
     from icr.demo import run_demo
 
-    report = run_demo(Path(output_dir), quick=quick)
+    with command_faults():
+        report = run_demo(Path(output_dir), quick=quick)
     click.echo(f"report: {report}")
 
 

@@ -23,9 +23,10 @@ import math
 import os
 import shutil
 import signal
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import TypeVar
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -84,6 +85,7 @@ def command_faults() -> Iterator[None]:
         with stop_on_signals():
             yield
     except (RunFault, Preempted) as err:
+        acknowledge_stop()
         sys.stderr.write(f"icr: {err} [exit code {err.exit_code}]\n")
         sys.stderr.flush()
         raise SystemExit(err.exit_code) from None
@@ -162,8 +164,8 @@ def append_whole(fd: int, path: Path, data: bytes) -> None:
 
 class _StopState:
     installed = False
-    pending: str | None = None  # the signal received and not yet acted on
-    raised = False  # Preempted is on its way up: later writes must not raise it again
+    pending: str | None = None  # the stop signal received
+    acknowledged = False  # a Preempted reached a handler of ours: the stop is under way
     depth = 0  # nested write sections
 
 
@@ -175,13 +177,22 @@ def _on_signal(signum, frame) -> None:
     name = signal.Signals(signum).name
     urgent = _STOP.pending is not None  # a second signal: stop now, even inside a write
     _STOP.pending = name
-    if (_STOP.depth == 0 or urgent) and not _STOP.raised:
-        _STOP.raised = True
+    if _STOP.depth == 0 or urgent:
         raise Preempted(name)
 
 
-def stop_requested() -> str | None:
-    return _STOP.pending
+def check_stop() -> None:
+    """Raise `Preempted` if a stop signal came and its `Preempted` has not reached a handler: the
+    handler's own raise can land where Python ignores exceptions (a `__del__` during garbage
+    collection, a weakref callback), so the stop is also acted on at the next write that completes
+    a record, between sub-batches (`OomBackoff`), after a training step, and when the command ends."""
+    if _STOP.pending and not _STOP.acknowledged and _STOP.depth == 0:
+        raise Preempted(_STOP.pending)
+
+
+def acknowledge_stop() -> None:
+    """Called by the handler of a `Preempted`: the writes it does on its way out must not raise again."""
+    _STOP.acknowledged = True
 
 
 @contextmanager
@@ -194,12 +205,10 @@ def stop_on_signals() -> Iterator[None]:
         yield
         return
     previous = {s: signal.signal(s, _on_signal) for s in STOP_SIGNALS}
-    _STOP.installed, _STOP.pending, _STOP.raised, _STOP.depth = True, None, False, 0
+    _STOP.installed, _STOP.pending, _STOP.acknowledged, _STOP.depth = True, None, False, 0
     try:
         yield
-        if _STOP.pending and not _STOP.raised:  # arrived inside a last write: not lost
-            _STOP.raised = True
-            raise Preempted(_STOP.pending)
+        check_stop()  # a signal that arrived inside the last write, or whose raise was ignored: not lost
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -216,9 +225,8 @@ def write_section(completes_record: bool = True) -> Iterator[None]:
         yield
     finally:
         _STOP.depth -= 1
-    if completes_record and _STOP.depth == 0 and _STOP.pending and not _STOP.raised:
-        _STOP.raised = True
-        raise Preempted(_STOP.pending)
+    if completes_record:
+        check_stop()
 
 
 # ---------------------------------------------------------------- out of memory
@@ -261,6 +269,7 @@ class OomBackoff:
         return out
 
     def _attempt(self, part: list[T], width: int, work: Callable[[list[T]], list]) -> list:
+        check_stop()
         try:
             return work(part)
         except _oom_types() as err:
@@ -302,11 +311,15 @@ def training_oom_message(settings: dict) -> str:
 def divergence_guard(max_loss_ratio: float | None, what: str):
     """A transformers TrainerCallback that raises `TrainingDiverged` when a logged training loss is
     NaN or infinite, or exceeds `max_loss_ratio` × the first logged loss. The logged loss is the
-    mean over the processes, so every process stops at the same step."""
+    mean over the processes, so every process stops at the same step. It also acts on a pending
+    stop signal after each step (`check_stop`)."""
     from transformers import TrainerCallback
 
     class DivergenceGuard(TrainerCallback):
         start: tuple[int, float] | None = None
+
+        def on_step_end(self, args, state, control, **kwargs):
+            check_stop()
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             loss = (logs or {}).get("loss")

@@ -28,7 +28,7 @@ from icr.config import ConfigError, RunConfig, dump_config
 from icr.data import (PromptSet, load_prompt_set, read_json, read_jsonl, write_json_atomic, write_jsonl_atomic,
                       write_text_atomic)
 from icr.distributed import current_shard
-from icr.faults import (OutOfMemory, Preempted, RunFault, TrainingDiverged, train_change_excuse,
+from icr.faults import (OutOfMemory, Preempted, RunFault, TrainingDiverged, acknowledge_stop, train_change_excuse,
                         write_section)
 from icr.models import LoadedModel, load_model
 from icr.runlock import run_lock
@@ -279,6 +279,7 @@ def _noting_preemption(run: RunDir, t: int, stage: str):
     try:
         yield
     except Preempted as err:
+        acknowledge_stop()  # recording the stop must not be stopped
         run.record_failure(t, stage, err)
         raise
 

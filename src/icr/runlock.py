@@ -22,9 +22,9 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from icr.faults import RunDirInUse
 
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 LOCK_NAME = ".icr.lock"
 _NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
-_HELD: dict[str, "RunLock"] = {}  # taken by this process: a nested command on the same run shares it
+_HELD: dict[str, RunLock] = {}  # taken by this process: a nested command on the same run shares it
 
 
 def holder_record(world: int = 1) -> dict:
@@ -166,7 +166,7 @@ def run_lock(root: str | Path, shard=None) -> Iterator[RunLock | None]:
         lock = RunLock(Path(root), shard.world)
         try:
             lock.acquire()
-        except Exception as err:  # whatever stops the main process must stop the others too
+        except Exception as err:  # noqa: BLE001  (whatever stops the main process must stop the others)
             refusal, lock = err, None
     if shard.world > 1:
         message = _broadcast(None if refusal is None else str(refusal), shard)
