@@ -139,6 +139,7 @@ def test_sigterm_at_random_moments_then_restart_gives_the_uninterrupted_files(re
         failures = read_json(cfg.run_dir / "manifest.json").get("failures", [])
         recorded += sum(f["kind"] == "Preempted" for f in failures)
     print(f"{len(hits)} SIGTERMs in {len(runs)} run folder(s):", {s: hits.count(s) for s in sorted(set(hits))})
-    # every SIGTERM that stopped a stage is in a manifest (those after the last stage stop the summary)
-    assert recorded == sum(s != "finished" for s in hits), json.dumps(hits)
+    # every SIGTERM that stopped a stage is in a manifest (one that came as the last stage was being
+    # recorded, or later, while the summary was written, may leave the run "finished")
+    assert sum(s != "finished" for s in hits) <= recorded <= len(hits), json.dumps(hits)
     assert len(set(hits) - {"finished"}) >= 3, f"signals hit too few stages: {hits}"
