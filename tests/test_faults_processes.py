@@ -16,6 +16,7 @@ import sys
 import time
 
 import pytest
+import test_crash
 import torch
 from safetensors.torch import load_file
 from test_crash import (
@@ -39,6 +40,15 @@ pytestmark = pytest.mark.processes
 MIN_SIGNALS = 10
 QUOTA = {"generate": 4, "reward": 4, "pairs": 1, "train": 2}  # SIGTERMs aimed at each stage
 SIGKILL_AT = 3  # this attempt is killed with SIGKILL instead: the next one takes its lock over
+
+
+@pytest.fixture(scope="module", autouse=True)
+def unbuffered_logs():
+    """The processes' stdout unbuffered, so that a stage's log line is in the log file when the stage
+    starts, and a signal aimed at it lands in it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(test_crash.ENV, "PYTHONUNBUFFERED", "1")
+        yield
 
 
 @pytest.fixture(scope="module")
