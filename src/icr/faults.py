@@ -186,7 +186,7 @@ def check_stop() -> None:
     handler's own raise can land where Python ignores exceptions (a `__del__` during garbage
     collection, a weakref callback), so the stop is also acted on at the next write that completes
     a record, between sub-batches (`OomBackoff`), after a training step, and when the command ends."""
-    if _STOP.pending and not _STOP.acknowledged and _STOP.depth == 0:
+    if _STOP.installed and _STOP.pending and not _STOP.acknowledged and _STOP.depth == 0:
         raise Preempted(_STOP.pending)
 
 
@@ -212,7 +212,7 @@ def stop_on_signals() -> Iterator[None]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        _STOP.installed = False
+        _STOP.installed, _STOP.pending = False, None  # a library call after the command is not stopped
 
 
 @contextmanager
