@@ -77,7 +77,8 @@ def sampled_workload(lm, n_prompts: int, n: int, max_new_tokens: int, cache: Pat
     gen = HFGenerator(lm, GenerateConfig(n=n, max_new_tokens=max_new_tokens, batch_prompts=n_prompts))
     prompts = load_prompts(n_prompts)
     samples = gen.sample_batch([p for _, p in prompts], n, list(range(len(prompts))))
-    work = [{"lang": lang, "prompt": p, "responses": [s.text for s in rows]} for (lang, p), rows in zip(prompts, samples)]
+    work = [{"lang": lang, "prompt": p, "responses": [s.text for s in rows]}
+            for (lang, p), rows in zip(prompts, samples)]
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(work, ensure_ascii=False))
     return work
@@ -395,7 +396,8 @@ def main() -> None:
         rows = run_part("languages", "ours", argparse.Namespace(**{**vars(args), "langs": langs}))["per_language"]
         result["scaling_languages"].append({
             "langs": langs.split(","), "prompts": args.per_language * len(rows),
-            **{key: sum(row[key] for row in rows) for key in ("generate_s", "score_s", "prompt_tokens", "response_tokens")},
+            **{key: sum(row[key] for row in rows)
+               for key in ("generate_s", "score_s", "prompt_tokens", "response_tokens")},
             "per_language": rows})
     (RESULTS / "latest.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / "latest.md").write_text(markdown(result))
@@ -450,7 +452,8 @@ def markdown(r: dict) -> str:
               "| languages | prompts | prompt tokens | response tokens | generate s | score s | total s |",
               "|---|---|---|---|---|---|---|"]
     for row in r["scaling_languages"]:
-        lines.append(f"| {' '.join(row['langs'])} | {row['prompts']} | {row['prompt_tokens']} | {row['response_tokens']} "
+        lines.append(f"| {' '.join(row['langs'])} | {row['prompts']} | {row['prompt_tokens']} | "
+                     f"{row['response_tokens']} "
                      f"| {row['generate_s']:.1f} | {row['score_s']:.1f} | {row['generate_s'] + row['score_s']:.1f} |")
     return "\n".join(lines) + "\n"
 

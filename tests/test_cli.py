@@ -8,8 +8,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from icr.cli import _parse_value, main, resolve_config
-from icr.config import iter_fields
+from icr.cli import main
+from icr.cli.options import parse_value, resolve
+from icr.config import RunConfig, iter_fields
 
 
 @pytest.fixture(autouse=True)
@@ -81,7 +82,7 @@ def test_run_name_with_slash_or_dotdot_refused(name):
 
 def test_every_config_field_is_a_flag():
     help_text = invoke("config", "--help").output
-    for dotted, _, _ in iter_fields():
+    for dotted, _, _ in iter_fields(RunConfig):
         assert f"--{dotted}" in help_text
 
 
@@ -98,17 +99,15 @@ def test_stage_command_validates_before_running(tmp_path):
 
 
 def test_parse_value_rules():
-    from typing import Optional
-
-    assert _parse_value("4", int) == 4
-    assert _parse_value("null", Optional[float]) is None
-    assert _parse_value("a,b", list[str]) == ["a", "b"]
-    assert _parse_value("yes", str) == "yes"
-    assert _parse_value("0.5", float) == 0.5
+    assert parse_value("4", int) == 4
+    assert parse_value("null", float | None) is None
+    assert parse_value("a,b", list[str]) == ["a", "b"]
+    assert parse_value("yes", str) == "yes"
+    assert parse_value("0.5", float) == 0.5
 
 
 def test_resolve_config_ignores_unset_flags():
-    cfg = resolve_config(None, {"generate__n": None, "generate__temperature": "0.5"})
+    cfg = resolve(RunConfig, None, {"generate__n": None, "generate__temperature": "0.5"})
     assert cfg.generate.n == 10 and cfg.generate.temperature == 0.5
 
 

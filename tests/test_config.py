@@ -9,8 +9,9 @@ import yaml
 
 import icr.models
 import icr.pipeline
+import icr.rundir
 from icr.config import ConfigError, RunConfig, dump_config, iter_fields, load_config, set_dotted
-from icr.data import DataError
+from icr.errors import DataError
 
 
 def test_defaults_follow_the_paper():
@@ -136,7 +137,7 @@ def test_section_hash_changes_only_with_its_sections():
 
 
 def test_iter_fields_covers_nested_leaves():
-    names = {d for d, _, _ in iter_fields()}
+    names = {d for d, _, _ in iter_fields(RunConfig)}
     assert {"generate.n", "train.lora.r", "data.languages", "name", "reward.crosslingual_template"} <= names
     assert "train.lora" not in names and "generate" not in names
 
@@ -152,7 +153,7 @@ def _forbid_model_loading(monkeypatch):
         raise AssertionError("a model was loaded before the config/data were checked")
 
     monkeypatch.setattr(icr.models, "load_model", boom)
-    monkeypatch.setattr(icr.pipeline, "load_model", boom)
+    monkeypatch.setattr(icr.rundir, "load_model", boom)
     return calls
 
 

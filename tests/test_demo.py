@@ -12,6 +12,8 @@ from click.testing import CliRunner
 from icr.cli import main
 from icr.data import read_jsonl
 
+pytestmark = pytest.mark.slow  # minutes on a 2-core CPU: `make test-fast` skips this file
+
 
 def _finite_numbers(obj):
     if isinstance(obj, bool) or obj is None:
@@ -26,7 +28,6 @@ def _finite_numbers(obj):
             _finite_numbers(v)
 
 
-@pytest.mark.slow
 def test_quick_demo_writes_a_consistent_report(tmp_path, smollm_path):
     result = CliRunner().invoke(main, ["demo", "--quick", "--output", str(tmp_path)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -38,7 +39,8 @@ def test_quick_demo_writes_a_consistent_report(tmp_path, smollm_path):
 
     run_dir = tmp_path / "runs" / "icr-demo"
     for row in report["iterations"]:
-        pairs = [p for p in read_jsonl(run_dir / f"iter_{row['iteration']}" / "pairs.jsonl") if p["lang"] == row["lang"]]
+        pairs_file = run_dir / f"iter_{row['iteration']}" / "pairs.jsonl"
+        pairs = [p for p in read_jsonl(pairs_file) if p["lang"] == row["lang"]]
         assert row["pairs"] == len(pairs)
         gens = read_jsonl(run_dir / f"iter_{row['iteration']}" / "generations" / f"{row['lang']}.jsonl")
         assert row["prompts"] == len(gens) == 2

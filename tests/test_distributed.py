@@ -15,8 +15,12 @@ import yaml
 
 from icr.config import GenerateConfig
 from icr.data import Prompt, read_jsonl, write_jsonl_atomic
-from icr.distributed import Shard, leftover_parts, merge_parts, part_path
-from icr.generate import HFGenerator, generate_language
+from icr.distributed import Shard
+from icr.jobs import leftover_parts, merge_parts, part_path
+from icr.sampling import HFGenerator
+from icr.stages.generate import generate_language
+
+pytestmark = pytest.mark.slow  # minutes on a 2-core CPU: `make test-fast` skips this file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -159,7 +163,7 @@ def test_two_process_training_steps_match_the_single_process(runs):
 def test_manifest_written_once_by_the_main_process(runs):
     manifest = json.loads((runs[2] / "manifest.json").read_text())
     assert set(manifest["stages"]) == {f"iter_0/{s}" for s in ("generate", "reward", "pairs", "train")}
-    assert not [p for p in runs[2].rglob(".*part*")]
+    assert not list(runs[2].rglob(".*part*"))
     assert not [p for p in runs[2].iterdir() if p.name.startswith(".")]  # no temporary model folder left
 
 

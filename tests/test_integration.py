@@ -5,20 +5,21 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 
 from conftest import EMBEDDED, SHARED_DATA
 from icr.config import GenerateConfig, load_config
 from icr.data import load_prompt_set, read_json, read_jsonl
-from icr.generate import HFGenerator, generate_stage
 from icr.pipeline import run_stage
+from icr.sampling import HFGenerator
+from icr.stages.generate import generate_language
+
+pytestmark = pytest.mark.slow  # minutes on a 2-core CPU: `make test-fast` skips this file
 
 UF = SHARED_DATA / "ultrafeedback-multilingual"
 
 
 
 
-@pytest.mark.slow
 def test_real_model_generate_reward_pairs(tmp_path, tiny_ref_dir, smollm_path):
     """π = SmolLM2-135M-Instruct, π_ref = a tiny random model with the same tokenizer (so that the
     rewards are not all zero): 2 prompts × 2 languages × 2 samples."""
@@ -58,13 +59,14 @@ def test_real_model_generate_reward_pairs(tmp_path, tiny_ref_dir, smollm_path):
     assert sum(s["pairs"] for s in stats.values()) == len(pairs)
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not UF.exists(), reason="../shared/data is not available")
 def test_real_prompt_slice_through_generate(tiny_lm, tmp_path):
     prompts = load_prompt_set(str(UF / "random_1000"), ["en", "es", "zh"], limit=2)
     assert all(len(v) == 2 for v in prompts.by_lang.values())
     cfg = GenerateConfig(n=2, max_new_tokens=4)
-    out = generate_stage(HFGenerator(tiny_lm, cfg), prompts, tmp_path, cfg, seed=0, iteration=0, max_prompt_tokens=1024)
+    generator = HFGenerator(tiny_lm, cfg)
+    out = {lang: generate_language(generator, items, tmp_path / f"{lang}.jsonl", cfg, seed=0, iteration=0,
+                                   max_prompt_tokens=1024) for lang, items in prompts.by_lang.items()}
     for lang, records in out.items():
         assert [r["id"] for r in records] == [p.id for p in prompts.by_lang["en"]]
         assert [r["prompt"] for r in records] == [p.text for p in prompts.by_lang[lang]]

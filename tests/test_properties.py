@@ -14,10 +14,11 @@ import yaml
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from icr.config import ConfigError, PairsConfig, dump_config, iter_fields, load_config
-from icr.data import DataError, JsonlAppender, load_prompt_set, read_json, read_jsonl, write_jsonl_atomic
-from icr.pairs import select_pairs
+from icr.config import ConfigError, PairsConfig, RunConfig, dump_config, iter_fields, load_config
+from icr.data import JsonlAppender, load_prompt_set, read_json, read_jsonl, write_jsonl_atomic
+from icr.errors import DataError
 from icr.pipeline import run_stage
+from icr.selection import select_pairs
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -128,7 +129,7 @@ def test_prompt_files_load_exactly_or_are_refused_naming_file_and_line(case, as_
 
 # ---------------------------------------------------------------- configs
 
-LEAVES = sorted(d for d, _, _ in iter_fields())
+LEAVES = sorted(d for d, _, _ in iter_fields(RunConfig))
 KEYS = st.sampled_from(LEAVES + ["generate", "train.lora", "models", "nope", "generate.bogus", "generate.n.x",
                                  "data.languages.0"])
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-3, 20), st.integers(), st.floats(),
@@ -211,7 +212,8 @@ def test_a_key_given_twice_in_a_yaml_file_is_refused_not_overwritten(tree, value
 
 REWARDS = st.one_of(st.sampled_from([0.0, 1.0, -1.0, 0.5]), st.floats(-1e6, 1e6),
                     st.sampled_from([math.nan, math.inf, -math.inf]))
-RESPONSES = st.one_of(st.sampled_from(["", " ", "Hola", "Hola ", "Hola, ¿qué tal?", "مرحبا", "😀"]), st.text(max_size=30))
+RESPONSES = st.one_of(st.sampled_from(["", " ", "Hola", "Hola ", "Hola, ¿qué tal?", "مرحبا", "😀"]),
+                      st.text(max_size=30))
 
 
 @st.composite

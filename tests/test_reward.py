@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from icr.config import RewardConfig
 from icr.models import common_prefix_length, load_model, prompt_ids, tokenize_exchange
-from icr.reward import (
-    REWARD_MODES,
-    RewardInput,
-    reward_instruction,
-    reward_language,
-    reward_record,
-    reward_records,
-    score_responses,
-    sequence_logprobs,
-)
+from icr.records import GenerationRecord
+from icr.rewarding import STRATEGIES, RewardInput, implicit_rewards, make_strategy
+from icr.rewarding import reward_records as engine_reward_records
 from icr.scoring import reference_logprobs
-from icr.train import reference_logps
+from icr.scoring import score_responses as engine_score_responses
+from icr.stages.reward import reward_language
+from icr.training import reference_logps
+
+BUDGET = RewardConfig().token_budget
 
 ENGLISH = "Name two colours of the rainbow."
 SPANISH = "Nombra dos colores del arcoíris."
@@ -38,6 +34,29 @@ def plain_logp(lm, instruction: str, response: str) -> float:
     """Summed log-probability of TRL's completion tokens, by the plain full-softmax forward."""
     p, c = tokenize_exchange(lm.tokenizer, instruction, response)
     return sum(reference_logprobs(lm.model, p, c))
+
+
+def reward_records(gens: list[dict], english: list[str], policy, reference, config: RewardConfig,
+                   translator=None) -> list[dict]:
+    records = [GenerationRecord.from_json(g) for g in gens]
+    return [r.to_json() for r in engine_reward_records(records, english, policy, reference, config,
+                                                       make_strategy(config, translator))]
+
+
+def reward_record(gen: dict, english: str, policy, reference, config: RewardConfig, translator=None) -> dict:
+    return reward_records([gen], [english], policy, reference, config, translator)[0]
+
+
+def score_responses(policy, reference, instruction: str, responses: list[str], beta: float) -> dict:
+    return implicit_rewards(policy, reference, [(instruction, responses)], RewardConfig(beta=beta))[0]
+
+
+def sequence_logprobs(lm, instruction: str, responses: list[str]):
+    return engine_score_responses(lm, [(instruction, responses)], BUDGET)[0]
+
+
+def reward_instruction(mode: str, item: RewardInput, config: RewardConfig) -> str:
+    return make_strategy(config.model_copy(update={"mode": mode})).scoring(item).instruction
 
 
 def generation(lang: str, native: str, responses: list[str], pid: str = "p1") -> dict:
@@ -129,10 +148,12 @@ def test_translate_mode_stores_and_scores_translations(tiny_lm, tiny_ref_lm):
 
 
 def test_every_mode_is_registered():
-    assert set(REWARD_MODES) == {"crosslingual", "multilingual", "translate"}
+    assert set(STRATEGIES) == {"crosslingual", "multilingual", "translate"}
     item = RewardInput("fr", "Bonjour ?", "Hello?", ["Salut"])
     assert reward_instruction("multilingual", item, RewardConfig()) == "Bonjour ?"
-    assert reward_instruction("translate", item, RewardConfig()) == "Hello?"
+    assert STRATEGIES["translate"].needs_translator and not STRATEGIES["crosslingual"].needs_translator
+    english = RewardInput("en", "Hello?", "Hello?", ["Hi"])  # English responses are scored untranslated
+    assert make_strategy(RewardConfig(mode="translate"), translator=object()).scoring(english).instruction == "Hello?"
     assert reward_instruction("crosslingual", item, RewardConfig()) == "Hello?\n\nPlease answer only in French."
 
 
@@ -145,7 +166,8 @@ def test_skipped_generation_is_passed_on_not_scored(tiny_lm, tiny_ref_lm):
 def test_reward_language_writes_in_generation_order(tiny_lm, tiny_ref_lm, tmp_path):
     gens = [generation("es", SPANISH, RESPONSES_ES[:2], pid="b"), generation("es", SPANISH, RESPONSES_ES[1:], pid="a")]
     out = tmp_path / "es.jsonl"
-    recs = reward_language(gens, {"a": ENGLISH, "b": ENGLISH}, out, tiny_lm, tiny_ref_lm, RewardConfig())
+    recs = reward_language(gens, {"a": ENGLISH, "b": ENGLISH}, out, tiny_lm, tiny_ref_lm, RewardConfig(),
+                           make_strategy(RewardConfig()))
     assert [r["id"] for r in recs] == ["b", "a"]
     from icr.data import read_jsonl
 
@@ -243,7 +265,7 @@ def test_reference_logps_match_trl_compute_ref_log_probs(tiny_ref_lm, trl_traine
                for r in rows for side in ("chosen_ids", "rejected_ids")]
         assert sum(cut) >= 3
     want_c, want_r = _trl_ref_logps(trl_trainer, rows, max_length)
-    ours = reference_logps(tiny_ref_lm, PAIRS, max_length)
+    ours = reference_logps(tiny_ref_lm, PAIRS, max_length, BUDGET)
     for k in range(len(PAIRS)):
         assert ours[k]["ref_chosen_logps"] == pytest.approx(want_c[k], abs=1e-2)
         assert ours[k]["ref_rejected_logps"] == pytest.approx(want_r[k], abs=1e-2)
@@ -254,7 +276,7 @@ def test_reference_logps_match_trl_when_prompt_tokenization_diverges(tiny_ref_lm
     prompt of *both* sides there and scores the '\\n' as part of the other side's completion."""
     rows = trl_rows(trl_trainer, range(len(PAIRS), len(PAIRS) + len(DIVERGING_PAIRS)))
     want_c, want_r = _trl_ref_logps(trl_trainer, rows, 256)
-    ours = reference_logps(tiny_ref_lm, DIVERGING_PAIRS, 256)
+    ours = reference_logps(tiny_ref_lm, DIVERGING_PAIRS, 256, BUDGET)
     for k in range(len(DIVERGING_PAIRS)):
         assert ours[k]["ref_chosen_logps"] == pytest.approx(want_c[k], abs=1e-2)
         assert ours[k]["ref_rejected_logps"] == pytest.approx(want_r[k], abs=1e-2)

@@ -8,7 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 import icr.data
-import icr.train
+import icr.stages.train
+import icr.training
 from icr.config import load_config
 from icr.pipeline import run_iterations
 
@@ -72,7 +73,7 @@ def _crash_before_model_rename(monkeypatch):
     def finite(obj):  # called after training, just before the model folder is renamed into place
         raise Crash("simulated kill after training")
 
-    monkeypatch.setattr(icr.train, "_finite", finite)
+    monkeypatch.setattr(icr.training, "_finite", finite)
 
 
 @pytest.mark.parametrize("crashes", [
@@ -104,13 +105,13 @@ def test_interrupted_run_resumes_to_identical_files(clean_run, tiny_dir, tiny_re
 
 
 def test_finished_run_is_not_redone(clean_run, monkeypatch):
-    import icr.pipeline
+    import icr.rundir
 
     def boom(*a, **k):
         raise AssertionError("a finished stage ran again")
 
-    monkeypatch.setattr(icr.pipeline, "load_model", boom)
-    monkeypatch.setattr(icr.train, "train_dpo", boom)
+    monkeypatch.setattr(icr.rundir, "load_model", boom)
+    monkeypatch.setattr(icr.stages.train, "train_dpo", boom)
     before = (clean_run.root / "iter_1/pairs.jsonl").stat().st_mtime_ns
     run_iterations(clean_run.config)
     assert (clean_run.root / "iter_1/pairs.jsonl").stat().st_mtime_ns == before

@@ -1,7 +1,7 @@
 """Implicit-reward accuracy on held-out preference pairs, per language and rewarding mode.
 
 Accuracy = share of pairs with r(x, chosen) > r(x, rejected), where r = β·log π_dpo/π_ref and x is
-the instruction the rewarding mode shows (`icr.reward.REWARD_MODES`). A tie counts as half. The
+the instruction the rewarding mode shows (`icr.rewarding.STRATEGIES`). A tie counts as half. The
 interval is Wilson's 95% score interval. This is the paper's Figure 3 measurement: does the English
 DPO model judge answers in language l better against the English or the native instruction?
 """
@@ -14,22 +14,15 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from icr.config import RewardConfig
-from icr.data import DataError, read_jsonl
+from icr.config import AccuracyConfig, RewardConfig
+from icr.data import read_jsonl
+from icr.errors import DataError
 from icr.models import LoadedModel
-from icr.reward import reward_records
-
-REQUIRED = ("id", "lang", "prompt", "prompt_en", "chosen", "rejected")
-
-
-def _text(value) -> str:
-    """A response given as a string or as TRL messages."""
-    if isinstance(value, list):
-        return value[-1]["content"]
-    return value
+from icr.records import PreferencePair
+from icr.rewarding import RewardInput, make_strategy, reward_inputs
 
 
-def load_preference_pairs(source: str | Path) -> list[dict]:
+def load_preference_pairs(source: str | Path) -> list[PreferencePair]:
     """Pairs from one .jsonl file or a folder of {lang}.jsonl files; every field in REQUIRED present."""
     source = Path(source)
     files = sorted(source.glob("*.jsonl")) if source.is_dir() else [source]
@@ -38,11 +31,10 @@ def load_preference_pairs(source: str | Path) -> list[dict]:
     pairs = []
     for path in files:
         for lineno, row in enumerate(read_jsonl(path), start=1):
-            missing = [k for k in REQUIRED if k not in row]
+            missing = [k for k in PreferencePair.REQUIRED if k not in row]
             if missing:
                 raise DataError(f"{path}:{lineno}: id {row.get('id')}: missing {', '.join(missing)}")
-            pairs.append({k: (_text(row[k]) if k in ("prompt", "chosen", "rejected") else row[k])
-                          for k in REQUIRED})
+            pairs.append(PreferencePair.from_json(row))
     return pairs
 
 
@@ -56,16 +48,15 @@ def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, f
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def pair_rewards(policy: LoadedModel, reference: LoadedModel, pairs: list[dict], config: RewardConfig,
+def pair_rewards(policy: LoadedModel, reference: LoadedModel, pairs: list[PreferencePair], config: RewardConfig,
                  translator: LoadedModel | None = None) -> list[tuple[float, float]]:
     """(r(chosen), r(rejected)) of each pair under `config.mode`, the pairs scored together."""
-    generations = [{"id": p["id"], "lang": p["lang"], "prompt": p["prompt"], "responses": [p["chosen"], p["rejected"]]}
-                   for p in pairs]
-    records = reward_records(generations, [p["prompt_en"] for p in pairs], policy, reference, config, translator)
-    return [(r["reward"][0], r["reward"][1]) for r in records]
+    inputs = [RewardInput(p.lang, p.prompt, p.prompt_en, [p.chosen, p.rejected]) for p in pairs]
+    scored = reward_inputs(inputs, policy, reference, config, make_strategy(config, translator))
+    return [(reward["reward"][0], reward["reward"][1]) for _, reward in scored]
 
 
-def reward_accuracy(policy: LoadedModel, reference: LoadedModel, pairs: list[dict], config: RewardConfig,
+def reward_accuracy(policy: LoadedModel, reference: LoadedModel, pairs: list[PreferencePair], config: RewardConfig,
                     translator: LoadedModel | None = None) -> dict[str, dict]:
     """{lang: {accuracy, n, ci_low, ci_high, mean_margin}} for one rewarding mode."""
     wins: dict[str, float] = defaultdict(float)
@@ -74,8 +65,8 @@ def reward_accuracy(policy: LoadedModel, reference: LoadedModel, pairs: list[dic
         for k in range(0, len(pairs), config.batch_prompts):
             chunk = pairs[k : k + config.batch_prompts]
             for pair, (chosen, rejected) in zip(chunk, pair_rewards(policy, reference, chunk, config, translator)):
-                wins[pair["lang"]] += 1.0 if chosen > rejected else 0.5 if chosen == rejected else 0.0
-                margins[pair["lang"]].append(chosen - rejected)
+                wins[pair.lang] += 1.0 if chosen > rejected else 0.5 if chosen == rejected else 0.0
+                margins[pair.lang].append(chosen - rejected)
             bar.update(len(chunk))
     table = {}
     for lang in sorted(margins):
@@ -86,9 +77,11 @@ def reward_accuracy(policy: LoadedModel, reference: LoadedModel, pairs: list[dic
     return table
 
 
-def reward_accuracy_table(policy, reference, pairs, configs: dict[str, RewardConfig], translator=None) -> dict:
-    """{mode: {lang: ...}} for several rewarding modes."""
-    return {mode: reward_accuracy(policy, reference, pairs, cfg, translator) for mode, cfg in configs.items()}
+def reward_accuracy_table(policy: LoadedModel, reference: LoadedModel, pairs: list[PreferencePair],
+                          config: AccuracyConfig, translator: LoadedModel | None = None) -> dict:
+    """{mode: {lang: ...}} for each of `config.modes`."""
+    return {mode: reward_accuracy(policy, reference, pairs, config.reward.model_copy(update={"mode": mode}),
+                                  translator) for mode in config.modes}
 
 
 def format_accuracy_table(table: dict[str, dict]) -> str:

@@ -6,7 +6,8 @@ import math
 from pathlib import Path
 
 from icr.data import read_json, write_json_atomic
-from icr.pipeline import RunDir, summary_rows
+from icr.pipeline import summary_rows
+from icr.rundir import RunDir
 
 
 def _pct(x: float) -> str:
@@ -27,7 +28,8 @@ def _plot_accuracy(accuracy: dict, path: Path) -> None:
         rows = [accuracy["multilingual"][mode][lang] for lang in langs]
         xs = [i + k * width for i in range(len(langs))]
         ys = [100 * r["accuracy"] for r in rows]
-        err = [[100 * (r["accuracy"] - r["ci_low"]) for r in rows], [100 * (r["ci_high"] - r["accuracy"]) for r in rows]]
+        err = [[100 * (r["accuracy"] - r["ci_low"]) for r in rows],
+               [100 * (r["ci_high"] - r["accuracy"]) for r in rows]]
         ax.bar(xs, ys, width, yerr=err, capsize=3, label=mode)
     en = accuracy["english"]["implicit_reward"]["accuracy"]
     ax.axhline(100 * en, color="k", ls="--", lw=1, label=f"English held-out ({100 * en:.0f}%)")

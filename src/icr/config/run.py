@@ -1,9 +1,5 @@
-"""Configuration: one pydantic model per stage, nested in one `RunConfig`.
-
-The same tree is read from YAML and from command-line flags (`--generate.n 4` sets
-`generate.n`), and it is validated before any model is loaded: unknown keys and impossible
-values are errors that name the field.
-"""
+"""The run config: one pydantic section per concern, nested in one `RunConfig` (`icr run` and
+the stage commands); `icr.config.base` reads and validates it."""
 
 from __future__ import annotations
 
@@ -12,18 +8,18 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 
-from icr.languages import check_language
-
-DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
-
-
-class StrictModel(BaseModel):
-    """A config section: unknown keys are errors, assignments are validated."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+from icr.config.base import (
+    DEFAULT_MODEL,
+    Device,
+    Dtype,
+    Languages,
+    RewardMode,
+    SamplingBackend,
+    StrictModel,
+    build_config,
+)
 
 
 class ModelsConfig(StrictModel):
@@ -37,10 +33,8 @@ class ModelsConfig(StrictModel):
         None, description="Model that translates responses to English in `reward.mode: translate` "
         "(default: the reference model)."
     )
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Weights dtype: auto = bfloat16 on a GPU, float32 on a CPU."
-    )
-    device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
+    dtype: Dtype = "auto"
+    device: Device = "auto"
     trust_remote_code: bool = Field(False, description="Allow model repositories to run their own code.")
     allow_pickle: bool = Field(
         False, description="Allow loading pickle-based (.bin) checkpoints; safetensors only otherwise."
@@ -52,7 +46,7 @@ class DataConfig(StrictModel):
         "embedded:demo",
         description="Folder with one {lang}.jsonl/.json per language, a Hub dataset id, or 'embedded:demo'.",
     )
-    languages: list[str] = Field(["en", "es", "de", "fr", "ru"], description="ISO 639-1 codes to align.")
+    languages: Languages = Field(["en", "es", "de", "fr", "ru"], description="ISO 639-1 codes to align.")
     id_field: str | None = Field(None, description="Field aligning prompts across languages "
                                  "(default: 'instruction_id' if present, else 'id').")
     text_field: str = Field("instruction", description="Field holding the prompt text.")
@@ -62,29 +56,34 @@ class DataConfig(StrictModel):
         "listed in the stage's log (never truncated silently)."
     )
 
-    @field_validator("languages")
-    @classmethod
-    def _known_languages(cls, value: list[str]) -> list[str]:
-        if not value:
-            raise ValueError("at least one language is required")
-        if len(set(value)) != len(value):
-            raise ValueError(f"duplicate languages in {value}")
-        return [check_language(code) for code in value]
 
+class SamplingConfig(StrictModel):
+    """How responses are sampled: by `generate` (training data, these defaults) and by `icr eval`
+    (benchmark outputs, with the paper's evaluation decoding)."""
 
-class GenerateConfig(StrictModel):
-    n: int = Field(10, ge=2, description="Responses sampled per prompt (paper: 10).")
-    temperature: float = Field(0.9, gt=0, description="Sampling temperature (paper: 0.9).")
-    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (paper: 1.0).")
-    max_new_tokens: int = Field(512, ge=1, description="Token limit per response.")
+    temperature: float = Field(0.9, gt=0, description="Sampling temperature (paper: 0.9 for training data, "
+                               "0.6 for evaluation).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (paper: 1.0 for training data, "
+                         "0.9 for evaluation).")
+    max_new_tokens: int = Field(512, ge=1, description="Token limit per response (paper: 2048 for evaluation).")
     batch_prompts: int = Field(8, ge=1, description="Prompts decoded together (each with its n samples); "
                                "fixed chunks of the prompt list, so results do not depend on resumption.")
-    backend: Literal["hf", "vllm"] = Field("hf", description="Generation backend.")
+    backend: SamplingBackend = Field("hf", description="Generation backend.")
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor-parallel size.")
 
 
+class GenerateConfig(SamplingConfig):
+    n: int = Field(10, ge=2, description="Responses sampled per prompt (paper: 10).")
+
+    @model_serializer(mode="wrap")
+    def _n_first(self, handler):
+        """`n` first, where config files written before the sampling fields were shared have it."""
+        data = handler(self)
+        return {"n": data.pop("n"), **data}
+
+
 class RewardConfig(StrictModel):
-    mode: Literal["crosslingual", "multilingual", "translate"] = Field(
+    mode: RewardMode = Field(
         "crosslingual", description="Which instruction a response is scored against: the English one "
         "with 'answer in <language>' (ICR), the native one, or the English one after translating the response."
     )
@@ -157,6 +156,9 @@ class TrainConfig(StrictModel):
     lora: LoraConfig = Field(default_factory=LoraConfig)
 
 
+RUN_SECTIONS = ("seed", "models", "data", "generate", "reward", "pairs", "train")  # what a run's results depend on
+
+
 class RunConfig(StrictModel):
     name: str = Field("icr", description="Run name: the run lives in <output_dir>/<name>.")
     output_dir: str = Field("runs", description="Folder holding runs.")
@@ -177,7 +179,7 @@ class RunConfig(StrictModel):
         return value
 
     @model_validator(mode="after")
-    def _english_first(self) -> "RunConfig":
+    def _english_first(self) -> RunConfig:
         if self.reward.mode != "multilingual" and "en" not in self.data.languages:
             raise ValueError(f"reward.mode={self.reward.mode} needs the English prompts: add 'en' to data.languages")
         return self
@@ -192,77 +194,6 @@ class RunConfig(StrictModel):
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-class ConfigError(ValueError):
-    """A config that does not validate; the message names every offending field."""
-
-
-def _format_errors(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        field = ".".join(str(p) for p in e["loc"]) or "<root>"
-        lines.append(f"  {field}: {e['msg']}")
-    return "invalid config:\n" + "\n".join(lines)
-
-
-def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set tree['a']['b'] = value for dotted = 'a.b', creating sections as needed."""
-    keys = dotted.split(".")
-    node = tree
-    for key in keys[:-1]:
-        node = node.setdefault(key, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"{dotted}: {key} is not a section")
-    node[keys[-1]] = value
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.safe_load, except that a key given twice in one mapping is an error (PyYAML would
-    silently keep the last one, dropping e.g. a whole earlier `train:` section)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                duplicate = key in seen
-            except TypeError:  # unhashable: the base class reports it
-                continue
-            if duplicate:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Read a YAML config (or the defaults), apply dotted overrides, validate."""
-    tree: dict[str, Any] = {}
-    if path is not None:
-        try:
-            with open(path, encoding="utf-8") as f:
-                tree = yaml.load(f, Loader=_UniqueKeyLoader) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as err:
-            raise ConfigError(f"{path}: not a valid YAML file: {err}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping")
-    for dotted, value in (overrides or {}).items():
-        set_dotted(tree, dotted, value)
-    try:
-        return RunConfig.model_validate(tree)
-    except ValidationError as err:
-        raise ConfigError(_format_errors(err)) from None
-
-
-def dump_config(config: RunConfig) -> str:
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
-
-
-def iter_fields(model: type[BaseModel] = RunConfig, prefix: str = ""):
-    """Yield (dotted name, field info, annotation) for every leaf field of the config tree."""
-    for name, info in model.model_fields.items():
-        ann = info.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            yield from iter_fields(ann, f"{prefix}{name}.")
-        else:
-            yield f"{prefix}{name}", info, ann
+    """Read a YAML run config (or the defaults), apply dotted overrides, validate."""
+    return build_config(RunConfig, path, overrides)

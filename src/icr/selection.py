@@ -1,9 +1,9 @@
-"""Stage 3, pairs: best and worst response per prompt, with length control.
+"""Pair selection: best and worst response per prompt, with length control (paper §3.2).
 
 Responses are ranked by the length-controlled score s = r − α·len(y). Per language, α ≥ 0 is
 chosen so that the mean length difference between chosen and rejected responses is as close to
-zero as possible (`fit_alpha`). The output is TRL's conversational preference format:
-`prompt` (user message), `chosen` and `rejected` (assistant messages), plus `id`, `lang`, scores.
+zero as possible (`fit_alpha`). The output is TRL's conversational preference format
+(`icr.records.TrainingPair`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import numpy as np
 
 from icr.config import PairsConfig
 from icr.languages import is_in_language
+from icr.records import TrainingPair
 
 PAPER_ALPHA_STEP = 0.001
 
@@ -90,6 +91,15 @@ def candidates_for(record: dict, config: PairsConfig) -> tuple[Candidates | str,
     return Candidates(record, [record["responses"][i] for i in keep], rewards[keep], lengths[keep]), off
 
 
+def training_pair(g: Candidates, c: int, r: int, scores: np.ndarray, alpha: float) -> TrainingPair:
+    """Response c of `g` chosen over response r, with the rewards, scores and lengths behind it."""
+    rec = g.record
+    return TrainingPair(rec["id"], rec["lang"], rec["prompt"], g.texts[c], g.texts[r], rec.get("prompt_en"), {
+        "reward_chosen": float(g.rewards[c]), "reward_rejected": float(g.rewards[r]),
+        "score_chosen": float(scores[c]), "score_rejected": float(scores[r]),
+        "len_chosen": float(g.lengths[c]), "len_rejected": float(g.lengths[r]), "alpha": alpha})
+
+
 def select_pairs(records: list[dict], config: PairsConfig) -> tuple[list[dict], dict]:
     """Preference pairs and statistics for one language's reward records."""
     drops: Counter = Counter()
@@ -119,22 +129,7 @@ def select_pairs(records: list[dict], config: PairsConfig) -> tuple[list[dict], 
         elif margin < config.min_margin or margin == 0:
             drops["margin_too_small"] += 1
         else:
-            rec = g.record
-            pairs.append({
-                "id": rec["id"],
-                "lang": rec["lang"],
-                "prompt": [{"role": "user", "content": rec["prompt"]}],
-                "chosen": [{"role": "assistant", "content": g.texts[c]}],
-                "rejected": [{"role": "assistant", "content": g.texts[r]}],
-                "prompt_en": rec.get("prompt_en"),
-                "reward_chosen": float(g.rewards[c]),
-                "reward_rejected": float(g.rewards[r]),
-                "score_chosen": float(scores[c]),
-                "score_rejected": float(scores[r]),
-                "len_chosen": float(g.lengths[c]),
-                "len_rejected": float(g.lengths[r]),
-                "alpha": alpha,
-            })
+            pairs.append(training_pair(g, c, r, scores, alpha).to_json())
     stats = pair_statistics(pairs, len(records), n_responses, n_off, alpha, drops, config.length_unit)
     return pairs, stats
 
