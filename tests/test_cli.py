@@ -132,3 +132,24 @@ def test_lora_all_linear_stays_the_peft_shorthand():
     assert config_yaml("--train.lora.target_modules", "all-linear")["train"]["lora"]["target_modules"] == "all-linear"
     assert config_yaml("--train.lora.target_modules", "q_proj,v_proj")["train"]["lora"]["target_modules"] == [
         "q_proj", "v_proj"]
+
+
+def test_project_errors_are_one_clean_line_in_every_command(tmp_path):
+    """A data error in `icr run` (no Italian demo prompts) and a missing pairs folder in
+    `icr reward-accuracy`: exit code 1 and a message, no traceback, nothing loaded."""
+    result = CliRunner().invoke(main, ["run", "--output_dir", str(tmp_path), "--data.languages", "en,it"])
+    assert result.exit_code == 1 and "Error:" in result.output and "'it'" in result.output
+    assert "Traceback" not in result.output
+    result = CliRunner().invoke(main, ["reward-accuracy", "--pairs", str(tmp_path / "none"), "--policy", "p",
+                                       "--reference", "r"])
+    assert result.exit_code == 1 and "no preference pairs" in result.output
+
+
+def test_small_commands_have_only_their_own_flags():
+    align = invoke("align-english", "--help").output
+    assert "--train.beta" in align and "--generate.n" not in align and "--models.policy" not in align
+    accuracy = invoke("reward-accuracy", "--help").output
+    assert "--reward.beta" in accuracy and "--beta " not in accuracy and "--reward.mode" not in accuracy
+    result = CliRunner().invoke(main, ["reward-accuracy", "--pairs", "x", "--policy", "p", "--reference", "r",
+                                       "--modes", "crosslingual,bogus"])
+    assert result.exit_code == 2 and "modes" in result.output

@@ -201,3 +201,36 @@ def test_crosslingual_template_is_checked_before_any_run(template):
 def test_valid_crosslingual_template_accepted():
     cfg = load_config(overrides={"reward.crosslingual_template": "{instruction}\n(Respond in {language}.)"})
     assert cfg.reward.crosslingual_template.format(instruction="Hi", language="German") == "Hi\n(Respond in German.)"
+
+
+def test_literal_choices_are_the_registries():
+    """Config `Literal`s give the CLI its choices; each must be exactly the keys of its registry."""
+    from typing import get_args
+
+    from icr.config.base import JudgeBackend, JudgeOrder, RewardMode, SamplingBackend
+    from icr.eval.judges import JUDGES
+    from icr.eval.judging import ORDERS
+    from icr.rewarding import STRATEGIES
+    from icr.sampling import BACKENDS
+
+    for literal, registry in ((SamplingBackend, BACKENDS), (RewardMode, STRATEGIES), (JudgeBackend, JUDGES),
+                              (JudgeOrder, ORDERS)):
+        assert list(get_args(literal)) == list(registry)
+
+
+def test_stage_registry_declares_growing_sections_ending_with_the_run_hash():
+    from icr.config.run import RUN_SECTIONS
+    from icr.stages import STAGES
+
+    assert list(STAGES) == ["generate", "reward", "pairs", "train"]
+    sections = [stage.sections for stage in STAGES.values()]
+    assert all(set(a) < set(b) for a, b in zip(sections, sections[1:])) and sections[-1] == RUN_SECTIONS
+
+
+def test_eval_sampling_keeps_the_paper_decoding_for_fields_not_given():
+    from icr.config import EvalConfig
+
+    default = EvalConfig(prompts="p", output="o").sampling
+    assert (default.temperature, default.top_p, default.max_new_tokens) == (0.6, 0.9, 2048)
+    partly = EvalConfig(prompts="p", output="o", sampling={"max_new_tokens": 8}).sampling
+    assert (partly.temperature, partly.top_p, partly.max_new_tokens) == (0.6, 0.9, 8)

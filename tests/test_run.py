@@ -12,6 +12,7 @@ import icr.stages.train
 import icr.training
 from icr.config import load_config
 from icr.pipeline import run_iterations
+from icr.stages import STAGES
 
 FILES = ["iter_{t}/generations/en.jsonl", "iter_{t}/generations/es.jsonl", "iter_{t}/rewards/en.jsonl",
          "iter_{t}/rewards/es.jsonl", "iter_{t}/pairs.jsonl", "iter_{t}/pairs_stats.json"]
@@ -49,6 +50,8 @@ def test_two_iterations_complete(clean_run):
     assert all(stages[f"iter_{t}/{s}"]["status"] == "done" for t in (0, 1) for s in ("generate", "reward", "pairs",
                                                                                        "train"))
     assert stages["iter_1/generate"]["policy"].endswith("iter_0/model")
+    for stage in STAGES.values():  # every output a stage declares is there
+        assert all(path.exists() for t in (0, 1) for path in stage.outputs(clean_run, t)), stage.name
     summary = (root / "summary.md").read_text()
     assert summary.count("\n| 1 | es |") == 1 and summary.count("\n| 0 | en |") == 1
 

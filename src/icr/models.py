@@ -236,11 +236,6 @@ def user_messages(instruction: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": instruction}]
 
 
-def render_prompt(tokenizer, instruction: str) -> str:
-    """The text a chat model sees before it answers `instruction` (its own chat template)."""
-    return tokenizer.apply_chat_template(user_messages(instruction), tokenize=False, add_generation_prompt=True)
-
-
 def _chat_ids(tokenizer, messages, add_generation_prompt: bool) -> list[int]:
     out = tokenizer.apply_chat_template(
         messages, tokenize=True, return_dict=True, add_generation_prompt=add_generation_prompt

@@ -75,9 +75,6 @@ class HFGenerator:
     def prompt_length(self, instruction: str) -> int:
         return len(prompt_ids(self.lm.tokenizer, instruction))
 
-    def sample(self, instruction: str, n: int, seed: int) -> list[Sample]:
-        return self.sample_batch([instruction], n, [seed])[0]
-
     @torch.no_grad()
     def sample_batch(self, instructions: list[str], n: int, seeds: list[int]) -> list[list[Sample]]:
         """n samples for each instruction; sample j of prompt i uses the stream seeded (seeds[i], j)."""

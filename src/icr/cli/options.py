@@ -73,20 +73,40 @@ def parse_value(raw: str, annotation) -> Any:
         raise click.UsageError(f"cannot read {raw!r}: {err}") from None
 
 
-def _help(info, annotation) -> str:
-    default = "required" if info.is_required() else \
-        f"default: {info.default if info.default_factory is None else info.default_factory()!r}"
+def effective_default(model: type[BaseModel], dotted: str) -> Any:
+    """The value a field has when nothing sets it: its own default, or its section's (`icr eval`
+    samples with the paper's evaluation decoding, not generation's)."""
+    head, _, rest = dotted.partition(".")
+    info = model.model_fields[head]
+    if not rest:
+        return info.default if info.default_factory is None else info.default_factory()
+    if info.default_factory is not None:
+        value = info.default_factory()
+        for key in rest.split("."):
+            value = getattr(value, key)
+        return value
+    return effective_default(info.annotation, rest)
+
+
+def _help(model: type[BaseModel], dotted: str, info, annotation) -> str:
+    text = info.description or ""
     allowed = choices(annotation)
-    return f"{info.description or ''}{' Choices: ' + ', '.join(allowed) + '.' if allowed else ''} [{default}]"
+    if allowed:
+        text += f" Choices: {', '.join(allowed)}."
+    if info.is_required():
+        return f"{text} [required]"
+    if "[default:" in text:  # the description says what the default means
+        return text
+    return f"{text} [default: {effective_default(model, dotted)!r}]"
 
 
 def _field_option(model: type[BaseModel], dotted: str, info, annotation):
-    flag, name = flag_name(model, dotted), option_name(dotted)
+    flag, name, text = flag_name(model, dotted), option_name(dotted), _help(model, dotted, info, annotation)
     if hasattr(model, "cli_flags") and annotation is bool:
-        return click.option(f"--{flag}/--no-{flag}", name, default=None, help=_help(info, annotation))
+        return click.option(f"--{flag}/--no-{flag}", name, default=None, help=text)
     if dotted in getattr(model, "cli_repeated", ()):
-        return click.option(f"--{flag}", name, multiple=True, metavar="VALUE", help=_help(info, annotation))
-    return click.option(f"--{flag}", name, default=None, metavar="VALUE", help=_help(info, annotation))
+        return click.option(f"--{flag}", name, multiple=True, metavar="VALUE", help=text)
+    return click.option(f"--{flag}", name, default=None, metavar="VALUE", help=text)
 
 
 def config_options(model: type[BaseModel]):

@@ -117,7 +117,7 @@ class AlignConfig(StrictModel):
 class AccuracyConfig(StrictModel):
     """`icr reward-accuracy`: the implicit reward's accuracy on held-out preference pairs."""
 
-    cli_exclude: ClassVar[tuple[str, ...]] = ("reward.mode",)  # the modes are `modes`
+    cli_exclude: ClassVar[tuple[str, ...]] = ("reward.mode", "reward.reference")  # `modes`; a run's concern
 
     pairs: str = Field(description="Folder of {lang}.jsonl or one .jsonl file with prompt, prompt_en, chosen, "
                        "rejected, lang.")

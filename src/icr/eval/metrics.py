@@ -66,10 +66,6 @@ def head_to_head(preferences) -> dict[str, float]:
     }
 
 
-def win_rate(preferences) -> float:
-    return head_to_head(preferences)["win_rate"]
-
-
 def mean_length(outputs: Sequence[str]) -> float:
     """Mean output length in characters (alpaca_eval's length measure)."""
     return float(np.mean([len(o) for o in outputs])) if len(outputs) else float("nan")
