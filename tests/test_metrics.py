@@ -80,7 +80,7 @@ def test_length_controlled_agrees_with_alpaca_eval(gamed_csv, monkeypatch):
     assert abs(ours["lc_standard_error"] - theirs["lc_standard_error"]) < 1e-6
     assert ours["lc_scope"] == "full"
     # the model wins by being longer: controlling for length must pull its win rate down
-    assert ours["lc_win_rate"] < metrics.win_rate(ann["preference"]) - 2
+    assert ours["lc_win_rate"] < metrics.head_to_head(ann["preference"])["win_rate"] - 2
 
 
 @ALPACA_EVAL_WARNINGS
