@@ -35,6 +35,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from helpers import LANGS, run_config
 from icr.config import dump_config, load_config
 from icr.data import read_json, read_jsonl
 from icr.errors import DataError
@@ -44,7 +45,6 @@ pytestmark = pytest.mark.slow  # minutes on a 2-core CPU: `make test-fast` skips
 
 STAGES = list(STAGE_TABLE)
 
-LANGS = ("en", "es")
 MIN_KILLS = 20
 QUOTA = {"generate": 8, "reward": 8, "pairs": 1, "train": 3}  # kills aimed at each stage
 TIME_LIMIT_S = 420  # a bound, far above the usual ~3 minutes
@@ -54,13 +54,8 @@ MODEL_FILES = {"config.json", "model.safetensors", "tokenizer.json", "train_metr
 
 
 def write_config(path: Path, tiny_dir, tiny_ref_dir, name: str):
-    cfg = load_config(overrides={
-        "name": name, "output_dir": str(path.parent), "iterations": 1,
-        "models.policy": str(tiny_dir), "models.reference": str(tiny_ref_dir), "models.device": "cpu",
-        "models.dtype": "float32",
-        "data.prompts": "embedded:demo", "data.languages": list(LANGS), "data.limit": 4,
-        "generate.n": 3, "generate.max_new_tokens": 8, "generate.batch_prompts": 2, "reward.batch_prompts": 2,
-        "pairs.language_filter": False,
+    cfg = run_config(path.parent, tiny_dir, tiny_ref_dir, name, **{
+        "data.limit": 4, "generate.n": 3, "generate.max_new_tokens": 8, "generate.batch_prompts": 2,
         "train.learning_rate": 5e-3, "train.lr_scheduler": "constant", "train.warmup_ratio": 0.0,
         "train.batch_size": 8, "train.grad_accum": 1, "train.max_length": 64,
     })

@@ -7,7 +7,8 @@ import math
 import pytest
 
 from conftest import EMBEDDED, SHARED_DATA
-from icr.config import GenerateConfig, load_config
+from helpers import run_config
+from icr.config import GenerateConfig
 from icr.data import load_prompt_set, read_json, read_jsonl
 from icr.pipeline import run_stage
 from icr.sampling import HFGenerator
@@ -23,11 +24,9 @@ UF = SHARED_DATA / "ultrafeedback-multilingual"
 def test_real_model_generate_reward_pairs(tmp_path, tiny_ref_dir, smollm_path):
     """π = SmolLM2-135M-Instruct, π_ref = a tiny random model with the same tokenizer (so that the
     rewards are not all zero): 2 prompts × 2 languages × 2 samples."""
-    cfg = load_config(overrides={
-        "name": "real", "output_dir": str(tmp_path), "iterations": 1,
-        "models.policy": EMBEDDED, "models.reference": str(tiny_ref_dir), "models.device": "cpu",
-        "data.prompts": "embedded:demo", "data.languages": ["en", "es"], "data.limit": 2,
-        "generate.n": 2, "generate.max_new_tokens": 16, "pairs.language_filter": False,
+    cfg = run_config(tmp_path, EMBEDDED, tiny_ref_dir, "real", **{
+        "models.dtype": "auto", "data.limit": 2, "generate.max_new_tokens": 16, "generate.batch_prompts": 8,
+        "reward.batch_prompts": 8,
     })
     for stage in ("generate", "reward", "pairs"):
         run = run_stage(cfg, stage)

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 import icr.data
 import icr.stages.train
 import icr.training
-from icr.config import load_config
+from helpers import run_config
 from icr.pipeline import run_iterations
 from icr.stages import STAGES
 
@@ -19,12 +19,8 @@ FILES = ["iter_{t}/generations/en.jsonl", "iter_{t}/generations/es.jsonl", "iter
 
 
 def _config(out, name, policy, reference):
-    return load_config(None, {
-        "name": name, "output_dir": str(out), "iterations": 2,
-        "models.policy": str(policy), "models.reference": str(reference), "models.device": "cpu",
-        "data.prompts": "embedded:demo", "data.languages": ["en", "es"], "data.limit": 3,
-        "generate.n": 3, "generate.max_new_tokens": 6, "generate.batch_prompts": 2,
-        "pairs.language_filter": False,
+    return run_config(out, policy, reference, name, **{
+        "iterations": 2, "generate.n": 3, "generate.batch_prompts": 2, "reward.batch_prompts": 8,
         "train.batch_size": 2, "train.grad_accum": 1, "train.learning_rate": 1e-3, "train.max_length": 96,
         "train.warmup_ratio": 0.0,
     })
