@@ -54,7 +54,7 @@ def write_config(path: Path, tiny_dir, tiny_ref_dir, name: str):
         "models.dtype": "float32",
         "data.prompts": "embedded:demo", "data.languages": list(LANGS), "data.limit": 4,
         "generate.n": 3, "generate.max_new_tokens": 8, "generate.batch_prompts": 2, "reward.batch_prompts": 2,
-        "pairs.language_filter": False,
+        "pairs.language_filter": "off",
         "train.learning_rate": 5e-3, "train.lr_scheduler": "constant", "train.warmup_ratio": 0.0,
         "train.batch_size": 8, "train.grad_accum": 1, "train.max_length": 64,
     })

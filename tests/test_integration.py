@@ -26,7 +26,7 @@ def test_real_model_generate_reward_pairs(tmp_path, tiny_ref_dir, smollm_path):
         "name": "real", "output_dir": str(tmp_path), "iterations": 1,
         "models.policy": EMBEDDED, "models.reference": str(tiny_ref_dir), "models.device": "cpu",
         "data.prompts": "embedded:demo", "data.languages": ["en", "es"], "data.limit": 2,
-        "generate.n": 2, "generate.max_new_tokens": 16, "pairs.language_filter": False,
+        "generate.n": 2, "generate.max_new_tokens": 16, "pairs.language_filter": "off",
     })
     for stage in ("generate", "reward", "pairs"):
         run = run_stage(cfg, stage)

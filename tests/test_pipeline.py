@@ -29,7 +29,7 @@ def tiny_config(tiny_dir, tiny_ref_dir, output_dir: Path, name: str, **overrides
         "models.dtype": "float32",
         "data.prompts": "embedded:demo", "data.languages": list(LANGS), "data.limit": 3,
         "generate.n": 2, "generate.max_new_tokens": 6, "generate.batch_prompts": 1, "reward.batch_prompts": 2,
-        "pairs.language_filter": False,
+        "pairs.language_filter": "off",
     }
     tree.update(overrides)
     return load_config(overrides=tree)
@@ -84,12 +84,16 @@ def test_uninterrupted_run_outputs(reference_run):
         for r in gens[lang]:
             assert r["lang"] == lang and len(r["responses"]) == 2
     rewards = read_jsonl(root / "iter_0" / "rewards" / "es.jsonl")
-    assert all(r["reward_prompt"].endswith("Please answer only in Spanish.") for r in rewards)
+    assert all(r["reward_prompt"] == "Please answer the following instruction using only Spanish, unless explicitly "
+               f"instructed to respond in a different language.\n\n{r['prompt_en']}" for r in rewards)
     assert all(len(r["reward"]) == 2 for r in rewards)
     pairs = read_jsonl(root / "iter_0" / "pairs.jsonl")
     stats = read_json(root / "iter_0" / "pairs_stats.json")
     assert set(stats) == set(LANGS)
     assert len(pairs) == sum(s["pairs"] for s in stats.values()) > 0
+    for lang, s in stats.items():  # off-language counts and the off-vs-all comparison, whatever the setting
+        assert s["off_language_chosen"] == sum(not p["chosen_in_language"] for p in pairs if p["lang"] == lang)
+        assert s["language_filter_effect"]["pairs_off"] == s["pairs"]  # this run is the 'off' setting
     manifest = read_json(root / "manifest.json")
     assert {"iter_0/generate", "iter_0/reward", "iter_0/pairs"} <= set(manifest["stages"])
     assert all(e["status"] == "done" for e in manifest["stages"].values())

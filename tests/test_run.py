@@ -22,7 +22,7 @@ def _config(out, name, policy, reference):
         "models.policy": str(policy), "models.reference": str(reference), "models.device": "cpu",
         "data.prompts": "embedded:demo", "data.languages": ["en", "es"], "data.limit": 3,
         "generate.n": 3, "generate.max_new_tokens": 6, "generate.batch_prompts": 2,
-        "pairs.language_filter": False,
+        "pairs.language_filter": "off",
         "train.batch_size": 2, "train.grad_accum": 1, "train.learning_rate": 1e-3, "train.max_length": 96,
         "train.warmup_ratio": 0.0,
     })

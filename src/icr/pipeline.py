@@ -181,7 +181,7 @@ def run_reward(run: RunDir, t: int, pool: ModelPool, prompts: PromptSet) -> None
     policy, reference = policy_spec(config, t), reward_reference_spec(config, t)
     translator = None
     if config.reward.mode == "translate":
-        translator = pool.get(config.models.translator or config.models.reference)
+        translator = pool.get(config.models.translator or policy)  # released: the policy translates
     counts = {}
     for lang in prompts.languages:
         generations = read_jsonl(run.generations_dir(t) / f"{lang}.jsonl")

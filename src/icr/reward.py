@@ -4,17 +4,23 @@
 
 where π is the current policy (π_dpo at iteration 0) and log π(y|x) is the summed log-probability
 of the response tokens plus the template's end-of-turn token(s), exactly the tokens DPO trains on
-(`icr.models.tokenize_exchange`). What x is depends on the rewarding mode (`REWARD_MODES`):
+(`icr.models.tokenize_exchange`); `reward.score_tokens: skip_first` drops the first response token,
+as the released scorer's mask does (`SKIPPED_RESPONSE_TOKENS`). What x is depends on the rewarding
+mode (`REWARD_MODES`):
 
-* crosslingual (ICR): the *English* instruction plus "answer only in <language>" (plain English
-  instruction for English responses): the English DPO model judges in the setting it was aligned in;
+* crosslingual (ICR, paper §3.2): the *English* instruction, preceded inside the user turn by the
+  released prefix "Please answer the following instruction using only <language>, ..." (plain
+  English instruction for English responses): the English DPO model judges in the setting it was
+  aligned in;
 * multilingual: the native-language instruction the response was sampled from;
-* translate: the response is first translated to English (greedy), then scored under the plain
-  English instruction.
+* translate: the response is first translated to English (greedy, with the released scripts'
+  translation prompt, by the policy unless `models.translator` is set), then scored under the plain
+  English instruction. English responses are not translated.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -58,14 +64,32 @@ def reward_instruction(mode: str, item: RewardInput, config: RewardConfig) -> st
     return REWARD_MODES[mode](item, config)
 
 
+# The released translation prompt (utils/trans_prompts.py) and the primer the released scripts put
+# after the generation prompt (utils/translate.py, PRIMER).
 TRANSLATE_PROMPT = (
-    "Translate the following {language} text into English. Reply with the translation only.\n\n{text}"
+    "Please translate the following sentences into {lang}. The input sentences are wrapped by <sentence> and "
+    "</sentence>:\n\n<sentence>\n{text}\n</sentence>\n\nThe translated result should be wrapped by <translated> "
+    "and </translated>.\n"
 )
+TRANSLATE_PRIMER = "<translated>\n"
+_TRANSLATED = re.compile(r"<translated>(.*?)</translated>", re.DOTALL)
+
+
+def parse_translation(generated: str) -> str:
+    """The text between <translated> tags of primer + generation (utils/batch_translate.py's rule),
+    else the generation with a stray opening/closing tag removed."""
+    text = TRANSLATE_PRIMER + generated.strip()
+    match = _TRANSLATED.search(text)
+    if match:
+        return match.group(1).strip()
+    text = text.strip().removeprefix("<translated>").strip()
+    return text.removesuffix("</translated>").strip()
 
 
 @torch.no_grad()
 def translate_to_english(translator: LoadedModel, texts: list[str], lang: str, max_new_tokens: int) -> list[str]:
-    """Greedy translation of each text into English with the translator's chat template."""
+    """Greedy translation of each text into English with the translator's chat template; English
+    texts are returned as they are."""
     if lang == "en":
         return list(texts)
     tok, model = translator.tokenizer, translator.model
@@ -75,44 +99,56 @@ def translate_to_english(translator: LoadedModel, texts: list[str], lang: str, m
         if not text.strip():
             out.append(text)
             continue
-        ids = torch.tensor([prompt_ids(tok, TRANSLATE_PROMPT.format(language=language_name(lang), text=text))],
-                           device=translator.device)
+        prompt = prompt_ids(tok, TRANSLATE_PROMPT.format(lang="English", text=text))
+        prompt += tok.encode(TRANSLATE_PRIMER, add_special_tokens=False)
+        ids = torch.tensor([prompt], device=translator.device)
         gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
                              max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=tok.pad_token_id)
-        out.append(tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True).strip())
+        out.append(parse_translation(tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True)))
     return out
 
 
-def _score_group_for(lm: LoadedModel, instruction: str, responses: list[str]) -> tuple[ScoreGroup, list[int]]:
+# Leading completion tokens left out of log π(y|x) under each `reward.score_tokens` setting. The
+# released scorer (utils/compute_reward_score.py, prepare_data and compute_score) masks positions
+# rather than the tokens they predict, which drops the first response token.
+SKIPPED_RESPONSE_TOKENS = {"all": 0, "skip_first": 1}
+
+
+def _score_group_for(lm: LoadedModel, instruction: str, responses: list[str],
+                     score_tokens: str = "all") -> tuple[ScoreGroup, list[int]]:
     """The responses as completions of their shared prompt, and each response's scored token count."""
+    skip = SKIPPED_RESPONSE_TOKENS[score_tokens]
     exchanges = [tokenize_exchange(lm.tokenizer, instruction, r) for r in responses]
     shared = min(len(p) for p, _ in exchanges)
+    skipped = [min(skip, len(c)) for _, c in exchanges]
     group = ScoreGroup(exchanges[0][0][:shared], [p[shared:] + c for p, c in exchanges],
-                       [len(p) - shared for p, _ in exchanges])
-    return group, [len(c) for _, c in exchanges]
+                       [len(p) - shared + k for (p, _), k in zip(exchanges, skipped)])
+    return group, [len(c) - k for (_, c), k in zip(exchanges, skipped)]
 
 
-def batch_sequence_logprobs(lm: LoadedModel, items: list[tuple[str, list[str]]], token_budget: int = 4096):
+def batch_sequence_logprobs(lm: LoadedModel, items: list[tuple[str, list[str]]], token_budget: int = 4096,
+                            score_tokens: str = "all"):
     """For each (instruction, responses): (summed log π(y|x) per response, scored token counts),
     all items scored together (`icr.scoring.score_groups`)."""
-    prepared = [_score_group_for(lm, instruction, responses) for instruction, responses in items]
+    prepared = [_score_group_for(lm, instruction, responses, score_tokens) for instruction, responses in items]
     logps = score_groups(lm.model, [group for group, _ in prepared], token_budget)
     return [(lp, n_tokens) for lp, (_, n_tokens) in zip(logps, prepared)]
 
 
-def sequence_logprobs(lm: LoadedModel, instruction: str, responses: list[str], token_budget: int = 4096):
+def sequence_logprobs(lm: LoadedModel, instruction: str, responses: list[str], token_budget: int = 4096,
+                      score_tokens: str = "all"):
     """(summed log π(y|x) per response, scored token count per response) under `lm`."""
-    return batch_sequence_logprobs(lm, [(instruction, responses)], token_budget)[0]
+    return batch_sequence_logprobs(lm, [(instruction, responses)], token_budget, score_tokens)[0]
 
 
 def score_response_groups(
     policy: LoadedModel, reference: LoadedModel, items: list[tuple[str, list[str]]], beta: float,
-    token_budget: int = 4096,
+    token_budget: int = 4096, score_tokens: str = "all",
 ) -> list[dict[str, list]]:
-    """For each (instruction, responses): logp_policy, logp_ref, n_tokens and
+    """For each (instruction, responses): logp_policy, logp_ref, n_tokens (scored tokens) and
     reward = β·(logp_policy − logp_ref) per response."""
-    policy_scores = batch_sequence_logprobs(policy, items, token_budget)
-    reference_scores = batch_sequence_logprobs(reference, items, token_budget)
+    policy_scores = batch_sequence_logprobs(policy, items, token_budget, score_tokens)
+    reference_scores = batch_sequence_logprobs(reference, items, token_budget, score_tokens)
     return [{"logp_policy": logp_policy, "logp_ref": logp_ref, "n_tokens": n_tokens,
              "reward": [beta * (a - b) for a, b in zip(logp_policy, logp_ref)]}
             for (logp_policy, n_tokens), (logp_ref, _) in zip(policy_scores, reference_scores)]
@@ -120,10 +156,10 @@ def score_response_groups(
 
 def score_responses(
     policy: LoadedModel, reference: LoadedModel, instruction: str, responses: list[str], beta: float,
-    token_budget: int = 4096,
+    token_budget: int = 4096, score_tokens: str = "all",
 ) -> dict[str, list]:
     """`score_response_groups` for one instruction."""
-    return score_response_groups(policy, reference, [(instruction, responses)], beta, token_budget)[0]
+    return score_response_groups(policy, reference, [(instruction, responses)], beta, token_budget, score_tokens)[0]
 
 
 def _prepare_record(generation: dict, english: str, config: RewardConfig,
@@ -153,7 +189,7 @@ def reward_records(
     prepared = [_prepare_record(g, e, config, translator) for g, e in zip(generations, english)]
     scored = [(record, texts) for record, texts in prepared if texts is not None]
     scores = score_response_groups(policy, reference, [(r["reward_prompt"], texts) for r, texts in scored],
-                                   config.beta, config.token_budget)
+                                   config.beta, config.token_budget, config.score_tokens)
     for (record, _), score in zip(scored, scores):
         record.update(score)
     return [record for record, _ in prepared]
