@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from icr.evaluate import DEFAULT_LANGUAGES, Decoding, EvalModel, parse_model_option, run_dir_models
+from icr.judges import DEFAULT_JUDGE, JUDGES
 
 
 def _split_pair(value: str, what: str) -> tuple[str, str]:
@@ -43,11 +44,14 @@ def _default_cache() -> str:
                    "[default: <prompts root>/reference/gpt-4-turbo-2024-04-09].")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Evaluate only the first N instructions of each language (LC is then marked as a subset).")
-@click.option("--judge", type=click.Choice(["openai", "hf"]), default="openai", show_default=True,
-              help="Judge backend: an OpenAI-compatible endpoint, or a local Hugging Face model (offline).")
+@click.option("--judge", type=click.Choice(list(JUDGES)), default=DEFAULT_JUDGE, show_default=True,
+              help="Judge: alpaca_eval = the paper's (alpaca_eval's weighted_alpaca_eval_gpt4_turbo annotator from "
+                   "the installed package, plus the paper's language sentence, on an OpenAI-compatible endpoint); "
+                   "openai = our own A/B prompt on such an endpoint, hf = that prompt on a local model (offline). "
+                   "openai and hf numbers are NOT comparable with the paper's Table 2.")
 @click.option("--judge-model", default=None,
-              help="Judge model [default: gpt-4-1106-preview for openai, embedded:smollm2-135m-instruct for hf "
-                   "(a smoke-test judge only)].")
+              help="Judge model [default: gpt-4-1106-preview for alpaca_eval (its annotator config) and openai, "
+                   "embedded:smollm2-135m-instruct for hf (a smoke-test judge only)].")
 @click.option("--judge-base-url", default=None,
               help="OpenAI-compatible base URL [default: $OPENAI_BASE_URL, else https://api.openai.com/v1].")
 @click.option("--judge-api-key-env", default="OPENAI_API_KEY", show_default=True,

@@ -200,6 +200,17 @@ class OpenAIJudge:
         self.served_model = ""
         self.judge_id = f"openai:{self.base_url}:{model}"
 
+    def messages(self, req: JudgeRequest) -> list[dict[str, str]]:
+        """The chat messages this judge sends for `req` (and that key its cache entry)."""
+        return judge_messages(req)
+
+    def weighted_verdict(self, reply: dict[str, Any]) -> float | None:
+        """P(first answer better) from the reply's top log-probabilities; None if unusable."""
+        return verdict_probability(_top_logprobs(reply))
+
+    def sampled_verdict(self, text: str) -> float | None:
+        return sampled_verdict(text)
+
     def describe(self) -> dict[str, Any]:
         return {"backend": "openai", "model": self.model, "served_model": self.served_model,
                 "base_url": self.base_url, "rule": self.rule, "prompt_version": PROMPT_VERSION}
@@ -253,7 +264,7 @@ class OpenAIJudge:
 
     def preflight(self) -> str:
         """One probe request: 'logprobs' if the endpoint returns top log-probabilities, else 'sampled'."""
-        probe = judge_messages(JudgeRequest("Which letter comes first in the alphabet?", "en", "A", "Z"))
+        probe = self.messages(JudgeRequest("Which letter comes first in the alphabet?", "en", "A", "Z"))
         try:
             reply = self._post(self._payload(probe, logprobs=True))
             has = bool(_top_logprobs(reply))
@@ -272,15 +283,15 @@ class OpenAIJudge:
     def judge_one(self, req: JudgeRequest) -> Judgement:
         if self.rule is None:
             self.preflight()
-        reply = self._post(self._payload(judge_messages(req), logprobs=self.rule == "logprobs"))
+        reply = self._post(self._payload(self.messages(req), logprobs=self.rule == "logprobs"))
         choices = reply.get("choices") or [{}]
         text = ((choices[0].get("message") or {}).get("content")) or ""
         usage = {k: int(v) for k, v in (reply.get("usage") or {}).items() if isinstance(v, int)}
         served = str(reply.get("model") or self.served_model)
-        p = verdict_probability(_top_logprobs(reply)) if self.rule == "logprobs" else None
+        p = self.weighted_verdict(reply) if self.rule == "logprobs" else None
         if p is not None:
             return Judgement(p, "logprobs", text, served, usage)
-        return Judgement(sampled_verdict(text), "sampled", text, served, usage)
+        return Judgement(self.sampled_verdict(text), "sampled", text, served, usage)
 
     def judge_many(self, requests: list[JudgeRequest], on_done: Callable[[int, Judgement], None]) -> None:
         if self.rule is None:
@@ -414,11 +425,21 @@ def _make_hf(model: str | None = None, **options) -> HFJudge:
     return HFJudge(lm, batch_size=options.get("batch_size", 4))
 
 
+def _make_alpaca_eval(model: str | None = None, **options) -> Judge:
+    from icr.alpaca_judge import AlpacaEvalJudge
+
+    keys = ("base_url", "api_key_env", "concurrency", "rpm", "max_retries", "timeout", "backoff")
+    return AlpacaEvalJudge(model, **{k: options[k] for k in keys if k in options})
+
+
 DEFAULT_JUDGE_MODELS = {
     "openai": "gpt-4-1106-preview",  # alpaca_eval 2.0's weighted judge, the one its LC GLM was fitted on
     "hf": "embedded:smollm2-135m-instruct",  # offline smoke tests only: far too small to judge well
 }
-JUDGES: dict[str, Callable[..., Judge]] = {"openai": _make_openai, "hf": _make_hf}
+# alpaca_eval: the paper's judge (alpaca_eval's own annotator config and prompt, plus the language
+# sentence); openai and hf: our A/B prompt, whose numbers are not comparable with the paper's Table 2.
+JUDGES: dict[str, Callable[..., Judge]] = {"alpaca_eval": _make_alpaca_eval, "openai": _make_openai, "hf": _make_hf}
+DEFAULT_JUDGE = "alpaca_eval"
 
 
 def make_judge(backend: str, model: str | None = None, **options) -> Judge:
@@ -465,6 +486,11 @@ class PairResult:
     rule: str  # 'logprobs', 'sampled', 'mixed', 'identical' or 'none'
 
 
+def messages_of(judge: Judge) -> Callable[[JudgeRequest], list[dict[str, str]]]:
+    """The judge's own prompt builder (`messages`), else the shared A/B prompt."""
+    return getattr(judge, "messages", judge_messages)
+
+
 def judge_pairs(judge: Judge, cache: JudgementCache, items: list[PairItem], order: str = "random", seed: int = 0,
                 estimate_only: bool = False) -> tuple[list[PairResult], dict[str, Any]]:
     """Judge every item (cache first), returning one result per item and the run's statistics.
@@ -482,14 +508,14 @@ def judge_pairs(judge: Judge, cache: JudgementCache, items: list[PairItem], orde
             for model_first in ORDERS[order](item, seed):
                 pair = (item.output, item.reference) if model_first else (item.reference, item.output)
                 req = JudgeRequest(item.instruction, item.lang, *pair)
-                key = cache.key(judge.judge_id, judge_messages(req))
+                key = cache.key(judge.judge_id, messages_of(judge)(req))
                 requests.setdefault(key, req)
                 plan.append((key, model_first))
         plans.append(plan)
     found = {key: j for key in requests if (j := cache.get(key)) is not None}
     todo = [key for key in requests if key not in found]
     stats = {"judgements": len(requests), "cached": len(found), "requested": len(todo),
-             "estimated_prompt_tokens": sum(estimate_tokens(judge_messages(requests[k])) for k in todo),
+             "estimated_prompt_tokens": sum(estimate_tokens(messages_of(judge)(requests[k])) for k in todo),
              "estimated_completion_tokens": len(todo)}
     log.info("judging %d pairs: %d judgements, %d cached, %d to request (≈%d prompt tokens, %d completion tokens)",
              len(items), stats["judgements"], stats["cached"], stats["requested"],
