@@ -200,3 +200,17 @@ def test_crosslingual_template_is_checked_before_any_run(template):
 def test_valid_crosslingual_template_accepted():
     cfg = load_config(overrides={"reward.crosslingual_template": "{instruction}\n(Respond in {language}.)"})
     assert cfg.reward.crosslingual_template.format(instruction="Hi", language="German") == "Hi\n(Respond in German.)"
+
+
+@pytest.mark.parametrize("text, setting", [("off", "off"), ('"off"', "off"), ("chosen", "chosen"), ("all", "all"),
+                                           ("false", "off"), ("true", "all")])
+def test_language_filter_reads_yaml_off_and_old_booleans(tmp_path, text, setting):
+    """YAML reads an unquoted `off` as false; old configs said true (= drop off-language = 'all')."""
+    path = tmp_path / "c.yaml"
+    path.write_text(f"pairs:\n  language_filter: {text}\n")
+    assert load_config(path).pairs.language_filter == setting
+
+
+def test_language_filter_rejects_other_values():
+    with pytest.raises(ConfigError, match=r"pairs\.language_filter"):
+        load_config(overrides={"pairs.language_filter": "rejected"})

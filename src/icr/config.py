@@ -151,6 +151,13 @@ class PairsConfig(StrictModel):
         "off", description="Responses confidently detected as another language: 'off' = ranked like any "
         "other (the paper); 'chosen' = may be rejected, never chosen; 'all' = dropped before selection."
     )
+    @field_validator("language_filter", mode="before")
+    @classmethod
+    def _filter_from_boolean(cls, value: Any) -> Any:
+        # YAML reads an unquoted `off` as false; `true`/`false` are also what configs written before
+        # the three settings held (true = drop off-language responses = 'all').
+        return {False: "off", True: "all"}.get(value, value) if isinstance(value, bool) else value
+
     language_min_confidence: float = Field(
         0.5, ge=0, le=1, description="A response is off-language only if another language wins with at "
         "least this probability."
