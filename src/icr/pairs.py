@@ -54,9 +54,10 @@ class Candidates:
 def _mean_length_gap(alphas: np.ndarray, groups: list[Candidates]) -> np.ndarray:
     """Mean over prompts of len(chosen) − len(rejected), for each α (vectorised over α).
 
-    Where only some responses may be chosen, a prompt whose one choosable response is also its
-    worst yields no pair at that α and is left out of the mean (counted, its zero gap would pull α
-    towards making such prompts pairless)."""
+    Where only some responses may be chosen (`language_filter: chosen`), a prompt whose best
+    choosable response is also its worst yields no pair at that α, so it is left out of the mean:
+    counting its zero gap would pull α towards leaving prompts without pairs. An α at which no
+    prompt yields a pair has an infinite gap."""
     gap, count = np.zeros(len(alphas)), np.zeros(len(alphas))
     for g in groups:
         scores = g.rewards[None, :] - alphas[:, None] * g.lengths[None, :]  # [A, N]
