@@ -229,3 +229,13 @@ def test_other_seed_other_samples_and_manifest_records_versions_and_config_hash(
         assert [r["responses"] for r in a] != [r["responses"] for r in b]
         assert all(x["seed"] != y["seed"] for x, y in zip(a, b))
     assert read_json(other.root / "manifest.json")["config_hash"] != manifest["config_hash"]
+
+
+def test_translate_mode_translator_is_the_policy_of_the_iteration_unless_set():
+    from icr.pipeline import translator_spec
+
+    cfg = load_config(overrides={"reward.mode": "translate", "models.policy": "dpo", "models.reference": "ref"})
+    assert translator_spec(cfg, 0) == "dpo"  # as released: the policy checkpoint translates
+    assert translator_spec(cfg, 1) == str(cfg.run_dir / "iter_0" / "model")
+    cfg.models.translator = "mt-model"
+    assert translator_spec(cfg, 1) == "mt-model"

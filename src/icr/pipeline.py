@@ -129,6 +129,12 @@ def reward_reference_spec(config: RunConfig, t: int) -> str:
     return policy_spec(config, t - 1)
 
 
+def translator_spec(config: RunConfig, t: int) -> str:
+    """Who translates responses in `reward.mode: translate`: `models.translator`, else π^t, as the
+    released scripts do (scripts/batch_translate.sh runs the policy checkpoint)."""
+    return config.models.translator or policy_spec(config, t)
+
+
 class ModelPool:
     """Models loaded once and shared by the stages of an iteration."""
 
@@ -181,7 +187,7 @@ def run_reward(run: RunDir, t: int, pool: ModelPool, prompts: PromptSet) -> None
     policy, reference = policy_spec(config, t), reward_reference_spec(config, t)
     translator = None
     if config.reward.mode == "translate":
-        translator = pool.get(config.models.translator or policy)  # released: the policy translates
+        translator = pool.get(translator_spec(config, t))
     counts = {}
     for lang in prompts.languages:
         generations = read_jsonl(run.generations_dir(t) / f"{lang}.jsonl")
