@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from icr.accuracy import accuracy_row, format_accuracy_table, reward_accuracy, summarize_language
+from icr.accuracy import (
+    accuracy_row,
+    format_accuracy_table,
+    reward_accuracy,
+    summarize_language,
+)
 from icr.config import RewardConfig
 from icr.reward import score_responses
 

@@ -9,17 +9,23 @@ import re
 import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-
-from icr.alpaca_judge import LANGUAGE_REQUIREMENT, AlpacaEvalJudge, annotator_config, with_language_requirement
-from icr.judges import JudgeError, JudgeRequest, make_judge
 from test_judges import good_or_poor, write_benchmark, write_outputs
 
+from icr.alpaca_judge import (
+    LANGUAGE_REQUIREMENT,
+    AlpacaEvalJudge,
+    annotator_config,
+    with_language_requirement,
+)
+from icr.judges import JudgeError, JudgeRequest, make_judge
+
 alpaca_eval = pytest.importorskip("alpaca_eval")
-from alpaca_eval import constants, utils  # noqa: E402
+from alpaca_eval import constants, utils
 
 SENTENCE = ("A good output should be in the same language as the instruction, except when the instruction "
             "explicitly requests the output in a different language.")  # the issue's wording, typed out
@@ -92,7 +98,7 @@ class AlpacaEndpoint(BaseHTTPRequestHandler):
     """Chat completions for alpaca_eval's prompt: the output containing 'excellent' wins, else the
     reference ('Reference ...'); answers with m/M and their top log-probabilities."""
 
-    received: list[dict] = []
+    received: ClassVar[list[dict]] = []
 
     def log_message(self, *args):
         pass
@@ -101,7 +107,7 @@ class AlpacaEndpoint(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         AlpacaEndpoint.received.append(body)
         user = body["messages"][-1]["content"]
-        outputs = re.findall(r'"model_identifier": "(m|M)",\s*"output": """(.*?)"""', user, re.S)
+        outputs = re.findall(r'"model_identifier": "(m|M)",\s*"output": """(.*?)"""', user, re.DOTALL)
         assert [label for label, _ in outputs] == ["m", "M"]
         (_, first), (_, second) = outputs
         win = "m" if "excellent" in first else "M" if "excellent" in second else "m" if "Reference" in first else "M"

@@ -140,8 +140,8 @@ def _pct(value: float | None) -> str:
 def format_accuracy_table(table: dict[str, dict]) -> str:
     """One row per mode and language: summed (with interval), per-token mean, the split by which
     response is longer, and mean lengths in characters."""
-    lines = ["| mode | lang | n | summed reward | per-token mean | chosen longer: n, summed, per-token | "
-             "chosen not longer: n, summed, per-token | mean chars chosen / rejected |", "|---" * 8 + "|"]
+    lines = [("| mode | lang | n | summed reward | per-token mean | chosen longer: n, summed, per-token | "
+              "chosen not longer: n, summed, per-token | mean chars chosen / rejected |"), "|---" * 8 + "|"]
     for mode, per_lang in table.items():
         for lang, r in per_lang.items():
             longer, other = r["chosen_longer"], r["chosen_not_longer"]

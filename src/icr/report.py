@@ -90,8 +90,8 @@ LENGTH_NOTE = (
 def _length_lines(accuracy: dict) -> list[str]:
     """The held-out accuracies under the summed and per-token reward, split by which answer is longer."""
     lines = ["### Preference or length?", "", LENGTH_NOTE, "",
-             "| pairs | mode | lang | n | summed | per token | chosen longer (n) | chosen not longer (n) | "
-             "mean chars chosen / rejected |", "|---" * 9 + "|"]
+             ("| pairs | mode | lang | n | summed | per token | chosen longer (n) | chosen not longer (n) | "
+              "mean chars chosen / rejected |"), "|---" * 9 + "|"]
     tables = [("English held-out", "crosslingual", accuracy["english"]["implicit_reward"], "en")]
     tables += [("multilingual held-out", mode, r, lang) for mode, per_lang in accuracy["multilingual"].items()
                for lang, r in sorted(per_lang.items())]
@@ -116,12 +116,12 @@ def language_filter_effect(rows: list[dict]) -> dict:
 
 def _language_filter_lines(rows: list[dict], setting: str) -> list[str]:
     effect = language_filter_effect(rows)
-    return [f"Language filter: this run used `pairs.language_filter: {setting}`. Over its iterations and "
-            f"languages, {effect['differing_pairs']} of the prompts' pairs differ between `off` (the paper: "
-            f"off-language responses ranked like any other) and `all` (off-language responses dropped before "
-            f"selection, the old default): a pair present under one setting only, or with another chosen or "
-            f"rejected answer ({effect['pairs']} pairs kept under this run's setting). The last two columns "
-            f"below give it per iteration and language.", ""]
+    return [(f"Language filter: this run used `pairs.language_filter: {setting}`. Over its iterations and "
+             f"languages, {effect['differing_pairs']} of the prompts' pairs differ between `off` (the paper: "
+             f"off-language responses ranked like any other) and `all` (off-language responses dropped before "
+             f"selection, the old default): a pair present under one setting only, or with another chosen or "
+             f"rejected answer ({effect['pairs']} pairs kept under this run's setting). The last two columns "
+             f"below give it per iteration and language."), ""]
 
 
 def write_report(output_dir: Path, run: RunDir, accuracy: dict, timings: dict, quick: bool) -> Path:
