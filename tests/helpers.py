@@ -19,7 +19,7 @@ def run_config(output_dir: Path, policy: Any, reference: Any, name: str = "run",
         "models.dtype": "float32",
         "data.prompts": "embedded:demo", "data.languages": list(LANGS), "data.limit": 3,
         "generate.n": 2, "generate.max_new_tokens": 6, "generate.batch_prompts": 1, "reward.batch_prompts": 2,
-        "pairs.language_filter": False,
+        "pairs.language_filter": "off",
     }
     return load_config(overrides={**tree, **overrides})
 

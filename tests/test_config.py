@@ -207,14 +207,17 @@ def test_literal_choices_are_the_registries():
     """Config `Literal`s give the CLI its choices; each must be exactly the keys of its registry."""
     from typing import get_args
 
-    from icr.config.base import JudgeBackend, JudgeOrder, RewardMode, SamplingBackend
+    from icr.config.base import JudgeBackend, JudgeOrder, LanguageFilter, RewardMode, SamplingBackend, ScoreTokens
     from icr.eval.judges import JUDGES
     from icr.eval.judging import ORDERS
     from icr.rewarding import STRATEGIES
     from icr.sampling import BACKENDS
+    from icr.scoring import SKIPPED_RESPONSE_TOKENS
+    from icr.selection import LANGUAGE_FILTERS
 
     for literal, registry in ((SamplingBackend, BACKENDS), (RewardMode, STRATEGIES), (JudgeBackend, JUDGES),
-                              (JudgeOrder, ORDERS)):
+                              (JudgeOrder, ORDERS), (ScoreTokens, SKIPPED_RESPONSE_TOKENS),
+                              (LanguageFilter, LANGUAGE_FILTERS)):
         assert list(get_args(literal)) == list(registry)
 
 
@@ -234,3 +237,17 @@ def test_eval_sampling_keeps_the_paper_decoding_for_fields_not_given():
     assert (default.temperature, default.top_p, default.max_new_tokens) == (0.6, 0.9, 2048)
     partly = EvalConfig(prompts="p", output="o", sampling={"max_new_tokens": 8}).sampling
     assert (partly.temperature, partly.top_p, partly.max_new_tokens) == (0.6, 0.9, 8)
+
+
+@pytest.mark.parametrize("text, setting", [("off", "off"), ('"off"', "off"), ("chosen", "chosen"), ("all", "all"),
+                                           ("false", "off"), ("true", "all")])
+def test_language_filter_reads_yaml_off_and_old_booleans(tmp_path, text, setting):
+    """YAML reads an unquoted `off` as false; old configs said true (= drop off-language = 'all')."""
+    path = tmp_path / "c.yaml"
+    path.write_text(f"pairs:\n  language_filter: {text}\n")
+    assert load_config(path).pairs.language_filter == setting
+
+
+def test_language_filter_rejects_other_values():
+    with pytest.raises(ConfigError, match=r"pairs\.language_filter"):
+        load_config(overrides={"pairs.language_filter": "rejected"})

@@ -60,3 +60,10 @@ def test_quick_demo_writes_a_consistent_report(tmp_path, smollm_path):
     assert report["stage0"]["after"]["dpo_loss"] < report["stage0"]["before"]["dpo_loss"]
     assert (run_dir / "iter_1" / "model" / "model.safetensors").exists()
     assert "What this scale can and cannot show" in md
+    # the number of pairs that language_filter off (the paper, this run) and all (the old default) select differently
+    stats = [json.loads((run_dir / f"iter_{t}" / "pairs_stats.json").read_text()) for t in (0, 1)]
+    differing = sum(s["language_filter_effect"]["differing_pairs_off_vs_all"] for per in stats for s in per.values())
+    assert report["language_filter"] == "off" and report["language_filter_effect"]["differing_pairs"] == differing
+    assert f"{differing} of the prompts' pairs differ between `off`" in md
+    for v in acc["multilingual"]["crosslingual"].values():  # the length split covers every pair
+        assert v["chosen_longer"]["n"] + v["chosen_not_longer"]["n"] == v["n"] and "per_token" in v

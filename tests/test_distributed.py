@@ -114,7 +114,7 @@ def runs(tiny_dir, tiny_ref_dir, tmp_path_factory):
             "data": {"prompts": "embedded:demo", "languages": ["en", "es"], "limit": 2},
             "generate": {"n": 3, "max_new_tokens": 6, "batch_prompts": 1},
             "reward": {"batch_prompts": 1},  # each process scores one prompt per language
-            "pairs": {"language_filter": False, "drop_identical": False},  # exactly 4 pairs: one step
+            "pairs": {"language_filter": "off", "drop_identical": False},  # exactly 4 pairs: one step
             # DPO only: TRL's NLL term is a per-process token mean, not a global one (see README)
             "train": {"batch_size": 4 // processes, "grad_accum": 1, "epochs": 2, "nll_weight": 0.0,
                       "max_length": 64, "learning_rate": 1e-3, "lr_scheduler": "constant", "warmup_ratio": 0.0},

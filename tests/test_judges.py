@@ -100,6 +100,9 @@ class FakeJudge:
     def __init__(self, fn, fail_at: int | None = None):
         self.fn, self.fail_at, self.calls, self.preflights = fn, fail_at, 0, 0
 
+    def messages(self, req):
+        return judge_messages(req)
+
     def describe(self):
         return {"backend": "fake", "model": "fake", "rule": "logprobs", "prompt_version": "x"}
 
@@ -292,6 +295,7 @@ def test_openai_judge_end_to_end_with_logprobs_and_cache(tmp_path, endpoint, mon
     assert meta["judge"]["served_model"] == "judge-x-2024-01-01" and meta["judge"]["rule"] == "logprobs"
     assert meta["judging"]["served_models"] == ["judge-x-2024-01-01"] and meta["judging"]["rules"] == ["logprobs"]
     assert "`judge-x-2024-01-01`" in (tmp_path / "out" / "leaderboard.md").read_text()
+    assert "not comparable with the paper's Table 2" in (tmp_path / "out" / "leaderboard.md").read_text()
     assert meta["judging"]["estimated_prompt_tokens"] > 0
 
     second = run_eval(tmp_path, endpoint)  # served entirely from the cache: not even a preflight

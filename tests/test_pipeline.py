@@ -71,12 +71,16 @@ def test_uninterrupted_run_outputs(reference_run):
         for r in gens[lang]:
             assert r["lang"] == lang and len(r["responses"]) == 2
     rewards = read_jsonl(root / "iter_0" / "rewards" / "es.jsonl")
-    assert all(r["reward_prompt"].endswith("Please answer only in Spanish.") for r in rewards)
+    assert all(r["reward_prompt"] == "Please answer the following instruction using only Spanish, unless explicitly "
+               f"instructed to respond in a different language.\n\n{r['prompt_en']}" for r in rewards)
     assert all(len(r["reward"]) == 2 for r in rewards)
     pairs = read_jsonl(root / "iter_0" / "pairs.jsonl")
     stats = read_json(root / "iter_0" / "pairs_stats.json")
     assert set(stats) == set(LANGS)
     assert len(pairs) == sum(s["pairs"] for s in stats.values()) > 0
+    for lang, s in stats.items():  # off-language counts and the off-vs-all comparison, whatever the setting
+        assert s["off_language_chosen"] == sum(not p["chosen_in_language"] for p in pairs if p["lang"] == lang)
+        assert s["language_filter_effect"]["pairs_off"] == s["pairs"]  # this run is the 'off' setting
     manifest = read_json(root / "manifest.json")
     assert {"iter_0/generate", "iter_0/reward", "iter_0/pairs"} <= set(manifest["stages"])
     assert all(e["status"] == "done" for e in manifest["stages"].values())
@@ -212,3 +216,13 @@ def test_other_seed_other_samples_and_manifest_records_versions_and_config_hash(
         assert [r["responses"] for r in a] != [r["responses"] for r in b]
         assert all(x["seed"] != y["seed"] for x, y in zip(a, b))
     assert read_json(other.root / "manifest.json")["config_hash"] != manifest["config_hash"]
+
+
+def test_translate_mode_translator_is_the_policy_of_the_iteration_unless_set(tmp_path):
+    cfg = load_config(overrides={"reward.mode": "translate", "models.policy": "dpo", "models.reference": "ref",
+                                 "output_dir": str(tmp_path)})
+    run = RunDir(cfg)
+    assert run.translator_spec(0) == "dpo"  # as released: the policy checkpoint translates
+    assert run.translator_spec(1) == str(cfg.run_dir / "iter_0" / "model")
+    cfg.models.translator = "mt-model"
+    assert run.translator_spec(1) == "mt-model"

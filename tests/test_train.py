@@ -184,3 +184,43 @@ def test_compacted_lm_head_on_cpu_gives_the_same_log_probs_and_gradients(tiny_di
     assert (every_position[0][labels[:, 1:] == -100] == 0).all()
     torch.testing.assert_close(compacted[0], every_position[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(compacted[1], every_position[1], atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- global batch
+
+
+@pytest.mark.parametrize("processes, accumulation", [(1, 16), (2, 8), (8, 2), (16, 1)])
+def test_global_batch_size_fixes_the_batch_whatever_the_process_count(processes, accumulation, tmp_path):
+    from icr.training import dpo_config, gradient_accumulation
+
+    config = _config(batch_size=2, grad_accum=5, global_batch_size=32)
+    assert gradient_accumulation(config, processes) == accumulation
+    args = dpo_config(config, str(tmp_path), 100, processes)
+    assert args.gradient_accumulation_steps * args.per_device_train_batch_size * processes == 32
+    assert gradient_accumulation(_config(batch_size=2, grad_accum=5), processes) == 5  # unset: grad_accum as given
+
+
+@pytest.mark.parametrize("processes", [3, 32])
+def test_indivisible_global_batch_is_a_clear_error(processes):
+    from icr.config import ConfigError
+    from icr.training import gradient_accumulation
+
+    with pytest.raises(ConfigError, match=rf"global_batch_size=32 .* 2 × {processes}"):
+        gradient_accumulation(_config(batch_size=2, global_batch_size=32), processes)
+
+
+def test_global_batch_not_a_multiple_of_batch_size_is_refused_by_the_config():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="global_batch_size=10 is not a multiple of batch_size=4"):
+        _config(batch_size=4, global_batch_size=10)
+
+
+def test_indivisible_global_batch_fails_before_any_model_loads(tmp_path, monkeypatch):
+    from icr.config import ConfigError
+    from icr.distributed import Shard
+
+    monkeypatch.setattr("icr.training.current_shard", lambda: Shard(0, 3))
+    with pytest.raises(ConfigError, match="global_batch_size"):  # not a model-loading error
+        train_dpo("no/such-model", _pairs_file(tmp_path / "p.jsonl"), tmp_path / "out",
+                  _config(batch_size=2, global_batch_size=32), BUDGET, device="cpu")

@@ -4,6 +4,12 @@ Accuracy = share of pairs with r(x, chosen) > r(x, rejected), where r = β·log 
 the instruction the rewarding mode shows (`icr.rewarding.STRATEGIES`). A tie counts as half. The
 interval is Wilson's 95% score interval. This is the paper's Figure 3 measurement: does the English
 DPO model judge answers in language l better against the English or the native instruction?
+
+A summed log-ratio grows with the number of tokens, so it can prefer an answer for its length
+alone. Each language therefore also reports the accuracy of the per-token mean r / (scored tokens),
+both accuracies on the pairs whose chosen response is the longer one (in characters) and on the
+others, and the mean lengths: a reward that tracks preference scores alike on both subsets; one
+that tracks length scores high on one and low on the other.
 """
 
 from __future__ import annotations
@@ -49,32 +55,68 @@ def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, f
 
 
 def pair_rewards(policy: LoadedModel, reference: LoadedModel, pairs: list[PreferencePair], config: RewardConfig,
-                 translator: LoadedModel | None = None) -> list[tuple[float, float]]:
-    """(r(chosen), r(rejected)) of each pair under `config.mode`, the pairs scored together."""
+                 translator: LoadedModel | None = None) -> list[dict]:
+    """For each pair: `reward` and `n_tokens` (scored tokens) of (chosen, rejected) under
+    `config.mode`, the pairs scored together."""
     inputs = [RewardInput(p.lang, p.prompt, p.prompt_en, [p.chosen, p.rejected]) for p in pairs]
     scored = reward_inputs(inputs, policy, reference, config, make_strategy(config, translator))
-    return [(reward["reward"][0], reward["reward"][1]) for _, reward in scored]
+    return [{"reward": reward["reward"], "n_tokens": reward["n_tokens"]} for _, reward in scored]
+
+
+def _win(chosen: float, rejected: float) -> float:
+    return 1.0 if chosen > rejected else 0.5 if chosen == rejected else 0.0
+
+
+def _accuracy(wins: list[float]) -> dict:
+    """Share of wins (ties count half) and its Wilson interval; None where there are no pairs."""
+    if not wins:
+        return {"n": 0, "accuracy": None, "ci_low": None, "ci_high": None}
+    low, high = wilson_interval(sum(wins), len(wins))
+    return {"n": len(wins), "accuracy": sum(wins) / len(wins), "ci_low": low, "ci_high": high}
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def summarize_language(rows: list[dict]) -> dict:
+    """Accuracy rows of one language → the summed-reward accuracy (the paper's) with its interval
+    and mean margin, the per-token-mean accuracy, both split by whether the chosen response is the
+    longer one (characters), and mean lengths."""
+    summed = [row["win_summed"] for row in rows]
+    table = {**_accuracy(summed), "mean_margin": _mean([row["margin"] for row in rows])}
+    table["per_token"] = _accuracy([row["win_per_token"] for row in rows])
+    for name, subset in (("chosen_longer", [r for r in rows if r["chosen_longer"]]),
+                         ("chosen_not_longer", [r for r in rows if not r["chosen_longer"]])):
+        table[name] = {**_accuracy([r["win_summed"] for r in subset]),
+                       "per_token_accuracy": _accuracy([r["win_per_token"] for r in subset])["accuracy"]}
+    for key in ("len_chosen", "len_rejected", "tokens_chosen", "tokens_rejected"):
+        table[f"mean_{key}"] = _mean([row[key] for row in rows])
+    return table
+
+
+def accuracy_row(pair: PreferencePair, scored: dict) -> dict:
+    """One pair's outcome under the summed reward and under the per-token mean reward, and lengths."""
+    (chosen, rejected), (n_chosen, n_rejected) = scored["reward"], scored["n_tokens"]
+    return {"win_summed": _win(chosen, rejected), "margin": chosen - rejected,
+            "win_per_token": _win(chosen / max(n_chosen, 1), rejected / max(n_rejected, 1)),
+            "len_chosen": len(pair.chosen), "len_rejected": len(pair.rejected),
+            "tokens_chosen": n_chosen, "tokens_rejected": n_rejected,
+            "chosen_longer": len(pair.chosen) > len(pair.rejected)}
 
 
 def reward_accuracy(policy: LoadedModel, reference: LoadedModel, pairs: list[PreferencePair], config: RewardConfig,
                     translator: LoadedModel | None = None) -> dict[str, dict]:
-    """{lang: {accuracy, n, ci_low, ci_high, mean_margin}} for one rewarding mode."""
-    wins: dict[str, float] = defaultdict(float)
-    margins: dict[str, list[float]] = defaultdict(list)
+    """{lang: summarize_language(...)} for one rewarding mode: `accuracy`, `n`, `ci_low`, `ci_high`,
+    `mean_margin` (summed reward), `per_token`, `chosen_longer`, `chosen_not_longer`, mean lengths."""
+    rows: dict[str, list[dict]] = defaultdict(list)
     with tqdm(total=len(pairs), desc=f"reward accuracy ({config.mode})", unit="pair") as bar:
         for k in range(0, len(pairs), config.batch_prompts):
             chunk = pairs[k : k + config.batch_prompts]
-            for pair, (chosen, rejected) in zip(chunk, pair_rewards(policy, reference, chunk, config, translator)):
-                wins[pair.lang] += 1.0 if chosen > rejected else 0.5 if chosen == rejected else 0.0
-                margins[pair.lang].append(chosen - rejected)
+            for pair, scored in zip(chunk, pair_rewards(policy, reference, chunk, config, translator)):
+                rows[pair.lang].append(accuracy_row(pair, scored))
             bar.update(len(chunk))
-    table = {}
-    for lang in sorted(margins):
-        n = len(margins[lang])
-        low, high = wilson_interval(wins[lang], n)
-        table[lang] = {"accuracy": wins[lang] / n, "n": n, "ci_low": low, "ci_high": high,
-                       "mean_margin": sum(margins[lang]) / n}
-    return table
+    return {lang: summarize_language(rows[lang]) for lang in sorted(rows)}
 
 
 def reward_accuracy_table(policy: LoadedModel, reference: LoadedModel, pairs: list[PreferencePair],
@@ -84,15 +126,22 @@ def reward_accuracy_table(policy: LoadedModel, reference: LoadedModel, pairs: li
                                   translator) for mode in config.modes}
 
 
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.0f}%"
+
+
 def format_accuracy_table(table: dict[str, dict]) -> str:
-    modes = list(table)
-    langs = sorted({lang for per_mode in table.values() for lang in per_mode})
-    lines = ["| lang | " + " | ".join(modes) + " |", "|---|" + "---|" * len(modes)]
-    for lang in langs:
-        cells = []
-        for mode in modes:
-            r = table[mode].get(lang)
-            cells.append(f"{100 * r['accuracy']:.1f}% [{100 * r['ci_low']:.0f}–{100 * r['ci_high']:.0f}] "
-                         f"(n={r['n']})" if r else "–")
-        lines.append(f"| {lang} | " + " | ".join(cells) + " |")
+    """One row per mode and language: summed (with interval), per-token mean, the split by which
+    response is longer, and mean lengths in characters."""
+    lines = [("| mode | lang | n | summed reward | per-token mean | chosen longer: n, summed, per-token | "
+              "chosen not longer: n, summed, per-token | mean chars chosen / rejected |"), "|---" * 8 + "|"]
+    for mode, per_lang in table.items():
+        for lang, r in per_lang.items():
+            longer, other = r["chosen_longer"], r["chosen_not_longer"]
+            lines.append(
+                f"| {mode} | {lang} | {r['n']} | {100 * r['accuracy']:.1f}% [{100 * r['ci_low']:.0f}–"
+                f"{100 * r['ci_high']:.0f}] | {_pct(r['per_token']['accuracy'])} | {longer['n']}, "
+                f"{_pct(longer['accuracy'])}, {_pct(longer['per_token_accuracy'])} | {other['n']}, "
+                f"{_pct(other['accuracy'])}, {_pct(other['per_token_accuracy'])} | "
+                f"{r['mean_len_chosen']:.0f} / {r['mean_len_rejected']:.0f} |")
     return "\n".join(lines) + "\n"

@@ -62,20 +62,26 @@ def summary_rows(run: RunDir) -> list[dict]:
     rows = []
     for t in range(run.config.iterations):
         path = run.pairs_stats_file(t)
-        if path.exists():
-            rows += [{"iteration": t, "lang": lang, **{k: s[k] for k in SUMMARY_FIELDS}}
-                     for lang, s in read_json(path).items()]
+        if not path.exists():
+            continue
+        for lang, s in read_json(path).items():
+            effect = s.get("language_filter_effect", {})
+            rows.append({"iteration": t, "lang": lang, **{k: s[k] for k in SUMMARY_FIELDS},
+                         **{k: s.get(k) for k in ("off_language_chosen", "off_language_rejected")},
+                         "pairs_differing_off_vs_all": effect.get("differing_pairs_off_vs_all")})
     return rows
 
 
 def write_summary(run: RunDir) -> str:
     run.shard.wait()
-    head = "| iter | lang | prompts | pairs | len chosen | len rejected | margin | α | in target lang |"
-    lines = [head, "|" + "---|" * 9]
+    head = ("| iter | lang | prompts | pairs | len chosen | len rejected | margin | α | in target lang | "
+            "off-language chosen / rejected | pairs differing, filter off vs all |")
+    lines = [head, "|" + "---|" * 11]
     for r in summary_rows(run):
         lines.append(f"| {r['iteration']} | {r['lang']} | {r['prompts']} | {r['pairs']} | "
                      f"{r['mean_len_chosen']:.1f} | {r['mean_len_rejected']:.1f} | {r['mean_margin']:.3f} | "
-                     f"{r['alpha']:.4f} | {100 * r['target_language_share']:.1f}% |")
+                     f"{r['alpha']:.4f} | {100 * r['target_language_share']:.1f}% | "
+                     f"{r['off_language_chosen']} / {r['off_language_rejected']} | {r['pairs_differing_off_vs_all']} |")
     text = "\n".join(lines) + "\n"
     if run.shard.is_main:
         write_text_atomic(run.root / "summary.md", text)

@@ -4,18 +4,23 @@
 
 where π is the current policy (π_dpo at iteration 0) and log π(y|x) is the summed log-probability
 of the response tokens plus the template's end-of-turn token(s), exactly the tokens DPO trains on
-(`icr.scoring.score_responses`). What x is, and which text is scored, is the rewarding mode's
-choice (`STRATEGIES`, paper §3.2):
+(`icr.scoring.score_responses`); `reward.score_tokens: skip_first` drops the first response token,
+as the released scorer's mask does. What x is, and which text is scored, is the rewarding mode's
+choice (`STRATEGIES`):
 
-* crosslingual (ICR): the *English* instruction plus "answer only in <language>" (plain English
-  instruction for English responses): the English DPO model judges in the setting it was aligned in;
+* crosslingual (ICR, paper §3.2): the *English* instruction, preceded inside the user turn by the
+  released prefix "Please answer the following instruction using only <language>, ..." (plain
+  English instruction for English responses): the English DPO model judges in the setting it was
+  aligned in;
 * multilingual: the native-language instruction the response was sampled from;
-* translate: the response is first translated to English (greedy), then scored under the plain
-  English instruction.
+* translate: the response is first translated to English (greedy, with the released scripts'
+  translation prompt, by the policy unless `models.translator` is set), then scored under the plain
+  English instruction. English responses are not translated.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
@@ -109,14 +114,32 @@ def make_strategy(config: RewardConfig, translator: LoadedModel | None = None) -
     return STRATEGIES[config.mode](config, translator)
 
 
+# The released translation prompt (utils/trans_prompts.py) and the primer the released scripts put
+# after the generation prompt (utils/translate.py, PRIMER).
 TRANSLATE_PROMPT = (
-    "Translate the following {language} text into English. Reply with the translation only.\n\n{text}"
+    "Please translate the following sentences into {lang}. The input sentences are wrapped by <sentence> and "
+    "</sentence>:\n\n<sentence>\n{text}\n</sentence>\n\nThe translated result should be wrapped by <translated> "
+    "and </translated>.\n"
 )
+TRANSLATE_PRIMER = "<translated>\n"
+_TRANSLATED = re.compile(r"<translated>(.*?)</translated>", re.DOTALL)
+
+
+def parse_translation(generated: str) -> str:
+    """The text between <translated> tags of primer + generation (utils/batch_translate.py's rule),
+    else the generation with a stray opening/closing tag removed."""
+    text = TRANSLATE_PRIMER + generated.strip()
+    match = _TRANSLATED.search(text)
+    if match:
+        return match.group(1).strip()
+    text = text.strip().removeprefix("<translated>").strip()
+    return text.removesuffix("</translated>").strip()
 
 
 @torch.no_grad()
 def translate_to_english(translator: LoadedModel, texts: list[str], lang: str, max_new_tokens: int) -> list[str]:
-    """Greedy translation of each text into English with the translator's chat template."""
+    """Greedy translation of each text into English with the translator's chat template; English
+    texts are returned as they are."""
     if lang == "en":
         return list(texts)
     tok, model = translator.tokenizer, translator.model
@@ -126,20 +149,21 @@ def translate_to_english(translator: LoadedModel, texts: list[str], lang: str, m
         if not text.strip():
             out.append(text)
             continue
-        ids = torch.tensor([prompt_ids(tok, TRANSLATE_PROMPT.format(language=language_name(lang), text=text))],
-                           device=translator.device)
+        prompt = prompt_ids(tok, TRANSLATE_PROMPT.format(lang="English", text=text))
+        prompt += tok.encode(TRANSLATE_PRIMER, add_special_tokens=False)
+        ids = torch.tensor([prompt], device=translator.device)
         gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
                              max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=tok.pad_token_id)
-        out.append(tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True).strip())
+        out.append(parse_translation(tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True)))
     return out
 
 
 def implicit_rewards(policy: LoadedModel, reference: LoadedModel, items: list[tuple[str, list[str]]],
                      config: RewardConfig) -> list[dict[str, list]]:
-    """For each (instruction, texts): logp_policy, logp_ref, n_tokens and
+    """For each (instruction, texts): logp_policy, logp_ref, n_tokens (scored tokens) and
     reward = β·(logp_policy − logp_ref) per text, all items scored together."""
-    policy_scores = score_responses(policy, items, config.token_budget)
-    reference_scores = score_responses(reference, items, config.token_budget)
+    policy_scores = score_responses(policy, items, config.token_budget, config.score_tokens)
+    reference_scores = score_responses(reference, items, config.token_budget, config.score_tokens)
     return [{"logp_policy": logp_policy, "logp_ref": logp_ref, "n_tokens": n_tokens,
              "reward": [config.beta * (a - b) for a, b in zip(logp_policy, logp_ref)]}
             for (logp_policy, n_tokens), (logp_ref, _) in zip(policy_scores, reference_scores)]

@@ -129,6 +129,11 @@ class RunDir:
             return self.config.models.reference
         return self.policy_spec(t - 1)
 
+    def translator_spec(self, t: int) -> str:
+        """Who translates responses in `reward.mode: translate`: `models.translator`, else π^t, as the
+        released scripts do (scripts/batch_translate.sh runs the policy checkpoint)."""
+        return self.config.models.translator or self.policy_spec(t)
+
     def is_done(self, t: int, stage: StageName) -> bool:
         entry = self.manifest["stages"].get(f"iter_{t}/{stage.name}")
         if not entry or entry.get("status") != "done":

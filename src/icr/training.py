@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from icr.config import TrainConfig
 from icr.data import read_json, read_jsonl, write_json_atomic
 from icr.distributed import current_shard
-from icr.errors import DataError, IcrError
+from icr.errors import ConfigError, DataError, IcrError
 from icr.models import LoadedModel, fingerprint, load_model, tokenize_exchange
 from icr.scoring import ScoreGroup, score_groups
 
@@ -178,7 +178,22 @@ def _spot_check(trainer, dataset, tolerance: float = 1e-2) -> None:
         )
 
 
-def dpo_config(config: TrainConfig, output_dir: str, n_pairs: int):
+def gradient_accumulation(config: TrainConfig, processes: int) -> int:
+    """Accumulation steps per optimizer step. With `global_batch_size` G set: G / (batch_size × P)
+    for P processes, so the global batch is G whatever the launch; otherwise `grad_accum` (the
+    global batch is then batch_size × grad_accum × P)."""
+    if config.global_batch_size is None:
+        return config.grad_accum
+    per_pass = config.batch_size * processes
+    if config.global_batch_size % per_pass:
+        raise ConfigError(
+            f"train.global_batch_size={config.global_batch_size} is not divisible by train.batch_size × processes "
+            f"= {config.batch_size} × {processes} = {per_pass}: change batch_size or the number of processes"
+        )
+    return config.global_batch_size // per_pass
+
+
+def dpo_config(config: TrainConfig, output_dir: str, n_pairs: int, processes: int = 1):
     from trl import DPOConfig
 
     use_cpu = not torch.cuda.is_available()
@@ -192,7 +207,7 @@ def dpo_config(config: TrainConfig, output_dir: str, n_pairs: int):
         warmup_steps=config.warmup_ratio,  # transformers 5: a float < 1 is a share of the steps
         num_train_epochs=config.epochs,
         per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
+        gradient_accumulation_steps=gradient_accumulation(config, processes),
         max_length=config.max_length,
         seed=config.seed,
         data_seed=config.seed,
@@ -212,7 +227,8 @@ def dpo_config(config: TrainConfig, output_dir: str, n_pairs: int):
 
 def dpo_trainer(lm: LoadedModel, dataset, config: TrainConfig, output_dir: str):
     """Our DPOTrainer on `dataset` (see `preference_dataset`) with `config`'s arguments and LoRA."""
-    return _make_trainer_class()(model=lm.model, args=dpo_config(config, output_dir, len(dataset)),
+    args = dpo_config(config, output_dir, len(dataset), current_shard().world)
+    return _make_trainer_class()(model=lm.model, args=args,
                                  train_dataset=dataset, processing_class=lm.tokenizer, peft_config=_lora(config))
 
 
@@ -235,6 +251,7 @@ def train_dpo(model_spec: str, pairs_file: Path, out_dir: Path, config: TrainCon
     pairs = read_jsonl(pairs_file)
     if not pairs:
         raise DataError(f"{pairs_file}: no preference pairs to train on")
+    gradient_accumulation(config, current_shard().world)  # an indivisible global batch fails before loading
     lm = load_model(model_spec, device=device, dtype="float32" if device == "cpu" else "auto",
                     trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     pairs = usable_pairs(lm.tokenizer, pairs, config.max_length)
@@ -269,6 +286,7 @@ def train_dpo(model_spec: str, pairs_file: Path, out_dir: Path, config: TrainCon
             "loss_definition": "sigmoid DPO + nll_weight * token-mean NLL of the chosen response",
             "config": config.model_dump(),
             "processes": shard.world,
+            "global_batch": config.batch_size * gradient_accumulation(config, shard.world) * shard.world,
         })
         write_json_atomic(work / "model" / "train_metrics.json", _finite(metrics))
         if out_dir.exists():  # moved aside in one step: out_dir is never a half-deleted model

@@ -34,7 +34,7 @@ def reward_accuracy_command(config_path, **options):
     config = resolve(AccuracyConfig, config_path, options)
     pairs = load_preference_pairs(config.pairs)
     policy, reference = load_model(config.policy, config.device), load_model(config.reference, config.device)
-    translator = load_model(config.translator, config.device) if config.translator else reference
+    translator = load_model(config.translator, config.device) if config.translator else policy
     table = reward_accuracy_table(policy, reference, pairs, config, translator)
     click.echo(format_accuracy_table(table))
     if config.output:

@@ -40,7 +40,7 @@ def flag_name(model: type[BaseModel], dotted: str) -> str:
 
 def _accepted_types(annotation) -> tuple:
     """The types a field accepts: (list[str],) for a list, (str, NoneType) for `str | None`, ..."""
-    if get_origin(annotation) in (list, Literal):
+    if get_origin(annotation) is list:
         return (annotation,)
     return get_args(annotation) or (annotation,)
 
@@ -65,7 +65,7 @@ def parse_value(raw: str, annotation) -> Any:
         elif str in accepted and "," not in text:
             return raw  # e.g. LoRA's 'all-linear' shorthand, which PEFT only expands as a string
         return [v.strip().strip("'\"") for v in text.split(",") if v.strip()]
-    if str in accepted or choices(annotation):
+    if str in accepted:
         return raw
     try:
         return yaml.safe_load(raw)

@@ -23,8 +23,10 @@ Dtype = Annotated[Literal["auto", "float32", "bfloat16", "float16"],
                   Field(description="Weights dtype: auto = bfloat16 on a GPU, float32 on a CPU.")]
 RewardMode = Literal["crosslingual", "multilingual", "translate"]  # keys of icr.rewarding.STRATEGIES
 SamplingBackend = Literal["hf", "vllm"]  # keys of icr.sampling.BACKENDS
-JudgeBackend = Literal["openai", "hf"]  # keys of icr.eval.judges.JUDGES
+JudgeBackend = Literal["alpaca_eval", "openai", "hf"]  # keys of icr.eval.judges.JUDGES
 JudgeOrder = Literal["random", "both"]  # keys of icr.eval.judging.ORDERS
+ScoreTokens = Literal["all", "skip_first"]  # keys of icr.scoring.SKIPPED_RESPONSE_TOKENS
+LanguageFilter = Literal["off", "chosen", "all"]  # keys of icr.selection.LANGUAGE_FILTERS
 
 
 

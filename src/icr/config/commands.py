@@ -19,9 +19,13 @@ EVAL_LANGUAGES = ["en", "es", "de", "fr", "ru", "zh", "th", "sw", "bn"]  # the p
 
 class JudgeConfig(StrictModel):
     backend: JudgeBackend = Field(
-        "openai", description="Judge backend: an OpenAI-compatible endpoint, or a local Hugging Face model (offline).")
-    model: str | None = Field(None, description="Judge model [default: gpt-4-1106-preview for openai, "
-                              "embedded:smollm2-135m-instruct for hf (a smoke-test judge only)].")
+        "alpaca_eval", description="Judge: alpaca_eval = the paper's (alpaca_eval's weighted_alpaca_eval_gpt4_turbo "
+        "annotator from the installed package, plus the paper's language sentence, on an OpenAI-compatible "
+        "endpoint); openai = our own A/B prompt on such an endpoint, hf = that prompt on a local model (offline). "
+        "openai and hf numbers are NOT comparable with the paper's Table 2.")
+    model: str | None = Field(None, description="Judge model [default: gpt-4-1106-preview for alpaca_eval (its "
+                              "annotator config) and openai, embedded:smollm2-135m-instruct for hf (a smoke-test "
+                              "judge only)].")
     base_url: str | None = Field(
         None, description="OpenAI-compatible base URL [default: $OPENAI_BASE_URL, else https://api.openai.com/v1].")
     api_key_env: str = Field("OPENAI_API_KEY", description="Name of the environment variable holding the API key "
@@ -125,7 +129,7 @@ class AccuracyConfig(StrictModel):
     reference: str = Field(description="π_ref (its reference).")
     modes: list[RewardMode] = Field(["crosslingual", "multilingual"], min_length=1,
                                     description="Comma-separated rewarding modes.")
-    translator: str | None = Field(None, description="Model for translate mode (default: the reference).")
+    translator: str | None = Field(None, description="Model for translate mode (default: the policy, as released).")
     device: Device = "auto"
     reward: RewardConfig = Field(default_factory=RewardConfig)
     output: str | None = Field(None, description="Write the table as JSON.")

@@ -14,11 +14,20 @@ from icr.config.base import (
     DEFAULT_MODEL,
     Device,
     Dtype,
+    LanguageFilter,
     Languages,
     RewardMode,
     SamplingBackend,
+    ScoreTokens,
     StrictModel,
     build_config,
+)
+
+# The released scripts' prefix (utils/inference.py, PREFIX), put before the English instruction
+# inside the user turn (utils/compute_reward_score.py, cross_implicit_reward_prompt).
+PAPER_CROSSLINGUAL_TEMPLATE = (
+    "Please answer the following instruction using only {language}, unless explicitly instructed to "
+    "respond in a different language.\n\n{instruction}"
 )
 
 
@@ -31,7 +40,7 @@ class ModelsConfig(StrictModel):
     reference: str = Field(DEFAULT_MODEL, description="π_ref, the reference (SFT) model of the DPO model.")
     translator: str | None = Field(
         None, description="Model that translates responses to English in `reward.mode: translate` "
-        "(default: the reference model)."
+        "(default: the policy of the iteration, as the released scripts do)."
     )
     dtype: Dtype = "auto"
     device: Device = "auto"
@@ -92,9 +101,15 @@ class RewardConfig(StrictModel):
         "original", description="Reference of iteration t's reward: the original π_ref, or π^{t−1} (ablation)."
     )
     crosslingual_template: str = Field(
-        "{instruction}\n\nPlease answer only in {language}.",
-        description="English instruction shown to the reward models in crosslingual mode "
-        "({instruction}, {language}); English prompts are scored under the plain instruction.",
+        PAPER_CROSSLINGUAL_TEMPLATE,
+        description="User turn shown to the reward models in crosslingual mode ({instruction} = the English "
+        "instruction, {language} = the response's language); default: the released scripts' prefix. "
+        "English prompts are scored under the plain instruction.",
+    )
+    score_tokens: ScoreTokens = Field(
+        "all", description="Tokens summed into log π(y|x): 'all' = every response token plus the template's "
+        "end-of-turn token(s), what DPO trains on; 'skip_first' = without the first response token, as the "
+        "released scorer's off-by-one mask does (for reproducing its numbers)."
     )
     token_budget: int = Field(4096, ge=64, description="Max tokens per scoring forward pass.")
     batch_prompts: int = Field(8, ge=1, description="Prompts scored together (their responses share forward "
@@ -110,7 +125,9 @@ class RewardConfig(StrictModel):
         if "{instruction}" not in value:
             raise ValueError("the template must contain {instruction}")
         return value
-    translate_max_new_tokens: int = Field(512, ge=1, description="Token limit for translations.")
+    translate_max_new_tokens: int = Field(
+        8192, ge=1, description="Token limit for translations: large enough for whole responses (released: 8192)."
+    )
 
 
 class PairsConfig(StrictModel):
@@ -118,11 +135,30 @@ class PairsConfig(StrictModel):
     length_unit: Literal["chars", "tokens"] = Field(
         "chars", description="Length used for length control (chars = paper; tokens compare across scripts)."
     )
-    alpha_max: float = Field(1.0, gt=0, description="α is searched in [0, alpha_max) (paper: [0, 1)).")
-    max_chosen_score: float | None = Field(None, description="Drop a prompt if its best score is above this.")
-    min_margin: float = Field(0.0, ge=0, description="Drop pairs whose reward margin is below this.")
+    alpha_max: float = Field(
+        1.0, gt=0, description="α is searched in [0, alpha_max), on the paper's scale: per unit of length, in "
+        "nats of the raw log-ratio log π − log π_ref (no β) (paper: [0, 1))."
+    )
+    max_chosen_score: float | None = Field(
+        None, description="Drop a prompt if its best score is above this; the score is log π − log π_ref − "
+        "α·len(y), in nats (no β)."
+    )
+    min_margin: float = Field(
+        0.0, ge=0, description="Drop pairs whose score margin is below this, in nats of "
+        "(log π − log π_ref − α·len(y)) (no β)."
+    )
     drop_identical: bool = Field(True, description="Drop pairs whose chosen and rejected texts are identical.")
-    language_filter: bool = Field(True, description="Drop responses confidently detected as another language.")
+    language_filter: LanguageFilter = Field(
+        "off", description="Responses confidently detected as another language: 'off' = ranked like any "
+        "other (the paper); 'chosen' = may be rejected, never chosen; 'all' = dropped before selection."
+    )
+    @field_validator("language_filter", mode="before")
+    @classmethod
+    def _filter_from_boolean(cls, value: Any) -> Any:
+        # YAML reads an unquoted `off` as false; `true`/`false` are also what configs written before
+        # the three settings held (true = drop off-language responses = 'all').
+        return {False: "off", True: "all"}.get(value, value) if isinstance(value, bool) else value
+
     language_min_confidence: float = Field(
         0.5, ge=0, le=1, description="A response is off-language only if another language wins with at "
         "least this probability."
@@ -146,7 +182,11 @@ class TrainConfig(StrictModel):
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of steps spent warming up.")
     epochs: float = Field(1.0, gt=0, description="Passes over the pairs.")
     batch_size: int = Field(2, ge=1, description="Pairs per device per step.")
-    grad_accum: int = Field(8, ge=1, description="Gradient accumulation steps.")
+    grad_accum: int = Field(8, ge=1, description="Gradient accumulation steps (ignored when global_batch_size is set).")
+    global_batch_size: int | None = Field(
+        None, ge=1, description="Pairs per optimizer step over all processes; when set, gradient accumulation "
+        "= global_batch_size / (batch_size × processes), and an indivisible combination is an error."
+    )
     max_length: int = Field(2048, ge=16, description="Max prompt+response tokens (longer: truncated at the end).")
     seed: int = Field(0, description="Training seed.")
     precompute_ref: bool = Field(True, description="Compute reference log-probs once before training.")
@@ -154,6 +194,13 @@ class TrainConfig(StrictModel):
                                   "transformers' LengthGroupedSampler: random groups, sorted within).")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory (large models).")
     lora: LoraConfig = Field(default_factory=LoraConfig)
+
+    @model_validator(mode="after")
+    def _global_batch_divisible(self) -> TrainConfig:
+        batch = self.global_batch_size
+        if batch is not None and batch % self.batch_size:
+            raise ValueError(f"global_batch_size={batch} is not a multiple of batch_size={self.batch_size}")
+        return self
 
 
 RUN_SECTIONS = ("seed", "models", "data", "generate", "reward", "pairs", "train")  # what a run's results depend on

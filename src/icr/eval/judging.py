@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from icr.eval.judges.base import Judge, JudgeError, Judgement, JudgeRequest, estimate_tokens, judge_messages
+from icr.eval.judges.base import Judge, JudgeError, Judgement, JudgeRequest, estimate_tokens
 from icr.eval.judges.cache import JudgementCache
 
 log = logging.getLogger(__name__)
@@ -71,14 +71,14 @@ def judge_pairs(judge: Judge, cache: JudgementCache, items: list[PairItem], orde
             for model_first in ORDERS[order](item, seed):
                 pair = (item.output, item.reference) if model_first else (item.reference, item.output)
                 req = JudgeRequest(item.instruction, item.lang, *pair)
-                key = cache.key(judge.judge_id, judge_messages(req))
+                key = cache.key(judge.judge_id, judge.messages(req))
                 requests.setdefault(key, req)
                 plan.append((key, model_first))
         plans.append(plan)
     found = {key: j for key in requests if (j := cache.get(key)) is not None}
     todo = [key for key in requests if key not in found]
     stats = {"judgements": len(requests), "cached": len(found), "requested": len(todo),
-             "estimated_prompt_tokens": sum(estimate_tokens(judge_messages(requests[k])) for k in todo),
+             "estimated_prompt_tokens": sum(estimate_tokens(judge.messages(requests[k])) for k in todo),
              "estimated_completion_tokens": len(todo)}
     log.info("judging %d pairs: %d judgements, %d cached, %d to request (≈%d prompt tokens, %d completion tokens)",
              len(items), stats["judgements"], stats["cached"], stats["requested"],

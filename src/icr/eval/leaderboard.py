@@ -48,7 +48,8 @@ def leaderboard_markdown(table: pd.DataFrame, meta: dict[str, Any]) -> str:
         cells += [_fmt(row["Avg LC"], mark), _fmt(row["Avg WR"])]
         lines.append("| " + " | ".join(cells) + " |")
     judge, judging = meta["judge"], meta["judging"]
-    rules = {"logprobs": "log-probabilities of 'A'/'B'", "sampled": "sampled verdict"}
+    labels = judge.get("verdict_labels", "A/B")
+    rules = {"logprobs": f"log-probabilities of {labels}", "sampled": "sampled verdict"}
     notes = [
         f"Judge: {judge['backend']} `{judge['model']}` (served as "
         f"{', '.join(f'`{m}`' for m in judging.get('served_models', [])) or '?'}); verdict rule: "
@@ -57,6 +58,10 @@ def leaderboard_markdown(table: pd.DataFrame, meta: dict[str, Any]) -> str:
         "WR = win rate against the reference, ties as half; n = judged pairs. LC = alpaca_eval's "
         "length-controlled win rate.",
     ]
+    if judge["backend"] != "alpaca_eval":
+        notes.append(f"The {judge['backend']} judge uses icr's own A/B prompt: these numbers are not comparable "
+                     "with the paper's Table 2 (alpaca_eval's weighted_alpaca_eval_gpt4_turbo annotator; "
+                     "`--judge alpaca_eval`).")
     if subset:
         notes.append("\\* LC computed on a subset of the 805 instructions (--limit): the GLM is alpaca_eval's, "
                      "but the numbers are not comparable with full-benchmark LC.")

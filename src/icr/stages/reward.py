@@ -36,7 +36,7 @@ def run_reward(ctx: StageContext) -> dict:
     policy, reference = run.policy_spec(t), run.reward_reference_spec(t)
     translator = None
     if STRATEGIES[config.reward.mode].needs_translator:
-        translator = ctx.pool.get(config.models.translator or config.models.reference)
+        translator = ctx.pool.get(run.translator_spec(t))
     strategy = make_strategy(config.reward, translator)
     counts = {}
     for lang in ctx.prompts.languages:

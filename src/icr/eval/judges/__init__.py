@@ -1,5 +1,8 @@
-"""Pairwise judges: the probability that answer A beats answer B (see `base`), cached on disk
-(`cache`), one module per backend (`openai`, `hf`), chosen from `JUDGES` by `judge.backend`."""
+"""Pairwise judges: the probability that the first answer beats the second (see `base`), cached on
+disk (`cache`), one module per backend, chosen from `JUDGES` by `judge.backend`: `alpaca_eval` (the
+paper's: alpaca_eval's annotator plus the language sentence), `openai` (our A/B prompt on an
+OpenAI-compatible endpoint), `hf` (that prompt on a local model). Only alpaca_eval's numbers are
+comparable with the paper's Table 2."""
 
 from __future__ import annotations
 
@@ -28,7 +31,14 @@ def _hf(config: JudgeConfig, device: str, dtype: str) -> Judge:
                    config.batch_size)
 
 
-JUDGES: dict[str, Callable[[JudgeConfig, str, str], Judge]] = {"openai": _openai, "hf": _hf}
+def _alpaca_eval(config: JudgeConfig, device: str, dtype: str) -> Judge:
+    from icr.eval.judges.alpaca_eval import AlpacaEvalJudge
+
+    return AlpacaEvalJudge(config)  # the annotator's config names its model when judge.model is not set
+
+
+JUDGES: dict[str, Callable[[JudgeConfig, str, str], Judge]] = {"alpaca_eval": _alpaca_eval, "openai": _openai,
+                                                                 "hf": _hf}
 
 
 def make_judge(config: JudgeConfig, device: str, dtype: str) -> Judge:

@@ -97,6 +97,10 @@ def estimate_tokens(messages: list[dict[str, str]]) -> int:
 class Judge(Protocol):
     judge_id: str  # identity in cache keys (backend, model, endpoint, weights)
 
+    def messages(self, req: JudgeRequest) -> list[dict[str, str]]:
+        """The chat messages the judge is shown for `req` (they key its cache entry)."""
+        ...
+
     def describe(self) -> dict[str, Any]: ...
 
     def preflight(self) -> str: ...

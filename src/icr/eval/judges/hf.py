@@ -29,6 +29,9 @@ class HFJudge:
         self.judge_id = f"hf:{lm.spec}@{self.fingerprint}"
         self.rule = "logprobs"
 
+    def messages(self, req: JudgeRequest) -> list[dict[str, str]]:
+        return judge_messages(req)
+
     def describe(self) -> dict[str, Any]:
         return {"backend": "hf", "model": self.lm.spec, "served_model": f"{self.lm.path}@{self.fingerprint}",
                 "rule": self.rule, "prompt_version": PROMPT_VERSION}

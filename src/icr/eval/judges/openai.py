@@ -70,6 +70,17 @@ class OpenAIJudge:
         self.served_model = ""
         self.judge_id = f"openai:{self.base_url}:{self.model}"
 
+    def messages(self, req: JudgeRequest) -> list[dict[str, str]]:
+        """The chat messages this judge sends for `req` (and that key its cache entry)."""
+        return judge_messages(req)
+
+    def weighted_verdict(self, reply: dict[str, Any]) -> float | None:
+        """P(first answer better) from the reply's top log-probabilities; None if unusable."""
+        return verdict_probability(_top_logprobs(reply))
+
+    def sampled_verdict(self, text: str) -> float | None:
+        return sampled_verdict(text)
+
     def describe(self) -> dict[str, Any]:
         return {"backend": "openai", "model": self.model, "served_model": self.served_model,
                 "base_url": self.base_url, "rule": self.rule, "prompt_version": PROMPT_VERSION}
@@ -123,7 +134,7 @@ class OpenAIJudge:
 
     def preflight(self) -> str:
         """One probe request: 'logprobs' if the endpoint returns top log-probabilities, else 'sampled'."""
-        probe = judge_messages(JudgeRequest("Which letter comes first in the alphabet?", "en", "A", "Z"))
+        probe = self.messages(JudgeRequest("Which letter comes first in the alphabet?", "en", "A", "Z"))
         try:
             reply = self._post(self._payload(probe, logprobs=True))
             has = bool(_top_logprobs(reply))
@@ -142,15 +153,15 @@ class OpenAIJudge:
     def judge_one(self, req: JudgeRequest) -> Judgement:
         if self.rule is None:
             self.preflight()
-        reply = self._post(self._payload(judge_messages(req), logprobs=self.rule == "logprobs"))
+        reply = self._post(self._payload(self.messages(req), logprobs=self.rule == "logprobs"))
         choices = reply.get("choices") or [{}]
         text = ((choices[0].get("message") or {}).get("content")) or ""
         usage = {k: int(v) for k, v in (reply.get("usage") or {}).items() if isinstance(v, int)}
         served = str(reply.get("model") or self.served_model)
-        p = verdict_probability(_top_logprobs(reply)) if self.rule == "logprobs" else None
+        p = self.weighted_verdict(reply) if self.rule == "logprobs" else None
         if p is not None:
             return Judgement(p, "logprobs", text, served, usage)
-        return Judgement(sampled_verdict(text), "sampled", text, served, usage)
+        return Judgement(self.sampled_verdict(text), "sampled", text, served, usage)
 
     def judge_many(self, requests: list[JudgeRequest], on_done: Callable[[int, Judgement], None]) -> None:
         if self.rule is None:
