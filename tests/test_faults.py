@@ -1,5 +1,6 @@
-"""Faults inside one process: out of memory at chosen sub-batches, a disk that fills up mid-write,
-a stop signal during a write, a diverging loss (`icr.faults`)."""
+"""Faults inside one process: out of memory at chosen sub-batches (`icr.oom`), a disk that fills
+up mid-write, a stop signal during a write, a diverging loss (`icr.faults`), and the exit code the
+CLI gives each (`icr.cli.FAULT_EXIT_CODES`)."""
 
 from __future__ import annotations
 
@@ -17,22 +18,26 @@ import torch
 
 import icr.data
 import icr.faults
-from icr.config import GenerateConfig, RewardConfig
+from icr.config import GenerateConfig, RewardConfig, SamplingConfig
 from icr.data import JsonlAppender, Prompt, read_jsonl, write_json_atomic
-from icr.evaluate import Decoding, EvalModel, generate_outputs
+from icr.eval.outputs import EvalModel, generate_outputs
 from icr.faults import (
     DiskWriteError,
-    OomBackoff,
     OutOfMemory,
     Preempted,
+    RunDirInUse,
     TrainingDiverged,
+    TrainingOutOfMemory,
     divergence_guard,
     stop_on_signals,
     write_section,
 )
-from icr.generate import HFGenerator, generate_language
-from icr.reward import reward_language
+from icr.oom import OomBackoff
+from icr.rewarding import make_strategy
+from icr.sampling import HFGenerator
 from icr.scoring import _SCORING_OOM
+from icr.stages.generate import generate_language
+from icr.stages.reward import reward_language
 
 
 @contextmanager
@@ -67,7 +72,8 @@ def fresh_scoring_backoff():
 
 
 GENERATIONS = [{"id": str(k), "lang": "es", "prompt": f"Pregunta número {k}: ¿qué es {w}?",
-                "responses": [f"{w} es algo {'muy ' * r}interesante." for r in range(4)]}
+                "responses": [f"{w} es algo {'muy ' * r}interesante." for r in range(4)], "n_tokens": [6] * 4,
+                "truncated": [False] * 4, "seed": k}
                for k, w in enumerate(["el sol", "una bicicleta", "la lluvia", "un río", "el pan"])]
 ENGLISH = {g["id"]: f"Question number {g['id']}: what is it?" for g in GENERATIONS}
 
@@ -76,14 +82,14 @@ def test_out_of_memory_in_scoring_halves_sub_batches_and_writes_identical_record
                                                                                     caplog):
     cfg = RewardConfig(batch_prompts=3)
     clean = tmp_path / "clean.jsonl"
-    reward_language(GENERATIONS, ENGLISH, clean, tiny_lm, tiny_ref_lm, cfg)
+    reward_language(GENERATIONS, ENGLISH, clean, tiny_lm, tiny_ref_lm, cfg, make_strategy(cfg))
     # sub-batches (calls on several rows; prompt passes are one row each): the policy's first one
     # fails, then the first half of it; the reference's third one fails too
     faulted = tmp_path / "faulted.jsonl"
-    with caplog.at_level(logging.WARNING, logger="icr.faults"), \
+    with caplog.at_level(logging.WARNING, logger="icr.oom"), \
             oom_at(tiny_lm.model.get_decoder(), {1, 2}, min_rows=2) as pol, \
             oom_at(tiny_ref_lm.model.get_decoder(), {3}, min_rows=2) as ref:
-        reward_language(GENERATIONS, ENGLISH, faulted, tiny_lm, tiny_ref_lm, cfg)
+        reward_language(GENERATIONS, ENGLISH, faulted, tiny_lm, tiny_ref_lm, cfg, make_strategy(cfg))
     assert (pol.hits, ref.hits) == (2, 1)
     assert faulted.read_bytes() == clean.read_bytes()
     assert _SCORING_OOM.retries == 3
@@ -93,8 +99,10 @@ def test_out_of_memory_in_scoring_halves_sub_batches_and_writes_identical_record
 
 def test_out_of_memory_on_one_row_is_a_clear_error(tiny_lm, tiny_ref_lm, tmp_path):
     calls = set(range(1, 100))
-    with oom_at(tiny_lm.model.get_decoder(), calls), pytest.raises(OutOfMemory, match="single row.*reward.token_budget"):
-        reward_language(GENERATIONS[:1], ENGLISH, tmp_path / "r.jsonl", tiny_lm, tiny_ref_lm, RewardConfig())
+    with oom_at(tiny_lm.model.get_decoder(), calls), \
+            pytest.raises(OutOfMemory, match="single row.*reward.token_budget"):
+        reward_language(GENERATIONS[:1], ENGLISH, tmp_path / "r.jsonl", tiny_lm, tiny_ref_lm, RewardConfig(),
+                        make_strategy(RewardConfig()))
     assert read_jsonl(tmp_path / "r.jsonl") == []
 
 
@@ -136,13 +144,12 @@ def test_out_of_memory_in_generation_halves_rows_and_writes_identical_records(ti
 
 def test_out_of_memory_in_eval_generation_gives_identical_outputs(tiny_lm, tmp_path):
     items = [{"id": k, "instruction": p.text, "dataset": "test"} for k, p in enumerate(PROMPTS)]
-    decoding = Decoding(max_new_tokens=6, batch_size=4)
-    cfg = GenerateConfig(n=2, temperature=decoding.temperature, top_p=decoding.top_p, max_new_tokens=6)
+    sampling = SamplingConfig(temperature=0.6, top_p=0.9, max_new_tokens=6, batch_prompts=4)
     model = EvalModel("tiny", "tiny")
-    generate_outputs(HFGenerator(tiny_lm, cfg), model, "en", items, tmp_path / "clean", decoding)
-    generator = HFGenerator(tiny_lm, cfg)
+    generate_outputs(HFGenerator(tiny_lm, sampling), model, "en", items, tmp_path / "clean", sampling, 0)
+    generator = HFGenerator(tiny_lm, sampling)
     with oom_at(tiny_lm.model, {1, 2}, min_rows=2) as faults:  # 4 rows → 2 (fails) → 1 + 1, then 2 as 1 + 1
-        generate_outputs(generator, model, "en", items, tmp_path / "faulted", decoding)
+        generate_outputs(generator, model, "en", items, tmp_path / "faulted", sampling, 0)
     assert faults.hits == 2 and generator.oom.max_cells < 2 * (6 + 20)
     for name in ("generations.jsonl", "model_outputs.json"):
         assert (tmp_path / "faulted" / name).read_bytes() == (tmp_path / "clean" / name).read_bytes()
@@ -253,3 +260,70 @@ def test_divergence_guard_lets_a_falling_loss_pass():
     for step, loss in enumerate([0.7, 1.3, 0.2, 0.01], start=1):
         state.global_step = step
         guard.on_log(None, state, None, logs={"loss": loss, "grad_norm": 3.0})
+
+
+# ---------------------------------------------------------------- exit codes
+
+
+def invoke_failing(monkeypatch, module, name, fault, args):
+    """`icr ARGS` with module.name (what the command calls) raising `fault`."""
+    from click.testing import CliRunner
+
+    from icr.cli import main
+
+    def fail(*args, **kwargs):
+        raise fault() if callable(fault) else fault
+
+    monkeypatch.setattr(module, name, fail)
+    return CliRunner().invoke(main, args)
+
+
+@pytest.mark.parametrize("fault, code", [
+    (RunDirInUse("runs/x is in use by another icr process: pid 7"), 3),
+    (DiskWriteError("writing runs/x/manifest.json failed: the disk is full"), 4),
+    (OutOfMemory("scoring: out of memory on a single row"), 5),
+    (TrainingOutOfMemory("training ran out of memory; no model was saved"), 5),
+    (TrainingDiverged("training diverged: loss is nan at step 2"), 6),
+    (Preempted("SIGTERM"), 75),
+])
+def test_each_fault_ends_the_command_with_its_message_and_exit_code(monkeypatch, fault, code):
+    import icr.pipeline
+
+    result = invoke_failing(monkeypatch, icr.pipeline, "run_iterations", fault, ["run"])
+    assert result.exit_code == code, result.output
+    assert f"{fault} [exit code {code}]" in " ".join(result.output.split())
+    assert "Traceback" not in result.output
+
+
+def test_every_command_has_the_one_fault_handler(monkeypatch):
+    import icr.align
+    import icr.pipeline
+
+    stage = invoke_failing(monkeypatch, icr.pipeline, "run_stage", DiskWriteError("writing x failed"), ["reward"])
+    align = invoke_failing(monkeypatch, icr.align, "align_english", TrainingDiverged("loss is inf"),
+                           ["align-english", "--model", "m", "--data", "d", "--output", "out"])
+    assert (stage.exit_code, align.exit_code) == (4, 6), stage.output + align.output
+
+
+def test_a_signal_during_a_command_ends_it_with_exit_code_75_and_the_handler_is_restored(monkeypatch):
+    import icr.pipeline
+
+    def preempted():  # what a stage sees: the signal arrives while it computes
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(10**8):
+            pass
+        return Preempted("never raised by hand")
+
+    result = invoke_failing(monkeypatch, icr.pipeline, "run_iterations", preempted, ["run"])
+    assert result.exit_code == 75 and "stopped by SIGTERM: every finished record is saved" in result.output
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_the_help_lists_every_fault_exit_code():
+    from click.testing import CliRunner
+
+    from icr.cli import FAULT_EXIT_CODES, main
+
+    text = " ".join(CliRunner().invoke(main, ["--help"]).output.split())
+    for code, meaning in FAULT_EXIT_CODES.values():
+        assert f"{code} {meaning}" in text

@@ -11,13 +11,14 @@ import pytest
 import torch
 import transformers.modeling_utils
 from safetensors.torch import load_file
-from test_run import FILES, _config
 
 import icr.faults
-import icr.train
+import icr.training
 from icr.data import read_json
 from icr.faults import DiskWriteError, TrainingDiverged, TrainingOutOfMemory
 from icr.pipeline import run_iterations
+from icr.stages import STAGES
+from test_run import FILES, _config
 
 
 def one_iteration(out, name, tiny_dir, tiny_ref_dir):
@@ -78,7 +79,7 @@ def test_full_disk_at_the_nth_write_of_every_stage_then_restart_gives_identical_
     run_iterations(config)
     assert run_files(config.run_dir) == run_files(clean)
     assert same_weights(config.run_dir / "iter_0/model", clean / "iter_0/model")
-    assert not [p for p in config.run_dir.rglob(".*")], "temporary files left behind"
+    assert not list(config.run_dir.rglob(".*")), "temporary files left behind"
 
 
 def test_full_disk_while_saving_the_model_promotes_nothing(clean, tiny_dir, tiny_ref_dir, tmp_path, monkeypatch):
@@ -106,7 +107,7 @@ def test_full_disk_while_saving_the_model_promotes_nothing(clean, tiny_dir, tiny
 def failing_loss(monkeypatch, when, fault):
     """The training loss of the step for which `when(trainer)` holds is made NaN (fault="nan"), or
     the step runs out of memory (fault="oom")."""
-    real = icr.train._make_trainer_class
+    real = icr.training._make_trainer_class
 
     def make():
         class Faulty(real()):
@@ -120,7 +121,7 @@ def failing_loss(monkeypatch, when, fault):
 
         return Faulty
 
-    monkeypatch.setattr(icr.train, "_make_trainer_class", make)
+    monkeypatch.setattr(icr.training, "_make_trainer_class", make)
 
 
 def test_nan_loss_promotes_no_model_and_the_run_resumes_after_the_setting_changes(tiny_dir, tiny_ref_dir, tmp_path,
@@ -145,7 +146,7 @@ def test_nan_loss_promotes_no_model_and_the_run_resumes_after_the_setting_change
     assert {**run_files(root, 1), "pi1": (root / "iter_0/model/model.safetensors").read_bytes()} == first
     assert run.manifest["stages"]["iter_0/train"]["config_hash"] == manifest["stages"]["iter_0/train"]["config_hash"]
     assert read_json(root / "iter_1/model/train_metrics.json")["config"]["learning_rate"] == 5e-4
-    assert any("iter_0/train finished under other train settings" in r.getMessage() for r in caplog.records)
+    assert any("iter_0/train finished under other settings" in r.getMessage() for r in caplog.records)
 
 
 def test_training_out_of_memory_names_the_settings_to_lower(clean, tiny_dir, tmp_path, monkeypatch):
@@ -153,7 +154,8 @@ def test_training_out_of_memory_names_the_settings_to_lower(clean, tiny_dir, tmp
     config = one_iteration(tmp_path, "oom", tiny_dir, tiny_dir).train
     failing_loss(monkeypatch, lambda trainer: True, "oom")
     with pytest.raises(TrainingOutOfMemory) as err:
-        icr.train.train_dpo(str(tiny_dir), root / "iter_0/pairs.jsonl", tmp_path / "model", config, device="cpu")
+        icr.training.train_dpo(str(tiny_dir), root / "iter_0/pairs.jsonl", tmp_path / "model", config, 4096,
+                               device="cpu")
     message = str(err.value)
     for setting in ("train.batch_size (now 2", "train.grad_accum", "train.max_length (now 96)",
                     "train.gradient_checkpointing: true", "train.lora.enabled: true", "no model was saved"):
@@ -162,18 +164,25 @@ def test_training_out_of_memory_names_the_settings_to_lower(clean, tiny_dir, tmp
 
 
 def test_changed_train_settings_are_refused_unless_a_later_training_failed(tiny_dir, tiny_ref_dir, tmp_path):
-    from icr.config import ConfigError
-    from icr.pipeline import RunDir
+    from icr.errors import ConfigError
+    from icr.rundir import RunDir
 
+    train = STAGES["train"]
     before = _config(tmp_path, "hash", tiny_dir, tiny_ref_dir)
-    RunDir(before).mark_done(0, "train")
+    RunDir(before).mark_done(0, train)
     after = before.model_copy(deep=True)
     after.train.learning_rate = 5e-4
     with pytest.raises(ConfigError, match="iter_0/train finished under a different config"):
-        RunDir(after).is_done(0, "train")
+        RunDir(after).is_done(0, train)
     run = RunDir(after)
-    run.record_failure(0, "train", TrainingDiverged("iteration 0 itself"))  # not a later iteration: no excuse
+    run.record_failure(0, train, TrainingDiverged("iteration 0 itself"))  # not a later iteration: no excuse
     with pytest.raises(ConfigError):
-        run.is_done(0, "train")
-    run.record_failure(1, "train", TrainingDiverged("loss is nan at step 2"))
-    assert RunDir(after).is_done(0, "train")  # read back from the manifest
+        run.is_done(0, train)
+    run.record_failure(1, STAGES["generate"], TrainingDiverged("another stage's failure"))  # not this stage's
+    with pytest.raises(ConfigError):
+        run.is_done(0, train)
+    run.record_failure(1, train, icr.faults.Preempted("SIGTERM"))  # a stop asks for no change of settings
+    with pytest.raises(ConfigError):
+        run.is_done(0, train)
+    run.record_failure(1, train, TrainingDiverged("loss is nan at step 2"))
+    assert RunDir(after).is_done(0, train)  # read back from the manifest

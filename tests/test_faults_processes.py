@@ -16,9 +16,11 @@ import sys
 import time
 
 import pytest
-import test_crash
 import torch
 from safetensors.torch import load_file
+
+import test_crash
+from icr.data import read_json, read_jsonl
 from test_crash import (
     ENV,
     STAGES,
@@ -32,8 +34,6 @@ from test_crash import (
     run_timed,
     write_config,
 )
-
-from icr.data import read_json, read_jsonl
 
 pytestmark = pytest.mark.processes
 

@@ -58,8 +58,8 @@ def test_lock_is_reentrant_in_one_process_and_released_at_the_end(tmp_path):
         with run_lock(root) as inner:
             assert inner is outer
         assert (root / LOCK_NAME).exists()
-        proc = subprocess.run([sys.executable, "-c", HOLD, str(root)], check=False, capture_output=True, text=True, timeout=120,
-                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+        proc = subprocess.run([sys.executable, "-c", HOLD, str(root)], check=False, capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
         assert proc.returncode != 0 and "RunDirInUse" in proc.stderr and f"pid {os.getpid()}" in proc.stderr
     assert not (root / LOCK_NAME).exists()
     with run_lock(root):  # taken again without a warning or an error

@@ -1,10 +1,12 @@
 """Records on disk and parallel prompt sets.
 
-Every stage reads and writes JSON Lines. Writers append one complete line per record and flush,
+Every stage reads and writes JSON Lines. Writers append one complete line per record, unbuffered,
 so a process killed at any moment leaves at most one truncated last line; `read_jsonl(...,
 repair=True)` cuts it off with a warning, while a corrupt line anywhere else is an error naming
 file and line. Whole files (manifests, finished outputs) are written to a temporary file and
-renamed, so a reader never sees half of one.
+renamed, so a reader never sees half of one. A write that fails (a full disk) is a
+`DiskWriteError` naming the file and the free space, and leaves no part of its line or file; a
+stop signal waits for the write in progress (`icr.faults`).
 """
 
 from __future__ import annotations
@@ -13,19 +15,17 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
+from icr.errors import DataError
 from icr.faults import append_whole, disk_errors, write_all, write_section
-from icr.languages import UnknownLanguageError, check_language
+from icr.languages import check_language
 
 log = logging.getLogger(__name__)
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file, the line (or item) and the id."""
 
 
 # ---------------------------------------------------------------- JSON Lines I/O
@@ -81,7 +81,7 @@ class JsonlAppender:
         self.path = Path(path)
         with disk_errors(self.path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._f = open(self.path, "ab", buffering=0)
+            self._f = open(self.path, "ab", buffering=0)  # noqa: SIM115  (closed by close() / __exit__)
 
     def write(self, record: dict[str, Any]) -> None:
         with write_section():
@@ -94,7 +94,7 @@ class JsonlAppender:
         finally:
             self._f.close()
 
-    def __enter__(self) -> "JsonlAppender":
+    def __enter__(self) -> JsonlAppender:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -159,8 +159,6 @@ class PromptSet:
 
     by_lang: dict[str, list[Prompt]]
     english: dict[str, str]
-    source: str = ""
-    skipped: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def languages(self) -> list[str]:
@@ -284,10 +282,7 @@ def load_prompt_set(
     """Load parallel prompts for `languages` (plus English, which every id must have)."""
     folder = resolve_prompt_source(source)
     for lang in languages:
-        try:
-            check_language(lang)
-        except UnknownLanguageError as err:
-            raise DataError(str(err)) from None
+        check_language(lang)
     files: dict[str, Path] = {}
     for lang in dict.fromkeys(["en", *languages]):
         found = _find_language_file(folder, lang)
@@ -300,7 +295,7 @@ def load_prompt_set(
         order = order[:limit]
     keep = set(order)
     english = {p.id: p.text for p in english_prompts if p.id in keep}
-    all_english_ids = set(p.id for p in english_prompts)
+    all_english_ids = {p.id for p in english_prompts}
     rank = {pid: i for i, pid in enumerate(order)}
     by_lang: dict[str, list[Prompt]] = {}
     for lang in languages:
@@ -309,4 +304,4 @@ def load_prompt_set(
             if p.id not in all_english_ids:
                 raise DataError(f"{files[lang]}:{p.where}: id {p.id}: no English counterpart in {files['en']}")
         by_lang[lang] = sorted((p for p in prompts if p.id in keep), key=lambda p: rank[p.id])
-    return PromptSet(by_lang=by_lang, english=english, source=str(folder))
+    return PromptSet(by_lang=by_lang, english=english)

@@ -3,46 +3,42 @@
 * a full disk (`DiskWriteError`): a write that fails (ENOSPC or any OSError) stops the stage with a
   message naming the file and the free space; a half-written line is cut off, an atomic file or a
   model folder never replaces the old one, so a restart finds only whole records;
-* out of memory (`OomBackoff`): a sub-batch that does not fit is split in halves and retried,
-  each row computed at the same padded width as before, so the numbers do not depend on the
-  split where the kernels do not depend on the batch size (CPU: checked by the tests);
 * preemption (`stop_on_signals`): SIGTERM/SIGINT stop the stage at once, except inside a write,
   which is finished first (`write_section`);
+* out of memory (`OutOfMemory`): the engines' sub-batches back off (`icr.oom`); what still does
+  not fit stops with a message naming the settings to lower;
 * a diverging loss (`TrainingDiverged`, `divergence_guard`) and a training that does not fit
   (`TrainingOutOfMemory`): training stops, nothing is promoted, the message says what to change.
 
-Every fault is a `RunFault` (or `Preempted`) with its own exit code (`EXIT_CODES`).
+Every fault is a `RunFault` (or `Preempted`); the commands map each type to its own exit code
+(`icr.cli.FAULT_EXIT_CODES`, README "Failures and recovery"). The run directory's lock, the
+fault of two writers (`RunDirInUse`), is `icr.runlock`.
 """
 
 from __future__ import annotations
 
 import errno
-import gc
 import logging
 import math
 import os
 import shutil
 import signal
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import TypeVar
+
+from icr.errors import IcrError
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
-class RunFault(RuntimeError):
-    """A fault that stops a command with a message and a documented exit code."""
-
-    exit_code = 1
+class RunFault(IcrError, RuntimeError):
+    """A fault of a long run that stops a command with a message and an exit code of its own."""
 
 
 class Preempted(BaseException):
     """SIGTERM or SIGINT: the stage stopped between records. A BaseException, like
     KeyboardInterrupt, so that no `except Exception` on the way swallows it."""
-
-    exit_code = 75  # sysexits' EX_TEMPFAIL: "try again later", which requeue scripts test for
 
     def __init__(self, signal_name: str):
         self.signal_name = signal_name
@@ -51,44 +47,28 @@ class Preempted(BaseException):
 
 
 class RunDirInUse(RunFault):
-    exit_code = 3
+    """Another process holds the run directory's lock."""
 
 
 class DiskWriteError(RunFault):
-    exit_code = 4
+    """A write failed (a full disk, a quota, any OSError); nothing already written is damaged."""
 
 
 class OutOfMemory(RunFault):
-    exit_code = 5
+    """Out of memory on a single row (scoring, generation), after backing off."""
 
 
 class TrainingOutOfMemory(OutOfMemory):
-    pass
+    """Training ran out of memory; no model was saved."""
 
 
 class TrainingDiverged(RunFault):
-    exit_code = 6
+    """A NaN, infinite or exploding training loss; no model was promoted."""
 
 
-EXIT_CODES = {"run directory in use": RunDirInUse.exit_code, "disk write failed": DiskWriteError.exit_code,
-              "out of memory": OutOfMemory.exit_code, "training diverged": TrainingDiverged.exit_code,
-              "preempted (SIGTERM/SIGINT)": Preempted.exit_code}
-
-
-@contextmanager
-def command_faults() -> Iterator[None]:
-    """What a command runs in: stop signals handled (`stop_on_signals`), and a fault ends the
-    process with its message on stderr and its exit code (`EXIT_CODES`)."""
-    import sys
-
-    try:
-        with stop_on_signals():
-            yield
-    except (RunFault, Preempted) as err:
-        acknowledge_stop()
-        sys.stderr.write(f"icr: {err} [exit code {err.exit_code}]\n")
-        sys.stderr.flush()
-        raise SystemExit(err.exit_code) from None
+# Failed trainings after which the user changes the train settings and resumes: the finished
+# trainings of earlier iterations keep theirs (`icr.rundir.RunDir.is_done`).
+SETTINGS_FAULTS = (TrainingDiverged, TrainingOutOfMemory)
 
 
 # ---------------------------------------------------------------- full disk
@@ -152,10 +132,9 @@ def append_whole(fd: int, path: Path, data: bytes) -> None:
     try:
         write_all(fd, data)
     except OSError as err:
-        try:
-            os.ftruncate(fd, start)  # needs no free space
-        except OSError:
-            pass  # a truncated last line is still cut off by read_jsonl(repair=True)
+        # cutting needs no free space; if it fails, read_jsonl(repair=True) still cuts the truncated line off
+        with suppress(OSError):
+            os.ftruncate(fd, start)
         raise disk_error(path, err) from err
 
 
@@ -185,7 +164,7 @@ def check_stop() -> None:
     """Raise `Preempted` if a stop signal came and its `Preempted` has not reached a handler: the
     handler's own raise can land where Python ignores exceptions (a `__del__` during garbage
     collection, a weakref callback), so the stop is also acted on at the next write that completes
-    a record, between sub-batches (`OomBackoff`), after a training step, and when the command ends."""
+    a record, between sub-batches (`icr.oom.OomBackoff`), after a training step, and when the command ends."""
     if _STOP.installed and _STOP.pending and not _STOP.acknowledged and _STOP.depth == 0:
         raise Preempted(_STOP.pending)
 
@@ -227,82 +206,6 @@ def write_section(completes_record: bool = True) -> Iterator[None]:
         _STOP.depth -= 1
     if completes_record:
         check_stop()
-
-
-# ---------------------------------------------------------------- out of memory
-
-
-def _oom_types() -> tuple[type[BaseException], ...]:
-    import torch
-
-    return (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),)
-
-
-def free_accelerator_memory() -> None:
-    gc.collect()
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-class OomBackoff:
-    """Run row-wise work in sub-batches that fit: `run(rows, width, work)` calls `work(part)` (one
-    result per row, in order) on parts of `rows`. A part that runs out of memory is split in halves
-    and retried, and from then on parts hold at most half its rows × `width` (the token cells that
-    did not fit), so later sub-batches do not fail first. One row that does not fit is an error.
-
-    `work` must compute each row as it would in the whole sub-batch (same padded widths), so that
-    the results do not depend on the split."""
-
-    def __init__(self, what: str, advice: str):
-        self.what, self.advice = what, advice
-        self.max_cells = math.inf
-        self.retries = 0
-
-    def run(self, rows: Sequence[T], width: int, work: Callable[[list[T]], list]) -> list:
-        rows, width = list(rows), max(1, width)
-        per_part = len(rows) if self.max_cells == math.inf else max(1, int(self.max_cells // width))
-        out = []
-        for k in range(0, len(rows), per_part):
-            out += self._attempt(rows[k : k + per_part], width, work)
-        return out
-
-    def _attempt(self, part: list[T], width: int, work: Callable[[list[T]], list]) -> list:
-        check_stop()
-        try:
-            return work(part)
-        except _oom_types() as err:
-            message = str(err).split("\n")[0]
-        # out of the except block: the traceback no longer pins the failed attempt's tensors
-        free_accelerator_memory()
-        if len(part) == 1:
-            raise OutOfMemory(f"{self.what}: out of memory on a single row of {width} tokens ({message}). "
-                              f"{self.advice}")
-        self.retries += 1
-        self.max_cells = min(self.max_cells, len(part) * width / 2)
-        half = len(part) // 2
-        log.warning("%s: out of memory on %d rows of %d tokens; retrying as %d + %d rows (and at most %d rows "
-                    "of this width from now on)", self.what, len(part), width, half, len(part) - half,
-                    max(1, int(self.max_cells // width)))
-        return self._attempt(part[:half], width, work) + self._attempt(part[half:], width, work)
-
-
-def train_change_excuse(failures: list[dict], iteration: int) -> dict | None:
-    """The failed training of a later iteration (diverged, out of memory), if any, which lets the
-    finished training of `iteration` keep the train settings it ran with while the config now has
-    the user's new ones. (The other sections it depends on are checked by its own iteration's
-    earlier stages.)"""
-    return next((f for f in failures if f["stage"] == "train" and f["iteration"] > iteration
-                 and f["kind"] in ("TrainingDiverged", "TrainingOutOfMemory")), None)
-
-
-def training_oom_message(settings: dict) -> str:
-    return ("training ran out of memory; no model was saved. Lower one of: train.batch_size (now "
-            f"{settings['batch_size']}; raise train.grad_accum, now {settings['grad_accum']}, to keep the "
-            f"effective batch), train.max_length (now {settings['max_length']}), or set "
-            "train.gradient_checkpointing: true or train.lora.enabled: true; then run the same command "
-            "again: the run resumes at this training stage")
 
 
 # ---------------------------------------------------------------- divergence

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from icr.distributed import current_shard
 from icr.faults import RunDirInUse
 
 log = logging.getLogger(__name__)
@@ -156,8 +157,6 @@ def run_lock(root: str | Path, shard=None) -> Iterator[RunLock | None]:
     """Hold the lock of run directory `root` for the block; raise `RunDirInUse` naming the holder
     if another process has it. Re-entrant within a process. Under `accelerate launch` the main
     process takes it and the others follow its verdict."""
-    from icr.distributed import current_shard
-
     shard = shard or current_shard()
     key = os.path.realpath(root)
     lock = _HELD.get(key)
