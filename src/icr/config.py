@@ -81,6 +81,10 @@ class GenerateConfig(StrictModel):
                                "fixed chunks of the prompt list, so results do not depend on resumption.")
     backend: Literal["hf", "vllm"] = Field("hf", description="Generation backend.")
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor-parallel size.")
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="vLLM: share of GPU memory its engine may take (vLLM's default). vLLM "
+        "runs in a child process that exits with the stage, so the memory is free again for scoring."
+    )
 
 
 class RewardConfig(StrictModel):
@@ -97,7 +101,17 @@ class RewardConfig(StrictModel):
         description="English instruction shown to the reward models in crosslingual mode "
         "({instruction}, {language}); English prompts are scored under the plain instruction.",
     )
-    token_budget: int = Field(4096, ge=64, description="Max tokens per scoring forward pass.")
+    token_budget: int | Literal["auto"] = Field(
+        "auto", description="Max tokens per scoring forward pass; auto = 4096 on a CPU, sized from free "
+        "memory on a GPU (icr.scoring_device; give a number for identical sub-batches across machines)."
+    )
+
+    @field_validator("token_budget")
+    @classmethod
+    def _budget_floor(cls, value: int | str) -> int | str:
+        if value != "auto" and value < 64:
+            raise ValueError("token_budget must be 'auto' or at least 64")
+        return value
     batch_prompts: int = Field(8, ge=1, description="Prompts scored together (their responses share forward "
                                "passes); fixed chunks of the generation file, so results do not depend on resuming.")
 

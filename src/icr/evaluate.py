@@ -29,7 +29,7 @@ import pandas as pd
 
 from icr.data import DataError, JsonlAppender, read_json, read_jsonl, resolve_prompt_source, write_json_atomic
 from icr.distributed import Shard, current_shard, sharded_jsonl
-from icr.generate import prompt_seed
+from icr.generate import close_generator, prompt_seed
 from icr.judges import Judge, JudgementCache, PairItem, judge_pairs
 from icr.languages import check_language
 from icr.metrics import LCUnavailable, load_gamed_table, summarize
@@ -265,15 +265,12 @@ def _sample_chunk(generator, chunk: list[dict], seeds: list[int], done: set[str]
 
 def _make_generator(spec: str, decoding: Decoding, device: str, dtype: str):
     from icr.config import GenerateConfig
-    from icr.generate import make_generator
-    from icr.models import load_model, resolve_model_path
+    from icr.generate import GeneratorSpec, open_generator
 
     config = GenerateConfig(temperature=decoding.temperature, top_p=decoding.top_p,
                             max_new_tokens=decoding.max_new_tokens, backend=decoding.backend,
                             batch_prompts=max(1, decoding.batch_size))
-    if decoding.backend == "vllm":
-        return make_generator(resolve_model_path(spec), config, dtype=dtype)
-    return make_generator(load_model(spec, device=device, dtype=dtype), config)
+    return open_generator(GeneratorSpec(spec, device, dtype), config)  # vLLM: in a child process
 
 
 def _free_memory() -> None:
@@ -318,6 +315,7 @@ def evaluate(models: list[EvalModel], languages: list[str], prompts: str, out_di
                 generator = _make_generator(model.spec, decoding, device, dtype)
             outputs[model.name, lang] = generate_outputs(generator, model, lang, bench[lang], folder, decoding,
                                                          shard)
+        close_generator(generator)  # a vLLM child process exits here, with its GPU memory
         del generator
         _free_memory()
     if not shard.is_main:  # judging and metrics: the main process alone

@@ -13,7 +13,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -69,7 +69,8 @@ class RowSeededSampler:
 
 class HFGenerator:
     """transformers backend: prefill a batch of prompts once, expand each prompt's cache to its
-    n rows, decode. Rows draw from per-row seeded streams (`RowSeededSampler`)."""
+    n rows, decode. Rows draw from per-row seeded streams (`RowSeededSampler`). On a GPU a chunk is
+    decoded in as few calls as free memory allows (`rows_that_fit`); the samples do not depend on it."""
 
     def __init__(self, lm: LoadedModel, config: GenerateConfig):
         self.lm, self.config = lm, config
@@ -81,13 +82,21 @@ class HFGenerator:
     def sample(self, instruction: str, n: int, seed: int) -> list[Sample]:
         return self.sample_batch([instruction], n, [seed])[0]
 
-    @torch.no_grad()
     def sample_batch(self, instructions: list[str], n: int, seeds: list[int]) -> list[list[Sample]]:
         """n samples for each instruction; sample j of prompt i uses the stream seeded (seeds[i], j)."""
+        encoded = [prompt_ids(self.lm.tokenizer, text) for text in instructions]
+        rows = rows_that_fit(self.lm.model, max(len(e) for e in encoded) + self.config.max_new_tokens)
+        per_call = len(encoded) if rows is None else max(1, rows // n)
+        out: list[list[Sample]] = []
+        for k in range(0, len(encoded), per_call):
+            out += self._sample_encoded(encoded[k : k + per_call], n, seeds[k : k + per_call])
+        return out
+
+    @torch.no_grad()
+    def _sample_encoded(self, encoded: list[list[int]], n: int, seeds: list[int]) -> list[list[Sample]]:
         from transformers import LogitsProcessorList
 
         model, tok, cfg = self.lm.model, self.lm.tokenizer, self.config
-        encoded = [prompt_ids(tok, text) for text in instructions]
         width = max(len(e) for e in encoded)
         pad = tok.pad_token_id
         # Left padding: every prompt ends at the same column, where generation starts.
@@ -113,7 +122,7 @@ class HFGenerator:
             **kwargs,
         )
         rows = [self._decode(row) for row in out[:, width:].tolist()]
-        return [rows[i * n : (i + 1) * n] for i in range(len(instructions))]
+        return [rows[i * n : (i + 1) * n] for i in range(len(encoded))]
 
     def _decode(self, tokens: list[int]) -> Sample:
         stops = set(self.stop_ids)
@@ -123,11 +132,34 @@ class HFGenerator:
         return Sample(text=text, n_tokens=len(kept), truncated=end is None)
 
 
+GENERATION_MEMORY_SHARE = 0.8  # of the free GPU memory, for one generate call's cache and logits
+
+
+def rows_that_fit(model, tokens_per_row: int) -> int | None:
+    """Rows one `generate` call can hold in GENERATION_MEMORY_SHARE of the free GPU memory: each row
+    caches `tokens_per_row` tokens' keys/values in every layer and holds a few fp32 vocabulary-wide
+    score vectors (the sampler's). None off CUDA (no limit: the chunk is decoded whole)."""
+    parameter = next(model.parameters())
+    if parameter.device.type != "cuda":
+        return None
+    config = model.config
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    per_token = config.num_hidden_layers * 2 * kv_heads * head_dim * parameter.element_size()
+    per_row = tokens_per_row * per_token + 8 * config.vocab_size * 4
+    free, _ = torch.cuda.mem_get_info(parameter.device)
+    return max(1, int(GENERATION_MEMORY_SHARE * free) // per_row)
+
+
 class VLLMGenerator:
-    """vLLM backend (GPU): prefix caching shares the prompt among the n samples."""
+    """vLLM backend (GPU): one `llm.generate` call per chunk with all of its prompts, n samples each,
+    a seed per prompt (so a prompt's samples do not depend on the chunking), prefix caching on (the n
+    samples share the prompt's cache). Run it in a child process (`open_generator`): vLLM keeps its
+    share of GPU memory (`generate.gpu_memory_utilization`) while its process lives."""
 
     def __init__(self, model_path: str, config: GenerateConfig, dtype: str = "auto", trust_remote_code=False,
-                 allow_pickle: bool = False):
+                 allow_pickle: bool = False, **engine_options):
         from icr.models import _refuse_pickle
 
         _refuse_pickle(model_path, allow_pickle)  # vLLM loads the weights itself: refuse pickle files first
@@ -141,25 +173,92 @@ class VLLMGenerator:
             model=model_path,
             dtype=dtype,
             tensor_parallel_size=config.tensor_parallel_size,
+            gpu_memory_utilization=config.gpu_memory_utilization,
             enable_prefix_caching=True,
             trust_remote_code=trust_remote_code,
+            **engine_options,
         )
         self.tokenizer = self.llm.get_tokenizer()
+        self.stop_ids = end_of_turn_ids(self.tokenizer)
 
     def prompt_length(self, instruction: str) -> int:
         return len(prompt_ids(self.tokenizer, instruction))
 
     def sample(self, instruction: str, n: int, seed: int) -> list[Sample]:
+        return self.sample_batch([instruction], n, [seed])[0]
+
+    def sample_batch(self, instructions: list[str], n: int, seeds: list[int]) -> list[list[Sample]]:
         cfg = self.config
-        params = self._params(n=n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_new_tokens,
-                              seed=seed)
-        ids = prompt_ids(self.tokenizer, instruction)
-        result = self.llm.generate([{"prompt_token_ids": ids}], params, use_tqdm=False)[0]
-        return [Sample(o.text.strip(), len(o.token_ids), o.finish_reason == "length") for o in result.outputs]
+        params = [self._params(n=n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_new_tokens,
+                               seed=seed, stop_token_ids=self.stop_ids) for seed in seeds]
+        prompts = [{"prompt_token_ids": prompt_ids(self.tokenizer, text)} for text in instructions]
+        results = self.llm.generate(prompts, params, use_tqdm=False)
+        return [[self._sample(o) for o in result.outputs] for result in results]
+
+    def _sample(self, output) -> Sample:
+        tokens = list(output.token_ids)
+        if tokens and output.finish_reason == "stop" and tokens[-1] in self.stop_ids:
+            tokens = tokens[:-1]  # as the HF backend counts: end-of-turn excluded
+        return Sample(output.text.strip(), len(tokens), output.finish_reason == "length")
+
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    """What it takes to build a generator anywhere (in a child process too): the model and how to load it."""
+
+    model: str  # Hub id, folder, .gguf or embedded:...
+    device: str = "auto"
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+
+
+@dataclass(frozen=True)
+class Backend:
+    build: Callable[[GeneratorSpec, GenerateConfig], Generator]
+    isolated: bool  # built in a child process that ends with the stage (holds GPU memory until its process exits)
+
+
+def _build_hf(spec: GeneratorSpec, config: GenerateConfig) -> HFGenerator:
+    from icr.models import load_model
+
+    return HFGenerator(load_model(spec.model, spec.device, spec.dtype, spec.trust_remote_code, spec.allow_pickle),
+                       config)
+
+
+def _build_vllm(spec: GeneratorSpec, config: GenerateConfig) -> VLLMGenerator:
+    from icr.models import resolve_model_path
+
+    return VLLMGenerator(resolve_model_path(spec.model), config, dtype=spec.dtype,
+                         trust_remote_code=spec.trust_remote_code, allow_pickle=spec.allow_pickle)
+
+
+BACKENDS: dict[str, Backend] = {"hf": Backend(_build_hf, isolated=False), "vllm": Backend(_build_vllm, isolated=True)}
+
+
+def build_generator(spec: GeneratorSpec, config: GenerateConfig) -> Generator:
+    return BACKENDS[config.backend].build(spec, config)
+
+
+def open_generator(spec: GeneratorSpec, config: GenerateConfig, isolated: bool | None = None):
+    """A generator in this process, or (backends marked isolated, or `isolated=True`) in a child process
+    that answers its calls and exits on `close()`. Close it when the stage ends."""
+    if isolated if isolated is not None else BACKENDS[config.backend].isolated:
+        from icr.child_process import InChildProcess
+
+        return InChildProcess(build_generator, spec, config, description=f"{config.backend} generator")
+    return build_generator(spec, config)
+
+
+def close_generator(generator) -> None:
+    """End a generator's child process, if it has one (in-process generators need nothing)."""
+    close = getattr(type(generator), "close", None)
+    if close is not None:
+        close(generator)
 
 
 def make_generator(lm_or_path, config: GenerateConfig, **kwargs) -> Generator:
-    """Registry of generation backends, chosen by `generate.backend`."""
+    """A generator in this process from a loaded model (hf) or a model path (vllm, with its options)."""
     backends = {
         "hf": lambda: HFGenerator(lm_or_path, config),
         "vllm": lambda: VLLMGenerator(lm_or_path, config, **kwargs),

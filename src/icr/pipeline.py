@@ -153,22 +153,23 @@ def load_prompts(config: RunConfig) -> PromptSet:
 
 
 def run_generate(run: RunDir, t: int, pool: ModelPool, prompts: PromptSet) -> None:
-    from icr.generate import generate_stage, make_generator
+    from icr.generate import BACKENDS, GeneratorSpec, close_generator, generate_stage, make_generator, open_generator
 
     if run.is_done(t, "generate"):
         return
     config = run.config
     spec = policy_spec(config, t)
-    if config.generate.backend == "vllm":
-        from icr.models import resolve_model_path
-
-        generator = make_generator(resolve_model_path(spec), config.generate, dtype=config.models.dtype,
-                                   trust_remote_code=config.models.trust_remote_code,
-                                   allow_pickle=config.models.allow_pickle)
+    m = config.models
+    if BACKENDS[config.generate.backend].isolated:  # vLLM: in a child process that exits with the stage
+        generator = open_generator(GeneratorSpec(spec, m.device, m.dtype, m.trust_remote_code, m.allow_pickle),
+                                   config.generate)
     else:
         generator = make_generator(pool.get(spec), config.generate)
-    out = generate_stage(generator, prompts, run.generations_dir(t), config.generate, config.seed, t,
-                         config.data.max_prompt_tokens, run.shard)
+    try:
+        out = generate_stage(generator, prompts, run.generations_dir(t), config.generate, config.seed, t,
+                             config.data.max_prompt_tokens, run.shard)
+    finally:
+        close_generator(generator)
     run.mark_done(t, "generate", policy=spec, records={lang: len(v) for lang, v in out.items()})
 
 

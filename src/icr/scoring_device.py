@@ -94,8 +94,8 @@ def profile_for(device: torch.device | str) -> ScoringProfile:
 
 
 def resolve_token_budget(token_budget: int | str, model, profile: ScoringProfile) -> int:
-    """An integer budget as given; 'auto' resolved once per model and device (so the chunks of one
-    run are cut alike, and a resumed run on the same machine cuts them as the first did)."""
+    """An integer budget as given; 'auto' resolved once per model and device, when it first scores
+    (so every chunk of one process is cut alike; give an integer for identical cuts across machines)."""
     if token_budget != "auto":
         return int(token_budget)
     device = next(model.parameters()).device
