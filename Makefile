@@ -1,6 +1,7 @@
 # make demo   set up .venv, then run the embedded default (ICR on SmolLM2-135M, offline, CPU)
 # make test   set up .venv, then run the test suite (offline)
 # make bench  set up .venv, then run the benchmarks into benchmarks/results/
+# make bench-gpu  the GPU benchmark (Llama-3-8B shape, random weights) into benchmarks/results/gpu-latest.*
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -16,7 +17,7 @@ export TOKENIZERS_PARALLELISM = false
 # torch 2.5x slower.
 export OMP_WAIT_POLICY = PASSIVE
 
-.PHONY: setup test demo demo-quick bench docs clean
+.PHONY: setup test demo demo-quick bench bench-gpu docs clean
 
 setup: $(VENV)/.installed
 
@@ -39,6 +40,12 @@ demo-quick: setup
 
 bench: setup
 	$(PY) benchmarks/run.py
+
+# SHAPE=qwen2.5-7b for the other shape; SHAPE=tiny dry-runs it on a CPU (into a temp folder: OUT=...)
+SHAPE ?= llama3-8b
+OUT   ?= benchmarks/results
+bench-gpu: setup
+	$(PY) benchmarks/gpu.py --shape $(SHAPE) --out $(OUT)
 
 docs: setup
 	$(PY) scripts/gen_cli_docs.py > docs/cli.md
