@@ -59,10 +59,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
-
-from gpu_parts import (PART_KEYS, matmul_tflops, not_measured_part, run_generation,  # noqa: E402
-                       run_scoring, run_training)
+import torch
+from gpu_parts import (
+    PART_KEYS,
+    matmul_tflops,
+    not_measured_part,
+    run_generation,
+    run_scoring,
+    run_training,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -70,24 +75,24 @@ DATA = ROOT.parent / "shared" / "data"
 SCHEMA = "icr-bench-gpu/1"
 LANGUAGES = ("de", "es", "fr", "ru")
 
-_LLAMA3 = dict(model_type="llama", vocab_size=128256, rope_theta=500000.0, max_position_embeddings=8192)
+_LLAMA3 = {"model_type": "llama", "vocab_size": 128256, "rope_theta": 500000.0, "max_position_embeddings": 8192}
 SHAPES = {
     "llama3-8b": dict(_LLAMA3, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                       num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=False),
-    "qwen2.5-7b": dict(model_type="qwen2", vocab_size=152064, rope_theta=1e6, max_position_embeddings=32768,
-                       hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-                       num_key_value_heads=4, tie_word_embeddings=False),
+    "qwen2.5-7b": {"model_type": "qwen2", "vocab_size": 152064, "rope_theta": 1e6, "max_position_embeddings": 32768,
+                       "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
+                       "num_key_value_heads": 4, "tie_word_embeddings": False},
     "llama3.2-1b": dict(_LLAMA3, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
                         num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=True),
-    "tiny": dict(model_type="llama", vocab_size=None, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=True),
+    "tiny": {"model_type": "llama", "vocab_size": None, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                 "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 4096, "tie_word_embeddings": True},
 }
 # Workload per main shape: prompts scored, response cut, generated tokens, the full-fine-tuning shape.
 PLANS = {
-    "gpu": dict(prompts=48, max_response_tokens=2048, new_tokens=256, full_shape="llama3.2-1b", ceiling=(4, 4096),
-                train_max_length=2048),
-    "tiny": dict(prompts=2, max_response_tokens=24, new_tokens=4, full_shape="tiny", ceiling=(2, 64),
-                 train_max_length=96),
+    "gpu": {"prompts": 48, "max_response_tokens": 2048, "new_tokens": 256, "full_shape": "llama3.2-1b", "ceiling": (4, 4096),
+                "train_max_length": 2048},
+    "tiny": {"prompts": 2, "max_response_tokens": 24, "new_tokens": 4, "full_shape": "tiny", "ceiling": (2, 64),
+                 "train_max_length": 96},
 }
 
 
@@ -106,7 +111,8 @@ def build_model(shape: str, vocab: int, device: str, dtype: torch.dtype):
 
 
 def load_tokenizer(folder: str | None):
-    from icr.models import load_tokenizer as load, resolve_model_path
+    from icr.models import load_tokenizer as load
+    from icr.models import resolve_model_path
 
     return load(folder or resolve_model_path("embedded:smollm2-135m-instruct"))
 
@@ -141,7 +147,7 @@ def environment(device: str) -> dict:
         except metadata.PackageNotFoundError:
             return None
 
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
     if device == "cuda":
         props = torch.cuda.get_device_properties(0)
         info = {"name": props.name, "kind": "cuda", "memory_gib": round(props.total_memory / 2**30, 1)}

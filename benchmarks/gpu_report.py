@@ -57,19 +57,19 @@ def markdown(doc: dict) -> str:
     lines = [f"# GPU benchmark ({doc['schema']}): {doc['status']}", ""]
     if doc["status"] == "not-measured":
         lines += [f"**The GPU part is not yet measured.** {doc['reason']}.", "",
-                  "`make bench-gpu` (= `python benchmarks/gpu.py --shape llama3-8b`) on an NVIDIA GPU fills "
-                  "this file and gpu-latest.json; the figures below stay empty until then.", ""]
+                  ("`make bench-gpu` (= `python benchmarks/gpu.py --shape llama3-8b`) on an NVIDIA GPU fills "
+                  "this file and gpu-latest.json; the figures below stay empty until then."), ""]
     elif doc["status"] == "dry-run":
         lines += ["Dry run of every code path on a tiny model: the figures say nothing about a GPU.", ""]
     if doc.get("device"):
         v = doc["versions"]
-        lines += [f"Shape {doc['shape']}, random weights; device {doc['device']['name']}; commit {doc['commit']}; "
-                  f"torch {v['torch']}, transformers {v['transformers']}, vLLM {v['vllm']}, trl {v['trl']}.",
-                  f"Matmul rate: {_num(doc['matmul_tflops']['mean'], '{:.3g}')} TFLOP/s (before "
-                  f"{_num(doc['matmul_tflops']['before'], '{:.3g}')}, after {_num(doc['matmul_tflops']['after'], '{:.3g}')}).",
-                  f"Workload: {doc['workload']['prompts']} prompts × N = {doc['workload']['n']}, "
+        lines += [(f"Shape {doc['shape']}, random weights; device {doc['device']['name']}; commit {doc['commit']}; "
+                  f"torch {v['torch']}, transformers {v['transformers']}, vLLM {v['vllm']}, trl {v['trl']}."),
+                  (f"Matmul rate: {_num(doc['matmul_tflops']['mean'], '{:.3g}')} TFLOP/s (before "
+                  f"{_num(doc['matmul_tflops']['before'], '{:.3g}')}, after {_num(doc['matmul_tflops']['after'], '{:.3g}')})."),
+                  (f"Workload: {doc['workload']['prompts']} prompts × N = {doc['workload']['n']}, "
                   f"{doc['workload']['prompt_tokens']} prompt and {doc['workload']['response_tokens']} response "
-                  f"tokens; tokenizer: {doc['tokenizer']}.", ""]
+                  f"tokens; tokenizer: {doc['tokenizer']}."), ""]
     lines += ["| part | status | seconds | tokens/s | share of matmul rate | peak GPU memory (GiB) | settings / reason |",
               "|---|---|---|---|---|---|---|"]
     for group, keys in PART_KEYS.items():
@@ -83,8 +83,8 @@ def markdown(doc: dict) -> str:
     if doc["speedup_vs_reference"] is not None:
         lines += ["", f"Scoring, ours at defaults vs the reference approach: {doc['speedup_vs_reference']:.2f}×."]
     proj = doc["projection"]
-    lines += ["", "Hours per ICR iteration, paper setting (3,000 prompts × 5 languages × N = 10, two scorers, "
-              "DPO on one pair per prompt and language):", "",
+    lines += ["", ("Hours per ICR iteration, paper setting (3,000 prompts × 5 languages × N = 10, two scorers, "
+              "DPO on one pair per prompt and language):"), "",
               "| stage | 1 GPU | 8 GPUs | label |", "|---|---|---|---|"]
     by = {(r["stage"], r["gpus"]): r for r in proj["rows"]}
     for stage in ("generate", "reward", "train", "total"):

@@ -10,7 +10,6 @@ import sys
 
 import pytest
 import torch
-
 from conftest import REPO, SHARED_DATA
 
 BENCH = REPO / "benchmarks"

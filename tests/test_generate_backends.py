@@ -13,7 +13,14 @@ from icr import generate
 from icr.child_process import ChildProcessError, InChildProcess
 from icr.config import GenerateConfig
 from icr.data import Prompt
-from icr.generate import GeneratorSpec, HFGenerator, VLLMGenerator, generate_language, open_generator, prompt_seed
+from icr.generate import (
+    GeneratorSpec,
+    HFGenerator,
+    VLLMGenerator,
+    generate_language,
+    open_generator,
+    prompt_seed,
+)
 
 
 def _prompts(lang: str = "es", count: int = 5) -> list[Prompt]:

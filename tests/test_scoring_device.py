@@ -19,7 +19,12 @@ import torch
 
 from icr import scoring, scoring_device
 from icr.scoring import ScoreGroup, reference_logprobs, score_groups
-from icr.scoring_device import PROFILES, bytes_per_scored_token, cuda_token_budget, resolve_token_budget
+from icr.scoring_device import (
+    PROFILES,
+    bytes_per_scored_token,
+    cuda_token_budget,
+    resolve_token_budget,
+)
 from icr.scoring_head import row_chunked_logprobs, vocab_sliced_logprobs
 
 FP32_TOL = 1e-4
@@ -158,8 +163,8 @@ def test_auto_token_budget_from_free_memory(tiny_lm, monkeypatch):
     per_token = bytes_per_scored_token(config, torch.bfloat16)
     assert per_token == 2 * (config.num_hidden_layers * 2 * config.num_key_value_heads * 16 * 2
                              + 8 * config.hidden_size + 3 * config.intermediate_size)
-    llama8b = type("C", (), dict(hidden_size=4096, num_attention_heads=32, num_key_value_heads=8,
-                                 intermediate_size=14336, num_hidden_layers=32))()
+    llama8b = type("C", (), {"hidden_size": 4096, "num_attention_heads": 32, "num_key_value_heads": 8,
+                                 "intermediate_size": 14336, "num_hidden_layers": 32})()
     assert bytes_per_scored_token(llama8b, torch.bfloat16) == 2 * (32 * 2 * 8 * 128 * 2 + 8 * 4096 + 3 * 14336)
     for free, want in ((0, 4096), (10 * per_token * 5000, 16384), (1 << 50, 65536)):
         monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, free=free: (free, 1 << 50))

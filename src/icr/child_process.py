@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import multiprocessing
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 class ChildProcessError(RuntimeError):
@@ -93,7 +94,7 @@ class InChildProcess:
             self._process.join()
         self._connection.close()
 
-    def __enter__(self) -> "InChildProcess":
+    def __enter__(self) -> InChildProcess:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -18,8 +18,8 @@ Devices without a profile of their own (mps, xpu) get the CUDA one, with the 409
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

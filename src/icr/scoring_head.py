@@ -14,7 +14,7 @@ Neither synchronises with the host: target logits are gathered with index arithm
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
