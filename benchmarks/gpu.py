@@ -23,7 +23,7 @@ Parts (each after an untimed warm-up; CUDA timings synchronise before reading th
   generation.hf   the HF backend at defaults (one chunk of generate.batch_prompts prompts × n).
   generation.vllm the vLLM backend (random weights: load_format dummy), in its child process, when
                   vLLM is importable.
-  training.lora / training.full  one DPO+NLL step (icr.train.dpo_trainer) of train.batch_size pairs:
+  training.lora / training.full  one DPO+NLL step (icr.training.dpo_trainer) of train.batch_size pairs:
                   LoRA on the main shape, full fine-tuning on llama3.2-1b (tiny: on tiny). Needs trl
                   and datasets; without them the part is skipped with the reason.
 
@@ -80,16 +80,19 @@ SHAPES = {
     "llama3-8b": dict(_LLAMA3, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                       num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=False),
     "qwen2.5-7b": {"model_type": "qwen2", "vocab_size": 152064, "rope_theta": 1e6, "max_position_embeddings": 32768,
-                       "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
+                       "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+                       "num_attention_heads": 28,
                        "num_key_value_heads": 4, "tie_word_embeddings": False},
     "llama3.2-1b": dict(_LLAMA3, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
                         num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=True),
-    "tiny": {"model_type": "llama", "vocab_size": None, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-                 "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 4096, "tie_word_embeddings": True},
+    "tiny": {"model_type": "llama", "vocab_size": None, "hidden_size": 64, "intermediate_size": 128,
+             "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+             "max_position_embeddings": 4096, "tie_word_embeddings": True},
 }
 # Workload per main shape: prompts scored, response cut, generated tokens, the full-fine-tuning shape.
 PLANS = {
-    "gpu": {"prompts": 48, "max_response_tokens": 2048, "new_tokens": 256, "full_shape": "llama3.2-1b", "ceiling": (4, 4096),
+    "gpu": {"prompts": 48, "max_response_tokens": 2048, "new_tokens": 256, "full_shape": "llama3.2-1b",
+            "ceiling": (4, 4096),
                 "train_max_length": 2048},
     "tiny": {"prompts": 2, "max_response_tokens": 24, "new_tokens": 4, "full_shape": "tiny", "ceiling": (2, 64),
                  "train_max_length": 96},
@@ -147,7 +150,8 @@ def environment(device: str) -> dict:
         except metadata.PackageNotFoundError:
             return None
 
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                            check=False).stdout.strip()
     if device == "cuda":
         props = torch.cuda.get_device_properties(0)
         info = {"name": props.name, "kind": "cuda", "memory_gib": round(props.total_memory / 2**30, 1)}
@@ -205,7 +209,8 @@ def main(argv: list[str] | None = None) -> dict:
     work = load_workload(tokenizer, prompts, n, plan["max_response_tokens"], RewardConfig().crosslingual_template)
     doc = skeleton("measured" if args.shape != "tiny" else "dry-run", None, args.shape)
     doc.update(environment(device))
-    doc["tokenizer"] = f"SmolLM2-135M-Instruct ({len(tokenizer)} ids, real text), in a model of {args.shape}'s vocabulary"
+    doc["tokenizer"] = (f"SmolLM2-135M-Instruct ({len(tokenizer)} ids, real text), "
+                        f"in a model of {args.shape}'s vocabulary")
     doc["workload"] = {"prompts": prompts, "n": n, "languages": list(LANGUAGES),
                        "prompt_tokens": sum(len(w["prompt_ids"]) for w in work),
                        "response_tokens": sum(len(c) for w in work for c in w["response_ids"]),

@@ -168,8 +168,8 @@ def run_scoring(model, work, device, ceiling_shape) -> dict:
 @guarded
 def generate_hf(model, tokenizer, work, device, new_tokens) -> dict:
     from icr.config import GenerateConfig
-    from icr.generate import HFGenerator
     from icr.models import LoadedModel
+    from icr.sampling import HFGenerator
 
     config = GenerateConfig(max_new_tokens=new_tokens)
     generator = HFGenerator(LoadedModel(model, tokenizer, "random", "random"), config)
@@ -191,7 +191,7 @@ def generate_vllm(model, tokenizer, work, device, new_tokens) -> dict:
         return skipped("vLLM needs a GPU")
     from icr.child_process import InChildProcess
     from icr.config import GenerateConfig
-    from icr.generate import VLLMGenerator
+    from icr.sampling import VLLMGenerator
 
     config = GenerateConfig(max_new_tokens=new_tokens, backend="vllm")
     texts = [w["instruction"] for w in work[: config.batch_prompts]]
@@ -223,7 +223,7 @@ def train_step(model, tokenizer, work, device, lora: bool, max_length: int) -> d
         return skipped(f"needs {', '.join(sorted(set(missing)))} (not installed)")
     from icr.config import LoraConfig, TrainConfig
     from icr.models import LoadedModel
-    from icr.train import dpo_trainer, preference_dataset
+    from icr.training import dpo_trainer, preference_dataset
 
     config = TrainConfig(lora=LoraConfig(enabled=lora), grad_accum=1, max_length=max_length)
     pairs = []

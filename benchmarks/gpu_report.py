@@ -66,11 +66,13 @@ def markdown(doc: dict) -> str:
         lines += [(f"Shape {doc['shape']}, random weights; device {doc['device']['name']}; commit {doc['commit']}; "
                   f"torch {v['torch']}, transformers {v['transformers']}, vLLM {v['vllm']}, trl {v['trl']}."),
                   (f"Matmul rate: {_num(doc['matmul_tflops']['mean'], '{:.3g}')} TFLOP/s (before "
-                  f"{_num(doc['matmul_tflops']['before'], '{:.3g}')}, after {_num(doc['matmul_tflops']['after'], '{:.3g}')})."),
+                  f"{_num(doc['matmul_tflops']['before'], '{:.3g}')}, "
+                  f"after {_num(doc['matmul_tflops']['after'], '{:.3g}')})."),
                   (f"Workload: {doc['workload']['prompts']} prompts × N = {doc['workload']['n']}, "
                   f"{doc['workload']['prompt_tokens']} prompt and {doc['workload']['response_tokens']} response "
                   f"tokens; tokenizer: {doc['tokenizer']}."), ""]
-    lines += ["| part | status | seconds | tokens/s | share of matmul rate | peak GPU memory (GiB) | settings / reason |",
+    lines += ["| part | status | seconds | tokens/s | share of matmul rate | peak GPU memory (GiB) "
+              "| settings / reason |",
               "|---|---|---|---|---|---|---|"]
     for group, keys in PART_KEYS.items():
         for key in keys:

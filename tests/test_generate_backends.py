@@ -1,6 +1,6 @@
 """Generation backends on a GPU's terms, tested on CPU: the vLLM backend's call shape (a fake `vllm`
-module), generation in a child process (`open_generator`, as vLLM runs inside `icr run`), and the HF
-backend's chunk split by free memory."""
+module), generation in a child process (`icr.child_process.open_generator`, as vLLM runs inside
+`icr run` and `icr eval`), and the HF backend's chunk split by free memory."""
 
 from __future__ import annotations
 
@@ -9,18 +9,14 @@ import types
 
 import pytest
 
-from icr import generate
-from icr.child_process import ChildProcessError, InChildProcess
-from icr.config import GenerateConfig
+from icr import sampling
+from icr.child_process import ChildProcessError, InChildProcess, open_generator
+from icr.config import GenerateConfig, ModelsConfig
 from icr.data import Prompt
-from icr.generate import (
-    GeneratorSpec,
-    HFGenerator,
-    VLLMGenerator,
-    generate_language,
-    open_generator,
-    prompt_seed,
-)
+from icr.errors import ModelLoadError
+from icr.models import load_model
+from icr.sampling import BACKENDS, HFGenerator, VLLMGenerator, prompt_seed
+from icr.stages.generate import generate_language
 
 
 def _prompts(lang: str = "es", count: int = 5) -> list[Prompt]:
@@ -92,13 +88,10 @@ def test_generation_in_a_child_process_writes_the_same_bytes(tiny_lm, tiny_dir, 
     inline = tmp_path / "inline.jsonl"
     generate_language(HFGenerator(tiny_lm, config), prompts, inline, config, seed=0, iteration=0,
                       max_prompt_tokens=1024)
-    child = open_generator(GeneratorSpec(str(tiny_dir), device="cpu"), config, isolated=True)
-    try:
+    isolated = tmp_path / "isolated.jsonl"
+    with open_generator(str(tiny_dir), config, ModelsConfig(device="cpu"), load_model, isolated=True) as child:
         assert isinstance(child, InChildProcess)
-        isolated = tmp_path / "isolated.jsonl"
         generate_language(child, prompts, isolated, config, seed=0, iteration=0, max_prompt_tokens=1024)
-    finally:
-        generate.close_generator(child)
     assert not child._process.is_alive() and child._process.exitcode == 0
     assert isolated.read_bytes() == inline.read_bytes()
 
@@ -107,9 +100,17 @@ def _broken_factory():
     raise ValueError("no such model")
 
 
+def _refused_factory():
+    raise ModelLoadError("weights refused")
+
+
 def test_child_process_reports_the_failure_and_is_gone():
     with pytest.raises(ChildProcessError, match="no such model"):
         InChildProcess(_broken_factory)
+    # An error the user can act on keeps its type, so the CLI shows its one clean line
+    with pytest.raises(ModelLoadError, match="weights refused") as caught:
+        InChildProcess(_refused_factory)
+    assert isinstance(caught.value.__cause__, ChildProcessError) and "_refused_factory" in str(caught.value.__cause__)
 
 
 def test_hf_chunk_split_by_free_memory_gives_the_same_samples(tiny_lm, monkeypatch):
@@ -120,10 +121,18 @@ def test_hf_chunk_split_by_free_memory_gives_the_same_samples(tiny_lm, monkeypat
     calls = []
     real = generator._sample_encoded
     monkeypatch.setattr(generator, "_sample_encoded", lambda enc, n, s: calls.append(len(enc)) or real(enc, n, s))
-    monkeypatch.setattr(generate, "rows_that_fit", lambda model, tokens: 5)  # 2 prompts × n = 2 a call
+    monkeypatch.setattr(sampling, "rows_that_fit", lambda model, tokens: 5)  # 2 prompts × n = 2 a call
     assert generator.sample_batch(texts, 2, seeds) == whole
     assert calls == [2, 2, 1]
 
 
 def test_rows_that_fit_is_no_limit_off_cuda(tiny_lm):
-    assert generate.rows_that_fit(tiny_lm.model, 1000) is None
+    assert sampling.rows_that_fit(tiny_lm.model, 1000) is None
+
+
+def test_only_isolated_backends_get_a_child_process(tiny_lm):
+    """The registry flag decides: hf stays in this process (and uses the caller's loader, e.g. the
+    run's model pool); vllm is marked isolated."""
+    assert not BACKENDS["hf"].isolated and BACKENDS["vllm"].isolated
+    with open_generator("tiny", GenerateConfig(n=2), ModelsConfig(), lambda spec: tiny_lm) as generator:
+        assert isinstance(generator, HFGenerator) and generator.lm is tiny_lm

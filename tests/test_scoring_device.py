@@ -166,9 +166,10 @@ def test_auto_token_budget_from_free_memory(tiny_lm, monkeypatch):
     llama8b = type("C", (), {"hidden_size": 4096, "num_attention_heads": 32, "num_key_value_heads": 8,
                                  "intermediate_size": 14336, "num_hidden_layers": 32})()
     assert bytes_per_scored_token(llama8b, torch.bfloat16) == 2 * (32 * 2 * 8 * 128 * 2 + 8 * 4096 + 3 * 14336)
+    weights = [torch.zeros(1, dtype=torch.bfloat16)]
+    model = type("M", (), {"config": config, "parameters": lambda self: iter(weights)})()
     for free, want in ((0, 4096), (10 * per_token * 5000, 16384), (1 << 50, 65536)):
         monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, free=free: (free, 1 << 50))
-        model = type("M", (), {"config": config, "parameters": lambda self: iter([torch.zeros(1, dtype=torch.bfloat16)])})()
         assert cuda_token_budget(model, torch.device("cuda")) == want
     # 'auto' on CPU is the CPU default, resolved once per model and device; an integer is kept
     assert resolve_token_budget("auto", tiny_lm.model, PROFILES["cpu"]) == scoring_device.CPU_TOKEN_BUDGET

@@ -6,7 +6,8 @@ import math
 from pathlib import Path
 
 from icr.data import read_json, write_json_atomic
-from icr.pipeline import RunDir, summary_rows
+from icr.pipeline import summary_rows
+from icr.rundir import RunDir
 
 
 def _pct(x: float) -> str:
@@ -27,7 +28,8 @@ def _plot_accuracy(accuracy: dict, path: Path) -> None:
         rows = [accuracy["multilingual"][mode][lang] for lang in langs]
         xs = [i + k * width for i in range(len(langs))]
         ys = [100 * r["accuracy"] for r in rows]
-        err = [[100 * (r["accuracy"] - r["ci_low"]) for r in rows], [100 * (r["ci_high"] - r["accuracy"]) for r in rows]]
+        err = [[100 * (r["accuracy"] - r["ci_low"]) for r in rows],
+               [100 * (r["ci_high"] - r["accuracy"]) for r in rows]]
         ax.bar(xs, ys, width, yerr=err, capsize=3, label=mode)
     en = accuracy["english"]["implicit_reward"]["accuracy"]
     ax.axhline(100 * en, color="k", ls="--", lw=1, label=f"English held-out ({100 * en:.0f}%)")
@@ -78,6 +80,52 @@ CAVEATS = """## What this scale can and cannot show
 """
 
 
+LENGTH_NOTE = (
+    "A summed log-ratio grows with the number of tokens, so it can prefer an answer for its length alone. "
+    "*summed* is the paper's reward; *per token* divides it by the scored tokens; the two split columns give "
+    "the summed-reward accuracy on the pairs whose chosen answer is the longer one (characters) and on the "
+    "others. A reward that tracks preference scores alike on both; one that tracks length scores high on one "
+    "and low on the other."
+)
+
+
+def _length_lines(accuracy: dict) -> list[str]:
+    """The held-out accuracies under the summed and per-token reward, split by which answer is longer."""
+    lines = ["### Preference or length?", "", LENGTH_NOTE, "",
+             ("| pairs | mode | lang | n | summed | per token | chosen longer (n) | chosen not longer (n) | "
+              "mean chars chosen / rejected |"), "|---" * 9 + "|"]
+    tables = [("English held-out", "crosslingual", accuracy["english"]["implicit_reward"], "en")]
+    tables += [("multilingual held-out", mode, r, lang) for mode, per_lang in accuracy["multilingual"].items()
+               for lang, r in sorted(per_lang.items())]
+    for source, mode, r, lang in tables:
+        if "per_token" not in r:  # an accuracy file written before these numbers existed
+            continue
+        longer, other = r["chosen_longer"], r["chosen_not_longer"]
+        lines.append(f"| {source} | {mode} | {lang} | {r['n']} | {_pct(r['accuracy'])} | "
+                     f"{_pct(r['per_token']['accuracy'])} | {_pct(longer['accuracy'])} ({longer['n']}) | "
+                     f"{_pct(other['accuracy'])} ({other['n']}) | {r['mean_len_chosen']:.0f} / "
+                     f"{r['mean_len_rejected']:.0f} |")
+    return lines + [""]
+
+
+def language_filter_effect(rows: list[dict]) -> dict:
+    """Pairs that differ between `language_filter: off` (the paper) and `all` (the old default),
+    summed over the run's iterations and languages, from pairs_stats.json."""
+    counted = [r for r in rows if r.get("pairs_differing_off_vs_all") is not None]
+    return {"differing_pairs": sum(r["pairs_differing_off_vs_all"] for r in counted),
+            "pairs": sum(r["pairs"] for r in counted), "iteration_languages": len(counted)}
+
+
+def _language_filter_lines(rows: list[dict], setting: str) -> list[str]:
+    effect = language_filter_effect(rows)
+    return [(f"Language filter: this run used `pairs.language_filter: {setting}`. Over its iterations and "
+             f"languages, {effect['differing_pairs']} of the prompts' pairs differ between `off` (the paper: "
+             f"off-language responses ranked like any other) and `all` (off-language responses dropped before "
+             f"selection, the old default): a pair present under one setting only, or with another chosen or "
+             f"rejected answer ({effect['pairs']} pairs kept under this run's setting). The last two columns "
+             f"below give it per iteration and language."), ""]
+
+
 def write_report(output_dir: Path, run: RunDir, accuracy: dict, timings: dict, quick: bool) -> Path:
     """Write report.json, report.md and the plots; return the Markdown path."""
     rows = summary_rows(run)
@@ -91,7 +139,8 @@ def write_report(output_dir: Path, run: RunDir, accuracy: dict, timings: dict, q
     data = {"quick": quick, "accuracy": accuracy, "iterations": rows, "training": train,
             "stage0": {"pairs": stage0["pairs"], "steps": stage0["steps"], "before": stage0["before"],
                        "after": stage0["after"]},
-            "timings_s": timings, "run_dir": str(run.root), "versions": run.manifest.get("versions", {})}
+            "timings_s": timings, "run_dir": str(run.root), "versions": run.manifest.get("versions", {}),
+            "language_filter": run.config.pairs.language_filter, "language_filter_effect": language_filter_effect(rows)}
     write_json_atomic(output_dir / "report.json", data)
     _plot_accuracy(accuracy, output_dir / "reward_accuracy.png")
     _plot_iterations(rows, output_dir / "iterations.png")
@@ -115,7 +164,8 @@ def write_report(output_dir: Path, run: RunDir, accuracy: dict, timings: dict, q
         c, m = multi["crosslingual"][lang], multi["multilingual"][lang]
         lines.append(f"| {lang} | {c['n']} | {_pct(c['accuracy'])} [{_pct(c['ci_low'])}, {_pct(c['ci_high'])}] | "
                      f"{_pct(m['accuracy'])} [{_pct(m['ci_low'])}, {_pct(m['ci_high'])}] |")
-    lines += ["", "![reward accuracy](reward_accuracy.png)", "", "## ICR iterations", "",
+    lines += ["", "![reward accuracy](reward_accuracy.png)", "", *_length_lines(accuracy), "## ICR iterations", "",
+              *_language_filter_lines(rows, run.config.pairs.language_filter),
               (run.root / "summary.md").read_text(encoding="utf-8"), "![iterations](iterations.png)", "",
               "| iteration | pairs | steps | DPO loss before → after | NLL before → after | reward acc. after |",
               "|---|---|---|---|---|---|"]
