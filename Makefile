@@ -4,6 +4,7 @@
 #                  or processes (real `icr run` processes signalled again and again)
 # make lint   ruff check, ruff format --check and the import-layer contracts (lint-imports)
 # make bench  set up .venv, then run the benchmarks into benchmarks/results/
+# make bench-gpu  the GPU benchmark (Llama-3-8B shape, random weights) into benchmarks/results/gpu-latest.*
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -19,7 +20,7 @@ export TOKENIZERS_PARALLELISM = false
 # torch 2.5x slower.
 export OMP_WAIT_POLICY = PASSIVE
 
-.PHONY: setup lint test test-fast demo demo-quick bench docs clean
+.PHONY: setup lint test test-fast demo demo-quick bench bench-gpu docs clean
 
 setup: $(VENV)/.installed
 
@@ -52,6 +53,12 @@ demo-quick: setup
 
 bench: setup
 	$(PY) benchmarks/run.py
+
+# SHAPE=qwen2.5-7b for the other shape; SHAPE=tiny dry-runs it on a CPU (into a temp folder: OUT=...)
+SHAPE ?= llama3-8b
+OUT   ?= benchmarks/results
+bench-gpu: setup
+	$(PY) benchmarks/gpu.py --shape $(SHAPE) --out $(OUT)
 
 docs: setup
 	$(PY) scripts/gen_cli_docs.py > docs/cli.md

@@ -13,6 +13,7 @@ import sys
 from contextlib import contextmanager
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -35,7 +36,7 @@ from icr.faults import (
 from icr.oom import OomBackoff
 from icr.rewarding import make_strategy
 from icr.sampling import HFGenerator
-from icr.scoring import _SCORING_OOM
+from icr.scoring import _SCORING_OOM, score_groups
 from icr.stages.generate import generate_language
 from icr.stages.reward import reward_language
 
@@ -97,6 +98,33 @@ def test_out_of_memory_in_scoring_halves_sub_batches_and_writes_identical_record
                for r in caplog.records)
 
 
+@pytest.mark.parametrize("profile", ["cpu", "cuda"])
+def test_out_of_memory_in_scoring_gives_identical_log_probs_under_each_device_profile(tiny_lm, monkeypatch, profile):
+    """The CUDA profile (run here on CPU tensors) prefills many prompts per forward and rounds widths
+    up: a prefill batch and a sub-batch that run out of memory are split, each part at the widths of
+    the whole, and the numbers are those of the unfaulted run (CPU profile: bit for bit)."""
+    from test_scoring_device import _cuda_profile_on_cpu, _groups
+
+    if profile == "cuda":
+        _cuda_profile_on_cpu(monkeypatch, tiny_lm.model.config.vocab_size)
+    groups = _groups(len(tiny_lm.tokenizer))
+    clean = score_groups(tiny_lm.model, groups, token_budget=10**6, per_token=True)
+    # forwards on several rows: CUDA, the prefill of all 5 prompts, then of the second half (3 prompts);
+    # CPU, the one sub-batch of all 16 completions, then its second half
+    with oom_at(tiny_lm.model.get_decoder(), {1, 3}, min_rows=2) as faults:
+        faulted = score_groups(tiny_lm.model, groups, token_budget=10**6, per_token=True)
+    assert faults.hits == 2 and _SCORING_OOM.retries == 2
+    if profile == "cpu":
+        assert faulted == clean
+        return
+    # The CUDA profile's output layer takes scored positions in chunks of rows; a part of a sub-batch
+    # shifts the chunk boundaries, and a matmul of other shapes may round otherwise (seen: 1 float32 ulp).
+    # A misaligned width or cache would be off by far more.
+    for got, want in zip(faulted, clean):
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+
+
 def test_out_of_memory_on_one_row_is_a_clear_error(tiny_lm, tiny_ref_lm, tmp_path):
     calls = set(range(1, 100))
     with oom_at(tiny_lm.model.get_decoder(), calls), \
@@ -140,6 +168,22 @@ def test_out_of_memory_in_generation_halves_rows_and_writes_identical_records(ti
         generate_language(generator, PROMPTS, faulted, cfg, seed=0, iteration=0, max_prompt_tokens=512)
     assert faults.hits == 2 and generator.oom.retries == 2
     assert faulted.read_bytes() == clean.read_bytes()
+
+
+def test_out_of_memory_in_a_call_sized_to_free_gpu_memory_writes_identical_records(tiny_lm, tmp_path, monkeypatch):
+    import icr.sampling
+
+    cfg = GenerateConfig(n=3, max_new_tokens=6, batch_prompts=5)
+    monkeypatch.setattr(icr.sampling, "rows_that_fit", lambda model, tokens: 7)  # as on a GPU: 2 prompts a call
+    clean = tmp_path / "clean.jsonl"
+    generate_language(HFGenerator(tiny_lm, cfg), PROMPTS, clean, cfg, seed=0, iteration=0, max_prompt_tokens=512)
+    generator = HFGenerator(tiny_lm, cfg)
+    # a decoding step of the first call's 6 rows fails: 3 + 3 rows, at the call's prompt width
+    with oom_at(tiny_lm.model, {4}, min_rows=6) as faults:
+        generate_language(generator, PROMPTS, tmp_path / "faulted.jsonl", cfg, seed=0, iteration=0,
+                          max_prompt_tokens=512)
+    assert faults.hits == 1 and generator.oom.retries == 1
+    assert (tmp_path / "faulted.jsonl").read_bytes() == clean.read_bytes()
 
 
 def test_out_of_memory_in_eval_generation_gives_identical_outputs(tiny_lm, tmp_path):

@@ -38,10 +38,11 @@ def free_accelerator_memory() -> None:
 
 
 class OomBackoff:
-    """Run row-wise work in sub-batches that fit: `run(rows, width, work)` calls `work(part)` (one
-    result per row, in order) on parts of `rows`. A part that runs out of memory is split in halves
-    and retried, and from then on parts hold at most half its rows × `width` (the token cells that
-    did not fit), so later sub-batches do not fail first. One row that does not fit is an error.
+    """Run row-wise work in sub-batches that fit: `run(rows, width, work)` calls `work(part)` on parts
+    of `rows` and concatenates the lists it returns, in order (one result per row, or e.g. one per
+    part). A part that runs out of memory is split in halves and retried, and from then on parts
+    hold at most half its rows × `width` (the token cells that did not fit), so later sub-batches do
+    not fail first. One row that does not fit is an error.
 
     `work` must compute each row as it would in the whole sub-batch (same padded widths), so that
     the results do not depend on the split. A pending stop signal is acted on between parts."""

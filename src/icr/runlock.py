@@ -36,9 +36,16 @@ _NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 _HELD: dict[str, RunLock] = {}  # taken by this process: a nested command on the same run shares it
 
 
+def command_line() -> str:
+    """This process's command as its user typed it: `icr run ...`, or `python -m icr.cli run ...`."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    program = f"python -m {spec.name.removesuffix('.__main__')}" if spec else Path(sys.argv[0]).name
+    return " ".join([program, *sys.argv[1:]])
+
+
 def holder_record(world: int = 1) -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300], "processes": world}
+            "command": command_line()[:300], "processes": world}
 
 
 def describe(holder: dict) -> str:

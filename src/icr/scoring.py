@@ -12,9 +12,14 @@ computed so that it costs little more than the arithmetic it needs:
   in a cache allocated once at its final width (the completion's keys/values are written in place);
 * on CPU, attention runs on the key/value heads as they are (grouped-query models), not on copies
   expanded to every query head;
-* the output layer is applied only to the positions that are scored, a slice of the vocabulary at
-  a time, taking the target logit and a running logsumexp: a full-vocabulary log-softmax over every
-  position of a batch is never held in memory.
+* the output layer is applied only to the positions that are scored, by chunks (`icr.scoring_head`):
+  a full-vocabulary log-softmax over every position of a batch is never held in memory;
+* what differs between a CPU and a GPU (output-layer strategy, prompts per prefill forward, shape
+  bucketing, `token_budget: auto`) is a device profile, `icr.scoring_device`; the log-probabilities
+  of all sub-batches are read back from the device once, at the end;
+* a prefill batch or a sub-batch that runs out of memory is split in halves and retried
+  (`icr.oom.OomBackoff`), each part padded to the widths of the whole, so the numbers do not depend
+  on the split (where the kernels do not depend on the number of rows).
 
 `reference_logprobs` is the plain computation (one full forward per sequence, full log-softmax);
 tests hold the scorer to it within 1e-4 per token.
@@ -22,21 +27,20 @@ tests hold the scorer to it within 1e-4 per token.
 
 from __future__ import annotations
 
-import copy
-import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 
 import torch
-from transformers.cache_utils import Cache, DynamicLayer
+from transformers.cache_utils import DynamicCache
 
 from icr.models import LoadedModel, tokenize_exchange
 from icr.oom import OomBackoff
+from icr.scoring_cache import Prefix, batch_cache, plain_layers, repeated_cache, row_view
+from icr.scoring_device import ScoringProfile, profile_for, resolve_token_budget
+from icr.scoring_head import _logit_transform  # noqa: F401  (re-exported: part of the scorer's interface)
 
-LOGIT_CHUNK_ELEMENTS = 1 << 23  # logits held at once: positions × vocabulary slice (32 MiB in fp32)
-VOCAB_CHUNK = 2048  # vocabulary slice of the output layer computed at a time
 CACHE_BUDGET_FACTOR = 2  # rows × (cached prompt + completion) per sub-batch, in token budgets (the KV memory)
 _SCORING_OOM = OomBackoff("scoring", "Lower reward.token_budget (training: train.max_length), or free the GPU")
 
@@ -57,62 +61,10 @@ class ScoreGroup:
             self.score_from = [0] * len(self.completions)
 
 
-def _logit_transform(model) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Post-processing some architectures apply to the output layer (softcapping, scaling)."""
-    config = model.config
-    cap = getattr(config, "final_logit_softcapping", None)
-    scale = getattr(model, "logit_scale", None)
-    divisor = getattr(config, "logits_scaling", None)
-
-    def transform(logits: torch.Tensor) -> torch.Tensor:
-        if isinstance(scale, (int, float)):
-            logits = logits * scale
-        if divisor:
-            logits = logits / divisor
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        return logits
-
-    return transform
-
-
 def token_logprobs_from_hidden(model, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log softmax(head(hidden))[target] for M positions. hidden: [M, H]; targets: [M] -> float32 [M].
-
-    The output layer runs over a slice of the vocabulary at a time with a running logsumexp
-    (max m, sum s: s <- s·exp(m − m') + Σ exp(z − m')), on many positions at once: a [positions ×
-    2048] block of logits stays in cache, where a [positions × vocabulary] one streams through
-    memory and runs the matmul at about two thirds of the rate (measured on a 2-core CPU)."""
-    head = model.get_output_embeddings()
-    transform = _logit_transform(model)
-    vocab = head.weight.shape[0]
-    # A wrapped head (e.g. by an adapter) is called as a module, on the whole vocabulary.
-    sliced = type(head) is torch.nn.Linear and hidden.dtype == head.weight.dtype
-    vocab_chunk = min(VOCAB_CHUNK, vocab) if sliced else vocab
-    row_chunk = max(1, LOGIT_CHUNK_ELEMENTS // vocab_chunk)
-    out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
-    for r0 in range(0, hidden.shape[0], row_chunk):
-        h, t = hidden[r0 : r0 + row_chunk], targets[r0 : r0 + row_chunk]
-        top = torch.full((h.shape[0],), -torch.inf, device=h.device)
-        total = torch.zeros(h.shape[0], device=h.device)
-        target = torch.empty(h.shape[0], device=h.device)
-        buffer = torch.empty(h.shape[0], vocab_chunk, dtype=h.dtype, device=h.device) if sliced else None
-        for v0 in range(0, vocab, vocab_chunk):
-            if sliced:
-                weight = head.weight[v0 : v0 + vocab_chunk]
-                logits = torch.matmul(h, weight.t(), out=buffer[:, : weight.shape[0]])
-                if head.bias is not None:
-                    logits += head.bias[v0 : v0 + vocab_chunk]
-            else:
-                logits = head(h)
-            logits = transform(logits).float()
-            rows = ((t >= v0) & (t < v0 + logits.shape[1])).nonzero()[:, 0]
-            target[rows] = logits[rows, t[rows] - v0]
-            new_top = torch.maximum(top, logits.amax(dim=-1))
-            total = total * torch.exp(top - new_top) + logits.sub_(new_top[:, None]).exp_().sum(dim=-1)
-            top = new_top
-        out[r0 : r0 + row_chunk] = target - (total.log() + top)
-    return out
+    """log softmax(head(hidden))[target] for M positions (hidden: [M, H]; targets: [M] -> float32 [M]),
+    by the output layer of the device's profile (`icr.scoring_head`)."""
+    return profile_for(hidden.device).output_layer(model, hidden, targets)
 
 
 GQA_ATTENTION = "icr_sdpa_gqa"  # our name in transformers' AttentionInterface
@@ -141,13 +93,13 @@ def _sdpa_gqa_attention(module, query, key, value, attention_mask, dropout=0.0, 
 
 
 @contextmanager
-def _gqa_attention(model):
-    """Within the block, a CPU model with grouped-query attention over SDPA uses `_sdpa_gqa_attention`."""
+def _gqa_attention(model, profile: ScoringProfile):
+    """Within the block, a grouped-query model over SDPA uses `_sdpa_gqa_attention` where the device's
+    profile asks for it (CPU: PyTorch's kernel takes a mask and GQA together; CUDA's masked ones do not)."""
     config = model.config
     grouped = getattr(config, "num_key_value_heads", None) not in (None, getattr(config, "num_attention_heads", None))
     settable = getattr(type(model), "_can_set_attn_implementation", lambda: False)
-    switch = (grouped and config._attn_implementation == "sdpa" and next(model.parameters()).device.type == "cpu"
-              and settable())
+    switch = grouped and config._attn_implementation == "sdpa" and profile.kv_heads_as_they_are and settable()
     if not switch:
         yield
         return
@@ -183,118 +135,91 @@ def _sub_batches(order: list[int], lengths: list[int], token_budget: int,
     return batches
 
 
-@dataclass
-class _Prefix:
-    """A prompt after its forward pass: its key/value cache and the hidden state that predicts
-    the first completion token."""
-
-    cache: object
-    last_hidden: torch.Tensor
-    length: int
-
-
-def _plain_layers(cache) -> bool:
-    """Caches whose layers are plain growing key/value tensors can be stacked across prompts."""
-    return all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", [None]))
-
-
-class _FilledLayer(DynamicLayer):
-    """A key/value cache layer whose tensors already have their final width: `update` writes the new
-    tokens in place (DynamicLayer concatenates: a copy of the whole cache per layer and pass)."""
-
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, filled: int):
-        super().__init__()
-        self.keys, self.values, self.filled = keys, values, filled
-        self.dtype, self.device = keys.dtype, keys.device
-        self.is_initialized = True
-
-    def update(self, key_states, value_states, *args, **kwargs):
-        end = self.filled + key_states.shape[-2]
-        self.keys[..., self.filled : end, :] = key_states
-        self.values[..., self.filled : end, :] = value_states
-        self.filled = end
-        return self.keys[..., :end, :], self.values[..., :end, :]
-
-    def get_seq_length(self) -> int:
-        return self.filled
-
-
-def _batch_cache(prefixes: list[_Prefix], row_prefix: list[int], width: int, prompt_width: int | None = None):
-    """One cache for a sub-batch, allocated at its final width: row r holds prompt `row_prefix[r]`,
-    left-padded with zeros to the longest prompt (the caller masks the padding), then room for `width`
-    completion tokens, which `_FilledLayer.update` writes in place. Rows of one prompt must be adjacent.
-    `prompt_width` (default: the longest of these prompts) is that of the whole sub-batch when these
-    rows are part of one (`icr.faults.OomBackoff`)."""
-    prompt_width = prompt_width or max(prefixes[k].length for k in row_prefix)
-    spans, start = [], 0  # (prompt, first row, end row)
-    for k, rows in itertools.groupby(row_prefix):
-        end = start + len(list(rows))
-        spans.append((k, start, end))
-        start = end
-    layers = []
-    for layer_idx in range(len(prefixes[0].cache.layers)):
-        tensors = []
-        for name in ("keys", "values"):
-            first = getattr(prefixes[0].cache.layers[layer_idx], name)
-            buffer = first.new_empty((len(row_prefix), *first.shape[1:-2], prompt_width + width, first.shape[-1]))
-            for k, r0, r1 in spans:
-                pad = prompt_width - prefixes[k].length
-                buffer[r0:r1, ..., :pad, :] = 0  # masked, but garbage there could be NaN, and NaN x 0 = NaN
-                buffer[r0:r1, ..., pad:prompt_width, :] = getattr(prefixes[k].cache.layers[layer_idx], name)
-            tensors.append(buffer)
-        layers.append(_FilledLayer(*tensors, filled=prompt_width))
-    return Cache(layers=layers)
-
-
-def _repeated_cache(prefix: _Prefix, rows: int):
-    """A copy of one prompt's cache, of any layer type, repeated over `rows` rows."""
-    cache = copy.deepcopy(prefix.cache)
-    cache.batch_repeat_interleave(rows)
-    return cache
-
-
 @torch.no_grad()
 def score_groups(
-    model, groups: Sequence[ScoreGroup], token_budget: int = 4096, per_token: bool = False
+    model, groups: Sequence[ScoreGroup], token_budget: int | str = 4096, per_token: bool = False
 ) -> list[list[float]] | list[list[list[float]]]:
     """For each group, the summed log-probability of each completion (per-token lists if `per_token`).
 
-    Every prompt runs through the model once. The completions of all groups are then sorted by
-    length and cut into sub-batches under the token budget, so that completions of different
-    prompts share a forward pass with little padding: each row gets its own prompt's cache,
-    left-padded to the longest prompt of the sub-batch and masked, and positions that continue
-    its own prompt. (Models whose caches are not plain key/value tensors, e.g. sliding-window
-    layers, batch only the completions of one prompt together.)"""
-    with _gqa_attention(model):
-        return _score_groups(model, groups, token_budget, per_token)
+    Every prompt runs through the model once (on a GPU, many prompts per forward). The completions of
+    all groups are then sorted by length and cut into sub-batches under the token budget, so that
+    completions of different prompts share a forward pass with little padding: each row gets its own
+    prompt's cache, left-padded to the longest prompt of the sub-batch and masked, and positions that
+    continue its own prompt. (Models whose caches are not plain key/value tensors, e.g. sliding-window
+    layers, batch only the completions of one prompt together.) `token_budget='auto'` takes the device
+    profile's (`icr.scoring_device`): 4096 on a CPU, sized from free memory on a GPU."""
+    profile = profile_for(next(model.parameters()).device)
+    with _gqa_attention(model, profile):
+        return _score_groups(model, groups, resolve_token_budget(token_budget, model, profile), per_token, profile)
 
 
-def _score_groups(model, groups, token_budget, per_token):
-    device = next(model.parameters()).device
+def _score_groups(model, groups, token_budget, per_token, profile: ScoringProfile):
     decoder = model.get_decoder()
-    prefixes = []
-    for group in groups:  # one row each: out of memory here is a clear error, not a retry
-        out, = _SCORING_OOM.run([group], len(group.prompt_ids), lambda part: [
-            decoder(input_ids=torch.tensor([part[0].prompt_ids], device=device), use_cache=True)])
-        prefixes.append(_Prefix(out.past_key_values, out.last_hidden_state[0, -1], len(group.prompt_ids)))
-    mixable = all(_plain_layers(p.cache) for p in prefixes)
+    batched = profile.batched_prefill and plain_layers(DynamicCache(config=model.config))
+    prefixes = (_prefill_batched if batched else _prefill_each)(decoder, groups, token_budget, profile)
+    mixable = all(plain_layers(p.cache) for p in prefixes)
     rows = [(g, i) for g, group in enumerate(groups) for i in range(len(group.completions))]
     lengths = [len(groups[g].completions[i]) for g, i in rows]
     order = sorted(range(len(rows)), key=lambda r: (-lengths[r], rows[r]))
     prompt_lengths = [prefixes[g].length for g, _ in rows]
     batches = [sub for part in ([order] if mixable else _split_by_group(order, rows))
                for sub in _sub_batches(part, lengths, token_budget, prompt_lengths)]
-    results: list[list] = [[None] * len(group.completions) for group in groups]
+
+    def score(part: list[tuple[int, int]], widths: tuple[int, int]) -> list[tuple]:
+        return [(part, *_score_rows(model, decoder, groups, prefixes, part, mixable, profile, widths))]
+
+    scored = []  # (rows of a sub-batch or of a part of one, row of each scored token, their log-probs on the device)
     for batch in batches:
         members = sorted(rows[r] for r in batch)  # a prompt's rows adjacent: its cache is copied in one slice
-        # the sub-batch's padded widths, kept by the halves of a sub-batch that runs out of memory
-        widths = (max(prefixes[g].length for g, _ in members),
-                  max(len(groups[g].completions[i]) for g, i in members) - 1)
-        per_row = _SCORING_OOM.run(members, sum(widths), partial(_score_rows, model, decoder, groups, prefixes,
-                                                                  plain=mixable, widths=widths))
+        widths = _padded_widths(groups, prefixes, members, mixable, profile)
+        scored += _SCORING_OOM.run(members, sum(widths), partial(score, widths=widths))
+    # The one wait for the device: every sub-batch's numbers come back together.
+    flat = iter(torch.cat([logps for *_, logps in scored]).tolist() if scored else [])
+    results: list[list] = [[None] * len(group.completions) for group in groups]
+    for members, owners, _ in scored:
+        per_row: list[list[float]] = [[] for _ in members]
+        for r in owners:
+            per_row[r].append(next(flat))
         for (g, i), logps in zip(members, per_row):
             results[g][i] = logps if per_token else float(sum(logps))
     return results
+
+
+def _prefill_each(decoder, groups, token_budget, profile: ScoringProfile) -> list[Prefix]:
+    """One forward per prompt (CPU: no padding at all; any cache type)."""
+    device = next(decoder.parameters()).device
+
+    def prefill(part: list[ScoreGroup]) -> list[Prefix]:  # one row: out of memory is a clear error
+        out = decoder(input_ids=profile.to_device([part[0].prompt_ids], device), use_cache=True)
+        return [Prefix(out.past_key_values, out.last_hidden_state[0, -1], len(part[0].prompt_ids))]
+
+    return [prefix for group in groups for prefix in _SCORING_OOM.run([group], len(group.prompt_ids), prefill)]
+
+
+def _prefill_batched(decoder, groups, token_budget, profile: ScoringProfile) -> list[Prefix]:
+    """Prompts sorted by length, right-padded to a bucketed width, as many per forward as the token
+    budget allows. Right padding needs no mask: causal attention keeps a prompt's tokens from seeing the
+    padding after them, so each prompt's keys/values and last hidden state are those of its own forward.
+    Each prefix is a view of its rows of the batch's cache."""
+    device = next(decoder.parameters()).device
+    lengths = [len(g.prompt_ids) for g in groups]
+    order = sorted(range(len(groups)), key=lambda k: (-lengths[k], k))
+    widths = [profile.round_width(n) for n in lengths]
+
+    def prefill(part: list[int], width: int) -> list[Prefix]:
+        ids = [groups[k].prompt_ids + [groups[k].prompt_ids[-1]] * (width - lengths[k]) for k in part]
+        out = decoder(input_ids=profile.to_device(ids, device), use_cache=True)
+        ends = profile.to_device([lengths[k] - 1 for k in part], device)
+        lasts = out.last_hidden_state[torch.arange(len(part), device=device), ends]
+        return [Prefix(row_view(out.past_key_values, row, lengths[k]), lasts[row], lengths[k])
+                for row, k in enumerate(part)]
+
+    prefixes: list[Prefix | None] = [None] * len(groups)
+    for batch in _sub_batches(order, widths, token_budget):
+        width = widths[batch[0]]  # a batch that runs out of memory is prefilled in parts of this width
+        for k, prefix in zip(batch, _SCORING_OOM.run(batch, width, partial(prefill, width=width))):
+            prefixes[k] = prefix
+    return prefixes
 
 
 def _split_by_group(order: list[int], rows: list[tuple[int, int]]) -> list[list[int]]:
@@ -305,53 +230,61 @@ def _split_by_group(order: list[int], rows: list[tuple[int, int]]) -> list[list[
     return list(parts.values())
 
 
+def _padded_widths(groups, prefixes, batch: list[tuple[int, int]], plain: bool,
+                   profile: ScoringProfile) -> tuple[int, int]:
+    """(cached prompt, completion input) widths of a sub-batch: its longest of each, rounded by the
+    profile (the completion width is 0 when no completion has a token to feed)."""
+    # Inputs are completion[:-1]: the hidden state after the last token predicts nothing we score.
+    width = max(len(groups[g].completions[i]) for g, i in batch) - 1
+    longest_prompt = max(prefixes[g].length for g, _ in batch)
+    if width <= 0:
+        return longest_prompt, 0
+    return (profile.round_width(longest_prompt) if plain else longest_prompt), profile.round_width(width)
+
+
 def _score_rows(model, decoder, groups, prefixes, batch: list[tuple[int, int]], plain: bool,
-                widths: tuple[int, int]) -> list[list[float]]:
+                profile: ScoringProfile, widths: tuple[int, int]) -> tuple[list[int], torch.Tensor]:
     """Per-token log-probabilities of the completions `batch` ((group, completion) pairs, a group's
-    rows adjacent; of one group unless the caches are `plain` key/value tensors), padded to
-    `widths` (prompt, completion inputs): those of the sub-batch they belong to."""
+    rows adjacent; of one group unless the caches are `plain` key/value tensors), padded to `widths`
+    (`_padded_widths` of the sub-batch they belong to): the row of each scored token, and the float32
+    log-probabilities, left on the device."""
     device = prefixes[0].last_hidden.device
     completions = [groups[g].completions[i] for g, i in batch]
-    # Inputs are completion[:-1]: the hidden state after the last token predicts nothing we score.
     prompt_width, width = widths
     hidden = None
     if width > 0:
         row_prefix = [g for g, _ in batch]
-        inputs = torch.tensor([c[:-1] + [c[0]] * (width - max(len(c) - 1, 0)) if c else [0] * width
-                               for c in completions], device=device)
+        prompt_lengths = [prefixes[g].length for g in row_prefix]
+        inputs = [c[:-1] + [c[0]] * (width - max(len(c) - 1, 0)) if c else [0] * width for c in completions]
         # Completion tokens are right-padded: causal attention keeps real tokens from seeing them.
-        mask = torch.ones(len(batch), prompt_width + width, dtype=torch.long, device=device)
-        starts = torch.tensor([prefixes[g].length for g in row_prefix], device=device)
-        for r, g in enumerate(row_prefix):
-            mask[r, : prompt_width - prefixes[g].length] = 0
-        positions = starts[:, None] + torch.arange(width, device=device)[None, :]
-        hidden = decoder(input_ids=inputs, attention_mask=mask, position_ids=positions,
-                         past_key_values=_batch_cache(prefixes, row_prefix, width, prompt_width) if plain
-                         else _repeated_cache(prefixes[row_prefix[0]], len(batch)),
-                         use_cache=True).last_hidden_state
+        # Cached prompts are left-padded to prompt_width, and the padding masked.
+        starts = profile.to_device(prompt_lengths, device)
+        columns = torch.arange(prompt_width + width, device=device)
+        mask = (columns[None, :] >= (prompt_width - starts)[:, None]).long()
+        positions = starts[:, None] + columns[None, :width]
+        cache = (batch_cache(prefixes, row_prefix, width, prompt_width) if plain
+                 else repeated_cache(prefixes[row_prefix[0]], len(batch)))
+        hidden = decoder(input_ids=profile.to_device(inputs, device), attention_mask=mask, position_ids=positions,
+                         past_key_values=cache, use_cache=True).last_hidden_state
     # Row r's token j is predicted by hidden[r, j-1], or for j = 0 by its prompt's last hidden state,
     # which sits after the rows × width hidden states in `states`.
     lasts = torch.stack([p.last_hidden for p in prefixes])
     states = lasts if hidden is None else torch.cat([hidden.reshape(-1, hidden.shape[-1]), lasts])
     first_last = states.shape[0] - len(prefixes)
-    sources, targets, owner = [], [], []
+    sources, targets, owners = [], [], []
     for r, ((g, i), c) in enumerate(zip(batch, completions)):
         for j in range(groups[g].score_from[i], len(c)):
             sources.append(first_last + g if j == 0 else r * width + j - 1)
             targets.append(c[j])
-            owner.append(r)
-    per_row: list[list[float]] = [[] for _ in batch]
+            owners.append(r)
     if not sources:
-        return per_row
-    vectors = states[torch.tensor(sources, device=device)]
-    logps = token_logprobs_from_hidden(model, vectors, torch.tensor(targets, device=device)).tolist()
-    for r, lp in zip(owner, logps):
-        per_row[r].append(lp)
-    return per_row
+        return owners, torch.empty(0, device=device)
+    vectors = states[profile.to_device(sources, device)]
+    return owners, token_logprobs_from_hidden(model, vectors, profile.to_device(targets, device))
 
 
 def score_group(
-    model, group: ScoreGroup, token_budget: int = 4096, per_token: bool = False
+    model, group: ScoreGroup, token_budget: int | str = 4096, per_token: bool = False
 ) -> list[float] | list[list[float]]:
     """Summed log-probability of each completion of `group` (or per-token lists if `per_token`)."""
     return score_groups(model, [group], token_budget, per_token)[0]
@@ -375,7 +308,7 @@ def _exchange_group(lm: LoadedModel, instruction: str, responses: list[str], sco
     return group, [len(c) - k for (_, c), k in zip(exchanges, skipped)]
 
 
-def score_responses(lm: LoadedModel, items: list[tuple[str, list[str]]], token_budget: int,
+def score_responses(lm: LoadedModel, items: list[tuple[str, list[str]]], token_budget: int | str,
                     score_tokens: str = "all") -> list[tuple[list[float], list[int]]]:
     """For each (instruction, responses): (summed log π(y|x) per response, scored token counts),
     the tokens DPO trains on (`icr.models.tokenize_exchange`; `score_tokens` = 'skip_first' leaves

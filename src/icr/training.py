@@ -52,7 +52,7 @@ def _pair_tokens(tokenizer, pair: dict, max_length: int):
                                                                                      len(p_r) - shared)
 
 
-def reference_logps(reference: LoadedModel, pairs: list[dict], max_length: int, token_budget: int,
+def reference_logps(reference: LoadedModel, pairs: list[dict], max_length: int, token_budget: int | str,
                     per_token_nll: bool = False) -> list[dict]:
     """ref_chosen_logps / ref_rejected_logps per pair (our scorer, TRL's tokens and truncation).
     With `per_token_nll`, also the token-mean NLL of the chosen response."""
@@ -97,7 +97,7 @@ def usable_pairs(tokenizer, pairs: list[dict], max_length: int) -> list[dict]:
 
 
 def cached_reference_logps(reference: LoadedModel, pairs_file: Path, pairs: list[dict], config: TrainConfig,
-                           cache_dir: Path, token_budget: int) -> list[dict]:
+                           cache_dir: Path, token_budget: int | str) -> list[dict]:
     """Reference log-probs keyed by (pairs content, reference model fingerprint, max_length)."""
     key = hashlib.sha256(
         pairs_file.read_bytes() + fingerprint(reference.path).encode() + f"{config.max_length}|nll".encode()
@@ -246,7 +246,7 @@ def _lora(config: TrainConfig):
                           target_modules=lora.target_modules, task_type="CAUSAL_LM")
 
 
-def train_dpo(model_spec: str, pairs_file: Path, out_dir: Path, config: TrainConfig, token_budget: int,
+def train_dpo(model_spec: str, pairs_file: Path, out_dir: Path, config: TrainConfig, token_budget: int | str,
               device: str, trust_remote_code: bool = False, allow_pickle: bool = False) -> dict:
     """Train π^{t+1} from π^t (= reference) on a pairs file; save a model folder at `out_dir`.
 
@@ -313,7 +313,7 @@ def training_memory(config: TrainConfig):
 
 
 def _save_and_measure(trainer, result, lm: LoadedModel, pairs: list[dict], ref: list[dict], config: TrainConfig,
-                      token_budget: int, folder: Path) -> dict:
+                      token_budget: int | str, folder: Path) -> dict:
     """Save the trained model to `folder` with its train_metrics.json: TRL's log history and the DPO
     and NLL terms before (the policy starts as the reference) and after training."""
     shard = current_shard()
