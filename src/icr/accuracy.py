@@ -12,11 +12,11 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from tqdm.auto import tqdm
 
 from icr.config import RewardConfig
 from icr.data import DataError, read_jsonl
 from icr.models import LoadedModel
+from icr.progress import progress
 from icr.reward import reward_records
 
 REQUIRED = ("id", "lang", "prompt", "prompt_en", "chosen", "rejected")
@@ -70,7 +70,7 @@ def reward_accuracy(policy: LoadedModel, reference: LoadedModel, pairs: list[dic
     """{lang: {accuracy, n, ci_low, ci_high, mean_margin}} for one rewarding mode."""
     wins: dict[str, float] = defaultdict(float)
     margins: dict[str, list[float]] = defaultdict(list)
-    with tqdm(total=len(pairs), desc=f"reward accuracy ({config.mode})", unit="pair") as bar:
+    with progress(len(pairs), f"reward accuracy ({config.mode})", "pair") as bar:
         for k in range(0, len(pairs), config.batch_prompts):
             chunk = pairs[k : k + config.batch_prompts]
             for pair, (chosen, rejected) in zip(chunk, pair_rewards(policy, reference, chunk, config, translator)):

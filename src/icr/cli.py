@@ -77,10 +77,11 @@ def resolve_config(config_path: str | None, options: dict[str, Any]) -> RunConfi
         raise click.UsageError(str(err)) from None
 
 
-def _setup_logging(verbose: bool) -> None:
+def _setup_logging(verbose: bool, quiet: bool = False) -> None:
     from rich.logging import RichHandler
 
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s",
                         handlers=[RichHandler(show_path=False, rich_tracebacks=False)], force=True)
     for noisy in ("httpx", "urllib3", "datasets", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -88,10 +89,19 @@ def _setup_logging(verbose: bool) -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
-def main(verbose: bool) -> None:
+@click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only: no progress bars, no progress lines.")
+@click.option("--progress", "progress_mode", type=click.Choice(["auto", "bar", "log", "none"]), default="auto",
+              show_default=True, help="How long jobs report: bar = progress bars, log = a plain line (stage, "
+              "done/total, rate, ETA) every --log-every seconds, none; auto = bars on a terminal, lines otherwise.")
+@click.option("--log-every", default=30.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds between progress lines in log mode.")
+def main(verbose: bool, quiet: bool, progress_mode: str, log_every: float) -> None:
     """Implicit Cross-lingual Rewarding: turn an English DPO model into multilingual preference
     pairs and train on them. See README.md and docs/cli.md."""
-    _setup_logging(verbose)
+    from icr.progress import configure
+
+    _setup_logging(verbose, quiet)
+    configure("none" if quiet else progress_mode, log_every)
 
 
 def _stage_command(stage: str, summary: str):
@@ -123,8 +133,10 @@ def run_command(config_path, **options):
     config = resolve_config(config_path, options)
     run = run_iterations(config)
     if run.shard.is_main:  # under `accelerate launch`, the main process writes and prints the summary
+        from icr.report import write_run_report
+
         click.echo((run.root / "summary.md").read_text())
-        click.echo(f"run finished: {run.root}")
+        click.echo(f"run finished: {run.root}; report: {write_run_report(run.root)}")
 
 
 @main.command(name="config")
@@ -200,6 +212,12 @@ def demo_command(quick, output_dir):
 from icr.eval_cli import eval_command  # noqa: E402  (after `main`, which it does not need)
 
 main.add_command(eval_command, name="eval")
+
+from icr.observe_cli import _plan_command, report_command, status_command  # noqa: E402
+
+main.add_command(_plan_command(), name="plan")
+main.add_command(status_command, name="status")
+main.add_command(report_command, name="report")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,22 @@ from icr.languages import check_language
 DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
 
 
+# Fields marked with this do not change what a stage computes (where logs go, names): they are left
+# out of the config hash, so changing them never refuses to resume a run.
+NOT_HASHED = {"hashed": False}
+
+
+def hashed_fields(section: BaseModel) -> dict[str, Any]:
+    """`section.model_dump()` without the fields marked `NOT_HASHED` (recursively)."""
+    out = {}
+    for name, info in type(section).model_fields.items():
+        if (info.json_schema_extra or {}).get("hashed", True) is False:
+            continue
+        value = getattr(section, name)
+        out[name] = hashed_fields(value) if isinstance(value, BaseModel) else section.model_dump(include={name})[name]
+    return out
+
+
 class StrictModel(BaseModel):
     """A config section: unknown keys are errors, assignments are validated."""
 
@@ -154,7 +170,28 @@ class TrainConfig(StrictModel):
     group_by_length: bool = Field(True, description="Batch pairs of similar length together (less padding; "
                                   "transformers' LengthGroupedSampler: random groups, sorted within).")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory (large models).")
+    report_to: list[str] = Field(
+        ["none"], description="Experiment trackers TRL logs to: none, tensorboard, wandb, trackio, or any "
+        "integration transformers accepts (several as a list). Logs go under <run>/tracking/iter_<t>.",
+        json_schema_extra=NOT_HASHED,
+    )
+    run_name: str | None = Field(
+        None, description="Name of the tracked run (wandb, trackio, ...); iteration t logs as <run_name>/iter_<t> "
+        "(default: the run's `name`).", json_schema_extra=NOT_HASHED,
+    )
     lora: LoraConfig = Field(default_factory=LoraConfig)
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _report_to_list(cls, value: Any) -> Any:
+        return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+
+    @field_validator("report_to")
+    @classmethod
+    def _known_trackers(cls, value: list[str]) -> list[str]:
+        from icr.tracking import check_report_to
+
+        return check_report_to(value)
 
 
 class RunConfig(StrictModel):
@@ -188,7 +225,7 @@ class RunConfig(StrictModel):
 
     def section_hash(self, *sections: str) -> str:
         """Stable hash of the named sections (plus the seed), to detect a changed config on resume."""
-        payload = {s: getattr(self, s).model_dump() if s != "seed" else self.seed for s in sections}
+        payload = {s: hashed_fields(getattr(self, s)) if s != "seed" else self.seed for s in sections}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

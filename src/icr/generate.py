@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
-from tqdm.auto import tqdm
 
 from icr.config import GenerateConfig
 from icr.data import JsonlAppender, Prompt, PromptSet
 from icr.distributed import Shard, owned_chunks, sharded_jsonl
 from icr.models import LoadedModel, end_of_turn_ids, prompt_ids
+from icr.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -201,8 +201,7 @@ def generate_language(
     def work(target: Path, done: set[str]) -> None:
         mine = owned_chunks(prompts, config.batch_prompts, shard, done, key=lambda p: p.id)
         todo = sum(p.id not in done for c in mine for p in c)
-        with JsonlAppender(target) as out, tqdm(total=todo, unit="prompt", desc=f"generate {lang}",
-                                                 disable=not todo) as bar:
+        with JsonlAppender(target) as out, progress(todo, f"generate {lang}", "prompt") as bar:
             for chunk in mine:
                 seeds = {p.id: prompt_seed(seed, iteration, p.lang, p.id) for p in chunk}
                 lengths = {p.id: generator.prompt_length(p.text) for p in chunk}

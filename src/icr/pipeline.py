@@ -158,6 +158,7 @@ def run_generate(run: RunDir, t: int, pool: ModelPool, prompts: PromptSet) -> No
     if run.is_done(t, "generate"):
         return
     config = run.config
+    _stage_started(run, t, "generate", len(prompts), "prompt")
     spec = policy_spec(config, t)
     if config.generate.backend == "vllm":
         from icr.models import resolve_model_path
@@ -178,6 +179,7 @@ def run_reward(run: RunDir, t: int, pool: ModelPool, prompts: PromptSet) -> None
     if run.is_done(t, "reward"):
         return
     config = run.config
+    _stage_started(run, t, "reward", len(prompts), "prompt")
     policy, reference = policy_spec(config, t), reward_reference_spec(config, t)
     translator = None
     if config.reward.mode == "translate":
@@ -200,6 +202,7 @@ def run_pairs(run: RunDir, t: int, prompts: PromptSet) -> dict:
         run.shard.wait()
         run.mark_done(t, "pairs")
         return read_json(run.iter_dir(t) / "pairs_stats.json")
+    _stage_started(run, t, "pairs", None, "")
     all_pairs, stats = [], {}
     for lang in prompts.languages:
         pairs, stats[lang] = select_pairs(read_jsonl(run.rewards_dir(t) / f"{lang}.jsonl"), run.config.pairs)
@@ -216,13 +219,29 @@ def run_train(run: RunDir, t: int, pool: ModelPool) -> None:
 
     if run.is_done(t, "train"):
         return
+    from icr.status import train_status_callback
+    from icr.tracking import tracked_run_name
+
     pool.clear()  # training loads its own copy; do not hold a second one
     config = run.config
+    _stage_started(run, t, "train", None, "step")
     spec = policy_spec(config, t)
     metrics = train_dpo(spec, run.pairs_file(t), run.model_dir(t), config.train, config.models.device,
-                        config.models.trust_remote_code, config.models.allow_pickle)
+                        config.models.trust_remote_code, config.models.allow_pickle,
+                        run_name=tracked_run_name(config.train.run_name, config.name, t),
+                        tracking_dir=run.root / "tracking" / f"iter_{t}",
+                        pair_stats=read_json(run.iter_dir(t) / "pairs_stats.json"),
+                        callbacks=(train_status_callback(run.root, t),))
     run.mark_done(t, "train", init=spec, output=str(run.model_dir(t)), steps=metrics["steps"],
                   after=metrics["after"])
+
+
+def _stage_started(run: RunDir, t: int, stage: str, expected: int | None, unit: str) -> None:
+    """For `icr status`: the stage starts, expecting `expected` records (`icr.status`)."""
+    from icr.status import stage_started
+
+    if run.shard.is_main:
+        stage_started(run.root, t, stage, run.config.iterations, expected, unit)
 
 
 STAGE_RUNNERS = {

@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
 
 from icr.config import RewardConfig
 from icr.data import JsonlAppender
 from icr.distributed import Shard, owned_chunks, sharded_jsonl
 from icr.languages import language_name
 from icr.models import LoadedModel, end_of_turn_ids, prompt_ids, tokenize_exchange
+from icr.progress import progress
 from icr.scoring import ScoreGroup, score_groups
 
 
@@ -180,8 +180,8 @@ def reward_language(
     def work(target: Path, done: set[str]) -> None:
         mine = owned_chunks(generations, config.batch_prompts, shard, done, key=lambda g: g["id"])
         todo = sum(g["id"] not in done for chunk in mine for g in chunk)
-        with JsonlAppender(target) as out, tqdm(total=todo, unit="prompt", desc=f"reward {lang} ({config.mode})",
-                                                 disable=not todo) as bar:
+        with JsonlAppender(target) as out, progress(todo, f"reward {lang} ({config.mode})",
+                                                                     "prompt") as bar:
             for chunk in mine:
                 records = reward_records(chunk, [english[g["id"]] for g in chunk], policy, reference, config,
                                          translator)

@@ -154,10 +154,13 @@ def score_only_labelled_positions() -> None:
 def _make_trainer_class():
     from trl import DPOTrainer
 
+    from icr.tracking import LossTermsMixin
+
     score_only_labelled_positions()
 
-    class ICRDPOTrainer(DPOTrainer):
-        """DPOTrainer that uses reference log-probs already present in the dataset."""
+    class ICRDPOTrainer(LossTermsMixin, DPOTrainer):
+        """DPOTrainer that uses reference log-probs already present in the dataset, and logs the
+        DPO and NLL terms of its loss separately (`icr.tracking`)."""
 
         def _precompute_ref_logps(self, dataset, name, batch_size):
             if "ref_chosen_logps" in dataset.column_names:
@@ -182,7 +185,7 @@ def _spot_check(trainer, dataset, tolerance: float = 1e-2) -> None:
         )
 
 
-def dpo_config(config: TrainConfig, output_dir: str, n_pairs: int):
+def dpo_config(config: TrainConfig, output_dir: str, n_pairs: int, run_name: str | None = None):
     from trl import DPOConfig
 
     use_cpu = not torch.cuda.is_available()
@@ -207,17 +210,30 @@ def dpo_config(config: TrainConfig, output_dir: str, n_pairs: int):
         use_cpu=use_cpu,
         logging_steps=1,
         save_strategy="no",
-        report_to=[],
+        report_to=config.report_to,
+        run_name=run_name,
         remove_unused_columns=False,
         dataloader_num_workers=0,
-        disable_tqdm=False,
+        disable_tqdm=True,  # `icr.progress` reports the steps (a bar on a terminal, log lines otherwise)
     )
 
 
-def dpo_trainer(lm: LoadedModel, dataset, config: TrainConfig, output_dir: str):
-    """Our DPOTrainer on `dataset` (see `preference_dataset`) with `config`'s arguments and LoRA."""
-    return _make_trainer_class()(model=lm.model, args=dpo_config(config, output_dir, len(dataset)),
-                                 train_dataset=dataset, processing_class=lm.tokenizer, peft_config=_lora(config))
+def dpo_trainer(lm: LoadedModel, dataset, config: TrainConfig, output_dir: str, run_name: str | None = None,
+                tracking_dir: Path | None = None):
+    """Our DPOTrainer on `dataset` (see `preference_dataset`) with `config`'s arguments and LoRA;
+    tracker logs (`train.report_to`) under `tracking_dir`, progress through `icr.progress`."""
+    from transformers import PrinterCallback
+
+    from icr.progress import trainer_callback
+    from icr.tracking import tensorboard_dir
+
+    with tensorboard_dir(tracking_dir):
+        trainer = _make_trainer_class()(model=lm.model, args=dpo_config(config, output_dir, len(dataset), run_name),
+                                        train_dataset=dataset, processing_class=lm.tokenizer,
+                                        peft_config=_lora(config))
+    trainer.remove_callback(PrinterCallback)  # it prints every log dict; the step progress replaces it
+    trainer.add_callback(trainer_callback())
+    return trainer
 
 
 def _lora(config: TrainConfig):
@@ -231,11 +247,14 @@ def _lora(config: TrainConfig):
 
 
 def train_dpo(model_spec: str, pairs_file: Path, out_dir: Path, config: TrainConfig, device: str = "auto",
-              trust_remote_code: bool = False, allow_pickle: bool = False) -> dict:
+              trust_remote_code: bool = False, allow_pickle: bool = False, run_name: str | None = None,
+              tracking_dir: Path | None = None, pair_stats: dict | None = None, callbacks: tuple = ()) -> dict:
     """Train π^{t+1} from π^t (= reference) on a pairs file; save a model folder at `out_dir`.
 
     The folder appears complete or not at all (written beside it, then renamed). Metrics go to
-    `out_dir/train_metrics.json`: TRL's log history plus the DPO and NLL terms before and after."""
+    `out_dir/train_metrics.json`: TRL's log history plus the DPO and NLL terms before and after.
+    Trackers (`config.report_to`) log under `tracking_dir` as `run_name`, with `pair_stats` (the
+    iteration's `pairs_stats.json`) at step 0; `callbacks` are extra transformers callbacks."""
     pairs = read_jsonl(pairs_file)
     if not pairs:
         raise ValueError(f"{pairs_file}: no preference pairs to train on")
@@ -253,7 +272,11 @@ def train_dpo(model_spec: str, pairs_file: Path, out_dir: Path, config: TrainCon
     before = dpo_terms(ref, ref, config.beta)  # the policy starts as the reference
     dataset = preference_dataset(lm.tokenizer, pairs, ref, config)
     lm.model.train()
-    trainer = dpo_trainer(lm, dataset, config, str(work / "trainer"))
+    trainer = dpo_trainer(lm, dataset, config, str(work / "trainer"), run_name, tracking_dir)
+    from icr.tracking import pair_statistics_callback
+
+    for callback in (pair_statistics_callback(trainer, pair_stats), *callbacks):
+        trainer.add_callback(callback)
     if config.precompute_ref:
         _spot_check(trainer, trainer.train_dataset)
     result = trainer.train()
