@@ -157,15 +157,15 @@ def run_status(root: str | Path, now: float | None = None) -> list[StageStatus]:
 
 
 def _iterations(root: Path, manifest: dict, started: dict) -> int:
-    """T from the run's config.yaml, else from the status files, else the iterations seen."""
+    """T from the run's config.yaml and the status files of started stages, else the iterations seen."""
+    seen = [info.get("iterations", 0) for info in started.values()]  # a resumed run may have raised T
     config = root / "config.yaml"
     if config.exists():
         import yaml
 
         value = (yaml.safe_load(config.read_text()) or {}).get("iterations")
         if isinstance(value, int):
-            return value
-    seen = [info.get("iterations", 0) for info in started.values()]
+            return max([value, *seen])
     seen += [int(k.split("/")[0].removeprefix("iter_")) + 1 for k in manifest["stages"]]
     return max(seen, default=1)
 
