@@ -12,11 +12,11 @@ ITERATION_PANELS = (
     ("target_language_share", "responses in the target language"),
 )
 TRAINING_PANELS = (
-    (("loss", "dpo_loss", "nll_loss"), "loss: total (—), DPO (--), NLL (:)"),
-    (("rewards/margins",), "reward margin β·Δ log-ratio"),
-    (("rewards/accuracies",), "reward accuracy"),
+    ("dpo_loss", "DPO term  −log σ(β·Δ)"),
+    ("nll_loss", "NLL term (chosen, token mean)"),
+    ("rewards/margins", "reward margin β·Δ log-ratio"),
+    ("rewards/accuracies", "reward accuracy"),
 )
-LINE_STYLES = ("-", "--", ":")
 
 
 def _pyplot():
@@ -28,10 +28,10 @@ def _pyplot():
     return plt
 
 
-def _integer_ticks(ax) -> None:
+def _integer_ticks(axis) -> None:
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _save(fig, path: Path) -> None:
@@ -57,7 +57,8 @@ def plot_iterations(rows: list[dict], path: Path) -> None:
                 ax.plot(xs, [r[key] for r in mine], marker="o", color=color, label=lang)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("iteration")
-        _integer_ticks(ax)
+        _integer_ticks(ax.xaxis)
+    _integer_ticks(axes[0].yaxis)  # pairs are counted
     axes[0].legend(fontsize=8)
     _save(fig, path)
 
@@ -76,25 +77,26 @@ def plot_pair_outcomes(rows: list[dict], path: Path) -> None:
     ax.set_xticks(range(len(rows)), labels, rotation=45 if len(rows) > 8 else 0, fontsize=8)
     ax.set_xlabel("iteration · language")
     ax.set_ylabel("prompts")
+    _integer_ticks(ax.yaxis)
     ax.set_title("What became of each prompt", fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     _save(fig, path)
 
 
 def plot_training(curves: dict[int, list[dict]], path: Path) -> None:
-    """Training curves per iteration (x = optimizer step): loss terms, reward margin, reward accuracy."""
+    """Training curves per iteration (x = optimizer step): the DPO and NLL terms of the loss (own
+    panels: their scales differ by an order of magnitude), reward margin and accuracy."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(TRAINING_PANELS), figsize=(4.2 * len(TRAINING_PANELS), 3.3))
-    for ax, (keys, title) in zip(axes, TRAINING_PANELS):
+    fig, axes = plt.subplots(1, len(TRAINING_PANELS), figsize=(3.6 * len(TRAINING_PANELS), 3.3))
+    for ax, (key, title) in zip(axes, TRAINING_PANELS):
         for t, points in sorted(curves.items()):
-            for key, style in zip(keys, LINE_STYLES):
-                pts = [(p["step"], p[key]) for p in points if p.get(key) is not None]
-                if pts:
-                    ax.plot([s for s, _ in pts], [v for _, v in pts], ls=style, color=f"C{t}",
-                            marker="." if len(pts) < 30 else None, label=f"iteration {t}" if style == "-" else None)
+            pts = [(p["step"], p[key]) for p in points if p.get(key) is not None]
+            if pts:
+                ax.plot([s for s, _ in pts], [v for _, v in pts], color=f"C{t}", marker="." if len(pts) < 30 else None,
+                        label=f"iteration {t}")
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("optimizer step")
-        _integer_ticks(ax)
+        _integer_ticks(ax.xaxis)
     axes[0].legend(fontsize=8)
     _save(fig, path)
 

@@ -114,7 +114,7 @@ def training_table(training: dict[int, dict]) -> list[str]:
              "reward acc. after | time |", "|" + "---|" * 8]
     for t, m in sorted(training.items()):
         b, a = m["before"], m["after"] or {}
-        runtime = f"{m['runtime_s']:.0f} s" if m.get("runtime_s") else "n/a"
+        runtime = f"{m['runtime_s']:.3g} s" if m.get("runtime_s") else "n/a"
         lines.append(f"| {t} | {m['pairs']} | {m['steps']} | {_num(b['dpo_loss'], 4)} → {_num(a.get('dpo_loss'), 4)} | "
                      f"{_num(b['nll_loss'], 3)} → {_num(a.get('nll_loss'), 3)} | {_num(a.get('reward_margin'), 3)} | "
                      f"{_pct(a.get('reward_accuracy'))} | {runtime} |")
