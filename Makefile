@@ -1,6 +1,7 @@
 # make demo   set up .venv, then run the embedded default (ICR on SmolLM2-135M, offline, CPU)
 # make test   set up .venv, then run the test suite (offline)
 # make bench  set up .venv, then run the benchmarks into benchmarks/results/
+# make plan-paper  `icr plan` on configs/paper-llama3-8b.yaml (the output shown in the README)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -16,7 +17,7 @@ export TOKENIZERS_PARALLELISM = false
 # torch 2.5x slower.
 export OMP_WAIT_POLICY = PASSIVE
 
-.PHONY: setup test demo demo-quick bench docs clean
+.PHONY: setup test demo demo-quick bench docs plan-paper clean
 
 setup: $(VENV)/.installed
 
@@ -39,6 +40,13 @@ demo-quick: setup
 
 bench: setup
 	$(PY) benchmarks/run.py
+
+# Offline the Llama-3 tokenizer is not at hand: prompts are measured with SmolLM2's unless told otherwise.
+PLAN_TOKENIZER ?= embedded:smollm2-135m-instruct
+
+plan-paper: setup
+	$(VENV)/bin/icr plan --config configs/paper-llama3-8b.yaml --tokenizer $(PLAN_TOKENIZER) \
+		--eval-prompts ../shared/data/x-alpacaeval
 
 docs: setup
 	$(PY) scripts/gen_cli_docs.py > docs/cli.md

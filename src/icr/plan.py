@@ -157,6 +157,14 @@ def device_kind(device: str) -> str:
     return "cuda" if text.startswith("cuda") or "gpu" in text or "nvidia" in text else text.split(":")[0]
 
 
+def _shown(path: Path) -> str:
+    """The path relative to the working directory when it is below it (as the user typed it)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def benchmark_rates(path: Path) -> dict[str, Any] | None:
     """The rates a time estimate needs from a benchmark results file, or None if it lacks them."""
     r = json.loads(path.read_text())
@@ -164,7 +172,7 @@ def benchmark_rates(path: Path) -> dict[str, Any] | None:
         train = r["training"]
         detail = train.get("detail", {}).get("ours", {})
         slots_per_step = detail["token_slots"] / len(detail["steps"])
-        return {"file": str(path), "device": r["machine"]["device"], "kind": device_kind(r["machine"]["device"]),
+        return {"file": _shown(path), "device": r["machine"]["device"], "kind": device_kind(r["machine"]["device"]),
                 "params": r.get("machine", {}).get("model_params") or detail["params"],
                 "generated_tokens_per_s": r["generation"]["tokens_per_s"],
                 "scored_tokens_per_s": r["scoring"]["tokens_per_s"],
