@@ -10,15 +10,21 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from test_evaluate import X_ALPACAEVAL, needs_shared
+from test_pipeline import tiny_config
 
 import icr.models
 from icr.cli import main
 from icr.config import dump_config
 from icr.models import load_tokenizer, prompt_ids
 from icr.pipeline import load_prompts
-from icr.plan import EvalPlanOptions, eval_estimate, make_plan, time_estimate, weights_info
-from test_evaluate import X_ALPACAEVAL, needs_shared
-from test_pipeline import tiny_config
+from icr.plan import (
+    EvalPlanOptions,
+    eval_estimate,
+    make_plan,
+    time_estimate,
+    weights_info,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,13 @@ import logging
 import pytest
 
 import icr.progress
-from icr.progress import LogProgress, configure, format_duration, progress, progress_line
+from icr.progress import (
+    LogProgress,
+    configure,
+    format_duration,
+    progress,
+    progress_line,
+)
 
 
 @pytest.fixture(autouse=True)

@@ -8,6 +8,8 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from test_judges import write_benchmark
+from test_run import _config
 
 import icr.plots
 from icr.cli import main
@@ -15,8 +17,6 @@ from icr.config import dump_config
 from icr.data import read_json
 from icr.plan import training_steps
 from icr.report import collect
-from test_judges import write_benchmark
-from test_run import _config
 
 
 @pytest.fixture(scope="module")

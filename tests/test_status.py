@@ -9,12 +9,12 @@ import sys
 
 import pytest
 from click.testing import CliRunner
+from test_pipeline import tiny_config
 
 from icr.cli import main
 from icr.data import read_jsonl
 from icr.pipeline import run_stage
 from icr.status import run_status, stage_started, status_file
-from test_pipeline import tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,11 @@ and accuracy per step and the iteration's pair statistics."""
 from __future__ import annotations
 
 import pytest
+from test_train import _config, _pairs_file
 
 from icr.config import ConfigError, load_config
 from icr.data import read_json
 from icr.train import train_dpo
-from test_train import _config, _pairs_file
 
 PAIR_STATS = {"en": {"prompts": 4, "pairs": 3, "dropped": {"identical": 1}, "alpha": 0.25, "mean_len_chosen": 12.0,
                      "mean_len_rejected": 11.0, "mean_margin": 0.5, "target_language_share": 0.75},

@@ -248,7 +248,7 @@ def make_plan(config: RunConfig, tokenizer_spec: str | None = None, processes: i
     spec = tokenizer_spec or config.models.policy
     try:
         tokenizer = load_tokenizer(spec, trust_remote_code=config.models.trust_remote_code)
-    except Exception as err:  # offline Hub id, missing folder: say what to do
+    except Exception as err:  # noqa: BLE001  (offline Hub id, missing folder, bad files: say what to do)
         raise PlanError(f"cannot load the tokenizer of {spec!r} ({type(err).__name__}: {str(err)[:300]}); "
                         "pass --tokenizer with a local tokenizer to measure the prompts with") from None
     measured = measure_prompts(config, tokenizer)

@@ -12,10 +12,11 @@ CLI (`configure`). Training reports its optimizer steps the same way (`trainer_c
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 log = logging.getLogger("icr.progress")
 
@@ -44,9 +45,9 @@ def configure(mode: str = "auto", interval_s: float = 30.0) -> None:
 
 
 def format_duration(seconds: float) -> str:
-    if seconds != seconds or seconds == float("inf"):
+    if not math.isfinite(seconds):
         return "?"
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
@@ -114,7 +115,7 @@ PROGRESS_MODES: dict[str, Callable[[int, str, str], object]] = {
 }
 
 
-class progress:  # noqa: N801  (used like tqdm: `with progress(total, desc) as bar: bar.update()`)
+class progress:
     """Report `total` units of work named `desc`, the way `configure` chose."""
 
     def __init__(self, total: int, desc: str, unit: str = "it"):
@@ -123,7 +124,7 @@ class progress:  # noqa: N801  (used like tqdm: `with progress(total, desc) as b
     def update(self, n: int = 1) -> None:
         self.reporter.update(n)
 
-    def __enter__(self) -> "progress":
+    def __enter__(self) -> progress:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -14,9 +14,10 @@ run is named `<run_name>/iter_<t>`.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -32,8 +33,10 @@ def check_report_to(values: list[str]) -> list[str]:
         return ["none"]
     if "none" in values:
         raise ValueError("'none' cannot be combined with other trackers")
-    from transformers.integrations.integration_utils import (INTEGRATION_TO_CALLBACK,
-                                                             get_available_reporting_integrations)
+    from transformers.integrations.integration_utils import (
+        INTEGRATION_TO_CALLBACK,
+        get_available_reporting_integrations,
+    )
 
     known = set(INTEGRATION_TO_CALLBACK) | {"all"}
     unknown = [v for v in values if v not in known]
@@ -75,7 +78,7 @@ def pair_statistics_logs(stats: dict[str, dict]) -> dict[str, float]:
     for lang, s in stats.items():
         for key in PAIR_STATISTICS:
             value = s.get(key)
-            if isinstance(value, (int, float)) and value == value:  # NaN (no pairs) is not a point
+            if isinstance(value, (int, float)) and math.isfinite(value):  # NaN (no pairs) is not a point
                 logs[f"pairs/{lang}/{key}"] = float(value)
         for reason, count in (s.get("dropped") or {}).items():
             logs[f"pairs/{lang}/dropped/{reason}"] = float(count)
