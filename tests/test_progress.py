@@ -35,8 +35,11 @@ def test_log_lines_come_every_interval_with_rate_and_eta(caplog):
     assert lines == [
         "generate es: 20/100 prompt (20.0%) | 0.645 prompt/s | ETA 2m04s",
         "generate es: 40/100 prompt (40.0%) | 0.645 prompt/s | ETA 1m33s",
-        "generate es: 40/100 prompt (40.0%) | 0.571 prompt/s | ETA 1m45s",
-    ]
+    ]  # the final line would repeat the last count: not written
+    bar = LogProgress(3, "train", "step", interval_s=30.0, clock=iter([0.0, 1.0, 2.0]).__next__)
+    bar.update(2)
+    bar.close()
+    assert caplog.records[-1].getMessage() == "train: 2/3 step (66.7%) | 1 step/s | ETA 1s"
 
 
 def test_durations_and_unknown_eta():

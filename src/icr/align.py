@@ -54,9 +54,11 @@ def load_english_preferences(source: str, split: str | None = "train") -> list[d
 
 def align_english(model_spec: str, source: str, out_dir: Path, config: TrainConfig, split: str | None = "train",
                   device: str = "auto") -> dict:
-    """Train π_dpo from `model_spec` on English preferences; returns the training metrics."""
+    """Train π_dpo from `model_spec` on English preferences; returns the training metrics. Tracker
+    logs (`train.report_to`) go to `<out_dir>-tracking`, as run `train.run_name` (default: the folder's name)."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     pairs_file = out_dir.parent / f"{out_dir.name}-english-pairs.jsonl"
     write_jsonl_atomic(pairs_file, load_english_preferences(source, split))
-    return train_dpo(model_spec, pairs_file, out_dir, config, device=device)
+    return train_dpo(model_spec, pairs_file, out_dir, config, device=device, run_name=config.run_name or out_dir.name,
+                     tracking_dir=out_dir.parent / f"{out_dir.name}-tracking")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 log = logging.getLogger("icr.progress")
 
 MODES = ("auto", "bar", "log", "none")
+LIBRARY_BAR_SWITCHES = ("HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS")
 
 
 @dataclass
@@ -42,6 +44,9 @@ def configure(mode: str = "auto", interval_s: float = 30.0) -> None:
     if mode not in MODES:
         raise ValueError(f"progress mode {mode!r}: expected one of {', '.join(MODES)}")
     SETTINGS.mode, SETTINGS.interval_s = mode, interval_s
+    if SETTINGS.resolved() != "bar":  # the libraries' own bars too (read when they are first imported)
+        for variable in LIBRARY_BAR_SWITCHES:
+            os.environ.setdefault(variable, "1")
 
 
 def format_duration(seconds: float) -> str:
@@ -66,19 +71,22 @@ class LogProgress:
 
     def __init__(self, total: int, desc: str, unit: str, interval_s: float, clock: Callable[[], float] = time.monotonic):
         self.total, self.desc, self.unit, self.interval_s, self.clock = total, desc, unit, interval_s, clock
-        self.n = 0
+        self.n = self.logged_n = 0
         self.start = self.last = clock()
+
+    def _line(self, now: float) -> None:
+        self.last, self.logged_n = now, self.n
+        log.info(progress_line(self.desc, self.n, self.total, self.unit, now - self.start))
 
     def update(self, n: int = 1) -> None:
         self.n += n
         now = self.clock()
         if now - self.last >= self.interval_s:
-            self.last = now
-            log.info(progress_line(self.desc, self.n, self.total, self.unit, now - self.start))
+            self._line(now)
 
     def close(self) -> None:
-        if self.total:
-            log.info(progress_line(self.desc, self.n, self.total, self.unit, self.clock() - self.start))
+        if self.total and self.n != self.logged_n:  # the last count, unless the last line showed it
+            self._line(self.clock())
 
 
 class NoProgress:
