@@ -80,6 +80,8 @@ def test_figures_count_iterations_and_steps_in_whole_numbers(finished_run, monke
     data = collect(finished_run)
     icr.plots.plot_iterations(data["iterations"], finished_run / "x.png")
     icr.plots.plot_training({t: m["curve"] for t, m in data["training"].items()}, finished_run / "y.png")
+    icr.plots.plot_training({0: data["training"][0]["curve"][:1]}, finished_run / "z.png")  # one step only
+    icr.plots.plot_iterations([r for r in data["iterations"] if r["iteration"] == 0], finished_run / "w.png")
     for fig in figures:
         for ax in fig.axes:
             ticks = [x for x in ax.get_xticks() if ax.get_xlim()[0] <= x <= ax.get_xlim()[1]]

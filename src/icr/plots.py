@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 ITERATION_PANELS = (
@@ -34,6 +35,17 @@ def _integer_ticks(axis) -> None:
     axis.set_major_locator(MaxNLocator(integer=True))
 
 
+def _count_axis(ax) -> None:
+    """Whole-number x ticks (iterations, steps), even for a single point (matplotlib would put
+    fractional ticks around it), and plain y labels (no '1e-8 + 0.693' offset)."""
+    _integer_ticks(ax.xaxis)
+    low, high = ax.dataLim.intervalx
+    if high - low < 2:  # MaxNLocator falls back to fractional ticks around one or two whole numbers
+        ax.set_xlim(low - 0.5, high + 0.5)
+        ax.set_xticks(range(math.ceil(low), math.floor(high) + 1))
+    ax.ticklabel_format(axis="y", useOffset=False)
+
+
 def _save(fig, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -57,7 +69,7 @@ def plot_iterations(rows: list[dict], path: Path) -> None:
                 ax.plot(xs, [r[key] for r in mine], marker="o", color=color, label=lang)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("iteration")
-        _integer_ticks(ax.xaxis)
+        _count_axis(ax)
     _integer_ticks(axes[0].yaxis)  # pairs are counted
     axes[0].legend(fontsize=8)
     _save(fig, path)
@@ -96,7 +108,7 @@ def plot_training(curves: dict[int, list[dict]], path: Path) -> None:
                         label=f"iteration {t}")
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("optimizer step")
-        _integer_ticks(ax.xaxis)
+        _count_axis(ax)
     axes[0].legend(fontsize=8)
     _save(fig, path)
 
