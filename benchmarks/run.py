@@ -39,6 +39,7 @@ UF = ROOT.parent / "shared" / "data" / "ultrafeedback-multilingual" / "random_10
 UF_ALL_LANGUAGES = UF.parent / "random_1000"  # bn de en es fr ru sw th zh
 XAE_REFERENCE = ROOT.parent / "shared" / "data" / "x-alpacaeval" / "reference" / "gpt-4-turbo-2024-04-09"
 MODEL = "embedded:smollm2-135m-instruct"
+SCORE_BUDGET = 4096  # tokens per scoring forward pass (reward.token_budget's default)
 WORKLOAD_N = 10  # responses sampled per prompt once; smaller N use the first N of them
 
 
@@ -72,12 +73,13 @@ def sampled_workload(lm, n_prompts: int, n: int, max_new_tokens: int, cache: Pat
     if cache.exists():
         return json.loads(cache.read_text())
     from icr.config import GenerateConfig
-    from icr.generate import HFGenerator
+    from icr.sampling import HFGenerator
 
     gen = HFGenerator(lm, GenerateConfig(n=n, max_new_tokens=max_new_tokens, batch_prompts=n_prompts))
     prompts = load_prompts(n_prompts)
     samples = gen.sample_batch([p for _, p in prompts], n, list(range(len(prompts))))
-    work = [{"lang": lang, "prompt": p, "responses": [s.text for s in rows]} for (lang, p), rows in zip(prompts, samples)]
+    work = [{"lang": lang, "prompt": p, "responses": [s.text for s in rows]}
+            for (lang, p), rows in zip(prompts, samples)]
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(work, ensure_ascii=False))
     return work
@@ -103,7 +105,7 @@ def n_params(model) -> int:
 
 def part_scoring(args) -> dict:
     from icr.models import load_model, tokenize_exchange
-    from icr.reward import batch_sequence_logprobs
+    from icr.scoring import score_responses
 
     lm = load_model(MODEL, device="cpu")
     work = sampled_workload(lm, args.prompts, WORKLOAD_N, args.max_new_tokens, workload_file(args))
@@ -113,7 +115,7 @@ def part_scoring(args) -> dict:
     seqs = [(p, c) for ex in exchanges for p, c in ex]
 
     def score_ours(items):  # as the reward stage does: the prompts of a chunk scored together
-        batch_sequence_logprobs(lm, [(w["prompt"], w["responses"]) for w, _ in items])
+        score_responses(lm, [(w["prompt"], w["responses"]) for w, _ in items], SCORE_BUDGET)
 
     @torch.no_grad()
     def score_baseline(batches):
@@ -185,8 +187,8 @@ def part_plain_forward(args, tokens: int = 960) -> dict:
 
 def part_generation(args) -> dict:
     from icr.config import GenerateConfig
-    from icr.generate import HFGenerator
     from icr.models import end_of_turn_ids, load_model, prompt_ids
+    from icr.sampling import HFGenerator
 
     lm = load_model(MODEL, device="cpu")
     prompts = [p for _, p in load_prompts(args.prompts)]
@@ -217,7 +219,7 @@ def part_training(args) -> dict:
     `icr train` batches them: grouped by length (ours) or in TRL's default random order (baseline)."""
     from icr.config import TrainConfig
     from icr.models import load_model
-    from icr.train import dpo_trainer, preference_dataset, reference_logps
+    from icr.training import dpo_trainer, preference_dataset, reference_logps
 
     lm = load_model(MODEL, device="cpu")
     work = json.loads(workload_file(args).read_text())
@@ -225,7 +227,8 @@ def part_training(args) -> dict:
              for w in work for k in range(0, len(w["responses"]) - 1, 2)]
     config = TrainConfig(batch_size=args.pairs, grad_accum=1, max_length=256, learning_rate=1e-6,
                          group_by_length=args.impl == "ours")
-    dataset = preference_dataset(lm.tokenizer, pairs, reference_logps(lm, pairs, config.max_length), config)
+    ref = reference_logps(lm, pairs, config.max_length, SCORE_BUDGET)
+    dataset = preference_dataset(lm.tokenizer, pairs, ref, config)
     trainer = dpo_trainer(lm, dataset, config, str(RESULTS / "trainer"))
     batches = list(trainer.get_train_dataloader())
     lm.model.train()
@@ -257,7 +260,7 @@ def part_padding(args) -> dict:
     instruction (chosen) and to the next one (rejected). Collation only, no training."""
     from icr.config import TrainConfig
     from icr.models import load_model
-    from icr.train import dpo_trainer, preference_dataset
+    from icr.training import dpo_trainer, preference_dataset
 
     lm = load_model(MODEL, device="cpu")
     pairs = []
@@ -281,15 +284,15 @@ def part_languages(args) -> dict:
     another as the pipeline does; the same UltraFeedback ids in every language."""
     from icr.config import GenerateConfig
     from icr.data import load_prompt_set
-    from icr.generate import HFGenerator
     from icr.models import load_model, prompt_ids
-    from icr.reward import batch_sequence_logprobs
+    from icr.sampling import HFGenerator
+    from icr.scoring import score_responses
 
     langs = args.langs.split(",")
     lm = load_model(MODEL, device="cpu")
     prompt_set = load_prompt_set(str(UF_ALL_LANGUAGES), langs, limit=args.per_language)
     gen = HFGenerator(lm, GenerateConfig(n=args.n, max_new_tokens=args.max_new_tokens, batch_prompts=args.per_language))
-    batch_sequence_logprobs(lm, [("Warm-up.", ["Yes."])])
+    score_responses(lm, [("Warm-up.", ["Yes."])], SCORE_BUDGET)
     rows = []
     for lang in langs:
         texts = [p.text for p in prompt_set.by_lang[lang]]
@@ -297,7 +300,8 @@ def part_languages(args) -> dict:
         samples = gen.sample_batch(texts, args.n, list(range(len(texts))))
         gen_s = time.perf_counter() - start
         start = time.perf_counter()
-        batch_sequence_logprobs(lm, [(text, [s.text for s in group]) for text, group in zip(texts, samples)])
+        score_responses(lm, [(text, [s.text for s in group]) for text, group in zip(texts, samples)],
+                        SCORE_BUDGET)
         rows.append({"lang": lang, "generate_s": gen_s, "score_s": time.perf_counter() - start,
                      "prompt_tokens": sum(len(prompt_ids(lm.tokenizer, t)) for t in texts),
                      "response_tokens": sum(s.n_tokens for group in samples for s in group)})
@@ -395,7 +399,8 @@ def main() -> None:
         rows = run_part("languages", "ours", argparse.Namespace(**{**vars(args), "langs": langs}))["per_language"]
         result["scaling_languages"].append({
             "langs": langs.split(","), "prompts": args.per_language * len(rows),
-            **{key: sum(row[key] for row in rows) for key in ("generate_s", "score_s", "prompt_tokens", "response_tokens")},
+            **{key: sum(row[key] for row in rows)
+               for key in ("generate_s", "score_s", "prompt_tokens", "response_tokens")},
             "per_language": rows})
     (RESULTS / "latest.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / "latest.md").write_text(markdown(result))
@@ -450,7 +455,8 @@ def markdown(r: dict) -> str:
               "| languages | prompts | prompt tokens | response tokens | generate s | score s | total s |",
               "|---|---|---|---|---|---|---|"]
     for row in r["scaling_languages"]:
-        lines.append(f"| {' '.join(row['langs'])} | {row['prompts']} | {row['prompt_tokens']} | {row['response_tokens']} "
+        lines.append(f"| {' '.join(row['langs'])} | {row['prompts']} | {row['prompt_tokens']} | "
+                     f"{row['response_tokens']} "
                      f"| {row['generate_s']:.1f} | {row['score_s']:.1f} | {row['generate_s'] + row['score_s']:.1f} |")
     return "\n".join(lines) + "\n"
 

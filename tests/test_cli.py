@@ -8,8 +8,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from icr.cli import _parse_value, main, resolve_config
-from icr.config import iter_fields
+from icr.cli import main
+from icr.cli.options import parse_value, resolve
+from icr.config import RunConfig, iter_fields
 
 
 @pytest.fixture(autouse=True)
@@ -81,7 +82,7 @@ def test_run_name_with_slash_or_dotdot_refused(name):
 
 def test_every_config_field_is_a_flag():
     help_text = invoke("config", "--help").output
-    for dotted, _, _ in iter_fields():
+    for dotted, _, _ in iter_fields(RunConfig):
         assert f"--{dotted}" in help_text
 
 
@@ -98,17 +99,15 @@ def test_stage_command_validates_before_running(tmp_path):
 
 
 def test_parse_value_rules():
-    from typing import Optional
-
-    assert _parse_value("4", int) == 4
-    assert _parse_value("null", Optional[float]) is None
-    assert _parse_value("a,b", list[str]) == ["a", "b"]
-    assert _parse_value("yes", str) == "yes"
-    assert _parse_value("0.5", float) == 0.5
+    assert parse_value("4", int) == 4
+    assert parse_value("null", float | None) is None
+    assert parse_value("a,b", list[str]) == ["a", "b"]
+    assert parse_value("yes", str) == "yes"
+    assert parse_value("0.5", float) == 0.5
 
 
 def test_resolve_config_ignores_unset_flags():
-    cfg = resolve_config(None, {"generate__n": None, "generate__temperature": "0.5"})
+    cfg = resolve(RunConfig, None, {"generate__n": None, "generate__temperature": "0.5"})
     assert cfg.generate.n == 10 and cfg.generate.temperature == 0.5
 
 
@@ -133,3 +132,24 @@ def test_lora_all_linear_stays_the_peft_shorthand():
     assert config_yaml("--train.lora.target_modules", "all-linear")["train"]["lora"]["target_modules"] == "all-linear"
     assert config_yaml("--train.lora.target_modules", "q_proj,v_proj")["train"]["lora"]["target_modules"] == [
         "q_proj", "v_proj"]
+
+
+def test_project_errors_are_one_clean_line_in_every_command(tmp_path):
+    """A data error in `icr run` (no Italian demo prompts) and a missing pairs folder in
+    `icr reward-accuracy`: exit code 1 and a message, no traceback, nothing loaded."""
+    result = CliRunner().invoke(main, ["run", "--output_dir", str(tmp_path), "--data.languages", "en,it"])
+    assert result.exit_code == 1 and "Error:" in result.output and "'it'" in result.output
+    assert "Traceback" not in result.output
+    result = CliRunner().invoke(main, ["reward-accuracy", "--pairs", str(tmp_path / "none"), "--policy", "p",
+                                       "--reference", "r"])
+    assert result.exit_code == 1 and "no preference pairs" in result.output
+
+
+def test_small_commands_have_only_their_own_flags():
+    align = invoke("align-english", "--help").output
+    assert "--train.beta" in align and "--generate.n" not in align and "--models.policy" not in align
+    accuracy = invoke("reward-accuracy", "--help").output
+    assert "--reward.beta" in accuracy and "--beta " not in accuracy and "--reward.mode" not in accuracy
+    result = CliRunner().invoke(main, ["reward-accuracy", "--pairs", "x", "--policy", "p", "--reference", "r",
+                                       "--modes", "crosslingual,bogus"])
+    assert result.exit_code == 2 and "modes" in result.output

@@ -9,8 +9,9 @@ import yaml
 
 import icr.models
 import icr.pipeline
+import icr.rundir
 from icr.config import ConfigError, RunConfig, dump_config, iter_fields, load_config, set_dotted
-from icr.data import DataError
+from icr.errors import DataError
 
 
 def test_defaults_follow_the_paper():
@@ -136,7 +137,7 @@ def test_section_hash_changes_only_with_its_sections():
 
 
 def test_iter_fields_covers_nested_leaves():
-    names = {d for d, _, _ in iter_fields()}
+    names = {d for d, _, _ in iter_fields(RunConfig)}
     assert {"generate.n", "train.lora.r", "data.languages", "name", "reward.crosslingual_template"} <= names
     assert "train.lora" not in names and "generate" not in names
 
@@ -152,7 +153,7 @@ def _forbid_model_loading(monkeypatch):
         raise AssertionError("a model was loaded before the config/data were checked")
 
     monkeypatch.setattr(icr.models, "load_model", boom)
-    monkeypatch.setattr(icr.pipeline, "load_model", boom)
+    monkeypatch.setattr(icr.rundir, "load_model", boom)
     return calls
 
 
@@ -200,3 +201,53 @@ def test_crosslingual_template_is_checked_before_any_run(template):
 def test_valid_crosslingual_template_accepted():
     cfg = load_config(overrides={"reward.crosslingual_template": "{instruction}\n(Respond in {language}.)"})
     assert cfg.reward.crosslingual_template.format(instruction="Hi", language="German") == "Hi\n(Respond in German.)"
+
+
+def test_literal_choices_are_the_registries():
+    """Config `Literal`s give the CLI its choices; each must be exactly the keys of its registry."""
+    from typing import get_args
+
+    from icr.config.base import JudgeBackend, JudgeOrder, LanguageFilter, RewardMode, SamplingBackend, ScoreTokens
+    from icr.eval.judges import JUDGES
+    from icr.eval.judging import ORDERS
+    from icr.rewarding import STRATEGIES
+    from icr.sampling import BACKENDS
+    from icr.scoring import SKIPPED_RESPONSE_TOKENS
+    from icr.selection import LANGUAGE_FILTERS
+
+    for literal, registry in ((SamplingBackend, BACKENDS), (RewardMode, STRATEGIES), (JudgeBackend, JUDGES),
+                              (JudgeOrder, ORDERS), (ScoreTokens, SKIPPED_RESPONSE_TOKENS),
+                              (LanguageFilter, LANGUAGE_FILTERS)):
+        assert list(get_args(literal)) == list(registry)
+
+
+def test_stage_registry_declares_growing_sections_ending_with_the_run_hash():
+    from icr.config.run import RUN_SECTIONS
+    from icr.stages import STAGES
+
+    assert list(STAGES) == ["generate", "reward", "pairs", "train"]
+    sections = [stage.sections for stage in STAGES.values()]
+    assert all(set(a) < set(b) for a, b in zip(sections, sections[1:])) and sections[-1] == RUN_SECTIONS
+
+
+def test_eval_sampling_keeps_the_paper_decoding_for_fields_not_given():
+    from icr.config import EvalConfig
+
+    default = EvalConfig(prompts="p", output="o").sampling
+    assert (default.temperature, default.top_p, default.max_new_tokens) == (0.6, 0.9, 2048)
+    partly = EvalConfig(prompts="p", output="o", sampling={"max_new_tokens": 8}).sampling
+    assert (partly.temperature, partly.top_p, partly.max_new_tokens) == (0.6, 0.9, 8)
+
+
+@pytest.mark.parametrize("text, setting", [("off", "off"), ('"off"', "off"), ("chosen", "chosen"), ("all", "all"),
+                                           ("false", "off"), ("true", "all")])
+def test_language_filter_reads_yaml_off_and_old_booleans(tmp_path, text, setting):
+    """YAML reads an unquoted `off` as false; old configs said true (= drop off-language = 'all')."""
+    path = tmp_path / "c.yaml"
+    path.write_text(f"pairs:\n  language_filter: {text}\n")
+    assert load_config(path).pairs.language_filter == setting
+
+
+def test_language_filter_rejects_other_values():
+    with pytest.raises(ConfigError, match=r"pairs\.language_filter"):
+        load_config(overrides={"pairs.language_filter": "rejected"})

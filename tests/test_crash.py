@@ -4,7 +4,8 @@ files of an uninterrupted run.
 The harness runs `python -m icr.cli run --config cfg.yaml` (tiny random models, 2 languages, a few
 prompts, several generation chunks, 1 iteration with training) once uninterrupted, timing the work
 of each stage from its log ("iteration 0: <stage>", then the sign that its models are loaded: the
-progress bar of generate and reward, the weight loading of train). Then, in a second run folder, it starts the same command
+progress bar of generate and reward, the weight loading of train). Then, in a second run folder, it starts the same
+command
 again and again and kills it with SIGKILL, at least `MIN_KILLS` times. Each kill is aimed at the
 first unfinished stage still under its quota (`QUOTA`): the harness waits until the process has
 begun that stage's work, sleeps a random time (seeded `random.Random`) within the stage's measured
@@ -34,11 +35,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from helpers import LANGS, run_config
 from icr.config import dump_config, load_config
-from icr.data import DataError, read_json, read_jsonl
-from icr.pipeline import STAGES
+from icr.data import read_json, read_jsonl
+from icr.errors import DataError
+from icr.stages import STAGES as STAGE_TABLE
 
-LANGS = ("en", "es")
+pytestmark = pytest.mark.slow  # minutes on a 2-core CPU: `make test-fast` skips this file
+
+STAGES = list(STAGE_TABLE)
+
 MIN_KILLS = 20
 QUOTA = {"generate": 8, "reward": 8, "pairs": 1, "train": 3}  # kills aimed at each stage
 TIME_LIMIT_S = 420  # a bound, far above the usual ~3 minutes
@@ -48,13 +54,8 @@ MODEL_FILES = {"config.json", "model.safetensors", "tokenizer.json", "train_metr
 
 
 def write_config(path: Path, tiny_dir, tiny_ref_dir, name: str):
-    cfg = load_config(overrides={
-        "name": name, "output_dir": str(path.parent), "iterations": 1,
-        "models.policy": str(tiny_dir), "models.reference": str(tiny_ref_dir), "models.device": "cpu",
-        "models.dtype": "float32",
-        "data.prompts": "embedded:demo", "data.languages": list(LANGS), "data.limit": 4,
-        "generate.n": 3, "generate.max_new_tokens": 8, "generate.batch_prompts": 2, "reward.batch_prompts": 2,
-        "pairs.language_filter": False,
+    cfg = run_config(path.parent, tiny_dir, tiny_ref_dir, name, **{
+        "data.limit": 4, "generate.n": 3, "generate.max_new_tokens": 8, "generate.batch_prompts": 2,
         "train.learning_rate": 5e-3, "train.lr_scheduler": "constant", "train.warmup_ratio": 0.0,
         "train.batch_size": 8, "train.grad_accum": 1, "train.max_length": 64,
     })
@@ -108,7 +109,7 @@ def check_consistent(root: Path, cfg, prompt_keys: list[tuple]) -> None:
     if "train" in finished:
         assert model.is_dir(), "train marked done before the model was in place"
     if model.exists():
-        assert MODEL_FILES <= {p.name for p in model.iterdir()}, f"half-written model folder: {model}"
+        assert {p.name for p in model.iterdir()} >= MODEL_FILES, f"half-written model folder: {model}"
         load_file(model / "model.safetensors")
     if (root / "config.yaml").exists():
         assert load_config(root / "config.yaml") == cfg

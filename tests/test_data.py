@@ -10,7 +10,6 @@ import pytest
 
 from conftest import SHARED_DATA
 from icr.data import (
-    DataError,
     JsonlAppender,
     load_prompt_set,
     read_jsonl,
@@ -18,6 +17,7 @@ from icr.data import (
     write_json_atomic,
     write_jsonl_atomic,
 )
+from icr.errors import DataError
 
 UF = SHARED_DATA / "ultrafeedback-multilingual"
 XA = SHARED_DATA / "x-alpacaeval" / "prompts"

@@ -12,6 +12,8 @@ from click.testing import CliRunner
 from icr.cli import main
 from icr.data import read_jsonl
 
+pytestmark = pytest.mark.slow  # minutes on a 2-core CPU: `make test-fast` skips this file
+
 
 def _finite_numbers(obj):
     if isinstance(obj, bool) or obj is None:
@@ -26,7 +28,6 @@ def _finite_numbers(obj):
             _finite_numbers(v)
 
 
-@pytest.mark.slow
 def test_quick_demo_writes_a_consistent_report(tmp_path, smollm_path):
     result = CliRunner().invoke(main, ["demo", "--quick", "--output", str(tmp_path)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -38,7 +39,8 @@ def test_quick_demo_writes_a_consistent_report(tmp_path, smollm_path):
 
     run_dir = tmp_path / "runs" / "icr-demo"
     for row in report["iterations"]:
-        pairs = [p for p in read_jsonl(run_dir / f"iter_{row['iteration']}" / "pairs.jsonl") if p["lang"] == row["lang"]]
+        pairs_file = run_dir / f"iter_{row['iteration']}" / "pairs.jsonl"
+        pairs = [p for p in read_jsonl(pairs_file) if p["lang"] == row["lang"]]
         assert row["pairs"] == len(pairs)
         gens = read_jsonl(run_dir / f"iter_{row['iteration']}" / "generations" / f"{row['lang']}.jsonl")
         assert row["prompts"] == len(gens) == 2
@@ -58,3 +60,10 @@ def test_quick_demo_writes_a_consistent_report(tmp_path, smollm_path):
     assert report["stage0"]["after"]["dpo_loss"] < report["stage0"]["before"]["dpo_loss"]
     assert (run_dir / "iter_1" / "model" / "model.safetensors").exists()
     assert "What this scale can and cannot show" in md
+    # the number of pairs that language_filter off (the paper, this run) and all (the old default) select differently
+    stats = [json.loads((run_dir / f"iter_{t}" / "pairs_stats.json").read_text()) for t in (0, 1)]
+    differing = sum(s["language_filter_effect"]["differing_pairs_off_vs_all"] for per in stats for s in per.values())
+    assert report["language_filter"] == "off" and report["language_filter_effect"]["differing_pairs"] == differing
+    assert f"{differing} of the prompts' pairs differ between `off`" in md
+    for v in acc["multilingual"]["crosslingual"].values():  # the length split covers every pair
+        assert v["chosen_longer"]["n"] + v["chosen_not_longer"]["n"] == v["n"] and "per_token" in v

@@ -15,8 +15,12 @@ import yaml
 
 from icr.config import GenerateConfig
 from icr.data import Prompt, read_jsonl, write_jsonl_atomic
-from icr.distributed import Shard, leftover_parts, merge_parts, part_path
-from icr.generate import HFGenerator, generate_language
+from icr.distributed import Shard
+from icr.jobs import leftover_parts, merge_parts, part_path
+from icr.sampling import HFGenerator
+from icr.stages.generate import generate_language
+
+pytestmark = pytest.mark.slow  # minutes on a 2-core CPU: `make test-fast` skips this file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -110,7 +114,7 @@ def runs(tiny_dir, tiny_ref_dir, tmp_path_factory):
             "data": {"prompts": "embedded:demo", "languages": ["en", "es"], "limit": 2},
             "generate": {"n": 3, "max_new_tokens": 6, "batch_prompts": 1},
             "reward": {"batch_prompts": 1},  # each process scores one prompt per language
-            "pairs": {"language_filter": False, "drop_identical": False},  # exactly 4 pairs: one step
+            "pairs": {"language_filter": "off", "drop_identical": False},  # exactly 4 pairs: one step
             # DPO only: TRL's NLL term is a per-process token mean, not a global one (see README)
             "train": {"batch_size": 4 // processes, "grad_accum": 1, "epochs": 2, "nll_weight": 0.0,
                       "max_length": 64, "learning_rate": 1e-3, "lr_scheduler": "constant", "warmup_ratio": 0.0},
@@ -159,7 +163,7 @@ def test_two_process_training_steps_match_the_single_process(runs):
 def test_manifest_written_once_by_the_main_process(runs):
     manifest = json.loads((runs[2] / "manifest.json").read_text())
     assert set(manifest["stages"]) == {f"iter_0/{s}" for s in ("generate", "reward", "pairs", "train")}
-    assert not [p for p in runs[2].rglob(".*part*")]
+    assert not list(runs[2].rglob(".*part*"))
     assert not [p for p in runs[2].iterdir() if p.name.startswith(".")]  # no temporary model folder left
 
 

@@ -9,10 +9,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from icr.evaluate import (Decoding, EvalModel, OutputsError, evaluate, generate_outputs, load_benchmark,
-                          parse_model_option, read_outputs, resolve_sources, run_dir_models)
-from icr.generate import Sample
-from icr.judges import HFJudge
+from helpers import eval_config
+from icr.config import SamplingConfig
+from icr.config.commands import PAPER_EVAL_DECODING
+from icr.eval.benchmark import OutputsError, load_benchmark, read_outputs, resolve_sources
+from icr.eval.judges.hf import HFJudge
+from icr.eval.outputs import EvalModel, generate_outputs, parse_model_option
+from icr.eval.run import evaluate
+from icr.rundir import run_models
+from icr.sampling import Sample
 from test_judges import REFERENCE, write_benchmark, write_outputs
 from test_metrics import gamed_csv  # noqa: F401  (fixture)
 
@@ -30,7 +35,7 @@ def test_model_options_and_run_dir(tmp_path):
     (run / "iter_0" / "model" / "config.json").write_text("{}")
     (run / "iter_1" / "generations").mkdir(parents=True)  # unfinished iteration: no model yet
     (run / "config.yaml").write_text("models:\n  policy: org/dpo-model\n")
-    assert run_dir_models(run) == [EvalModel("pi0", "org/dpo-model"), EvalModel("pi1", str(run / "iter_0" / "model"))]
+    assert run_models(run) == [("pi0", "org/dpo-model"), ("pi1", str(run / "iter_0" / "model"))]
 
 
 @needs_shared
@@ -65,31 +70,30 @@ def test_bad_outputs_are_errors_naming_the_id(tmp_path, edit, message):
         raise AssertionError("outputs must be validated before any judging")
 
     with pytest.raises(OutputsError, match=message):
-        evaluate([EvalModel("m", outputs=str(outs))], ["de"], str(bench), tmp_path / "out", no_judge)
+        evaluate(eval_config(bench, tmp_path / "out", languages=["de"]), [EvalModel("m", outputs=str(outs))], no_judge)
 
 
-class CountingGenerator:
+def decoding(**fields) -> SamplingConfig:
+    return SamplingConfig(**{**PAPER_EVAL_DECODING, **fields})
+
+
+class CountingBatchGenerator:
     def __init__(self):
         self.calls = []
 
-    def sample(self, instruction, n, seed):
-        self.calls.append((instruction, seed))
-        return [Sample(f"answer to {instruction}", 3, False) for _ in range(n)]
-
-
-class CountingBatchGenerator(CountingGenerator):
     def sample_batch(self, instructions, n, seeds):
-        return [self.sample(text, n, seed) for text, seed in zip(instructions, seeds)]
+        self.calls += list(zip(instructions, seeds))
+        return [[Sample(f"answer to {text}", 3, False) for _ in range(n)] for text in instructions]
 
 
 def test_batched_generation_decodes_an_incomplete_chunk_whole_but_keeps_what_was_written(tmp_path):
     bench = write_benchmark(tmp_path / "bench", langs=("fr",), n=5)
     items = load_benchmark(bench / "prompts", bench / "reference" / REFERENCE, "fr")
     folder, model = tmp_path / "out", EvalModel("m", "some/model")
-    generate_outputs(CountingBatchGenerator(), model, "fr", items[:2], folder, Decoding(batch_size=4))
+    generate_outputs(CountingBatchGenerator(), model, "fr", items[:2], folder, decoding(batch_prompts=4), 0)
     lines = (folder / "generations.jsonl").read_text()
     resumed = CountingBatchGenerator()
-    outputs = generate_outputs(resumed, model, "fr", items, folder, Decoding(batch_size=4))
+    outputs = generate_outputs(resumed, model, "fr", items, folder, decoding(batch_prompts=4), 0)
     assert [c[0] for c in resumed.calls] == [it["instruction"] for it in items]  # chunks [1-4] and [5]
     assert (folder / "generations.jsonl").read_text().startswith(lines) and len(outputs) == 5
     assert len((folder / "generations.jsonl").read_text().splitlines()) == 5
@@ -99,14 +103,15 @@ def test_generation_resumes_and_refuses_mixed_settings(tmp_path):
     bench = write_benchmark(tmp_path / "bench", langs=("fr",), n=6)
     items = load_benchmark(bench / "prompts", bench / "reference" / REFERENCE, "fr")
     folder = tmp_path / "outputs" / "m" / "fr"
-    model, decoding = EvalModel("m", "some/model"), Decoding(max_new_tokens=8)
-    first = CountingGenerator()
-    generate_outputs(first, model, "fr", items[:2], folder, decoding)
+    model, sampling = EvalModel("m", "some/model"), decoding(max_new_tokens=8)
+    first = CountingBatchGenerator()
+    generate_outputs(first, model, "fr", items[:2], folder, sampling, 0)
     with open(folder / "generations.jsonl", "a") as f:
         f.write('{"id": 5, "instr')  # a write cut by a kill
-    resumed = CountingGenerator()
-    outputs = generate_outputs(resumed, model, "fr", items, folder, decoding)
-    assert len(first.calls) == 2 and len(resumed.calls) == 4
+    resumed = CountingBatchGenerator()
+    outputs = generate_outputs(resumed, model, "fr", items, folder, sampling, 0)
+    # the chunk (the 6 items) is decoded again whole, as an uninterrupted run decodes it; 4 are written
+    assert len(first.calls) == 2 and len(resumed.calls) == 6
     assert sorted(outputs) == [str(i) for i in range(1, 7)]
     written = json.loads((folder / "model_outputs.json").read_text())
     assert [r["id"] for r in written] == [1, 2, 3, 4, 5, 6] and all(set(r) == FIELDS for r in written)
@@ -115,7 +120,7 @@ def test_generation_resumes_and_refuses_mixed_settings(tmp_path):
     seeds = {json.loads(line)["id"]: json.loads(line)["seed"] for line in (folder / "generations.jsonl").open()}
     assert len(set(seeds.values())) == 6  # one seed per instruction
     with pytest.raises(OutputsError, match="generated with"):
-        generate_outputs(CountingGenerator(), model, "fr", items, folder, Decoding(temperature=1.0))
+        generate_outputs(CountingBatchGenerator(), model, "fr", items, folder, decoding(temperature=1.0), 0)
 
 
 def test_offline_judge_builds_the_leaderboard_and_resumes(tmp_path, tiny_lm, gamed_csv, monkeypatch):  # noqa: F811
@@ -126,9 +131,9 @@ def test_offline_judge_builds_the_leaderboard_and_resumes(tmp_path, tiny_lm, gam
         judges.append(HFJudge(tiny_lm, batch_size=4))
         return judges[-1]
 
-    args = dict(models=[EvalModel("tiny", tiny_lm.path)], languages=["en", "de"], prompts=str(bench),
-                out_dir=tmp_path / "out", make_judge=make_judge, cache_dir=tmp_path / "cache",
-                decoding=Decoding(max_new_tokens=4), lc_data=str(gamed_csv), device="cpu")
+    config = eval_config(bench, tmp_path / "out", languages=["en", "de"], judge={"cache": str(tmp_path / "cache")},
+                         sampling=decoding(max_new_tokens=4), lc_data=str(gamed_csv), device="cpu")
+    args = dict(config=config, models=[EvalModel("tiny", tiny_lm.path)], judge_factory=make_judge)
     table = evaluate(**args)
     assert list(table["lang"]) == ["en", "de"] and list(table["n_pairs"]) == [6, 6]
     assert ((table["n_wins"] + table["n_losses"] + table["n_draws"]) == 6).all()
@@ -152,7 +157,7 @@ def test_offline_judge_builds_the_leaderboard_and_resumes(tmp_path, tiny_lm, gam
     def no_generation(*a, **k):
         raise AssertionError("outputs exist: nothing to generate")
 
-    monkeypatch.setattr("icr.evaluate._make_generator", no_generation)
+    monkeypatch.setattr("icr.eval.run.make_generator", no_generation)
     again = evaluate(**args)
     assert json.loads((out / "results.json").read_text())["judging"]["requested"] == 0
     pd.testing.assert_frame_equal(again, table)
@@ -175,8 +180,9 @@ def test_swapping_model_and_reference_turns_w_into_100_minus_w(tmp_path, tiny_lm
     for name, model_text, ref_text in (("fwd", a, b), ("swap", b, a)):
         bench = _bench_with_reference(tmp_path / name / "bench", ref_text)
         outs = write_outputs(tmp_path / name / "outs", bench, model_text, langs=("en",))
-        table = evaluate([EvalModel("m", outputs=str(outs))], ["en"], str(bench), tmp_path / name / "out",
-                         lambda: HFJudge(tiny_lm), cache_dir=tmp_path / "cache", order=order, lc=False)
+        config = eval_config(bench, tmp_path / name / "out", languages=["en"], lc=False,
+                             judge={"cache": str(tmp_path / "cache"), "order": order})
+        table = evaluate(config, [EvalModel("m", outputs=str(outs))], lambda: HFJudge(tiny_lm, 4))
         rates.append(float(table.at[0, "win_rate"]))
     assert 0 < rates[0] < 100 and rates[0] != pytest.approx(50, abs=1e-6)
     assert rates[1] == pytest.approx(100 - rates[0], abs=1e-9)
@@ -187,7 +193,7 @@ def test_eval_command_fills_one_table_with_every_iteration_of_a_run(tmp_path, ti
 
     from click.testing import CliRunner
 
-    from icr.eval_cli import eval_command
+    from icr.cli.commands import eval_command
 
     run = tmp_path / "run"
     shutil.copytree(tiny_lm.path, run / "iter_0" / "model")  # "π1": same weights as π0 here
@@ -207,7 +213,7 @@ def test_eval_command_fills_one_table_with_every_iteration_of_a_run(tmp_path, ti
 
 
 def test_eval_command_documents_every_option():
-    from icr.eval_cli import eval_command
+    from icr.cli.commands import eval_command
 
     for param in eval_command.params:
         assert getattr(param, "help", None), f"--{param.name} has no help text"
@@ -222,9 +228,10 @@ def test_eval_command_documents_every_option():
 def test_real_smollm2_on_x_alpacaeval_with_the_offline_judge(tmp_path):
     from icr.models import load_model
 
-    table = evaluate([EvalModel("smollm2", EMBEDDED)], ["en", "de"], str(X_ALPACAEVAL), tmp_path / "out",
-                     lambda: HFJudge(load_model(EMBEDDED, device="cpu"), batch_size=1),
-                     cache_dir=tmp_path / "cache", limit=3, decoding=Decoding(max_new_tokens=16), lc=False, device="cpu")
+    config = eval_config(X_ALPACAEVAL, tmp_path / "out", languages=["en", "de"], limit=3, lc=False, device="cpu",
+                         judge={"cache": str(tmp_path / "cache")}, sampling=decoding(max_new_tokens=16))
+    table = evaluate(config, [EvalModel("smollm2", EMBEDDED)],
+                     lambda: HFJudge(load_model(EMBEDDED, device="cpu"), batch_size=1))
     assert list(table["n_pairs"]) == [3, 3] and table["win_rate"].between(0, 100).all()
     assert (table["standard_error"] >= 0).all() and table["language_fidelity"].between(0, 100).all()
     outputs = json.loads((tmp_path / "out" / "outputs" / "smollm2" / "en" / "model_outputs.json").read_text())

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from icr.config import GenerateConfig
+from icr.config import GenerateConfig, ModelsConfig
 from icr.data import Prompt, read_jsonl
-from icr.generate import HFGenerator, RowSeededSampler, generate_language, make_generator, prompt_seed
 from icr.models import load_model
+from icr.sampling import HFGenerator, RowSeededSampler, make_generator, prompt_seed
+from icr.stages.generate import generate_language
 
 MAX_NEW = 6
 
@@ -36,11 +37,9 @@ def config(n=4, max_new_tokens=MAX_NEW, **kw) -> GenerateConfig:
 
 
 def test_same_seed_same_responses_other_seed_other_responses(tiny_lm):
-    gen = make_generator(tiny_lm, config())
+    gen = make_generator("tiny", config(), ModelsConfig(), lambda spec: tiny_lm)
     assert isinstance(gen, HFGenerator)
-    a = gen.sample("Tell me a story.", 4, seed=123)
-    b = gen.sample("Tell me a story.", 4, seed=123)
-    c = gen.sample("Tell me a story.", 4, seed=124)
+    a, b, c = (gen.sample_batch(["Tell me a story."], 4, [seed])[0] for seed in (123, 123, 124))
     assert [s.text for s in a] == [s.text for s in b]
     assert [s.text for s in a] != [s.text for s in c]
     assert len({s.text for s in a}) > 1  # the n samples differ from each other
@@ -76,7 +75,6 @@ def test_samples_do_not_depend_on_batch_partners(tiny_lm):
     together = gen.sample_batch([a, b], 3, [1, 2])
     assert [s.text for s in gen.sample_batch([b], 3, [2])[0]] == [s.text for s in together[1]]
     assert [s.text for s in gen.sample_batch([a], 3, [1])[0]] == [s.text for s in together[0]]
-    assert [s.text for s in gen.sample(a, 3, 1)] == [s.text for s in together[0]]
 
 
 def test_row_seeded_sampler_draws_from_the_tempered_distribution():
@@ -169,7 +167,7 @@ def test_prompts_already_done_are_not_sampled_again(tiny_lm, tmp_path):
             calls.append(text)
             return 1
 
-        def sample(self, *a):
+        def sample_batch(self, *a):
             raise AssertionError("sampled again")
 
     assert len(generate_language(Spy(), prompts, tmp_path / "en.jsonl", cfg, 0, 0, 1024)) == 2

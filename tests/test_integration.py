@@ -5,28 +5,28 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 
 from conftest import EMBEDDED, SHARED_DATA
-from icr.config import GenerateConfig, load_config
+from helpers import run_config
+from icr.config import GenerateConfig
 from icr.data import load_prompt_set, read_json, read_jsonl
-from icr.generate import HFGenerator, generate_stage
 from icr.pipeline import run_stage
+from icr.sampling import HFGenerator
+from icr.stages.generate import generate_language
+
+pytestmark = pytest.mark.slow  # minutes on a 2-core CPU: `make test-fast` skips this file
 
 UF = SHARED_DATA / "ultrafeedback-multilingual"
 
 
 
 
-@pytest.mark.slow
 def test_real_model_generate_reward_pairs(tmp_path, tiny_ref_dir, smollm_path):
     """π = SmolLM2-135M-Instruct, π_ref = a tiny random model with the same tokenizer (so that the
     rewards are not all zero): 2 prompts × 2 languages × 2 samples."""
-    cfg = load_config(overrides={
-        "name": "real", "output_dir": str(tmp_path), "iterations": 1,
-        "models.policy": EMBEDDED, "models.reference": str(tiny_ref_dir), "models.device": "cpu",
-        "data.prompts": "embedded:demo", "data.languages": ["en", "es"], "data.limit": 2,
-        "generate.n": 2, "generate.max_new_tokens": 16, "pairs.language_filter": False,
+    cfg = run_config(tmp_path, EMBEDDED, tiny_ref_dir, "real", **{
+        "models.dtype": "auto", "data.limit": 2, "generate.max_new_tokens": 16, "generate.batch_prompts": 8,
+        "reward.batch_prompts": 8,
     })
     for stage in ("generate", "reward", "pairs"):
         run = run_stage(cfg, stage)
@@ -58,13 +58,14 @@ def test_real_model_generate_reward_pairs(tmp_path, tiny_ref_dir, smollm_path):
     assert sum(s["pairs"] for s in stats.values()) == len(pairs)
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not UF.exists(), reason="../shared/data is not available")
 def test_real_prompt_slice_through_generate(tiny_lm, tmp_path):
     prompts = load_prompt_set(str(UF / "random_1000"), ["en", "es", "zh"], limit=2)
     assert all(len(v) == 2 for v in prompts.by_lang.values())
     cfg = GenerateConfig(n=2, max_new_tokens=4)
-    out = generate_stage(HFGenerator(tiny_lm, cfg), prompts, tmp_path, cfg, seed=0, iteration=0, max_prompt_tokens=1024)
+    generator = HFGenerator(tiny_lm, cfg)
+    out = {lang: generate_language(generator, items, tmp_path / f"{lang}.jsonl", cfg, seed=0, iteration=0,
+                                   max_prompt_tokens=1024) for lang, items in prompts.by_lang.items()}
     for lang, records in out.items():
         assert [r["id"] for r in records] == [p.id for p in prompts.by_lang["en"]]
         assert [r["prompt"] for r in records] == [p.text for p in prompts.by_lang[lang]]

@@ -14,8 +14,11 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from icr.judges import (HFJudge, Judgement, JudgementCache, JudgeRequest, PairItem, judge_messages, judge_pairs,
-                        sampled_verdict, verdict_probability)
+from icr.eval.judges.base import Judgement, JudgeRequest, judge_messages, sampled_verdict, verdict_probability
+from icr.eval.judges.cache import JudgementCache
+from icr.eval.judges.hf import HFJudge
+from icr.eval.judging import PairItem
+from icr.eval.judging import judge_pairs as keyed_judge_pairs
 
 SECRET = "sk-test-DO-NOT-LEAK-7f3a9c"
 REFERENCE = "gpt-4-turbo-2024-04-09"
@@ -97,6 +100,9 @@ class FakeJudge:
     def __init__(self, fn, fail_at: int | None = None):
         self.fn, self.fail_at, self.calls, self.preflights = fn, fail_at, 0, 0
 
+    def messages(self, req):
+        return judge_messages(req)
+
     def describe(self):
         return {"backend": "fake", "model": "fake", "rule": "logprobs", "prompt_version": "x"}
 
@@ -110,6 +116,12 @@ class FakeJudge:
                 raise RuntimeError("endpoint died")
             self.calls += 1
             on_done(i, Judgement(self.fn(req), "logprobs"))
+
+
+def judge_pairs(*args, **kwargs):
+    """The results in the order of the items."""
+    results, stats = keyed_judge_pairs(*args, **kwargs)
+    return list(results.values()), stats
 
 
 def items(n=6, swap=False):
@@ -142,7 +154,7 @@ def test_orders_random_is_swap_symmetric_and_both_cancels_position_bias(tmp_path
 
 
 def test_identical_outputs_tie_for_free_and_missing_verdicts_are_none(tmp_path):
-    same = [PairItem("m", "en", 1, "q", "same text", " same text ")]
+    same = [PairItem("m", "de", 1, "q", "same text", " same text ")]
     judge = FakeJudge(lambda req: None)
     res, _ = judge_pairs(judge, JudgementCache(tmp_path), same + items(2))
     assert judge.calls == 2
@@ -233,7 +245,7 @@ def endpoint():
 
 
 def run_eval(tmp_path, url, *extra):
-    from icr.eval_cli import eval_command
+    from icr.cli.commands import eval_command
 
     bench = write_benchmark(tmp_path / "bench") if not (tmp_path / "bench").exists() else tmp_path / "bench"
     outs = write_outputs(tmp_path / "outs", bench, good_or_poor)
@@ -283,6 +295,7 @@ def test_openai_judge_end_to_end_with_logprobs_and_cache(tmp_path, endpoint, mon
     assert meta["judge"]["served_model"] == "judge-x-2024-01-01" and meta["judge"]["rule"] == "logprobs"
     assert meta["judging"]["served_models"] == ["judge-x-2024-01-01"] and meta["judging"]["rules"] == ["logprobs"]
     assert "`judge-x-2024-01-01`" in (tmp_path / "out" / "leaderboard.md").read_text()
+    assert "not comparable with the paper's Table 2" in (tmp_path / "out" / "leaderboard.md").read_text()
     assert meta["judging"]["estimated_prompt_tokens"] > 0
 
     second = run_eval(tmp_path, endpoint)  # served entirely from the cache: not even a preflight
@@ -316,7 +329,7 @@ def test_openai_judge_retries_rate_limits_and_reports_hard_errors(tmp_path, endp
 
     FakeEndpoint.mode["status"] = 401
     (tmp_path / "cache2").mkdir()
-    from icr.eval_cli import eval_command
+    from icr.cli.commands import eval_command
 
     bad = CliRunner().invoke(eval_command, [
         "--outputs", f"good={tmp_path / 'outs'}", "--languages", "en", "--prompts", str(tmp_path / "bench"),

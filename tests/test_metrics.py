@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from icr import metrics
-from icr.metrics import ALPACA_EVAL_SIZE, LCUnavailable
+from icr.eval import metrics
+from icr.eval.metrics import ALPACA_EVAL_SIZE, LCUnavailable
 
 N = ALPACA_EVAL_SIZE
 
@@ -64,7 +64,8 @@ def test_head_to_head_matches_alpaca_eval_and_counts_ties_as_half():
     ours, theirs = metrics.head_to_head(ann["preference"]), get_winrate(ann)
     assert ours["win_rate"] == pytest.approx(theirs["win_rate"], abs=1e-9)
     assert ours["standard_error"] == pytest.approx(theirs["standard_error"], abs=1e-9)
-    assert (ours["n_wins"], ours["n_draws"], ours["n_pairs"]) == (theirs["n_wins"], theirs["n_draws"], theirs["n_total"])
+    assert (ours["n_wins"], ours["n_draws"], ours["n_pairs"]) == (theirs["n_wins"], theirs["n_draws"],
+                                                                   theirs["n_total"])
     assert ours["n_invalid"] == 1
     simple = metrics.head_to_head([2.0, 1.0, 1.5, 0, float("nan")])  # win, loss, tie, legacy tie, no verdict
     assert simple["win_rate"] == 50.0 and simple["n_draws"] == 2 and simple["n_pairs"] == 4
@@ -79,7 +80,7 @@ def test_length_controlled_agrees_with_alpaca_eval(gamed_csv, monkeypatch):
     assert abs(ours["lc_standard_error"] - theirs["lc_standard_error"]) < 1e-6
     assert ours["lc_scope"] == "full"
     # the model wins by being longer: controlling for length must pull its win rate down
-    assert ours["lc_win_rate"] < metrics.win_rate(ann["preference"]) - 2
+    assert ours["lc_win_rate"] < metrics.head_to_head(ann["preference"])["win_rate"] - 2
 
 
 @ALPACA_EVAL_WARNINGS

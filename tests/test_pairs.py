@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from icr.config import PairsConfig
-from icr.pairs import PAPER_ALPHA_STEP, Candidates, fit_alpha, select_pairs
+from icr.selection import PAPER_ALPHA_STEP, Candidates, fit_alpha, select_pairs
 
 
 def make_groups(rng: np.random.Generator, n_prompts: int, sizes=(2, 8), reward_scale=1.0, max_len=400):
@@ -120,13 +120,23 @@ def test_fit_alpha_respects_alpha_max():
 # ---------------------------------------------------------------- select_pairs
 
 
-def record(pid, rewards, texts=None, lang="en", lengths=None, **extra):
-    texts = texts or [f"response {pid} " + "x" * (5 + 7 * k) for k in range(len(rewards))]
+BETA = 0.1
+
+
+def record(pid, log_ratios, texts=None, lang="en", lengths=None, **extra):
+    """A reward record whose responses have these log π − log π_ref (reward = β × that, β = 0.1)."""
+    texts = texts or [f"response {pid} " + "x" * (5 + 7 * k) for k in range(len(log_ratios))]
+    logp_ref = [-50.0 - 3 * k for k in range(len(log_ratios))]
     return {"id": pid, "lang": lang, "prompt": f"prompt {pid}", "prompt_en": f"english {pid}", "responses": texts,
-            "reward": list(rewards), "n_tokens": lengths or [len(t) // 3 for t in texts], **extra}
+            "logp_policy": [lr + ref for lr, ref in zip(log_ratios, logp_ref)], "logp_ref": logp_ref,
+            "reward": [BETA * lr for lr in log_ratios], "n_tokens": lengths or [len(t) // 3 for t in texts], **extra}
 
 
-NO_FILTER = dict(language_filter=False)
+def log_ratio(rec) -> list[float]:
+    return [a - b for a, b in zip(rec["logp_policy"], rec["logp_ref"])]
+
+
+NO_FILTER = dict(language_filter="off")
 
 
 def test_select_pairs_picks_argmax_and_argmin_of_length_controlled_score():
@@ -137,18 +147,20 @@ def test_select_pairs_picks_argmax_and_argmin_of_length_controlled_score():
     cfg = PairsConfig(**NO_FILTER)
     pairs, stats = select_pairs(records, cfg)
     alpha = stats["alpha"]
-    assert alpha == fit_alpha([Candidates(r, r["responses"], np.array(r["reward"]),
+    # α is fitted on the paper's scale: the raw log-ratio, not the β-scaled reward
+    assert alpha == fit_alpha([Candidates(r, r["responses"], np.array(log_ratio(r)),
                                           np.array([len(t) for t in r["responses"]], float)) for r in records])
     by_id = {r["id"]: r for r in records}
     assert len(pairs) == len(records)
     for p in pairs:
         r = by_id[p["id"]]
-        s = [rew - alpha * len(t) for rew, t in zip(r["reward"], r["responses"])]
+        s = [lr - alpha * len(t) for lr, t in zip(log_ratio(r), r["responses"])]
         c, w = int(np.argmax(s)), int(np.argmin(s))
         assert p["chosen"] == [{"role": "assistant", "content": r["responses"][c]}]
         assert p["rejected"] == [{"role": "assistant", "content": r["responses"][w]}]
         assert p["prompt"] == [{"role": "user", "content": r["prompt"]}]
         assert p["reward_chosen"] == r["reward"][c] and p["reward_rejected"] == r["reward"][w]
+        assert p["log_ratio_chosen"] == pytest.approx(log_ratio(r)[c])
         assert p["score_chosen"] == pytest.approx(s[c]) and p["score_rejected"] == pytest.approx(s[w])
         assert p["len_chosen"] == len(r["responses"][c]) and p["alpha"] == alpha
         assert p["prompt_en"] == r["prompt_en"] and p["lang"] == "en"
@@ -175,7 +187,32 @@ def test_length_unit_tokens_uses_n_tokens():
     assert pairs[0]["len_chosen"] == 30 and pairs[0]["len_rejected"] == 2
 
 
+def test_alpha_means_the_same_whatever_beta():
+    """The same log-ratios under two β give the same α and pairs: α is in the paper's units."""
+    rng = np.random.default_rng(5)
+    recs = []
+    for k in range(10):  # longer answers get higher log-ratios: length control needs α > 0
+        texts = [f"a{k}.{i} " + "q" * int(rng.integers(1, 300)) for i in range(5)]
+        recs.append(record(str(k), [0.05 * len(t) + rng.normal(0, 1) for t in texts], texts=texts))
+    rescaled = [{**r, "reward": [10 * x for x in r["reward"]]} for r in recs]  # β = 1 instead of 0.1
+    a, stats_a = select_pairs(recs, PairsConfig(**NO_FILTER))
+    b, stats_b = select_pairs(rescaled, PairsConfig(**NO_FILTER))
+    assert stats_a["alpha"] == stats_b["alpha"] > 0.01
+    assert [p["chosen"] for p in a] == [p["chosen"] for p in b]
+    lengths = [np.array([len(t) for t in r["responses"]], float) for r in recs]
+    on_rewards = fit_alpha([Candidates(r, r["responses"], np.array(r["reward"]), n) for r, n in zip(recs, lengths)])
+    assert on_rewards < stats_a["alpha"] / 5  # what fitting on β-scaled rewards gave: α in other units
+
+
+def test_missing_log_probabilities_are_an_error():
+    rec = record("a", [0.0, 1.0])
+    del rec["logp_ref"]
+    with pytest.raises(ValueError, match="logp_policy/logp_ref"):
+        select_pairs([rec], PairsConfig(**NO_FILTER))
+
+
 def test_max_chosen_score_drops_prompts():
+    # the score is in nats of log π − log π_ref (the reward, β = 0.1, would be 10× smaller)
     recs = [record("lo", [0.1, 0.5]), record("hi", [0.2, 3.0])]
     pairs, stats = select_pairs(recs, PairsConfig(length_control=False, max_chosen_score=1.0, **NO_FILTER))
     assert [p["id"] for p in pairs] == ["lo"]
@@ -211,23 +248,56 @@ SPANISH = [
 ENGLISH_ANSWER = "Photosynthesis is the process by which plants turn sunlight, water and air into sugar and oxygen."
 
 
-def test_language_filter_drops_an_english_response_among_spanish_ones():
-    # the English answer has the best reward: without the filter it would be chosen
-    rec = record("p", [0.1, 0.2, 0.3, 5.0], texts=SPANISH + [ENGLISH_ANSWER], lang="es")
-    pairs, stats = select_pairs([rec], PairsConfig(length_control=False, language_filter=True))
-    assert len(pairs) == 1
-    assert pairs[0]["chosen"][0]["content"] == SPANISH[2]
-    assert ENGLISH_ANSWER not in (pairs[0]["chosen"][0]["content"], pairs[0]["rejected"][0]["content"])
-    assert stats["target_language_share"] == pytest.approx(3 / 4)
-    off, stats_off = select_pairs([rec], PairsConfig(length_control=False, language_filter=False))
-    assert off[0]["chosen"][0]["content"] == ENGLISH_ANSWER
-    assert stats_off["target_language_share"] == pytest.approx(3 / 4)  # counted even when not filtered
+def test_language_filter_default_is_off_as_released():
+    assert PairsConfig().language_filter == "off"
 
 
-def test_language_filter_drops_prompts_left_with_fewer_than_two():
+def texts_of(pair) -> tuple[str, str]:
+    return pair["chosen"][0]["content"], pair["rejected"][0]["content"]
+
+
+def test_language_filter_settings_on_an_english_response_among_spanish_ones():
+    best = record("best", [0.1, 0.2, 0.3, 5.0], texts=SPANISH + [ENGLISH_ANSWER], lang="es")  # English ranks first
+    worst = record("worst", [0.1, 0.2, 0.3, -5.0], texts=SPANISH + [ENGLISH_ANSWER], lang="es")  # ... or last
+    cfg = dict(length_control=False)
+    off, stats_off = select_pairs([best, worst], PairsConfig(language_filter="off", **cfg))
+    assert [texts_of(p) for p in off] == [(ENGLISH_ANSWER, SPANISH[0]), (SPANISH[2], ENGLISH_ANSWER)]
+    assert stats_off["off_language_chosen"] == 1 and stats_off["off_language_rejected"] == 1
+    chosen, stats_chosen = select_pairs([best, worst], PairsConfig(language_filter="chosen", **cfg))
+    # never chosen, still rejected: the pair that teaches the target language is kept
+    assert [texts_of(p) for p in chosen] == [(SPANISH[2], SPANISH[0]), (SPANISH[2], ENGLISH_ANSWER)]
+    assert stats_chosen["off_language_chosen"] == 0 and stats_chosen["off_language_rejected"] == 1
+    filtered, stats_all = select_pairs([best, worst], PairsConfig(language_filter="all", **cfg))
+    assert [texts_of(p) for p in filtered] == [(SPANISH[2], SPANISH[0]), (SPANISH[2], SPANISH[0])]
+    assert stats_all["off_language_chosen"] == stats_all["off_language_rejected"] == 0
+    for stats in (stats_off, stats_chosen, stats_all):
+        assert stats["target_language_share"] == pytest.approx(6 / 8)  # counted whatever the setting
+        # both prompts' pairs differ between off and all, whichever setting ran
+        assert stats["language_filter_effect"] == {"pairs_off": 2, "pairs_all": 2, "differing_pairs_off_vs_all": 2}
+
+
+def test_language_filter_effect_counts_pairs_present_in_one_selection_only():
+    lost = record("lost", [0.1, 0.9], texts=[SPANISH[0], ENGLISH_ANSWER], lang="es")  # 1 left under 'all'
+    same = record("same", [0.1, 0.9], texts=SPANISH[:2], lang="es")
+    _, stats = select_pairs([lost, same], PairsConfig(length_control=False))
+    assert stats["language_filter_effect"] == {"pairs_off": 2, "pairs_all": 1, "differing_pairs_off_vs_all": 1}
+
+
+def test_language_filter_all_drops_prompts_left_with_fewer_than_two():
     rec = record("p", [0.1, 0.9], texts=[SPANISH[0], ENGLISH_ANSWER], lang="es")
-    pairs, stats = select_pairs([rec], PairsConfig(language_filter=True))
+    pairs, stats = select_pairs([rec], PairsConfig(language_filter="all"))
     assert pairs == [] and stats["dropped"] == {"fewer_than_2_in_language": 1}
+    pairs, stats = select_pairs([rec], PairsConfig(language_filter="chosen", length_control=False))
+    assert pairs == [] and stats["dropped"] == {"margin_too_small": 1}  # only choosable one is also the worst
+    rec = record("p", [0.9, 0.1], texts=[SPANISH[0], ENGLISH_ANSWER], lang="es")
+    pairs, _ = select_pairs([rec], PairsConfig(language_filter="chosen"))
+    assert texts_of(pairs[0]) == (SPANISH[0], ENGLISH_ANSWER)
+
+
+def test_language_filter_chosen_drops_prompts_with_nothing_in_language():
+    rec = record("p", [0.1, 0.9], texts=[ENGLISH_ANSWER, ENGLISH_ANSWER + " Really."], lang="es")
+    pairs, stats = select_pairs([rec], PairsConfig(language_filter="chosen"))
+    assert pairs == [] and stats["dropped"] == {"no_in_language_response_to_choose": 1}
 
 
 def test_statistics_are_consistent_with_the_pairs():

@@ -7,32 +7,19 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
-import icr.generate
 import icr.models
-import icr.pipeline
-import icr.reward
+import icr.rundir
+import icr.sampling
+import icr.stages.generate
+import icr.stages.reward
+from helpers import LANGS, run_config
 from icr.config import ConfigError, load_config
+from icr.config.run import RUN_SECTIONS
 from icr.data import read_json, read_jsonl
-from icr.pipeline import STAGE_SECTIONS, RunDir, run_stage
-
-LANGS = ("en", "es")
-
-
-
-
-def tiny_config(tiny_dir, tiny_ref_dir, output_dir: Path, name: str, **overrides):
-    tree = {
-        "name": name, "output_dir": str(output_dir), "iterations": 1,
-        "models.policy": str(tiny_dir), "models.reference": str(tiny_ref_dir), "models.device": "cpu",
-        "models.dtype": "float32",
-        "data.prompts": "embedded:demo", "data.languages": list(LANGS), "data.limit": 3,
-        "generate.n": 2, "generate.max_new_tokens": 6, "generate.batch_prompts": 1, "reward.batch_prompts": 2,
-        "pairs.language_filter": False,
-    }
-    tree.update(overrides)
-    return load_config(overrides=tree)
+from icr.pipeline import run_stage
+from icr.rundir import RunDir
+from icr.stages import STAGES
 
 
 def output_files(root: Path) -> dict[str, bytes]:
@@ -58,7 +45,7 @@ def run_three(cfg):
 def reference_run(tiny_dir, tiny_ref_dir, tmp_path_factory):
     """An uninterrupted generate → reward → pairs run."""
     out = tmp_path_factory.mktemp("runs")
-    cfg = tiny_config(tiny_dir, tiny_ref_dir, out, "full")
+    cfg = run_config(out, tiny_dir, tiny_ref_dir, "full")
     run = run_three(cfg)
     return cfg, run.root, output_files(run.root)
 
@@ -84,12 +71,16 @@ def test_uninterrupted_run_outputs(reference_run):
         for r in gens[lang]:
             assert r["lang"] == lang and len(r["responses"]) == 2
     rewards = read_jsonl(root / "iter_0" / "rewards" / "es.jsonl")
-    assert all(r["reward_prompt"].endswith("Please answer only in Spanish.") for r in rewards)
+    assert all(r["reward_prompt"] == "Please answer the following instruction using only Spanish, unless explicitly "
+               f"instructed to respond in a different language.\n\n{r['prompt_en']}" for r in rewards)
     assert all(len(r["reward"]) == 2 for r in rewards)
     pairs = read_jsonl(root / "iter_0" / "pairs.jsonl")
     stats = read_json(root / "iter_0" / "pairs_stats.json")
     assert set(stats) == set(LANGS)
     assert len(pairs) == sum(s["pairs"] for s in stats.values()) > 0
+    for lang, s in stats.items():  # off-language counts and the off-vs-all comparison, whatever the setting
+        assert s["off_language_chosen"] == sum(not p["chosen_in_language"] for p in pairs if p["lang"] == lang)
+        assert s["language_filter_effect"]["pairs_off"] == s["pairs"]  # this run is the 'off' setting
     manifest = read_json(root / "manifest.json")
     assert {"iter_0/generate", "iter_0/reward", "iter_0/pairs"} <= set(manifest["stages"])
     assert all(e["status"] == "done" for e in manifest["stages"].values())
@@ -100,10 +91,10 @@ def test_uninterrupted_run_outputs(reference_run):
 def test_interrupted_and_resumed_run_is_byte_identical(reference_run, tiny_dir, tiny_ref_dir, tmp_path,
                                                        monkeypatch):
     _, _, want = reference_run
-    cfg = tiny_config(tiny_dir, tiny_ref_dir, tmp_path, "resumed")
+    cfg = run_config(tmp_path, tiny_dir, tiny_ref_dir, "resumed")
     # generation crashes after 4 of the 6 prompts (en done, es one of three)
-    monkeypatch.setattr(icr.generate.HFGenerator, "sample_batch",
-                        fail_after(4, icr.generate.HFGenerator.sample_batch))
+    monkeypatch.setattr(icr.sampling.HFGenerator, "sample_batch",
+                        fail_after(4, icr.sampling.HFGenerator.sample_batch))
     with pytest.raises(KeyboardInterrupt):
         run_stage(cfg, "generate")
     root = cfg.run_dir
@@ -112,7 +103,7 @@ def test_interrupted_and_resumed_run_is_byte_identical(reference_run, tiny_dir, 
     monkeypatch.undo()
     run_stage(cfg, "generate")
     # scoring crashes after one chunk of 2 prompts (reward.batch_prompts=2)
-    monkeypatch.setattr(icr.reward, "reward_records", fail_after(1, icr.reward.reward_records))
+    monkeypatch.setattr(icr.stages.reward, "reward_records", fail_after(1, icr.stages.reward.reward_records))
     with pytest.raises(KeyboardInterrupt):
         run_stage(cfg, "reward")
     assert len(read_jsonl(root / "iter_0" / "rewards" / "en.jsonl")) == 2
@@ -157,9 +148,9 @@ def test_rerunning_a_finished_stage_does_nothing(reference_run, tmp_path, monkey
         raise AssertionError("a finished stage loaded a model")
 
     monkeypatch.setattr(icr.models, "load_model", boom)
-    monkeypatch.setattr(icr.pipeline, "load_model", boom)
-    monkeypatch.setattr(icr.generate, "generate_language", boom)
-    monkeypatch.setattr(icr.reward, "reward_language", boom)
+    monkeypatch.setattr(icr.rundir, "load_model", boom)
+    monkeypatch.setattr(icr.stages.generate, "generate_language", boom)
+    monkeypatch.setattr(icr.stages.reward, "reward_language", boom)
     for stage in ("generate", "reward", "pairs"):
         run_stage(cfg, stage)
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
@@ -197,9 +188,9 @@ def test_unchanged_sections_do_not_block_later_stages(reference_run, tmp_path):
     changed = load_config(root / "config.yaml", {"output_dir": str(tmp_path), "name": "pairs-only",
                                                  "pairs.min_margin": 0.3})
     run = RunDir(changed)
-    assert run.is_done(0, "generate") and run.is_done(0, "reward")
+    assert run.is_done(0, STAGES["generate"]) and run.is_done(0, STAGES["reward"])
     with pytest.raises(ConfigError):
-        run.is_done(0, "pairs")
+        run.is_done(0, STAGES["pairs"])
 
 
 def test_other_seed_other_samples_and_manifest_records_versions_and_config_hash(reference_run, tiny_dir,
@@ -213,11 +204,11 @@ def test_other_seed_other_samples_and_manifest_records_versions_and_config_hash(
     for lib in ("icr", "torch", "transformers", "trl", "pydantic"):
         assert manifest["versions"][lib] == metadata.version(lib)
     assert manifest["versions"]["python"].count(".") == 2
-    assert manifest["config_hash"] == cfg.section_hash(*STAGE_SECTIONS["train"])
+    assert manifest["config_hash"] == cfg.section_hash(*RUN_SECTIONS) == cfg.section_hash(*STAGES["train"].sections)
     for key, entry in manifest["stages"].items():
-        assert entry["config_hash"] == cfg.section_hash(*STAGE_SECTIONS[key.split("/")[1]])
+        assert entry["config_hash"] == cfg.section_hash(*STAGES[key.split("/")[1]].sections)
 
-    other = run_stage(tiny_config(tiny_dir, tiny_ref_dir, tmp_path, "seed1", seed=1), "generate")
+    other = run_stage(run_config(tmp_path, tiny_dir, tiny_ref_dir, "seed1", seed=1), "generate")
     for lang in LANGS:
         a = read_jsonl(root / "iter_0" / "generations" / f"{lang}.jsonl")
         b = read_jsonl(other.root / "iter_0" / "generations" / f"{lang}.jsonl")
@@ -225,3 +216,13 @@ def test_other_seed_other_samples_and_manifest_records_versions_and_config_hash(
         assert [r["responses"] for r in a] != [r["responses"] for r in b]
         assert all(x["seed"] != y["seed"] for x, y in zip(a, b))
     assert read_json(other.root / "manifest.json")["config_hash"] != manifest["config_hash"]
+
+
+def test_translate_mode_translator_is_the_policy_of_the_iteration_unless_set(tmp_path):
+    cfg = load_config(overrides={"reward.mode": "translate", "models.policy": "dpo", "models.reference": "ref",
+                                 "output_dir": str(tmp_path)})
+    run = RunDir(cfg)
+    assert run.translator_spec(0) == "dpo"  # as released: the policy checkpoint translates
+    assert run.translator_spec(1) == str(cfg.run_dir / "iter_0" / "model")
+    cfg.models.translator = "mt-model"
+    assert run.translator_spec(1) == "mt-model"

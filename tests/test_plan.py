@@ -10,21 +10,20 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from test_evaluate import X_ALPACAEVAL, needs_shared
-from test_pipeline import tiny_config
 
 import icr.models
+from helpers import run_config
 from icr.cli import main
-from icr.config import dump_config
+from icr.config import PlanEvalConfig, dump_config
 from icr.models import load_tokenizer, prompt_ids
 from icr.pipeline import load_prompts
 from icr.plan import (
-    EvalPlanOptions,
     eval_estimate,
     make_plan,
     time_estimate,
     weights_info,
 )
+from test_evaluate import X_ALPACAEVAL, needs_shared
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,7 +38,7 @@ def no_model_loads(monkeypatch):
 
 
 def test_counts_are_the_prompts_times_languages_times_n(tiny_dir, tiny_ref_dir, tmp_path, no_model_loads):
-    config = tiny_config(tiny_dir, tiny_ref_dir, tmp_path, "p", iterations=2, **{"data.max_prompt_tokens": 40,
+    config = run_config(tmp_path, tiny_dir, tiny_ref_dir, "p", iterations=2, **{"data.max_prompt_tokens": 40,
                                                                                  "train.grad_accum": 2})
     plan = make_plan(config, roots=[tmp_path])
     tokenizer = load_tokenizer(str(tiny_dir))
@@ -75,7 +74,7 @@ def _bench(root: Path, device: str) -> None:
 
 
 def test_time_is_estimated_only_from_a_benchmark_of_the_same_device_kind(tiny_dir, tiny_ref_dir, tmp_path):
-    config = tiny_config(tiny_dir, tiny_ref_dir, tmp_path, "p")
+    config = run_config(tmp_path, tiny_dir, tiny_ref_dir, "p")
     counts = {"generated_tokens_max": 1000, "scored_tokens_max": 4000, "training_token_slots_max": 2000}
     weights = weights_info(str(tiny_dir))
     _bench(tmp_path / "a", "cpu")
@@ -87,14 +86,67 @@ def test_time_is_estimated_only_from_a_benchmark_of_the_same_device_kind(tiny_di
     assert est["per_iteration_s"]["reward"] == pytest.approx(4000 / bench["scoring"]["tokens_per_s"] * scale)
     _bench(tmp_path / "b", "cuda")
     none = time_estimate(config, counts, weights, [tmp_path / "b"])
-    assert not none["available"] and "device kind 'cpu'" in none["reason"] and "cuda in" in none["reason"]
+    assert not none["available"] and "device kind 'cpu'" in none["reason"] and "latest.json: cuda" in none["reason"]
+
+
+def _gpu_part(tokens_per_s: float, **settings) -> dict:
+    return {"status": "measured", "reason": None, "seconds": 2.0, "tokens": 2 * tokens_per_s,
+            "tokens_per_s": tokens_per_s, "flops": None, "share_of_matmul": None, "peak_memory_gib": 1.0,
+            "settings": settings}
+
+
+def _gpu_bench(root: Path, **overrides) -> Path:
+    """A results file of `make bench-gpu` (schema icr-bench-gpu/1, the keys benchmarks/gpu.py documents)."""
+    not_measured = {**_gpu_part(1.0), "status": "not-measured", "tokens_per_s": None}
+    doc = {"schema": "icr-bench-gpu/1", "status": "measured", "reason": None, "shape": "llama3-8b",
+           "device": {"name": "NVIDIA H100", "kind": "cuda", "memory_gib": 80.0},
+           "scoring": {"ours": _gpu_part(20000.0), "reference": _gpu_part(5000.0), "ceiling": _gpu_part(40000.0)},
+           "generation": {"hf": _gpu_part(900.0), "vllm": not_measured},
+           "training": {"lora": _gpu_part(3000.0, params=8_000_000_000, lora=True),
+                        "full": _gpu_part(6000.0, params=1_000_000_000, lora=False)}, **overrides}
+    path = root / "benchmarks" / "results" / "gpu-latest.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_time_on_a_gpu_comes_from_the_measured_parts_of_gpu_latest(tiny_dir, tiny_ref_dir, tmp_path):
+    counts = {"generated_tokens_max": 9000, "scored_tokens_max": 40000, "training_token_slots_max": 6000}
+    weights = weights_info(str(tiny_dir))
+    config = run_config(tmp_path, tiny_dir, tiny_ref_dir, "p", **{"models.device": "cuda"})
+    _gpu_bench(tmp_path / "g")
+    est = time_estimate(config, counts, weights, [tmp_path / "g"])
+    scale = weights["params"] / 8_000_000_000
+    assert est["available"] and est["source"].endswith("gpu-latest.json") and est["device"] == "NVIDIA H100"
+    assert est["per_iteration_s"]["generate"] == pytest.approx(9000 / 900.0 * scale)  # generation.hf
+    assert est["per_iteration_s"]["reward"] == pytest.approx(40000 / 20000.0 * scale)  # scoring.ours
+    assert est["per_iteration_s"]["train"] == pytest.approx(6000 / 6000.0 * weights["params"] / 1e9)  # full
+    lora = config.model_copy(update={"train": config.train.model_copy(update={"lora": config.train.lora.model_copy(
+        update={"enabled": True})})})
+    assert time_estimate(lora, counts, weights, [tmp_path / "g"])["per_iteration_s"]["train"] == pytest.approx(
+        6000 / 3000.0 * scale)
+    vllm = config.model_copy(update={"generate": config.generate.model_copy(update={"backend": "vllm"})})
+    none = time_estimate(vllm, counts, weights, [tmp_path / "g"])  # generation.vllm was not measured
+    assert not none["available"] and "not usable" in none["reason"] and "generate: not-measured" in none["reason"]
+
+
+def test_the_placeholder_gpu_results_give_no_estimate_and_say_why(tiny_dir, tiny_ref_dir, tmp_path):
+    config = run_config(tmp_path, tiny_dir, tiny_ref_dir, "p", **{"models.device": "cuda"})
+    reason = "No NVIDIA GPU was available to the session that wrote this file"
+    placeholder = {**_gpu_part(1.0), "status": "not-measured", "reason": reason}
+    _gpu_bench(tmp_path / "g", status="not-measured", reason=reason, device=None,
+               scoring={"ours": placeholder}, generation={"hf": placeholder},
+               training={"lora": placeholder, "full": placeholder})
+    counts = {"generated_tokens_max": 1, "scored_tokens_max": 1, "training_token_slots_max": 1}
+    est = time_estimate(config, counts, weights_info(str(tiny_dir)), [tmp_path / "g"])
+    assert not est["available"] and "gpu-latest.json: not usable" in est["reason"] and reason in est["reason"]
 
 
 @needs_shared
 @pytest.mark.parametrize("order,calls_per_item", [("random", 1), ("both", 2)])
 def test_judge_calls_and_cost(order, calls_per_item):
-    options = EvalPlanOptions(prompts=str(X_ALPACAEVAL), languages=("en", "es"), limit=3, order=order,
-                              price_input_per_million=2.0, price_output_per_million=8.0)
+    options = PlanEvalConfig(prompts=str(X_ALPACAEVAL), languages=["en", "es"], limit=3, order=order,
+                             price_input=2.0, price_output=8.0)
     est = eval_estimate(options, iterations=2)
     assert est["judge_calls"] == 3 * 2 * 3 * calls_per_item  # π0..π2 × languages × instructions × orders
     assert est["judge_input_tokens_max"] > est["judge_calls"] * 2048  # each prompt holds a full-length output
@@ -102,7 +154,7 @@ def test_judge_calls_and_cost(order, calls_per_item):
 
 
 def test_plan_command_prints_and_writes_json(tiny_dir, tiny_ref_dir, tmp_path, no_model_loads):
-    config = tiny_config(tiny_dir, tiny_ref_dir, tmp_path, "p")
+    config = run_config(tmp_path, tiny_dir, tiny_ref_dir, "p")
     (tmp_path / "c.yaml").write_text(dump_config(config))
     result = CliRunner().invoke(main, ["plan", "--config", str(tmp_path / "c.yaml"), "--processes", "2"],
                                 catch_exceptions=False)

@@ -14,10 +14,11 @@ import yaml
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from icr.config import ConfigError, PairsConfig, dump_config, iter_fields, load_config
-from icr.data import DataError, JsonlAppender, load_prompt_set, read_json, read_jsonl, write_jsonl_atomic
-from icr.pairs import select_pairs
+from icr.config import ConfigError, PairsConfig, RunConfig, dump_config, iter_fields, load_config
+from icr.data import JsonlAppender, load_prompt_set, read_json, read_jsonl, write_jsonl_atomic
+from icr.errors import DataError
 from icr.pipeline import run_stage
+from icr.selection import select_pairs
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -128,7 +129,7 @@ def test_prompt_files_load_exactly_or_are_refused_naming_file_and_line(case, as_
 
 # ---------------------------------------------------------------- configs
 
-LEAVES = sorted(d for d, _, _ in iter_fields())
+LEAVES = sorted(d for d, _, _ in iter_fields(RunConfig))
 KEYS = st.sampled_from(LEAVES + ["generate", "train.lora", "models", "nope", "generate.bogus", "generate.n.x",
                                  "data.languages.0"])
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-3, 20), st.integers(), st.floats(),
@@ -211,7 +212,8 @@ def test_a_key_given_twice_in_a_yaml_file_is_refused_not_overwritten(tree, value
 
 REWARDS = st.one_of(st.sampled_from([0.0, 1.0, -1.0, 0.5]), st.floats(-1e6, 1e6),
                     st.sampled_from([math.nan, math.inf, -math.inf]))
-RESPONSES = st.one_of(st.sampled_from(["", " ", "Hola", "Hola ", "Hola, ¿qué tal?", "مرحبا", "😀"]), st.text(max_size=30))
+RESPONSES = st.one_of(st.sampled_from(["", " ", "Hola", "Hola ", "Hola, ¿qué tal?", "مرحبا", "😀"]),
+                      st.text(max_size=30))
 
 
 @st.composite
@@ -219,25 +221,28 @@ def reward_records(draw):
     records = []
     for k in range(draw(st.integers(0, 6))):
         n = draw(st.integers(0, 5))
+        log_ratios = draw(st.lists(REWARDS, min_size=n, max_size=n))
         record = {"id": str(k), "lang": "es", "prompt": f"p{k}", "prompt_en": f"q{k}",
                   "responses": draw(st.lists(RESPONSES, min_size=n, max_size=n)),
-                  "reward": draw(st.lists(REWARDS, min_size=n, max_size=n)),
+                  "logp_policy": log_ratios, "logp_ref": [0.0] * n, "reward": [0.1 * x for x in log_ratios],
                   "n_tokens": draw(st.lists(st.integers(0, 50), min_size=n, max_size=n))}
         if draw(st.integers(0, 9)) == 0:
-            record.update(responses=[], reward=[], n_tokens=[], skipped="prompt has 99 tokens > 64")
+            record.update(responses=[], reward=[], logp_policy=[], logp_ref=[], n_tokens=[],
+                          skipped="prompt has 99 tokens > 64")
         records.append(record)
     return records
 
 
 pairs_configs = st.builds(PairsConfig, length_control=st.booleans(), length_unit=st.sampled_from(["chars", "tokens"]),
                           min_margin=st.sampled_from([0.0, 0.5]), drop_identical=st.booleans(),
-                          language_filter=st.booleans(), max_chosen_score=st.sampled_from([None, 0.0, 10.0]))
+                          language_filter=st.sampled_from(["off", "chosen", "all"]),
+                          max_chosen_score=st.sampled_from([None, 0.0, 10.0]))
 
 
 @SETTINGS
 @example(records=[{"id": "0", "lang": "es", "prompt": "p", "prompt_en": "q", "responses": ["Hola", "Adiós"],
-                   "reward": [1.0, 1.0], "n_tokens": [1, 1]}],  # a tie of different texts: not 'identical'
-         config=PairsConfig(length_control=False, language_filter=False))
+                   "logp_policy": [1.0, 1.0], "logp_ref": [0.0, 0.0], "reward": [0.1, 0.1], "n_tokens": [1, 1]}],
+         config=PairsConfig(length_control=False, language_filter="off"))  # a tie of different texts: not 'identical'
 @given(records=reward_records(), config=pairs_configs)
 def test_select_pairs_chooses_extremes_and_accounts_for_every_prompt(records, config):
     from icr.languages import is_in_language
@@ -253,14 +258,15 @@ def test_select_pairs_chooses_extremes_and_accounts_for_every_prompt(records, co
         rec, alpha = by_id[p["id"]], p["alpha"]
         numbers = [v for k, v in p.items() if k.startswith(("reward_", "score_", "len_"))] + [alpha]
         assert all(math.isfinite(v) for v in numbers), p
-        valid = [i for i, (text, reward) in enumerate(zip(rec["responses"], rec["reward"]))
-                 if math.isfinite(reward) and (not config.language_filter or is_in_language(
-                     text, "es", config.language_min_confidence))]
+        in_lang = [is_in_language(t, "es", config.language_min_confidence) for t in rec["responses"]]
+        valid = [i for i, lr in enumerate(rec["logp_policy"])
+                 if math.isfinite(lr) and (config.language_filter != "all" or in_lang[i])]
+        choosable = [i for i in valid if config.language_filter == "off" or in_lang[i]]
         lengths = rec["n_tokens"] if config.length_unit == "tokens" else [len(t) for t in rec["responses"]]
-        scores = {i: rec["reward"][i] - alpha * lengths[i] for i in valid}
-        assert p["score_chosen"] == pytest.approx(max(scores.values()), rel=1e-9, abs=1e-9)
+        scores = {i: rec["logp_policy"][i] - alpha * lengths[i] for i in valid}  # log π_ref = 0 here
+        assert p["score_chosen"] == pytest.approx(max(scores[i] for i in choosable), rel=1e-9, abs=1e-9)
         assert p["score_rejected"] == pytest.approx(min(scores.values()), rel=1e-9, abs=1e-9)
-        chosen = [i for i in valid if rec["responses"][i] == p["chosen"][0]["content"]
+        chosen = [i for i in choosable if rec["responses"][i] == p["chosen"][0]["content"]
                   and rec["reward"][i] == p["reward_chosen"] and lengths[i] == p["len_chosen"]]
         rejected = [i for i in valid if rec["responses"][i] == p["rejected"][0]["content"]
                     and rec["reward"][i] == p["reward_rejected"] and lengths[i] == p["len_rejected"]]
@@ -273,8 +279,9 @@ def test_select_pairs_chooses_extremes_and_accounts_for_every_prompt(records, co
             assert p["score_chosen"] <= config.max_chosen_score
         assert (alpha == 0.0 or config.length_control) and p["prompt"] == [{"role": "user", "content": rec["prompt"]}]
     assert set(stats["dropped"]) <= {"skipped_prompt", "fewer_than_2_in_language", "fewer_than_2_finite_rewards",
-                                     "identical", "above_max_chosen_score", "margin_too_small"}
-    broken = [r for r in records if not all(map(math.isfinite, r["reward"]))]
+                                     "identical", "above_max_chosen_score", "margin_too_small",
+                                     "no_in_language_response_to_choose"}
+    broken = [r for r in records if not all(map(math.isfinite, r["logp_policy"]))]
     assert stats["dropped"].get("fewer_than_2_finite_rewards", 0) <= len(broken)
     paired = {p["id"] for p in pairs}
     with_twins = [r for r in records if r["id"] not in paired and not r.get("skipped")
@@ -342,7 +349,7 @@ def test_long_prompt_is_carried_through_every_stage_as_skipped(tiny_dir, tiny_re
         "name": "long", "output_dir": str(tmp_path / "runs"), "iterations": 1, "models.policy": str(tiny_dir),
         "models.reference": str(tiny_ref_dir), "models.device": "cpu", "models.dtype": "float32",
         "data.prompts": str(folder), "data.languages": ["en", "es"], "data.max_prompt_tokens": 100,
-        "generate.n": 2, "generate.max_new_tokens": 4, "generate.batch_prompts": 2, "pairs.language_filter": False,
+        "generate.n": 2, "generate.max_new_tokens": 4, "generate.batch_prompts": 2, "pairs.language_filter": "off",
         "pairs.drop_identical": False})
     for stage in ("generate", "reward", "pairs"):
         run = run_stage(cfg, stage)

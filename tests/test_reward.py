@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from icr.config import RewardConfig
 from icr.models import common_prefix_length, load_model, prompt_ids, tokenize_exchange
-from icr.reward import (
-    REWARD_MODES,
-    RewardInput,
-    reward_instruction,
-    reward_language,
-    reward_record,
-    reward_records,
-    score_responses,
-    sequence_logprobs,
-)
+from icr.records import GenerationRecord
+from icr.rewarding import STRATEGIES, RewardInput, implicit_rewards, make_strategy
+from icr.rewarding import reward_records as engine_reward_records
 from icr.scoring import reference_logprobs
-from icr.train import reference_logps
+from icr.scoring import score_responses as engine_score_responses
+from icr.stages.reward import reward_language
+from icr.training import reference_logps
+
+BUDGET = RewardConfig().token_budget
 
 ENGLISH = "Name two colours of the rainbow."
 SPANISH = "Nombra dos colores del arcoíris."
@@ -27,6 +23,12 @@ RESPONSES_ES = ["Rojo y azul.", "El arcoíris tiene muchos colores, por ejemplo 
 RESPONSES_EN = ["Red and blue.", "Green", "A rainbow has red, orange, yellow, green, blue and violet."]
 
 
+
+
+def prefixed(language: str, instruction: str) -> str:
+    """The released scripts' crosslingual user turn (utils/inference.py PREFIX + the instruction), typed out."""
+    return (f"Please answer the following instruction using only {language}, unless explicitly instructed to "
+            f"respond in a different language.\n\n{instruction}")
 
 
 def conv(prompt: str, chosen: str, rejected: str) -> dict:
@@ -38,6 +40,37 @@ def plain_logp(lm, instruction: str, response: str) -> float:
     """Summed log-probability of TRL's completion tokens, by the plain full-softmax forward."""
     p, c = tokenize_exchange(lm.tokenizer, instruction, response)
     return sum(reference_logprobs(lm.model, p, c))
+
+
+def reward_records(gens: list[dict], english: list[str], policy, reference, config: RewardConfig,
+                   translator=None) -> list[dict]:
+    records = [GenerationRecord.from_json(g) for g in gens]
+    return [r.to_json() for r in engine_reward_records(records, english, policy, reference, config,
+                                                       make_strategy(config, translator))]
+
+
+def reward_record(gen: dict, english: str, policy, reference, config: RewardConfig, translator=None) -> dict:
+    return reward_records([gen], [english], policy, reference, config, translator)[0]
+
+
+def score_responses(policy, reference, instruction: str, responses: list[str], beta: float,
+                    score_tokens: str = "all") -> dict:
+    config = RewardConfig(beta=beta, score_tokens=score_tokens)
+    return implicit_rewards(policy, reference, [(instruction, responses)], config)[0]
+
+
+def sequence_logprobs(lm, instruction: str, responses: list[str]):
+    return engine_score_responses(lm, [(instruction, responses)], BUDGET)[0]
+
+
+def reward_instruction(mode: str, item: RewardInput, config: RewardConfig) -> str:
+    return make_strategy(config.model_copy(update={"mode": mode})).scoring(item).instruction
+
+
+def render_prompt(tokenizer, instruction: str) -> str:
+    """The text the model sees before it answers `instruction` (its chat template)."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": instruction}], tokenize=False,
+                                         add_generation_prompt=True)
 
 
 def generation(lang: str, native: str, responses: list[str], pid: str = "p1") -> dict:
@@ -84,7 +117,7 @@ def test_logprobs_are_those_of_the_trl_completion(tiny_lm, tiny_ref_lm):
 def test_crosslingual_prompt_is_english_with_answer_in_language(tiny_lm, tiny_ref_lm):
     cfg = RewardConfig(mode="crosslingual", beta=1.0)
     rec = reward_record(generation("es", SPANISH, RESPONSES_ES), ENGLISH, tiny_lm, tiny_ref_lm, cfg)
-    assert rec["reward_prompt"] == f"{ENGLISH}\n\nPlease answer only in Spanish."
+    assert rec["reward_prompt"] == prefixed("Spanish", ENGLISH)
     assert rec["prompt"] == SPANISH and rec["prompt_en"] == ENGLISH and rec["mode"] == "crosslingual"
     want = sequence_logprobs(tiny_lm, rec["reward_prompt"], RESPONSES_ES)[0]
     np.testing.assert_allclose(rec["logp_policy"], want, atol=1e-6)
@@ -94,6 +127,81 @@ def test_crosslingual_prompt_is_english_with_answer_in_language(tiny_lm, tiny_re
     en = reward_record(generation("en", ENGLISH, RESPONSES_EN), ENGLISH, tiny_lm, tiny_ref_lm, cfg)
     assert en["reward_prompt"] == ENGLISH
     np.testing.assert_allclose(en["logp_policy"], sequence_logprobs(tiny_lm, ENGLISH, RESPONSES_EN)[0], atol=1e-6)
+
+
+# Meta-Llama-3-8B-Instruct's chat template (tokenizer_config.json), applied to the SmolLM2 tokenizer
+# with Llama-3's BOS: only the rendering is under test.
+LLAMA3_CHAT_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + "
+    "message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+
+
+def test_crosslingual_prompt_renders_as_released_under_llama3_template(smollm_path):
+    from icr.models import load_tokenizer
+
+    tok = load_tokenizer(smollm_path)
+    tok.add_special_tokens({"bos_token": "<|begin_of_text|>"})
+    tok.chat_template = LLAMA3_CHAT_TEMPLATE
+    item = RewardInput("de", "Nenne zwei Farben.", ENGLISH, ["Rot"])
+    rendered = render_prompt(tok, reward_instruction("crosslingual", item, RewardConfig()))
+    # the released 'llama3_without_system_prompt' SFT_PROMPT (utils/inference.py) filled by
+    # cross_implicit_reward_prompt (utils/compute_reward_score.py): the prefix inside the user turn
+    assert rendered == (
+        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n"
+        "Please answer the following instruction using only German, unless explicitly instructed to respond in a "
+        "different language.\n\nName two colours of the rainbow.<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
+    english = RewardInput("en", ENGLISH, ENGLISH, ["Red"])
+    assert render_prompt(tok, reward_instruction("crosslingual", english, RewardConfig())) == (
+        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nName two colours of the rainbow.<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
+
+
+def test_crosslingual_prompt_renders_inside_the_smollm2_user_turn(tokenizer):
+    item = RewardInput("fr", "Nomme deux couleurs.", ENGLISH, ["Rouge"])
+    assert render_prompt(tokenizer, reward_instruction("crosslingual", item, RewardConfig())) == (
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+        "<|im_start|>user\nPlease answer the following instruction using only French, unless explicitly instructed "
+        "to respond in a different language.\n\nName two colours of the rainbow.<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+def test_skip_first_leaves_out_exactly_the_first_response_tokens_log_ratio(tiny_lm, tiny_ref_lm):
+    """`score_tokens: skip_first` (the released scorer's mask) differs from `all` by the first
+    response token's log π − log π_ref, computed here by the plain full forward."""
+    full = score_responses(tiny_lm, tiny_ref_lm, ENGLISH, RESPONSES_EN, beta=1.0)
+    skip = score_responses(tiny_lm, tiny_ref_lm, ENGLISH, RESPONSES_EN, beta=1.0, score_tokens="skip_first")
+    for k, response in enumerate(RESPONSES_EN):
+        p, c = tokenize_exchange(tiny_lm.tokenizer, ENGLISH, response)
+        first_policy = reference_logprobs(tiny_lm.model, p, c)[0]
+        first_ref = reference_logprobs(tiny_ref_lm.model, p, c)[0]
+        assert full["reward"][k] - skip["reward"][k] == pytest.approx(first_policy - first_ref, abs=2e-4)
+        assert full["logp_policy"][k] - skip["logp_policy"][k] == pytest.approx(first_policy, abs=2e-4)
+        assert skip["n_tokens"][k] == full["n_tokens"][k] - 1
+    cfg = RewardConfig(beta=1.0, score_tokens="skip_first")
+    rec = reward_record(generation("en", ENGLISH, RESPONSES_EN), ENGLISH, tiny_lm, tiny_ref_lm, cfg)
+    np.testing.assert_allclose(rec["reward"], skip["reward"], atol=1e-6)  # the stage honours the setting
+
+
+def test_translation_is_read_between_the_released_tags():
+    from icr.rewarding import TRANSLATE_PROMPT, parse_translation
+
+    assert parse_translation("Red and blue.\n</translated>\nmore") == "Red and blue."
+    assert parse_translation("Red and blue.") == "Red and blue."  # no closing tag: the whole generation
+    assert parse_translation("  </translated>") == ""
+    assert "{lang}" in TRANSLATE_PROMPT and "<sentence>\n{text}\n</sentence>" in TRANSLATE_PROMPT
+
+
+def test_translate_defaults_as_released():
+    from icr.config import ModelsConfig
+
+    assert ModelsConfig().translator is None  # None = the policy of the iteration (pipeline.run_reward)
+    assert RewardConfig().translate_max_new_tokens >= 2400  # whole responses of the paper's length limit
 
 
 def test_crosslingual_template_is_configurable():
@@ -129,11 +237,13 @@ def test_translate_mode_stores_and_scores_translations(tiny_lm, tiny_ref_lm):
 
 
 def test_every_mode_is_registered():
-    assert set(REWARD_MODES) == {"crosslingual", "multilingual", "translate"}
+    assert set(STRATEGIES) == {"crosslingual", "multilingual", "translate"}
     item = RewardInput("fr", "Bonjour ?", "Hello?", ["Salut"])
     assert reward_instruction("multilingual", item, RewardConfig()) == "Bonjour ?"
-    assert reward_instruction("translate", item, RewardConfig()) == "Hello?"
-    assert reward_instruction("crosslingual", item, RewardConfig()) == "Hello?\n\nPlease answer only in French."
+    assert STRATEGIES["translate"].needs_translator and not STRATEGIES["crosslingual"].needs_translator
+    english = RewardInput("en", "Hello?", "Hello?", ["Hi"])  # English responses are scored untranslated
+    assert make_strategy(RewardConfig(mode="translate"), translator=object()).scoring(english).instruction == "Hello?"
+    assert reward_instruction("crosslingual", item, RewardConfig()) == prefixed("French", "Hello?")
 
 
 def test_skipped_generation_is_passed_on_not_scored(tiny_lm, tiny_ref_lm):
@@ -145,7 +255,8 @@ def test_skipped_generation_is_passed_on_not_scored(tiny_lm, tiny_ref_lm):
 def test_reward_language_writes_in_generation_order(tiny_lm, tiny_ref_lm, tmp_path):
     gens = [generation("es", SPANISH, RESPONSES_ES[:2], pid="b"), generation("es", SPANISH, RESPONSES_ES[1:], pid="a")]
     out = tmp_path / "es.jsonl"
-    recs = reward_language(gens, {"a": ENGLISH, "b": ENGLISH}, out, tiny_lm, tiny_ref_lm, RewardConfig())
+    recs = reward_language(gens, {"a": ENGLISH, "b": ENGLISH}, out, tiny_lm, tiny_ref_lm, RewardConfig(),
+                           make_strategy(RewardConfig()))
     assert [r["id"] for r in recs] == ["b", "a"]
     from icr.data import read_jsonl
 
@@ -243,7 +354,7 @@ def test_reference_logps_match_trl_compute_ref_log_probs(tiny_ref_lm, trl_traine
                for r in rows for side in ("chosen_ids", "rejected_ids")]
         assert sum(cut) >= 3
     want_c, want_r = _trl_ref_logps(trl_trainer, rows, max_length)
-    ours = reference_logps(tiny_ref_lm, PAIRS, max_length)
+    ours = reference_logps(tiny_ref_lm, PAIRS, max_length, BUDGET)
     for k in range(len(PAIRS)):
         assert ours[k]["ref_chosen_logps"] == pytest.approx(want_c[k], abs=1e-2)
         assert ours[k]["ref_rejected_logps"] == pytest.approx(want_r[k], abs=1e-2)
@@ -254,7 +365,7 @@ def test_reference_logps_match_trl_when_prompt_tokenization_diverges(tiny_ref_lm
     prompt of *both* sides there and scores the '\\n' as part of the other side's completion."""
     rows = trl_rows(trl_trainer, range(len(PAIRS), len(PAIRS) + len(DIVERGING_PAIRS)))
     want_c, want_r = _trl_ref_logps(trl_trainer, rows, 256)
-    ours = reference_logps(tiny_ref_lm, DIVERGING_PAIRS, 256)
+    ours = reference_logps(tiny_ref_lm, DIVERGING_PAIRS, 256, BUDGET)
     for k in range(len(DIVERGING_PAIRS)):
         assert ours[k]["ref_chosen_logps"] == pytest.approx(want_c[k], abs=1e-2)
         assert ours[k]["ref_rejected_logps"] == pytest.approx(want_r[k], abs=1e-2)

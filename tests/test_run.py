@@ -8,21 +8,19 @@ import torch
 from safetensors.torch import load_file
 
 import icr.data
-import icr.train
-from icr.config import load_config
+import icr.stages.train
+import icr.training
+from helpers import run_config
 from icr.pipeline import run_iterations
+from icr.stages import STAGES
 
 FILES = ["iter_{t}/generations/en.jsonl", "iter_{t}/generations/es.jsonl", "iter_{t}/rewards/en.jsonl",
          "iter_{t}/rewards/es.jsonl", "iter_{t}/pairs.jsonl", "iter_{t}/pairs_stats.json"]
 
 
 def _config(out, name, policy, reference):
-    return load_config(None, {
-        "name": name, "output_dir": str(out), "iterations": 2,
-        "models.policy": str(policy), "models.reference": str(reference), "models.device": "cpu",
-        "data.prompts": "embedded:demo", "data.languages": ["en", "es"], "data.limit": 3,
-        "generate.n": 3, "generate.max_new_tokens": 6, "generate.batch_prompts": 2,
-        "pairs.language_filter": False,
+    return run_config(out, policy, reference, name, **{
+        "iterations": 2, "generate.n": 3, "generate.batch_prompts": 2, "reward.batch_prompts": 8,
         "train.batch_size": 2, "train.grad_accum": 1, "train.learning_rate": 1e-3, "train.max_length": 96,
         "train.warmup_ratio": 0.0,
     })
@@ -48,6 +46,8 @@ def test_two_iterations_complete(clean_run):
     assert all(stages[f"iter_{t}/{s}"]["status"] == "done" for t in (0, 1) for s in ("generate", "reward", "pairs",
                                                                                        "train"))
     assert stages["iter_1/generate"]["policy"].endswith("iter_0/model")
+    for stage in STAGES.values():  # every output a stage declares is there
+        assert all(path.exists() for t in (0, 1) for path in stage.outputs(clean_run, t)), stage.name
     summary = (root / "summary.md").read_text()
     assert summary.count("\n| 1 | es |") == 1 and summary.count("\n| 0 | en |") == 1
 
@@ -72,7 +72,7 @@ def _crash_before_model_rename(monkeypatch):
     def finite(obj):  # called after training, just before the model folder is renamed into place
         raise Crash("simulated kill after training")
 
-    monkeypatch.setattr(icr.train, "_finite", finite)
+    monkeypatch.setattr(icr.training, "_finite", finite)
 
 
 @pytest.mark.parametrize("crashes", [
@@ -104,13 +104,13 @@ def test_interrupted_run_resumes_to_identical_files(clean_run, tiny_dir, tiny_re
 
 
 def test_finished_run_is_not_redone(clean_run, monkeypatch):
-    import icr.pipeline
+    import icr.rundir
 
     def boom(*a, **k):
         raise AssertionError("a finished stage ran again")
 
-    monkeypatch.setattr(icr.pipeline, "load_model", boom)
-    monkeypatch.setattr(icr.train, "train_dpo", boom)
+    monkeypatch.setattr(icr.rundir, "load_model", boom)
+    monkeypatch.setattr(icr.stages.train, "train_dpo", boom)
     before = (clean_run.root / "iter_1/pairs.jsonl").stat().st_mtime_ns
     run_iterations(clean_run.config)
     assert (clean_run.root / "iter_1/pairs.jsonl").stat().st_mtime_ns == before

@@ -20,11 +20,14 @@ import pytest
 from click.testing import CliRunner
 
 import icr.pipeline
-import icr.train
-from icr.config import ConfigError, load_config
-from icr.judges import JudgeError, JudgeRequest, OpenAIJudge
+import icr.training
+from icr.config import ConfigError, JudgeConfig, ModelsConfig, SamplingConfig, load_config
+from icr.eval.judges.base import JudgeError, JudgeRequest
+from icr.eval.judges.openai import OpenAIJudge
 from icr.models import ModelLoadError, load_model, load_tokenizer
-from icr.pipeline import ModelPool, RunDir
+from icr.rundir import ModelPool, RunDir
+from icr.stages import StageContext
+from icr.stages.train import run_train
 from test_judges import write_benchmark, write_outputs
 
 SECRET = "sk-test-SECRET-123"
@@ -87,7 +90,8 @@ def assert_no_secret(*texts: str, folders=()) -> None:
 def test_key_quoted_back_by_the_server_is_not_in_errors_or_logs(echoing, code, monkeypatch, caplog):
     monkeypatch.setenv(KEY_ENV, SECRET)
     EchoingEndpoint.status["code"] = code
-    judge = OpenAIJudge("judge-x", base_url=echoing, api_key_env=KEY_ENV, max_retries=1, backoff=0.0)
+    judge = OpenAIJudge(JudgeConfig(model="judge-x", base_url=echoing, api_key_env=KEY_ENV, max_retries=1),
+                        backoff=0.0)
     caplog.set_level(logging.DEBUG)
     with pytest.raises(JudgeError) as info:
         judge.judge_one(JudgeRequest("Say hi.", "de", "Hallo", "Hi"))
@@ -101,7 +105,7 @@ def test_key_quoted_in_a_refused_logprobs_request_is_not_logged(echoing, monkeyp
     monkeypatch.setenv(KEY_ENV, SECRET)
     EchoingEndpoint.status["code"] = 400
     caplog.set_level(logging.DEBUG)
-    judge = OpenAIJudge("judge-x", base_url=echoing, api_key_env=KEY_ENV, max_retries=0)
+    judge = OpenAIJudge(JudgeConfig(model="judge-x", base_url=echoing, api_key_env=KEY_ENV, max_retries=0))
     assert judge.preflight() == "sampled"
     assert judge.judge_one(JudgeRequest("Say hi.", "de", "Hallo", "Hi")).p_first == 1.0
     assert "refused the log-probability request" in caplog.text
@@ -111,15 +115,15 @@ def test_key_quoted_in_a_refused_logprobs_request_is_not_logged(echoing, monkeyp
 def test_unreachable_endpoint_error_has_no_key(monkeypatch, caplog):
     monkeypatch.setenv(KEY_ENV, SECRET)
     caplog.set_level(logging.DEBUG)
-    judge = OpenAIJudge("judge-x", base_url="http://127.0.0.1:9/v1", api_key_env=KEY_ENV, max_retries=1,
-                        backoff=0.0, timeout=2)
+    judge = OpenAIJudge(JudgeConfig(model="judge-x", base_url="http://127.0.0.1:9/v1", api_key_env=KEY_ENV,
+                                    max_retries=1, timeout=2), backoff=0.0)
     with pytest.raises(JudgeError) as info:
         judge.preflight()
     assert_no_secret(str(info.value), "".join(traceback.format_exception(info.value)), caplog.text)
 
 
 def test_failing_evaluation_leaves_no_key_in_any_file_or_output(echoing, tmp_path, monkeypatch, caplog):
-    from icr.eval_cli import eval_command
+    from icr.cli.commands import eval_command
 
     monkeypatch.setenv(KEY_ENV, SECRET)
     caplog.set_level(logging.DEBUG)
@@ -200,14 +204,14 @@ def test_pickle_checkpoint_loads_only_with_allow_pickle(pickle_dir, tmp_path):
 def test_vllm_generation_refuses_a_pickle_checkpoint_before_loading_it(pickle_dir, tmp_path):
     """vLLM loads weights itself: the folder is refused before vLLM is even imported (here, where
     vLLM is not installed, the error would otherwise be 'needs vLLM')."""
-    from icr.evaluate import Decoding, _make_generator
+    from icr.sampling import make_generator
 
     cfg = load_config(overrides={"output_dir": str(tmp_path), "models.policy": str(pickle_dir),
                                  "data.languages": ["en"], "data.limit": 1, "generate.backend": "vllm"})
     with pytest.raises(ModelLoadError, match="pickle"):
         icr.pipeline.run_stage(cfg, "generate")
     with pytest.raises(ModelLoadError, match="pickle"):
-        _make_generator(str(pickle_dir), Decoding(backend="vllm"), "cpu", "auto")
+        make_generator(str(pickle_dir), SamplingConfig(backend="vllm"), ModelsConfig(), load_model)
 
 
 @pytest.mark.parametrize("allow_pickle,trust", [(False, False), (True, True)])
@@ -221,7 +225,7 @@ def test_training_loads_the_policy_under_the_configured_safety_settings(tmp_path
         seen.update(kwargs, spec=spec)
         raise Stop
 
-    monkeypatch.setattr(icr.train, "load_model", fake_load_model)
+    monkeypatch.setattr(icr.training, "load_model", fake_load_model)
     cfg = load_config(overrides={"output_dir": str(tmp_path), "name": "t", "models.policy": "some/policy",
                                  "models.allow_pickle": allow_pickle, "models.trust_remote_code": trust})
     run = RunDir(cfg)
@@ -230,7 +234,7 @@ def test_training_loads_the_policy_under_the_configured_safety_settings(tmp_path
     run.pairs_file(0).parent.mkdir(parents=True)
     run.pairs_file(0).write_text(json.dumps(pair) + "\n")
     with pytest.raises(Stop):
-        icr.pipeline.run_train(run, 0, ModelPool(cfg))
+        run_train(StageContext(run, 0, ModelPool(cfg), None))
     assert seen["spec"] == "some/policy"
     assert seen.get("allow_pickle", False) is allow_pickle and seen["trust_remote_code"] is trust
 

@@ -273,7 +273,8 @@ def test_scoring_attends_on_grouped_kv_heads_and_restores_sdpa(tiny_lm, groups, 
     calls = []
     real = scoring._sdpa_gqa_attention
     monkeypatch.setattr(scoring, "_sdpa_gqa_attention",
-                        lambda module, q, k, v, mask, **kw: calls.append(mask is not None) or real(module, q, k, v, mask, **kw))
+                        lambda module, q, k, v, mask, **kw: calls.append(mask is not None)
+                        or real(module, q, k, v, mask, **kw))
     got = score_groups(tiny_lm.model, groups, token_budget=10**6, per_token=True)
     for g, want in zip(got, groups_expected):
         _assert_close(g, want)

@@ -9,18 +9,19 @@ import sys
 
 import pytest
 from click.testing import CliRunner
-from test_pipeline import tiny_config
 
+from helpers import run_config
 from icr.cli import main
 from icr.data import read_jsonl
 from icr.pipeline import run_stage
+from icr.stages import STAGES
 from icr.status import run_status, stage_started, status_file
 
 
 @pytest.fixture(scope="module")
 def generated(tiny_dir, tiny_ref_dir, tmp_path_factory):
     """A run whose iteration 0 has finished generating (3 prompts × 2 languages)."""
-    config = tiny_config(tiny_dir, tiny_ref_dir, tmp_path_factory.mktemp("runs"), "st", iterations=2)
+    config = run_config(tmp_path_factory.mktemp("runs"), tiny_dir, tiny_ref_dir, "st", iterations=2)
     return run_stage(config, "generate")
 
 
@@ -37,12 +38,12 @@ def test_finished_running_and_not_started_stages(generated, monkeypatch):
     rewards.mkdir(parents=True, exist_ok=True)
     gens = read_jsonl(root / "iter_0" / "generations" / "en.jsonl")
     (rewards / "en.jsonl").write_text(json.dumps(gens[0]) + "\n")
-    stage_started(root, 0, "reward", 2, 6, "prompt")
+    stage_started(root, 0, "reward", 2, 6, "prompt", [rewards / "en.jsonl", rewards / "es.jsonl"])
     info = json.loads(status_file(root, 0, "reward").read_text())
     info["started"] -= 100.0  # 100 s ago
     status_file(root, 0, "reward").write_text(json.dumps(info))
     (rewards / ".es.jsonl.part1-of-2").write_text(json.dumps(gens[1]) + "\n")  # another process's part file
-    rows = _by_stage(run_status(root, now=info["started"] + 100.0))
+    rows = _by_stage(run_status(root, STAGES, now=info["started"] + 100.0))
     assert rows[(0, "generate")].state == "done"
     reward = rows[(0, "reward")]
     assert (reward.state, reward.done, reward.expected) == ("running", 2, 6)
@@ -59,7 +60,7 @@ def test_a_stage_whose_process_is_gone_is_interrupted(generated):
     pairs = json.loads(status_file(root, 0, "pairs").read_text())
     pairs["pid"] = dead.pid
     status_file(root, 0, "pairs").write_text(json.dumps(pairs))
-    assert _by_stage(run_status(root))[(0, "pairs")].state == "interrupted"
+    assert _by_stage(run_status(root, STAGES))[(0, "pairs")].state == "interrupted"
 
 
 def test_status_command_prints_and_writes_json(generated):

@@ -5,11 +5,11 @@ and accuracy per step and the iteration's pair statistics."""
 from __future__ import annotations
 
 import pytest
-from test_train import _config, _pairs_file
 
 from icr.config import ConfigError, load_config
 from icr.data import read_json
-from icr.train import train_dpo
+from icr.training import train_dpo
+from test_train import BUDGET, _config, _pairs_file
 
 PAIR_STATS = {"en": {"prompts": 4, "pairs": 3, "dropped": {"identical": 1}, "alpha": 0.25, "mean_len_chosen": 12.0,
                      "mean_len_rejected": 11.0, "mean_margin": 0.5, "target_language_share": 0.75},
@@ -47,7 +47,7 @@ def _scalars(folder):
 def test_tensorboard_holds_loss_terms_reward_metrics_and_pair_statistics(tiny_dir, tmp_path):
     config = _config(report_to=["tensorboard"], nll_weight=0.5, batch_size=1, epochs=1)
     tracking = tmp_path / "tracking" / "iter_0"
-    metrics = train_dpo(str(tiny_dir), _pairs_file(tmp_path / "p.jsonl"), tmp_path / "model", config, device="cpu",
+    metrics = train_dpo(str(tiny_dir), _pairs_file(tmp_path / "p.jsonl"), tmp_path / "model", config, BUDGET, "cpu",
                         run_name="t/iter_0", tracking_dir=tracking, pair_stats=PAIR_STATS)
     scalars = _scalars(tracking)
     steps = metrics["steps"]

@@ -8,10 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from icr.config import TrainConfig, load_config
+from icr.config import RewardConfig, TrainConfig, load_config
 from icr.data import read_json, read_jsonl, write_jsonl_atomic
 from icr.models import load_model
-from icr.train import (
+from icr.training import (
     StaleReferenceError,
     _spot_check,
     dpo_trainer,
@@ -20,6 +20,7 @@ from icr.train import (
     train_dpo,
 )
 
+BUDGET = RewardConfig().token_budget
 PAIRS = [
     ("Name a fruit.", "An apple is a fruit.", "Cars are fast."),
     ("What is 2 + 2?", "2 + 2 equals 4.", "It is 5, obviously."),
@@ -44,7 +45,7 @@ def _config(**kw):
 
 def _trainer(lm, pairs_path, config, tmp_path):
     pairs = read_jsonl(pairs_path)
-    dataset = preference_dataset(lm.tokenizer, pairs, reference_logps(lm, pairs, config.max_length), config)
+    dataset = preference_dataset(lm.tokenizer, pairs, reference_logps(lm, pairs, config.max_length, BUDGET), config)
     return dpo_trainer(lm, dataset, config, str(tmp_path / "t"))
 
 
@@ -92,11 +93,11 @@ def test_nll_weight_adds_lambda_times_token_mean_nll(tiny_dir, tmp_path):
     lm = load_model(str(tiny_dir), device="cpu")
     pairs_path = _pairs_file(tmp_path / "p.jsonl")
     pairs = read_jsonl(pairs_path)
-    nll = sum(r["chosen_nll"] for r in reference_logps(lm, pairs, 64, per_token_nll=True))
+    nll = sum(r["chosen_nll"] for r in reference_logps(lm, pairs, 64, BUDGET, per_token_nll=True))
     # TRL's sft term is a token mean over the whole batch; recompute it that way.
     per_token = []
     from icr.scoring import ScoreGroup, score_group
-    from icr.train import _pair_tokens
+    from icr.training import _pair_tokens
 
     for p in pairs:
         prompt, chosen, rejected, starts = _pair_tokens(lm.tokenizer, p, 64)
@@ -122,7 +123,7 @@ def test_train_dpo_saves_a_loadable_model_with_metrics(tiny_dir, tmp_path, lora)
     pairs_path = _pairs_file(tmp_path / "p.jsonl")
     out = tmp_path / "model"
     config = _config(nll_weight=1.0, lora={"enabled": lora, "r": 4, "alpha": 8})
-    metrics = train_dpo(str(tiny_dir), pairs_path, out, config, device="cpu")
+    metrics = train_dpo(str(tiny_dir), pairs_path, out, config, BUDGET, device="cpu")
     reloaded = load_model(str(out), device="cpu")
     assert reloaded.tokenizer.chat_template  # template travels with the model
     before = load_file(tiny_dir / "model.safetensors")
@@ -158,7 +159,7 @@ def test_compacted_lm_head_on_cpu_gives_the_same_log_probs_and_gradients(tiny_di
     from trl.kernels.chunked_logprob import _use_triton as trl_use_triton
     from trl.trainer.utils import add_fused_lm_head
 
-    from icr.train import score_only_labelled_positions
+    from icr.training import compact_trl_lm_head_on_cpu
 
     monkeypatch.setattr(trl_utils, "_use_triton", trl_use_triton)  # TRL as shipped (restored afterwards)
     lm = load_model(str(tiny_dir), device="cpu")
@@ -177,9 +178,49 @@ def test_compacted_lm_head_on_cpu_gives_the_same_log_probs_and_gradients(tiny_di
 
     assert not trl_utils._use_triton(torch.device("cpu"))  # TRL projects every position on CPU
     every_position = run()
-    score_only_labelled_positions()
+    compact_trl_lm_head_on_cpu()
     assert trl_utils._use_triton(torch.device("cpu"))  # now only the labelled ones
     compacted = run()
     assert (every_position[0][labels[:, 1:] == -100] == 0).all()
     torch.testing.assert_close(compacted[0], every_position[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(compacted[1], every_position[1], atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- global batch
+
+
+@pytest.mark.parametrize("processes, accumulation", [(1, 16), (2, 8), (8, 2), (16, 1)])
+def test_global_batch_size_fixes_the_batch_whatever_the_process_count(processes, accumulation, tmp_path):
+    from icr.training import dpo_config, gradient_accumulation
+
+    config = _config(batch_size=2, grad_accum=5, global_batch_size=32)
+    assert gradient_accumulation(config, processes) == accumulation
+    args = dpo_config(config, str(tmp_path), 100, processes)
+    assert args.gradient_accumulation_steps * args.per_device_train_batch_size * processes == 32
+    assert gradient_accumulation(_config(batch_size=2, grad_accum=5), processes) == 5  # unset: grad_accum as given
+
+
+@pytest.mark.parametrize("processes", [3, 32])
+def test_indivisible_global_batch_is_a_clear_error(processes):
+    from icr.config import ConfigError
+    from icr.training import gradient_accumulation
+
+    with pytest.raises(ConfigError, match=rf"global_batch_size=32 .* 2 × {processes}"):
+        gradient_accumulation(_config(batch_size=2, global_batch_size=32), processes)
+
+
+def test_global_batch_not_a_multiple_of_batch_size_is_refused_by_the_config():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="global_batch_size=10 is not a multiple of batch_size=4"):
+        _config(batch_size=4, global_batch_size=10)
+
+
+def test_indivisible_global_batch_fails_before_any_model_loads(tmp_path, monkeypatch):
+    from icr.config import ConfigError
+    from icr.distributed import Shard
+
+    monkeypatch.setattr("icr.training.current_shard", lambda: Shard(0, 3))
+    with pytest.raises(ConfigError, match="global_batch_size"):  # not a model-loading error
+        train_dpo("no/such-model", _pairs_file(tmp_path / "p.jsonl"), tmp_path / "out",
+                  _config(batch_size=2, global_batch_size=32), BUDGET, device="cpu")

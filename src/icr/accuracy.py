@@ -1,9 +1,15 @@
 """Implicit-reward accuracy on held-out preference pairs, per language and rewarding mode.
 
 Accuracy = share of pairs with r(x, chosen) > r(x, rejected), where r = β·log π_dpo/π_ref and x is
-the instruction the rewarding mode shows (`icr.reward.REWARD_MODES`). A tie counts as half. The
+the instruction the rewarding mode shows (`icr.rewarding.STRATEGIES`). A tie counts as half. The
 interval is Wilson's 95% score interval. This is the paper's Figure 3 measurement: does the English
 DPO model judge answers in language l better against the English or the native instruction?
+
+A summed log-ratio grows with the number of tokens, so it can prefer an answer for its length
+alone. Each language therefore also reports the accuracy of the per-token mean r / (scored tokens),
+both accuracies on the pairs whose chosen response is the longer one (in characters) and on the
+others, and the mean lengths: a reward that tracks preference scores alike on both subsets; one
+that tracks length scores high on one and low on the other.
 """
 
 from __future__ import annotations
@@ -12,24 +18,16 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-
-from icr.config import RewardConfig
-from icr.data import DataError, read_jsonl
+from icr.config import AccuracyConfig, RewardConfig
+from icr.data import read_jsonl
+from icr.errors import DataError
 from icr.models import LoadedModel
 from icr.progress import progress
-from icr.reward import reward_records
-
-REQUIRED = ("id", "lang", "prompt", "prompt_en", "chosen", "rejected")
-
-
-def _text(value) -> str:
-    """A response given as a string or as TRL messages."""
-    if isinstance(value, list):
-        return value[-1]["content"]
-    return value
+from icr.records import PreferencePair
+from icr.rewarding import RewardInput, make_strategy, reward_inputs
 
 
-def load_preference_pairs(source: str | Path) -> list[dict]:
+def load_preference_pairs(source: str | Path) -> list[PreferencePair]:
     """Pairs from one .jsonl file or a folder of {lang}.jsonl files; every field in REQUIRED present."""
     source = Path(source)
     files = sorted(source.glob("*.jsonl")) if source.is_dir() else [source]
@@ -38,11 +36,10 @@ def load_preference_pairs(source: str | Path) -> list[dict]:
     pairs = []
     for path in files:
         for lineno, row in enumerate(read_jsonl(path), start=1):
-            missing = [k for k in REQUIRED if k not in row]
+            missing = [k for k in PreferencePair.REQUIRED if k not in row]
             if missing:
                 raise DataError(f"{path}:{lineno}: id {row.get('id')}: missing {', '.join(missing)}")
-            pairs.append({k: (_text(row[k]) if k in ("prompt", "chosen", "rejected") else row[k])
-                          for k in REQUIRED})
+            pairs.append(PreferencePair.from_json(row))
     return pairs
 
 
@@ -56,50 +53,94 @@ def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, f
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def pair_rewards(policy: LoadedModel, reference: LoadedModel, pairs: list[dict], config: RewardConfig,
-                 translator: LoadedModel | None = None) -> list[tuple[float, float]]:
-    """(r(chosen), r(rejected)) of each pair under `config.mode`, the pairs scored together."""
-    generations = [{"id": p["id"], "lang": p["lang"], "prompt": p["prompt"], "responses": [p["chosen"], p["rejected"]]}
-                   for p in pairs]
-    records = reward_records(generations, [p["prompt_en"] for p in pairs], policy, reference, config, translator)
-    return [(r["reward"][0], r["reward"][1]) for r in records]
+def pair_rewards(policy: LoadedModel, reference: LoadedModel, pairs: list[PreferencePair], config: RewardConfig,
+                 translator: LoadedModel | None = None) -> list[dict]:
+    """For each pair: `reward` and `n_tokens` (scored tokens) of (chosen, rejected) under
+    `config.mode`, the pairs scored together."""
+    inputs = [RewardInput(p.lang, p.prompt, p.prompt_en, [p.chosen, p.rejected]) for p in pairs]
+    scored = reward_inputs(inputs, policy, reference, config, make_strategy(config, translator))
+    return [{"reward": reward["reward"], "n_tokens": reward["n_tokens"]} for _, reward in scored]
 
 
-def reward_accuracy(policy: LoadedModel, reference: LoadedModel, pairs: list[dict], config: RewardConfig,
-                    translator: LoadedModel | None = None) -> dict[str, dict]:
-    """{lang: {accuracy, n, ci_low, ci_high, mean_margin}} for one rewarding mode."""
-    wins: dict[str, float] = defaultdict(float)
-    margins: dict[str, list[float]] = defaultdict(list)
-    with progress(len(pairs), f"reward accuracy ({config.mode})", "pair") as bar:
-        for k in range(0, len(pairs), config.batch_prompts):
-            chunk = pairs[k : k + config.batch_prompts]
-            for pair, (chosen, rejected) in zip(chunk, pair_rewards(policy, reference, chunk, config, translator)):
-                wins[pair["lang"]] += 1.0 if chosen > rejected else 0.5 if chosen == rejected else 0.0
-                margins[pair["lang"]].append(chosen - rejected)
-            bar.update(len(chunk))
-    table = {}
-    for lang in sorted(margins):
-        n = len(margins[lang])
-        low, high = wilson_interval(wins[lang], n)
-        table[lang] = {"accuracy": wins[lang] / n, "n": n, "ci_low": low, "ci_high": high,
-                       "mean_margin": sum(margins[lang]) / n}
+def _win(chosen: float, rejected: float) -> float:
+    return 1.0 if chosen > rejected else 0.5 if chosen == rejected else 0.0
+
+
+def _accuracy(wins: list[float]) -> dict:
+    """Share of wins (ties count half) and its Wilson interval; None where there are no pairs."""
+    if not wins:
+        return {"n": 0, "accuracy": None, "ci_low": None, "ci_high": None}
+    low, high = wilson_interval(sum(wins), len(wins))
+    return {"n": len(wins), "accuracy": sum(wins) / len(wins), "ci_low": low, "ci_high": high}
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def summarize_language(rows: list[dict]) -> dict:
+    """Accuracy rows of one language → the summed-reward accuracy (the paper's) with its interval
+    and mean margin, the per-token-mean accuracy, both split by whether the chosen response is the
+    longer one (characters), and mean lengths."""
+    summed = [row["win_summed"] for row in rows]
+    table = {**_accuracy(summed), "mean_margin": _mean([row["margin"] for row in rows])}
+    table["per_token"] = _accuracy([row["win_per_token"] for row in rows])
+    for name, subset in (("chosen_longer", [r for r in rows if r["chosen_longer"]]),
+                         ("chosen_not_longer", [r for r in rows if not r["chosen_longer"]])):
+        table[name] = {**_accuracy([r["win_summed"] for r in subset]),
+                       "per_token_accuracy": _accuracy([r["win_per_token"] for r in subset])["accuracy"]}
+    for key in ("len_chosen", "len_rejected", "tokens_chosen", "tokens_rejected"):
+        table[f"mean_{key}"] = _mean([row[key] for row in rows])
     return table
 
 
-def reward_accuracy_table(policy, reference, pairs, configs: dict[str, RewardConfig], translator=None) -> dict:
-    """{mode: {lang: ...}} for several rewarding modes."""
-    return {mode: reward_accuracy(policy, reference, pairs, cfg, translator) for mode, cfg in configs.items()}
+def accuracy_row(pair: PreferencePair, scored: dict) -> dict:
+    """One pair's outcome under the summed reward and under the per-token mean reward, and lengths."""
+    (chosen, rejected), (n_chosen, n_rejected) = scored["reward"], scored["n_tokens"]
+    return {"win_summed": _win(chosen, rejected), "margin": chosen - rejected,
+            "win_per_token": _win(chosen / max(n_chosen, 1), rejected / max(n_rejected, 1)),
+            "len_chosen": len(pair.chosen), "len_rejected": len(pair.rejected),
+            "tokens_chosen": n_chosen, "tokens_rejected": n_rejected,
+            "chosen_longer": len(pair.chosen) > len(pair.rejected)}
+
+
+def reward_accuracy(policy: LoadedModel, reference: LoadedModel, pairs: list[PreferencePair], config: RewardConfig,
+                    translator: LoadedModel | None = None) -> dict[str, dict]:
+    """{lang: summarize_language(...)} for one rewarding mode: `accuracy`, `n`, `ci_low`, `ci_high`,
+    `mean_margin` (summed reward), `per_token`, `chosen_longer`, `chosen_not_longer`, mean lengths."""
+    rows: dict[str, list[dict]] = defaultdict(list)
+    with progress(len(pairs), f"reward accuracy ({config.mode})", "pair") as bar:
+        for k in range(0, len(pairs), config.batch_prompts):
+            chunk = pairs[k : k + config.batch_prompts]
+            for pair, scored in zip(chunk, pair_rewards(policy, reference, chunk, config, translator)):
+                rows[pair.lang].append(accuracy_row(pair, scored))
+            bar.update(len(chunk))
+    return {lang: summarize_language(rows[lang]) for lang in sorted(rows)}
+
+
+def reward_accuracy_table(policy: LoadedModel, reference: LoadedModel, pairs: list[PreferencePair],
+                          config: AccuracyConfig, translator: LoadedModel | None = None) -> dict:
+    """{mode: {lang: ...}} for each of `config.modes`."""
+    return {mode: reward_accuracy(policy, reference, pairs, config.reward.model_copy(update={"mode": mode}),
+                                  translator) for mode in config.modes}
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.0f}%"
 
 
 def format_accuracy_table(table: dict[str, dict]) -> str:
-    modes = list(table)
-    langs = sorted({lang for per_mode in table.values() for lang in per_mode})
-    lines = ["| lang | " + " | ".join(modes) + " |", "|---|" + "---|" * len(modes)]
-    for lang in langs:
-        cells = []
-        for mode in modes:
-            r = table[mode].get(lang)
-            cells.append(f"{100 * r['accuracy']:.1f}% [{100 * r['ci_low']:.0f}–{100 * r['ci_high']:.0f}] "
-                         f"(n={r['n']})" if r else "–")
-        lines.append(f"| {lang} | " + " | ".join(cells) + " |")
+    """One row per mode and language: summed (with interval), per-token mean, the split by which
+    response is longer, and mean lengths in characters."""
+    lines = [("| mode | lang | n | summed reward | per-token mean | chosen longer: n, summed, per-token | "
+              "chosen not longer: n, summed, per-token | mean chars chosen / rejected |"), "|---" * 8 + "|"]
+    for mode, per_lang in table.items():
+        for lang, r in per_lang.items():
+            longer, other = r["chosen_longer"], r["chosen_not_longer"]
+            lines.append(
+                f"| {mode} | {lang} | {r['n']} | {100 * r['accuracy']:.1f}% [{100 * r['ci_low']:.0f}–"
+                f"{100 * r['ci_high']:.0f}] | {_pct(r['per_token']['accuracy'])} | {longer['n']}, "
+                f"{_pct(longer['accuracy'])}, {_pct(longer['per_token_accuracy'])} | {other['n']}, "
+                f"{_pct(other['accuracy'])}, {_pct(other['per_token_accuracy'])} | "
+                f"{r['mean_len_chosen']:.0f} / {r['mean_len_rejected']:.0f} |")
     return "\n".join(lines) + "\n"

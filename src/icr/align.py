@@ -1,17 +1,18 @@
 """Stage 0, for users without an English DPO model: English DPO from a reference/SFT model.
 
 The English preference data (TRL's format: `prompt`, `chosen`, `rejected`, as strings or as
-messages) is converted to the conversational pairs format of `icr.pairs` and trained with the same
-`icr.train.train_dpo` as the ICR iterations, so stage 0 and stage 4 cannot drift apart.
+messages) is converted to the conversational pairs format of `icr.records.TrainingPair` and trained
+with the same `icr.training.train_dpo` as the ICR iterations, so stage 0 and stage 4 cannot drift apart.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from icr.config import TrainConfig
-from icr.data import DataError, embedded_path, read_json, read_jsonl, write_jsonl_atomic
-from icr.train import train_dpo
+from icr.config import AlignConfig, RewardConfig
+from icr.data import embedded_path, read_json, read_jsonl, write_jsonl_atomic
+from icr.errors import DataError
+from icr.training import train_dpo
 
 
 def _as_messages(value, role: str) -> list[dict]:
@@ -52,13 +53,14 @@ def load_english_preferences(source: str, split: str | None = "train") -> list[d
     return pairs
 
 
-def align_english(model_spec: str, source: str, out_dir: Path, config: TrainConfig, split: str | None = "train",
-                  device: str = "auto") -> dict:
-    """Train π_dpo from `model_spec` on English preferences; returns the training metrics. Tracker
-    logs (`train.report_to`) go to `<out_dir>-tracking`, as run `train.run_name` (default: the folder's name)."""
-    out_dir = Path(out_dir)
+def align_english(config: AlignConfig) -> dict:
+    """Train π_dpo from `config.model` on English preferences; returns the training metrics. Tracker
+    logs (`train.report_to`) go to `<output>-tracking`, as run `train.run_name` (default: the folder's name)."""
+    out_dir = Path(config.output)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     pairs_file = out_dir.parent / f"{out_dir.name}-english-pairs.jsonl"
-    write_jsonl_atomic(pairs_file, load_english_preferences(source, split))
-    return train_dpo(model_spec, pairs_file, out_dir, config, device=device, run_name=config.run_name or out_dir.name,
+    write_jsonl_atomic(pairs_file, load_english_preferences(config.data, config.split))
+    # the reward's scoring budget: stage 0 scores the reference log-probs as the iterations do
+    return train_dpo(config.model, pairs_file, out_dir, config.train, RewardConfig().token_budget, config.device,
+                     run_name=config.train.run_name or out_dir.name,
                      tracking_dir=out_dir.parent / f"{out_dir.name}-tracking")

@@ -13,18 +13,16 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
-from icr.languages import UnknownLanguageError, check_language
+from icr.errors import DataError
+from icr.languages import check_language
 
 log = logging.getLogger(__name__)
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file, the line (or item) and the id."""
 
 
 # ---------------------------------------------------------------- JSON Lines I/O
@@ -78,7 +76,7 @@ class JsonlAppender:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.path, "a", encoding="utf-8")
+        self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115  (closed by close() / __exit__)
 
     def write(self, record: dict[str, Any]) -> None:
         self._f.write(dumps_line(record))
@@ -89,7 +87,7 @@ class JsonlAppender:
         os.fsync(self._f.fileno())
         self._f.close()
 
-    def __enter__(self) -> "JsonlAppender":
+    def __enter__(self) -> JsonlAppender:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -150,8 +148,6 @@ class PromptSet:
 
     by_lang: dict[str, list[Prompt]]
     english: dict[str, str]
-    source: str = ""
-    skipped: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def languages(self) -> list[str]:
@@ -275,10 +271,7 @@ def load_prompt_set(
     """Load parallel prompts for `languages` (plus English, which every id must have)."""
     folder = resolve_prompt_source(source)
     for lang in languages:
-        try:
-            check_language(lang)
-        except UnknownLanguageError as err:
-            raise DataError(str(err)) from None
+        check_language(lang)
     files: dict[str, Path] = {}
     for lang in dict.fromkeys(["en", *languages]):
         found = _find_language_file(folder, lang)
@@ -291,7 +284,7 @@ def load_prompt_set(
         order = order[:limit]
     keep = set(order)
     english = {p.id: p.text for p in english_prompts if p.id in keep}
-    all_english_ids = set(p.id for p in english_prompts)
+    all_english_ids = {p.id for p in english_prompts}
     rank = {pid: i for i, pid in enumerate(order)}
     by_lang: dict[str, list[Prompt]] = {}
     for lang in languages:
@@ -300,4 +293,4 @@ def load_prompt_set(
             if p.id not in all_english_ids:
                 raise DataError(f"{files[lang]}:{p.where}: id {p.id}: no English counterpart in {files['en']}")
         by_lang[lang] = sorted((p for p in prompts if p.id in keep), key=lambda p: rank[p.id])
-    return PromptSet(by_lang=by_lang, english=english, source=str(folder))
+    return PromptSet(by_lang=by_lang, english=english)

@@ -18,10 +18,12 @@ from pathlib import Path
 
 from icr.accuracy import load_preference_pairs, reward_accuracy
 from icr.align import align_english, load_english_preferences
-from icr.config import DEFAULT_MODEL, RewardConfig, RunConfig, TrainConfig, load_config
-from icr.data import embedded_path, read_json, write_json_atomic
+from icr.config import AlignConfig, RewardConfig, load_config
+from icr.data import embedded_path, read_json, write_json_atomic, write_jsonl_atomic
 from icr.models import load_model
-from icr.pipeline import run_iterations, summary_rows
+from icr.pipeline import run_iterations
+from icr.records import PreferencePair, TrainingPair
+from icr.scoring import score_responses
 
 log = logging.getLogger(__name__)
 
@@ -47,29 +49,26 @@ def demo_config_path() -> Path:
     return embedded_path("demo") / "demo.yaml"
 
 
-def _english_heldout(limit: int | None) -> list[dict]:
+def _english_heldout(limit: int | None) -> list[PreferencePair]:
     rows = load_english_preferences("embedded:demo", split="heldout")[:limit]
-    return [{"id": r["id"], "lang": "en", "prompt": r["prompt"][0]["content"], "prompt_en": r["prompt"][0]["content"],
-             "chosen": r["chosen"][0]["content"], "rejected": r["rejected"][0]["content"]} for r in rows]
+    return [TrainingPair.from_json(row).preference_pair() for row in rows]
 
 
-def _multilingual_heldout(size: DemoSize) -> list[dict]:
+def _multilingual_heldout(size: DemoSize) -> list[PreferencePair]:
     pairs = load_preference_pairs(embedded_path("demo") / "heldout_pairs")
     out, per_lang = [], {}
     for p in pairs:
-        if p["lang"] in size.heldout_langs and per_lang.get(p["lang"], 0) < (size.heldout_per_lang or 10**9):
-            per_lang[p["lang"]] = per_lang.get(p["lang"], 0) + 1
+        if p.lang in size.heldout_langs and per_lang.get(p.lang, 0) < (size.heldout_per_lang or 10**9):
+            per_lang[p.lang] = per_lang.get(p.lang, 0) + 1
             out.append(p)
     return out
 
 
-def _likelihood_accuracy(lm, pairs) -> float:
+def _likelihood_accuracy(lm, pairs: list[PreferencePair], token_budget: int) -> float:
     """Share of pairs where the model alone gives the chosen answer the higher log-likelihood."""
-    from icr.reward import sequence_logprobs
-
     wins = 0.0
     for p in pairs:
-        (c, r), _ = sequence_logprobs(lm, p["prompt"], [p["chosen"], p["rejected"]])
+        (c, r), _ = score_responses(lm, [(p.prompt, [p.chosen, p.rejected])], token_budget)[0]
         wins += 1.0 if c > r else 0.5 if c == r else 0.0
     return wins / len(pairs)
 
@@ -79,11 +78,12 @@ def measure_rewards(policy_path: str, reference: str, size: DemoSize, beta: floa
     pol, ref = load_model(policy_path, device="cpu"), load_model(reference, device="cpu")
     english = _english_heldout(size.heldout_en)
     multi = _multilingual_heldout(size)
+    budget = RewardConfig().token_budget
     result = {
         "english": {
             "implicit_reward": reward_accuracy(pol, ref, english, RewardConfig(beta=beta))["en"],
-            "likelihood_pi_ref": _likelihood_accuracy(ref, english),
-            "likelihood_pi_dpo": _likelihood_accuracy(pol, english),
+            "likelihood_pi_ref": _likelihood_accuracy(ref, english, budget),
+            "likelihood_pi_dpo": _likelihood_accuracy(pol, english, budget),
         },
         "multilingual": {mode: reward_accuracy(pol, ref, multi, RewardConfig(mode=mode, beta=beta))
                          for mode in ("crosslingual", "multilingual")},
@@ -105,21 +105,21 @@ def run_demo(output_dir: Path, quick: bool = False) -> Path:
     pi_dpo = output_dir / "models" / "pi_dpo"
     start = time.time()
     if not (pi_dpo / "config.json").exists():
-        align_cfg = TrainConfig(**{**config.train.model_dump(), "nll_weight": 0.0, "epochs": size.align_epochs})
+        train = config.train.model_copy(update={"nll_weight": 0.0, "epochs": size.align_epochs})
         source = "embedded:demo"
         if size.align_pairs:  # a reduced train split for --quick
-            from icr.data import write_jsonl_atomic
-
             subset = output_dir / "english-train-subset.jsonl"
             write_jsonl_atomic(subset, load_english_preferences("embedded:demo")[: size.align_pairs])
             source = str(subset)
-        align_english(config.models.reference, source, pi_dpo, align_cfg, device="cpu")
+        align_english(AlignConfig(model=config.models.reference, data=source, output=str(pi_dpo), device="cpu",
+                                  train=train))
     timings["stage0_english_dpo_s"] = time.time() - start
 
     start = time.time()
     accuracy_file = output_dir / "reward_accuracy.json"
     if not accuracy_file.exists():
-        write_json_atomic(accuracy_file, measure_rewards(str(pi_dpo), config.models.reference, size, config.reward.beta))
+        accuracy = measure_rewards(str(pi_dpo), config.models.reference, size, config.reward.beta)
+        write_json_atomic(accuracy_file, accuracy)
     timings["reward_accuracy_s"] = time.time() - start
 
     start = time.time()
@@ -128,13 +128,3 @@ def run_demo(output_dir: Path, quick: bool = False) -> Path:
     timings["icr_iterations_s"] = time.time() - start
     return write_report(output_dir, run, read_json(accuracy_file), timings, quick)
 
-
-def demo_run_config(output_dir: Path, quick: bool = False) -> RunConfig:
-    """The RunConfig the demo uses (for tests and docs)."""
-    size = QUICK if quick else FULL
-    config = load_config(demo_config_path(), {**size.overrides, "output_dir": str(Path(output_dir) / "runs")})
-    config.models.policy = str(Path(output_dir) / "models" / "pi_dpo")
-    return config
-
-
-__all__ = ["run_demo", "demo_run_config", "DEFAULT_MODEL", "summary_rows"]

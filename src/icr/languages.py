@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from icr.errors import DataError
+
 LANGUAGE_NAMES = {
     "af": "Afrikaans", "am": "Amharic", "ar": "Arabic", "az": "Azerbaijani", "be": "Belarusian",
     "bg": "Bulgarian", "bn": "Bengali", "ca": "Catalan", "cs": "Czech", "cy": "Welsh", "da": "Danish",
@@ -27,8 +29,8 @@ LANGUAGE_NAMES = {
 }
 
 
-class UnknownLanguageError(ValueError):
-    pass
+class UnknownLanguageError(DataError):
+    """A language code that is not ISO 639-1 (or not one we know)."""
 
 
 def check_language(code: str) -> str:

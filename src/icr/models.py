@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from icr.errors import ModelLoadError
+
 log = logging.getLogger(__name__)
 
 EMBEDDED_MODELS = {
@@ -35,10 +37,6 @@ PLAIN_CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '### Response:\n' }}{% endif %}"
 )
-
-
-class ModelLoadError(RuntimeError):
-    pass
 
 
 def cache_root() -> Path:
@@ -62,10 +60,34 @@ def resolve_embedded(spec: str) -> Path:
     return path
 
 
+WEIGHT_SUFFIXES = {".safetensors", ".bin", ".gguf"}
+
+
+def fingerprint(spec: str | Path) -> str:
+    """Identity of a model's weights, read from file metadata (never the weights themselves):
+
+    * a folder: sha256 of config.json's content and (name, size, mtime in ns) of its weight files;
+    * a file (a .gguf): sha256 of (resolved path, size, mtime in s);
+    * anything else (a Hub id): the spec itself.
+    Keys the judge cache, the reference log-prob cache and the dequantized-GGUF cache."""
+    path = Path(spec)
+    if path.is_file():
+        stat = path.stat()
+        return hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{int(stat.st_mtime)}".encode()).hexdigest()[:16]
+    if not path.is_dir():
+        return str(spec)
+    digest = hashlib.sha256()
+    for file in sorted(path.iterdir()):
+        if file.name == "config.json":
+            digest.update(file.read_bytes())
+        elif file.suffix in WEIGHT_SUFFIXES:
+            stat = file.stat()
+            digest.update(f"{file.name}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
 def _gguf_cache_dir(gguf: Path) -> Path:
-    stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{int(stat.st_mtime)}".encode()).hexdigest()[:16]
-    return cache_root() / "gguf" / f"{gguf.stem}-{key}"
+    return cache_root() / "gguf" / f"{gguf.stem}-{fingerprint(gguf)}"
 
 
 def materialize_gguf(gguf: Path) -> Path:
@@ -169,7 +191,7 @@ class LoadedModel:
         return next(self.model.parameters()).device
 
 
-def _refuse_pickle(path: str, allow_pickle: bool) -> None:
+def refuse_pickle(path: str, allow_pickle: bool) -> None:
     folder = Path(path)
     if not folder.is_dir() or allow_pickle:
         return
@@ -193,7 +215,7 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(spec)
-    _refuse_pickle(path, allow_pickle)
+    refuse_pickle(path, allow_pickle)
     device = pick_device(device)
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -212,11 +234,6 @@ def load_model(
 
 def user_messages(instruction: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": instruction}]
-
-
-def render_prompt(tokenizer, instruction: str) -> str:
-    """The text a chat model sees before it answers `instruction` (its own chat template)."""
-    return tokenizer.apply_chat_template(user_messages(instruction), tokenize=False, add_generation_prompt=True)
 
 
 def _chat_ids(tokenizer, messages, add_generation_prompt: bool) -> list[int]:

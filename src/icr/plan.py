@@ -11,40 +11,29 @@ From the config, the prompt files and a tokenizer (tokenizer only, never weights
 
 Disk is estimated from the bytes per token measured on the prompts of each language. Time is an
 estimate, never a measurement: the rates of the latest benchmark results for the same kind of
-device (`benchmarks/results/latest.json`, `gpu-latest.json`), scaled by the ratio of parameter
-counts, applied to the upper bounds above; the file is named. `icr eval`'s judge calls and tokens
-are counted from the X-AlpacaEval files and priced per million tokens.
+device, scaled by the ratio of parameter counts, applied to the upper bounds above; the file is
+named. Two kinds of results file are read (`BENCHMARK_READERS`, by their `schema`):
+`benchmarks/results/gpu-latest.json` (`make bench-gpu`, schema `icr-bench-gpu/1`: `device.kind`,
+`scoring.ours`, `generation.<generate.backend>`, `training.lora|full`, each used only when its
+status is "measured") and `benchmarks/results/latest.json` (`make bench`, the CPU benchmarks:
+`machine.device`, `generation`, `scoring`, `training.step_s`). `icr eval`'s judge calls and tokens
+are counted from the X-AlpacaEval files with the default judge's prompt and priced per million tokens.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from icr.config import RunConfig
-from icr.evaluate import DEFAULT_LANGUAGES
+from icr.config import JudgeConfig, PlanConfig, PlanEvalConfig, RunConfig
+from icr.errors import IcrError, ModelLoadError
 
 BENCHMARK_FILES = ("benchmarks/results/gpu-latest.json", "benchmarks/results/latest.json")
 RECORD_OVERHEAD_BYTES = 300  # ids, keys, seeds and flags of one JSON line
 NUMBER_BYTES = 24  # one float written in a JSON list
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-
-
-@dataclass(frozen=True)
-class EvalPlanOptions:
-    """What `icr eval` would do after the run (the defaults are `icr eval`'s)."""
-
-    prompts: str | None = None  # X-AlpacaEval root or prompts folder; None: no eval section
-    languages: tuple[str, ...] = DEFAULT_LANGUAGES
-    models: int | None = None  # default: π^0 … π^T, as `icr eval --run-dir`
-    limit: int | None = None
-    max_new_tokens: int = 2048
-    order: str = "random"  # 'both' judges each pair twice
-    price_input_per_million: float = 10.0
-    price_output_per_million: float = 30.0
 
 
 def _prompt_lengths(tokenizer, texts: list[str]) -> list[int]:
@@ -53,28 +42,36 @@ def _prompt_lengths(tokenizer, texts: list[str]) -> list[int]:
     return [len(prompt_ids(tokenizer, text)) for text in texts]
 
 
+def _reward_instruction(config: RunConfig, item) -> str:
+    """The instruction the reward models see for `item` under `reward.mode`."""
+    from icr.rewarding import STRATEGIES, make_strategy
+
+    if STRATEGIES[config.reward.mode].needs_translator:  # translate-then-score: the plain English instruction
+        return item.english
+    return make_strategy(config.reward).scoring(item).instruction
+
+
 def measure_prompts(config: RunConfig, tokenizer) -> dict[str, dict]:
     """Per language: prompts, those over max_prompt_tokens, and the token counts the bounds need."""
     from icr.models import end_of_turn_ids
     from icr.pipeline import load_prompts
-    from icr.reward import RewardInput, reward_instruction
+    from icr.rewarding import RewardInput
 
     prompt_set = load_prompts(config)
     eot = len(end_of_turn_ids(tokenizer))
     out = {}
     for lang, prompts in prompt_set.by_lang.items():
         lengths = _prompt_lengths(tokenizer, [p.text for p in prompts])
-        kept = [(p, n) for p, n in zip(prompts, lengths) if n <= config.data.max_prompt_tokens]
-        reward_prompts = [reward_instruction(config.reward.mode, RewardInput(lang, p.text, prompt_set.english[p.id], []),
-                                             config.reward) for p, _ in kept]
-        raw_tokens = sum(len(tokenizer(p.text, add_special_tokens=False)["input_ids"]) for p, _ in kept)
-        raw_bytes = sum(len(p.text.encode("utf-8")) for p, _ in kept)
+        kept = [p for p, n in zip(prompts, lengths) if n <= config.data.max_prompt_tokens]
+        reward_prompts = [_reward_instruction(config, RewardInput(lang, p.text, prompt_set.english[p.id], []))
+                          for p in kept]
+        raw_tokens = sum(len(tokenizer(p.text, add_special_tokens=False)["input_ids"]) for p in kept)
+        raw_bytes = sum(len(p.text.encode("utf-8")) for p in kept)
         out[lang] = {"prompts": len(prompts), "skipped_too_long": len(prompts) - len(kept),
-                     "prompt_tokens": sum(n for _, n in kept),
+                     "prompt_tokens": sum(n for n in lengths if n <= config.data.max_prompt_tokens),
                      "reward_prompt_tokens": sum(_prompt_lengths(tokenizer, reward_prompts)),
                      "max_prompt_tokens_seen": max(lengths, default=0), "end_of_turn_tokens": eot,
-                     "bytes_per_token": raw_bytes / raw_tokens if raw_tokens else 4.0,
-                     "prompt_bytes": sum(len(p.text.encode("utf-8")) for p, _ in kept)}
+                     "bytes_per_token": raw_bytes / raw_tokens if raw_tokens else 4.0, "prompt_bytes": raw_bytes}
     return out
 
 
@@ -109,7 +106,7 @@ def iteration_counts(config: RunConfig, measured: dict[str, dict], processes: in
 def weights_info(spec: str) -> dict[str, Any]:
     """Parameter count and bytes of a model's safetensors files, read from their headers only
     (local folders and embedded models); `known: False` with the reason otherwise."""
-    from icr.models import ModelLoadError, resolve_model_path
+    from icr.models import resolve_model_path
 
     try:
         folder = Path(resolve_model_path(spec))
@@ -144,7 +141,7 @@ def disk_estimate(config: RunConfig, measured: dict[str, dict], counts: dict, mo
             "model_bytes": model_bytes, "per_iteration_bytes": int(per_iter),
             "total_bytes": int(per_iter * config.iterations),
             "note": "estimate: responses at max_new_tokens, bytes per token measured on the prompts"
-            + ("" if model_bytes is not None else "; model folders not counted (size unknown: " + model["reason"] + ")")}
+            + ("" if model_bytes is not None else f"; model folders not counted (size unknown: {model['reason']})")}
 
 
 def device_kind(device: str) -> str:
@@ -165,20 +162,52 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def benchmark_rates(path: Path) -> dict[str, Any] | None:
-    """The rates a time estimate needs from a benchmark results file, or None if it lacks them."""
+def _cpu_rates(r: dict, config: RunConfig) -> dict[str, Any]:
+    """`make bench` (benchmarks/run.py): one model for every part; training rate in token slots."""
+    train = r["training"]
+    detail = train.get("detail", {}).get("ours", {})
+    params = r["machine"].get("model_params") or detail["params"]
+    slots_per_step = detail["token_slots"] / len(detail["steps"])
+    return {"device": r["machine"]["device"], "kind": device_kind(r["machine"]["device"]),
+            "generate": (r["generation"]["tokens_per_s"], params), "reward": (r["scoring"]["tokens_per_s"], params),
+            "train": (slots_per_step / train["step_s"], params)}
+
+
+def _gpu_rates(r: dict, config: RunConfig) -> dict[str, Any]:
+    """`make bench-gpu` (schema icr-bench-gpu/1): scoring.ours, generation.<generate.backend> and the
+    training step of `train.lora.enabled` (lora on the main shape, full on a smaller one), each
+    measured; the main shape's size is the LoRA part's `settings.params`."""
+    parts = {"generate": r["generation"][config.generate.backend], "reward": r["scoring"]["ours"],
+             "train": r["training"]["lora" if config.train.lora.enabled else "full"]}
+    missing = [f"{stage}: {part['status']} ({part.get('reason')})" for stage, part in parts.items()
+               if part["status"] != "measured"]
+    if missing:
+        raise ValueError("; ".join(missing))
+    main_params = r["training"]["lora"]["settings"].get("params") if r["training"]["lora"]["status"] == "measured" \
+        else None
+    if main_params is None:
+        raise ValueError("the main shape's parameter count (training.lora.settings.params) was not measured")
+    return {"device": r["device"]["name"], "kind": r["device"]["kind"],
+            "generate": (parts["generate"]["tokens_per_s"], main_params),
+            "reward": (parts["reward"]["tokens_per_s"], main_params),
+            "train": (parts["train"]["tokens_per_s"], parts["train"]["settings"]["params"])}
+
+
+# results-file schema -> reader (files without a `schema` are `make bench`'s CPU results)
+BENCHMARK_READERS = {"icr-bench-gpu/1": _gpu_rates, None: _cpu_rates}
+
+
+def benchmark_rates(path: Path, config: RunConfig) -> dict[str, Any]:
+    """Per stage (tokens per second, parameters of the model measured) from a benchmark results
+    file, with its device; `{"file", "unusable": why}` when it cannot give them."""
     r = json.loads(path.read_text())
+    reader = BENCHMARK_READERS.get(r.get("schema"))
+    if reader is None:
+        return {"file": _shown(path), "unusable": f"unknown schema {r.get('schema')!r}"}
     try:
-        train = r["training"]
-        detail = train.get("detail", {}).get("ours", {})
-        slots_per_step = detail["token_slots"] / len(detail["steps"])
-        return {"file": _shown(path), "device": r["machine"]["device"], "kind": device_kind(r["machine"]["device"]),
-                "params": r.get("machine", {}).get("model_params") or detail["params"],
-                "generated_tokens_per_s": r["generation"]["tokens_per_s"],
-                "scored_tokens_per_s": r["scoring"]["tokens_per_s"],
-                "training_token_slots_per_s": slots_per_step / train["step_s"]}
-    except (KeyError, TypeError, ZeroDivisionError):
-        return None
+        return {"file": _shown(path), **reader(r, config)}
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as err:
+        return {"file": _shown(path), "unusable": f"{type(err).__name__}: {err}"}
 
 
 def benchmark_roots() -> list[Path]:
@@ -187,87 +216,97 @@ def benchmark_roots() -> list[Path]:
     return list(dict.fromkeys([Path("."), here]))
 
 
+STAGE_TOKENS = {"generate": "generated_tokens_max", "reward": "scored_tokens_max", "train": "training_token_slots_max"}
+
+
 def time_estimate(config: RunConfig, counts: dict, model: dict, roots: list[Path] | None = None) -> dict[str, Any]:
     """Hours for all iterations from the matching benchmark's rates, or why there is none."""
     kind = device_kind(config.models.device)
     files = list(dict.fromkeys((root / name).resolve() for root in roots or benchmark_roots()
                                for name in BENCHMARK_FILES if (root / name).exists()))
-    found = [rates for path in files for rates in [benchmark_rates(path)] if rates]
-    match = next((r for r in found if r["kind"] == kind), None)
+    found = [benchmark_rates(path, config) for path in files]
+    match = next((r for r in found if "unusable" not in r and r["kind"] == kind), None)
     if match is None:
-        have = ", ".join(f"{r['kind']} in {r['file']}" for r in found) or "no benchmark results"
+        have = "; ".join(f"{r['file']}: " + (f"not usable ({r['unusable']})" if "unusable" in r else r["kind"])
+                         for r in found) or "no benchmark results"
         return {"available": False, "reason": f"no benchmark results for device kind '{kind}' (have: {have}); "
-                                              "run `make bench` on such a device"}
+                                              "run `make bench` (CPU) or `make bench-gpu` on such a device"}
     if not model["known"]:
         return {"available": False, "reason": f"{match['file']} matches, but the policy's parameter count is "
                                               f"unknown ({model['reason']}), so its rates cannot be scaled"}
-    scale = model["params"] / match["params"]
-    seconds = {"generate": counts["generated_tokens_max"] / match["generated_tokens_per_s"] * scale,
-               "reward": counts["scored_tokens_max"] / match["scored_tokens_per_s"] * scale,
-               "train": counts["training_token_slots_max"] / match["training_token_slots_per_s"] * scale}
+    scale = {stage: model["params"] / match[stage][1] for stage in STAGE_TOKENS}
+    seconds = {stage: counts[key] / match[stage][0] * scale[stage] for stage, key in STAGE_TOKENS.items()}
     return {"available": True, "label": "ESTIMATE (not a measurement)", "source": match["file"],
-            "device": match["device"], "benchmark_params": match["params"], "scale": scale,
+            "device": match["device"], "benchmark_params": {s: match[s][1] for s in STAGE_TOKENS}, "scale": scale,
             "per_iteration_s": seconds, "total_s": sum(seconds.values()) * config.iterations,
-            "method": "benchmark rates × (policy params / benchmark params), applied to the token upper bounds; "
+            "method": "benchmark rates × (policy params / benchmarked params), applied to the token upper bounds; "
                       "one process"}
 
 
-def eval_estimate(options: EvalPlanOptions, iterations: int) -> dict[str, Any]:
+def _judge_messages():
+    """The chat messages of `icr eval`'s default judge (`JudgeConfig()`, the paper's), built without a request."""
+    from icr.eval.judges import make_judge
+
+    return make_judge(JudgeConfig(), device="cpu", dtype="auto").messages
+
+
+def eval_estimate(options: PlanEvalConfig, iterations: int) -> dict[str, Any]:
     """Judge calls and tokens of `icr eval` on the run's models, priced per million tokens."""
     if options.prompts is None:
         return {"available": False, "reason": "pass --eval-prompts (e.g. ../shared/data/x-alpacaeval) to count them"}
-    from icr.evaluate import load_benchmark, resolve_sources
-    from icr.judges import JudgeRequest, estimate_tokens, judge_messages
+    from icr.eval.benchmark import load_benchmark, resolve_sources
+    from icr.eval.judges.base import JudgeRequest, estimate_tokens
+    from icr.eval.judging import ORDERS, PairItem
 
+    try:
+        messages = _judge_messages()
+    except IcrError as err:
+        return {"available": False, "reason": f"the default judge's prompt is not available: {err}"}
     prompt_dir, reference_dir = resolve_sources(options.prompts, None)
     models = options.models or iterations + 1
     per_model_calls = prompt_tokens = 0
     for lang in options.languages:
         for item in load_benchmark(prompt_dir, reference_dir, lang, options.limit):
-            request = JudgeRequest(item["instruction"], lang, item["reference"], "")
             per_model_calls += 1
-            prompt_tokens += estimate_tokens(judge_messages(request)) + options.max_new_tokens
-    orders = 2 if options.order == "both" else 1
+            request = JudgeRequest(item["instruction"], lang, item["reference"], "")
+            prompt_tokens += estimate_tokens(messages(request)) + options.max_new_tokens
+    orders = len(ORDERS[options.order](PairItem("", "", 0, "", "a", "b"), 0))  # judgements per pair
     calls = models * per_model_calls * orders
     input_tokens, output_tokens = models * prompt_tokens * orders, calls  # one verdict token per call
-    cost = (input_tokens * options.price_input_per_million + output_tokens * options.price_output_per_million) / 1e6
+    cost = (input_tokens * options.price_input + output_tokens * options.price_output) / 1e6
     return {"available": True, "models": models, "languages": list(options.languages), "judge_calls": calls,
             "outputs_to_generate": models * per_model_calls, "generated_tokens_max":
             models * per_model_calls * options.max_new_tokens, "judge_input_tokens_max": input_tokens,
-            "judge_output_tokens": output_tokens, "price_per_million": {"input": options.price_input_per_million,
-                                                                      "output": options.price_output_per_million},
-            "cost_max": cost, "note": "judge prompt ≈ UTF-8 bytes / 3 (icr.judges.estimate_tokens) with the "
-                                      "model's output at eval max_new_tokens; cached judgements are not subtracted"}
+            "judge_output_tokens": output_tokens, "price_per_million": {"input": options.price_input,
+                                                                      "output": options.price_output},
+            "cost_max": cost, "note": "judge prompt (the default judge's) ≈ UTF-8 bytes / 3 "
+                                      "(icr.eval.judges.base.estimate_tokens) with the model's output at eval "
+                                      "max_new_tokens; cached judgements are not subtracted"}
 
 
-def make_plan(config: RunConfig, tokenizer_spec: str | None = None, processes: int = 1,
-              eval_options: EvalPlanOptions = EvalPlanOptions(), roots: list[Path] | None = None) -> dict[str, Any]:
+def make_plan(config: RunConfig, options: PlanConfig = PlanConfig(), roots: list[Path] | None = None) -> dict[str, Any]:
     """The whole plan as a JSON-ready dict (loads a tokenizer, never a model)."""
     from icr.models import load_tokenizer
 
-    spec = tokenizer_spec or config.models.policy
+    spec = options.tokenizer or config.models.policy
     try:
         tokenizer = load_tokenizer(spec, trust_remote_code=config.models.trust_remote_code)
     except Exception as err:  # noqa: BLE001  (offline Hub id, missing folder, bad files: say what to do)
-        raise PlanError(f"cannot load the tokenizer of {spec!r} ({type(err).__name__}: {str(err)[:300]}); "
-                        "pass --tokenizer with a local tokenizer to measure the prompts with") from None
+        raise ModelLoadError(f"cannot load the tokenizer of {spec!r} ({type(err).__name__}: {str(err)[:300]}); "
+                             "pass --tokenizer with a local tokenizer to measure the prompts with") from None
     measured = measure_prompts(config, tokenizer)
-    counts = iteration_counts(config, measured, processes)
+    counts = iteration_counts(config, measured, options.processes)
     model = weights_info(config.models.policy)
     return {
         "config": {"name": config.name, "policy": config.models.policy, "device": config.models.device,
                    "iterations": config.iterations, "languages": config.data.languages, "n": config.generate.n,
-                   "max_new_tokens": config.generate.max_new_tokens, "processes": processes},
+                   "max_new_tokens": config.generate.max_new_tokens, "processes": options.processes},
         "tokenizer": spec, "per_language": measured, "per_iteration": counts,
         "all_iterations": {k: v * config.iterations for k, v in counts.items()},
         "policy_weights": model, "disk": disk_estimate(config, measured, counts, model),
         "time": time_estimate(config, counts, model, roots),
-        "eval": eval_estimate(eval_options, config.iterations),
+        "eval": eval_estimate(options.eval, config.iterations),
     }
-
-
-class PlanError(RuntimeError):
-    pass
 
 
 def _size(n: float | None) -> str:
@@ -305,7 +344,8 @@ def format_plan(plan: dict[str, Any]) -> str:
               f"  training steps         {it['training_steps_max']:>15,}  ({c['processes']} process(es))",
               f"  training token slots   {it['training_token_slots_max']:>15,}", ""]
     d = plan["disk"]
-    lines += [f"disk: {_size(d['total_bytes'])} for the run directory ({_size(d['per_iteration_bytes'])} per iteration: "
+    lines += [f"disk: {_size(d['total_bytes'])} for the run directory "
+              f"({_size(d['per_iteration_bytes'])} per iteration: "
               f"generations {_size(d['generations_bytes'])}, rewards {_size(d['rewards_bytes'])}, pairs "
               f"{_size(d['pairs_bytes'])}, model {_size(d['model_bytes'])})", f"  {d['note']}", ""]
     t = plan["time"]
@@ -314,16 +354,18 @@ def format_plan(plan: dict[str, Any]) -> str:
         lines += [f"time: {t['label']}: {t['total_s'] / 3600:.1f} h for all iterations "
                   f"(per iteration: generate {per['generate'] / 3600:.2f} h, reward {per['reward'] / 3600:.2f} h, "
                   f"train {per['train'] / 3600:.2f} h)",
-                  f"  from {t['source']} ({t['device']}, {t['benchmark_params']:,} params, ×{t['scale']:.3g}): "
-                  f"{t['method']}"]
+                  f"  from {t['source']} ({t['device']}; scaled "
+                  + ", ".join(f"{stage} ×{x:.3g}" for stage, x in t["scale"].items()) + f"): {t['method']}"]
     else:
         lines.append(f"time: no estimate: {t['reason']}")
     e = plan["eval"]
     lines.append("")
     if e["available"]:
-        lines += [f"icr eval ({e['models']} models × {len(e['languages'])} languages): {e['judge_calls']:,} judge calls, "
+        lines += [f"icr eval ({e['models']} models × {len(e['languages'])} languages): "
+                  f"{e['judge_calls']:,} judge calls, "
                   f"≤{e['judge_input_tokens_max']:,} input + {e['judge_output_tokens']:,} output tokens; "
-                  f"≤${e['cost_max']:,.2f} at ${e['price_per_million']['input']:g}/${e['price_per_million']['output']:g} "
+                  f"≤${e['cost_max']:,.2f} at ${e['price_per_million']['input']:g}/"
+                  f"${e['price_per_million']['output']:g} "
                   "per million input/output tokens",
                   f"  + {e['outputs_to_generate']:,} outputs to generate (≤{e['generated_tokens_max']:,} tokens); "
                   f"{e['note']}"]

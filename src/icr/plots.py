@@ -124,7 +124,8 @@ def plot_accuracy(accuracy: dict, path: Path) -> None:
         rows = [accuracy["multilingual"][mode][lang] for lang in langs]
         xs = [i + k * width for i in range(len(langs))]
         ys = [100 * r["accuracy"] for r in rows]
-        err = [[100 * (r["accuracy"] - r["ci_low"]) for r in rows], [100 * (r["ci_high"] - r["accuracy"]) for r in rows]]
+        err = [[100 * (r["accuracy"] - r["ci_low"]) for r in rows],
+               [100 * (r["ci_high"] - r["accuracy"]) for r in rows]]
         ax.bar(xs, ys, width, yerr=err, capsize=3, label=mode)
     en = accuracy["english"]["implicit_reward"]["accuracy"]
     ax.axhline(100 * en, color="k", ls="--", lw=1, label=f"English held-out ({100 * en:.0f}%)")

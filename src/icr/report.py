@@ -20,6 +20,8 @@ from typing import Any
 
 from icr.data import read_json, write_json_atomic, write_text_atomic
 from icr.plots import plot_accuracy, plot_iterations, plot_pair_outcomes, plot_training
+from icr.stages import STAGES
+from icr.status import run_status, status_json
 
 PAIR_COLUMNS = ("prompts", "pairs", "dropped", "length_unit", "mean_len_chosen", "mean_len_rejected", "mean_margin",
                 "alpha", "target_language_share")
@@ -45,7 +47,9 @@ def pair_rows(root: Path) -> list[dict]:
         path = root / f"iter_{t}" / "pairs_stats.json"
         if path.exists():
             for lang, stats in read_json(path).items():
-                rows.append({"iteration": t, "lang": lang, **{k: stats.get(k) for k in PAIR_COLUMNS}})
+                effect = stats.get("language_filter_effect") or {}
+                rows.append({"iteration": t, "lang": lang, **{k: stats.get(k) for k in PAIR_COLUMNS},
+                             "pairs_differing_off_vs_all": effect.get("differing_pairs_off_vs_all")})
     for row in rows:
         row["dropped"] = row["dropped"] or {}
     return rows
@@ -77,8 +81,8 @@ def eval_results(eval_dir: Path | None) -> dict | None:
 def collect(root: Path, eval_dir: Path | None = None) -> dict[str, Any]:
     """Every number of a run report, read from the run folder (and the eval folder)."""
     root = Path(root)
-    if not (root / "manifest.json").exists():
-        raise FileNotFoundError(f"{root}: not a run directory (no manifest.json)")
+    status = status_json(run_status(root, list(STAGES)))  # refuses a folder that is not a run's
+    manifest = read_json(root / "manifest.json") if (root / "manifest.json").exists() else {}
     config = {}
     if (root / "config.yaml").exists():
         import yaml
@@ -86,10 +90,8 @@ def collect(root: Path, eval_dir: Path | None = None) -> dict[str, Any]:
         config = yaml.safe_load((root / "config.yaml").read_text(encoding="utf-8")) or {}
     if eval_dir is None and (root / "eval" / "results.json").exists():
         eval_dir = root / "eval"
-    from icr.status import run_status, status_json
-
-    return {"run_dir": str(root), "config": config, "status": status_json(run_status(root)),
-            "versions": read_json(root / "manifest.json").get("versions", {}), "iterations": pair_rows(root),
+    return {"run_dir": str(root), "config": config, "status": status, "versions": manifest.get("versions", {}),
+            "iterations": pair_rows(root),
             "training": training_summaries(root), "eval": eval_results(eval_dir),
             "eval_dir": str(eval_dir) if eval_dir else None}
 
@@ -100,8 +102,8 @@ def _drops(dropped: dict) -> str:
 
 def pairs_table(rows: list[dict]) -> list[str]:
     unit = rows[0]["length_unit"] if rows else "chars"
-    lines = [f"| iter | lang | prompts | pairs | dropped (reason n) | len chosen ({unit}) | len rejected | margin | α | "
-             "in target lang |", "|" + "---|" * 10]
+    lines = [f"| iter | lang | prompts | pairs | dropped (reason n) | len chosen ({unit}) | len rejected | margin | "
+             "α | in target lang |", "|" + "---|" * 10]
     for r in rows:
         lines.append(f"| {r['iteration']} | {r['lang']} | {r['prompts']} | {r['pairs']} | {_drops(r['dropped'])} | "
                      f"{_num(r['mean_len_chosen'], 1)} | {_num(r['mean_len_rejected'], 1)} | "
@@ -122,10 +124,10 @@ def training_table(training: dict[int, dict]) -> list[str]:
 
 
 def leaderboard_section(results: dict, out_dir: Path) -> list[str]:
-    """The paper's Table 2 layout (from `icr.evaluate`) and its plot, from `icr eval`'s results."""
+    """The paper's Table 2 layout (`icr.eval.leaderboard`) and its plot, from `icr eval`'s results."""
     import pandas as pd
 
-    from icr.evaluate import leaderboard_markdown, plot_leaderboard
+    from icr.eval.leaderboard import leaderboard_markdown, plot_leaderboard
 
     table = pd.DataFrame(results["results"])
     board = leaderboard_markdown(table, results).split("\n## Details")[0]
@@ -143,15 +145,18 @@ def run_sections(data: dict, out_dir: Path) -> list[str]:
         plot_iterations(rows, out_dir / "iterations.png")
         lines += pairs_table(rows) + ["", "Margin: mean length-controlled score of chosen − rejected. In target "
                                       "lang: share of all sampled responses detected as the prompt's language.", "",
+                                      *_language_filter_lines(rows, data["config"].get("pairs", {})),
                                       "![pair outcomes](pairs.png)", "", "![iterations](iterations.png)", ""]
     else:
         lines += ["No iteration has finished its pairs stage yet.", ""]
     lines += ["## Training", ""]
     if training:
-        plot_training({t: m["curve"] for t, m in training.items()}, out_dir / "training.png")
         lines += training_table(training) + ["", "Before/after: on the iteration's own pairs, the policy starting as "
                                              "its reference (DPO = log 2). Curves: TRL's log per optimizer step "
-                                             "(`train_metrics.json`).", "", "![training](training.png)", ""]
+                                             "(`train_metrics.json`).", ""]
+        if any(m["curve"] for m in training.values()):  # a metrics file without a log history has no curve
+            plot_training({t: m["curve"] for t, m in training.items()}, out_dir / "training.png")
+            lines += ["![training](training.png)", ""]
     else:
         lines += ["No iteration has finished training yet.", ""]
     if data.get("eval"):
@@ -209,6 +214,55 @@ CAVEATS = """## What this scale can and cannot show
 """
 
 
+LENGTH_NOTE = (
+    "A summed log-ratio grows with the number of tokens, so it can prefer an answer for its length alone. "
+    "*summed* is the paper's reward; *per token* divides it by the scored tokens; the two split columns give "
+    "the summed-reward accuracy on the pairs whose chosen answer is the longer one (characters) and on the "
+    "others. A reward that tracks preference scores alike on both; one that tracks length scores high on one "
+    "and low on the other."
+)
+
+
+def _length_lines(accuracy: dict) -> list[str]:
+    """The held-out accuracies under the summed and per-token reward, split by which answer is longer."""
+    lines = ["### Preference or length?", "", LENGTH_NOTE, "",
+             ("| pairs | mode | lang | n | summed | per token | chosen longer (n) | chosen not longer (n) | "
+              "mean chars chosen / rejected |"), "|---" * 9 + "|"]
+    tables = [("English held-out", "crosslingual", accuracy["english"]["implicit_reward"], "en")]
+    tables += [("multilingual held-out", mode, r, lang) for mode, per_lang in accuracy["multilingual"].items()
+               for lang, r in sorted(per_lang.items())]
+    for source, mode, r, lang in tables:
+        if "per_token" not in r:  # an accuracy file written before these numbers existed
+            continue
+        longer, other = r["chosen_longer"], r["chosen_not_longer"]
+        lines.append(f"| {source} | {mode} | {lang} | {r['n']} | {_pct(r['accuracy'])} | "
+                     f"{_pct(r['per_token']['accuracy'])} | {_pct(longer['accuracy'])} ({longer['n']}) | "
+                     f"{_pct(other['accuracy'])} ({other['n']}) | {r['mean_len_chosen']:.0f} / "
+                     f"{r['mean_len_rejected']:.0f} |")
+    return lines + [""]
+
+
+def language_filter_effect(rows: list[dict]) -> dict:
+    """Pairs that differ between `language_filter: off` (the paper) and `all` (the old default),
+    summed over the run's iterations and languages, from pairs_stats.json."""
+    counted = [r for r in rows if r.get("pairs_differing_off_vs_all") is not None]
+    return {"differing_pairs": sum(r["pairs_differing_off_vs_all"] for r in counted),
+            "pairs": sum(r["pairs"] for r in counted), "iteration_languages": len(counted)}
+
+
+def _language_filter_lines(rows: list[dict], pairs_config: dict) -> list[str]:
+    """How many pairs `pairs.language_filter` changed (from pairs_stats.json), when the run recorded it."""
+    effect, setting = language_filter_effect(rows), pairs_config.get("language_filter")
+    if not effect["iteration_languages"]:
+        return []
+    return [(f"Language filter: this run used `pairs.language_filter: {setting}`. Over its iterations and "
+             f"languages, {effect['differing_pairs']} of the prompts' pairs differ between `off` (the paper: "
+             f"off-language responses ranked like any other) and `all` (off-language responses dropped before "
+             f"selection, the old default): a pair present under one setting only, or with another chosen or "
+             f"rejected answer ({effect['pairs']} pairs kept under this run's setting); per iteration and "
+             f"language in `pairs_stats.json` (`language_filter_effect`) and the run's `summary.md`."), ""]
+
+
 def _demo_sections(stage0: dict, accuracy: dict) -> list[str]:
     en = accuracy["english"]
     lines = ["## Stage 0: English DPO (π_dpo from π_ref = SmolLM2-135M-Instruct)", "",
@@ -239,12 +293,14 @@ def write_report(output_dir: Path, run, accuracy: dict, timings: dict, quick: bo
     training = {t: {k: v for k, v in m.items() if k != "curve"} for t, m in data["training"].items()}
     write_json_atomic(output_dir / "report.json", _finite({
         "quick": quick, "accuracy": accuracy, "iterations": data["iterations"], "training": training,
-        "stage0": stage0, "timings_s": timings, "run_dir": str(run.root), "versions": data["versions"]}))
+        "stage0": stage0, "timings_s": timings, "run_dir": str(run.root), "versions": data["versions"],
+        "language_filter": run.config.pairs.language_filter,
+        "language_filter_effect": language_filter_effect(data["iterations"])}))
     plot_accuracy(accuracy, output_dir / "reward_accuracy.png")
     lines = [f"# ICR demo report{' (quick)' if quick else ''}", "",
              "Every number below was computed by this run (`report.json` holds them all). The ICR sections "
              f"are `icr report {run.root}`'s.", ""]
-    lines += _demo_sections(stage0, accuracy) + run_sections(data, output_dir)
+    lines += _demo_sections(stage0, accuracy) + _length_lines(accuracy) + run_sections(data, output_dir)
     lines += ["Timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()), "", CAVEATS]
     path = output_dir / "report.md"
     write_text_atomic(path, "\n".join(lines))

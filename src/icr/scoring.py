@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import copy
 import itertools
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
+
+from icr.models import LoadedModel, tokenize_exchange
 
 LOGIT_CHUNK_ELEMENTS = 1 << 23  # logits held at once: positions × vocabulary slice (32 MiB in fp32)
 VOCAB_CHUNK = 2048  # vocabulary slice of the output layer computed at a time
@@ -342,6 +344,34 @@ def score_group(
 ) -> list[float] | list[list[float]]:
     """Summed log-probability of each completion of `group` (or per-token lists if `per_token`)."""
     return score_groups(model, [group], token_budget, per_token)[0]
+
+
+# Leading completion tokens left out of log π(y|x) under each `reward.score_tokens` setting. The
+# released scorer (utils/compute_reward_score.py, prepare_data and compute_score) masks positions
+# rather than the tokens they predict, which drops the first response token.
+SKIPPED_RESPONSE_TOKENS = {"all": 0, "skip_first": 1}
+
+
+def _exchange_group(lm: LoadedModel, instruction: str, responses: list[str], score_tokens: str
+                    ) -> tuple[ScoreGroup, list[int]]:
+    """The responses as completions of their shared prompt, and each response's scored token count."""
+    skip = SKIPPED_RESPONSE_TOKENS[score_tokens]
+    exchanges = [tokenize_exchange(lm.tokenizer, instruction, r) for r in responses]
+    shared = min(len(p) for p, _ in exchanges)
+    skipped = [min(skip, len(c)) for _, c in exchanges]
+    group = ScoreGroup(exchanges[0][0][:shared], [p[shared:] + c for p, c in exchanges],
+                       [len(p) - shared + k for (p, _), k in zip(exchanges, skipped)])
+    return group, [len(c) - k for (_, c), k in zip(exchanges, skipped)]
+
+
+def score_responses(lm: LoadedModel, items: list[tuple[str, list[str]]], token_budget: int,
+                    score_tokens: str = "all") -> list[tuple[list[float], list[int]]]:
+    """For each (instruction, responses): (summed log π(y|x) per response, scored token counts),
+    the tokens DPO trains on (`icr.models.tokenize_exchange`; `score_tokens` = 'skip_first' leaves
+    out the first response token, see `SKIPPED_RESPONSE_TOKENS`), all items scored together."""
+    prepared = [_exchange_group(lm, instruction, responses, score_tokens) for instruction, responses in items]
+    logps = score_groups(lm.model, [group for group, _ in prepared], token_budget)
+    return [(lp, n_tokens) for lp, (_, n_tokens) in zip(logps, prepared)]
 
 
 @torch.no_grad()

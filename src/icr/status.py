@@ -3,10 +3,11 @@ while the run goes, on any machine that sees the folder).
 
 For each iteration and stage: done (from `manifest.json`), running (records written / expected,
 rate since the stage started, ETA), interrupted (started here, its process is gone), or not
-started. A stage that starts writes `iter_<t>/status/<stage>.json`: when, how many records it
-expects and had already (a resumed stage), the process id and host; training also updates it
-with its optimizer steps. Records are counted in the stage files and the part files of sharded
-processes (`icr.distributed`), one per line.
+started. Every stage, when it starts (`icr.stages.Stage.execute`), writes
+`iter_<t>/status/<stage>.json`: when, how many units it expects and had already (a resumed stage),
+which JSONL files hold one record per unit, the process id and host; training also updates it with
+its optimizer steps. Records are counted in those files and in the part files of sharded processes
+(`icr.jobs`), one per line.
 """
 
 from __future__ import annotations
@@ -15,37 +16,34 @@ import json
 import os
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from icr.data import write_json_atomic
+from icr.errors import DataError
+from icr.jobs import leftover_parts
 from icr.progress import format_duration
-
-STAGES = ("generate", "reward", "pairs", "train")
-RECORD_FOLDERS = {"generate": "generations", "reward": "rewards"}  # stages whose records are JSON lines
 
 
 def status_file(root: Path, t: int, stage: str) -> Path:
     return Path(root) / f"iter_{t}" / "status" / f"{stage}.json"
 
 
-def count_records(root: Path, t: int, stage: str) -> int | None:
-    """Records a JSON-lines stage has written so far (stage files plus part files), or None."""
-    folder = RECORD_FOLDERS.get(stage)
-    if folder is None:
-        return None
-    path = Path(root) / f"iter_{t}" / folder
-    if not path.is_dir():
-        return 0
-    return sum(f.read_bytes().count(b"\n") for f in path.iterdir() if f.is_file() and ".jsonl" in f.name
-               and not f.name.endswith(".tmp"))
+def count_records(root: Path, files: Sequence[str]) -> int:
+    """Records written so far to `files` (relative to the run folder) and to their part files."""
+    paths = [Path(root) / f for f in files]
+    return sum(p.read_bytes().count(b"\n") for path in paths for p in [path, *leftover_parts(path)] if p.is_file())
 
 
-def stage_started(root: Path, t: int, stage: str, iterations: int, expected: int | None, unit: str) -> None:
-    """Record that a stage starts (called by the pipeline on the main process)."""
+def stage_started(root: Path, t: int, stage: str, iterations: int, expected: int | None, unit: str,
+                  record_files: Sequence[Path] = ()) -> None:
+    """Record that a stage starts (called on the main process): it will produce `expected` `unit`s,
+    one JSON line each in `record_files` when it has them."""
+    files = [str(Path(f).relative_to(root)) for f in record_files]
     write_json_atomic(status_file(root, t, stage), {
         "stage": stage, "iteration": t, "iterations": iterations, "unit": unit, "expected": expected,
-        "done_at_start": count_records(root, t, stage) or 0, "started": time.time(), "pid": os.getpid(),
+        "records": files, "done_at_start": count_records(root, files), "started": time.time(), "pid": os.getpid(),
         "host": socket.gethostname(),
     })
 
@@ -116,9 +114,7 @@ def _process_alive(info: dict) -> bool | None:
 
 
 def _running(root: Path, t: int, stage: str, info: dict, now: float) -> StageStatus:
-    done = count_records(root, t, stage)
-    if done is None:
-        done = info.get("done", 0)
+    done = count_records(root, info["records"]) if info.get("records") else info.get("done", 0)
     expected = info.get("expected")
     if expected is not None:
         done = min(done, expected)
@@ -130,12 +126,12 @@ def _running(root: Path, t: int, stage: str, info: dict, now: float) -> StageSta
     return StageStatus(t, stage, state, done, expected, info.get("unit", ""), rate, eta)
 
 
-def run_status(root: str | Path, now: float | None = None) -> list[StageStatus]:
-    """The status of every iteration and stage of the run in `root`."""
+def run_status(root: str | Path, stages: Sequence[str], now: float | None = None) -> list[StageStatus]:
+    """The status of every iteration and of each of `stages` (in order) of the run in `root`."""
     root = Path(root)
     manifest_path = root / "manifest.json"
     if not manifest_path.exists() and not any(root.glob("iter_*")):
-        raise FileNotFoundError(f"{root}: not a run directory (no manifest.json, no iter_* folder)")
+        raise DataError(f"{root}: not a run directory (no manifest.json, no iter_* folder)")
     now = time.time() if now is None else now
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"stages": {}}
     started = {}
@@ -145,7 +141,7 @@ def run_status(root: str | Path, now: float | None = None) -> list[StageStatus]:
     iterations = _iterations(root, manifest, started)
     out = []
     for t in range(iterations):
-        for stage in STAGES:
+        for stage in stages:
             entry = manifest["stages"].get(f"iter_{t}/{stage}", {})
             if entry.get("status") == "done":
                 out.append(StageStatus(t, stage, "done", finished=entry.get("finished")))

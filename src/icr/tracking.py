@@ -26,29 +26,6 @@ PAIR_STATISTICS = ("prompts", "pairs", "alpha", "mean_len_chosen", "mean_len_rej
                    "target_language_share")
 
 
-def check_report_to(values: list[str]) -> list[str]:
-    """`train.report_to` as transformers reads it; an unknown or uninstalled tracker is an error now,
-    before any model loads, rather than after the reference log-probs are computed."""
-    if values in ([], ["none"]):
-        return ["none"]
-    if "none" in values:
-        raise ValueError("'none' cannot be combined with other trackers")
-    from transformers.integrations.integration_utils import (
-        INTEGRATION_TO_CALLBACK,
-        get_available_reporting_integrations,
-    )
-
-    known = set(INTEGRATION_TO_CALLBACK) | {"all"}
-    unknown = [v for v in values if v not in known]
-    if unknown:
-        raise ValueError(f"unknown tracker(s) {unknown}; transformers accepts: none, all, {', '.join(sorted(known - {'all'}))}")
-    installed = set(get_available_reporting_integrations())
-    missing = [v for v in values if v != "all" and v not in installed]
-    if missing:
-        raise ValueError(f"tracker(s) {missing} not installed (pip install {' '.join(missing)})")
-    return values
-
-
 def tracked_run_name(run_name: str | None, default: str, iteration: int | None) -> str:
     base = run_name or default
     return base if iteration is None else f"{base}/iter_{iteration}"

@@ -1,9 +1,5 @@
-"""Configuration: one pydantic model per stage, nested in one `RunConfig`.
-
-The same tree is read from YAML and from command-line flags (`--generate.n 4` sets
-`generate.n`), and it is validated before any model is loaded: unknown keys and impossible
-values are errors that name the field.
-"""
+"""The run config: one pydantic section per concern, nested in one `RunConfig` (`icr run` and
+the stage commands); `icr.config.base` reads and validates it."""
 
 from __future__ import annotations
 
@@ -12,34 +8,29 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 
-from icr.languages import check_language
+from icr.config.base import (
+    DEFAULT_MODEL,
+    NOT_HASHED,
+    Device,
+    Dtype,
+    LanguageFilter,
+    Languages,
+    RewardMode,
+    SamplingBackend,
+    ScoreTokens,
+    StrictModel,
+    build_config,
+    hashed_fields,
+)
 
-DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
-
-
-# Fields marked with this do not change what a stage computes (where logs go, names): they are left
-# out of the config hash, so changing them never refuses to resume a run.
-NOT_HASHED = {"hashed": False}
-
-
-def hashed_fields(section: BaseModel) -> dict[str, Any]:
-    """`section.model_dump()` without the fields marked `NOT_HASHED` (recursively)."""
-    out = {}
-    for name, info in type(section).model_fields.items():
-        if (info.json_schema_extra or {}).get("hashed", True) is False:
-            continue
-        value = getattr(section, name)
-        out[name] = hashed_fields(value) if isinstance(value, BaseModel) else section.model_dump(include={name})[name]
-    return out
-
-
-class StrictModel(BaseModel):
-    """A config section: unknown keys are errors, assignments are validated."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+# The released scripts' prefix (utils/inference.py, PREFIX), put before the English instruction
+# inside the user turn (utils/compute_reward_score.py, cross_implicit_reward_prompt).
+PAPER_CROSSLINGUAL_TEMPLATE = (
+    "Please answer the following instruction using only {language}, unless explicitly instructed to "
+    "respond in a different language.\n\n{instruction}"
+)
 
 
 class ModelsConfig(StrictModel):
@@ -51,12 +42,10 @@ class ModelsConfig(StrictModel):
     reference: str = Field(DEFAULT_MODEL, description="π_ref, the reference (SFT) model of the DPO model.")
     translator: str | None = Field(
         None, description="Model that translates responses to English in `reward.mode: translate` "
-        "(default: the reference model)."
+        "(default: the policy of the iteration, as the released scripts do)."
     )
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Weights dtype: auto = bfloat16 on a GPU, float32 on a CPU."
-    )
-    device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
+    dtype: Dtype = "auto"
+    device: Device = "auto"
     trust_remote_code: bool = Field(False, description="Allow model repositories to run their own code.")
     allow_pickle: bool = Field(
         False, description="Allow loading pickle-based (.bin) checkpoints; safetensors only otherwise."
@@ -68,7 +57,7 @@ class DataConfig(StrictModel):
         "embedded:demo",
         description="Folder with one {lang}.jsonl/.json per language, a Hub dataset id, or 'embedded:demo'.",
     )
-    languages: list[str] = Field(["en", "es", "de", "fr", "ru"], description="ISO 639-1 codes to align.")
+    languages: Languages = Field(["en", "es", "de", "fr", "ru"], description="ISO 639-1 codes to align.")
     id_field: str | None = Field(None, description="Field aligning prompts across languages "
                                  "(default: 'instruction_id' if present, else 'id').")
     text_field: str = Field("instruction", description="Field holding the prompt text.")
@@ -78,29 +67,34 @@ class DataConfig(StrictModel):
         "listed in the stage's log (never truncated silently)."
     )
 
-    @field_validator("languages")
-    @classmethod
-    def _known_languages(cls, value: list[str]) -> list[str]:
-        if not value:
-            raise ValueError("at least one language is required")
-        if len(set(value)) != len(value):
-            raise ValueError(f"duplicate languages in {value}")
-        return [check_language(code) for code in value]
 
+class SamplingConfig(StrictModel):
+    """How responses are sampled: by `generate` (training data, these defaults) and by `icr eval`
+    (benchmark outputs, with the paper's evaluation decoding)."""
 
-class GenerateConfig(StrictModel):
-    n: int = Field(10, ge=2, description="Responses sampled per prompt (paper: 10).")
-    temperature: float = Field(0.9, gt=0, description="Sampling temperature (paper: 0.9).")
-    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (paper: 1.0).")
-    max_new_tokens: int = Field(512, ge=1, description="Token limit per response.")
+    temperature: float = Field(0.9, gt=0, description="Sampling temperature (paper: 0.9 for training data, "
+                               "0.6 for evaluation).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (paper: 1.0 for training data, "
+                         "0.9 for evaluation).")
+    max_new_tokens: int = Field(512, ge=1, description="Token limit per response (paper: 2048 for evaluation).")
     batch_prompts: int = Field(8, ge=1, description="Prompts decoded together (each with its n samples); "
                                "fixed chunks of the prompt list, so results do not depend on resumption.")
-    backend: Literal["hf", "vllm"] = Field("hf", description="Generation backend.")
+    backend: SamplingBackend = Field("hf", description="Generation backend.")
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor-parallel size.")
 
 
+class GenerateConfig(SamplingConfig):
+    n: int = Field(10, ge=2, description="Responses sampled per prompt (paper: 10).")
+
+    @model_serializer(mode="wrap")
+    def _n_first(self, handler):
+        """`n` first, where config files written before the sampling fields were shared have it."""
+        data = handler(self)
+        return {"n": data.pop("n"), **data}
+
+
 class RewardConfig(StrictModel):
-    mode: Literal["crosslingual", "multilingual", "translate"] = Field(
+    mode: RewardMode = Field(
         "crosslingual", description="Which instruction a response is scored against: the English one "
         "with 'answer in <language>' (ICR), the native one, or the English one after translating the response."
     )
@@ -109,9 +103,15 @@ class RewardConfig(StrictModel):
         "original", description="Reference of iteration t's reward: the original π_ref, or π^{t−1} (ablation)."
     )
     crosslingual_template: str = Field(
-        "{instruction}\n\nPlease answer only in {language}.",
-        description="English instruction shown to the reward models in crosslingual mode "
-        "({instruction}, {language}); English prompts are scored under the plain instruction.",
+        PAPER_CROSSLINGUAL_TEMPLATE,
+        description="User turn shown to the reward models in crosslingual mode ({instruction} = the English "
+        "instruction, {language} = the response's language); default: the released scripts' prefix. "
+        "English prompts are scored under the plain instruction.",
+    )
+    score_tokens: ScoreTokens = Field(
+        "all", description="Tokens summed into log π(y|x): 'all' = every response token plus the template's "
+        "end-of-turn token(s), what DPO trains on; 'skip_first' = without the first response token, as the "
+        "released scorer's off-by-one mask does (for reproducing its numbers)."
     )
     token_budget: int = Field(4096, ge=64, description="Max tokens per scoring forward pass.")
     batch_prompts: int = Field(8, ge=1, description="Prompts scored together (their responses share forward "
@@ -127,7 +127,9 @@ class RewardConfig(StrictModel):
         if "{instruction}" not in value:
             raise ValueError("the template must contain {instruction}")
         return value
-    translate_max_new_tokens: int = Field(512, ge=1, description="Token limit for translations.")
+    translate_max_new_tokens: int = Field(
+        8192, ge=1, description="Token limit for translations: large enough for whole responses (released: 8192)."
+    )
 
 
 class PairsConfig(StrictModel):
@@ -135,11 +137,30 @@ class PairsConfig(StrictModel):
     length_unit: Literal["chars", "tokens"] = Field(
         "chars", description="Length used for length control (chars = paper; tokens compare across scripts)."
     )
-    alpha_max: float = Field(1.0, gt=0, description="α is searched in [0, alpha_max) (paper: [0, 1)).")
-    max_chosen_score: float | None = Field(None, description="Drop a prompt if its best score is above this.")
-    min_margin: float = Field(0.0, ge=0, description="Drop pairs whose reward margin is below this.")
+    alpha_max: float = Field(
+        1.0, gt=0, description="α is searched in [0, alpha_max), on the paper's scale: per unit of length, in "
+        "nats of the raw log-ratio log π − log π_ref (no β) (paper: [0, 1))."
+    )
+    max_chosen_score: float | None = Field(
+        None, description="Drop a prompt if its best score is above this; the score is log π − log π_ref − "
+        "α·len(y), in nats (no β)."
+    )
+    min_margin: float = Field(
+        0.0, ge=0, description="Drop pairs whose score margin is below this, in nats of "
+        "(log π − log π_ref − α·len(y)) (no β)."
+    )
     drop_identical: bool = Field(True, description="Drop pairs whose chosen and rejected texts are identical.")
-    language_filter: bool = Field(True, description="Drop responses confidently detected as another language.")
+    language_filter: LanguageFilter = Field(
+        "off", description="Responses confidently detected as another language: 'off' = ranked like any "
+        "other (the paper); 'chosen' = may be rejected, never chosen; 'all' = dropped before selection."
+    )
+    @field_validator("language_filter", mode="before")
+    @classmethod
+    def _filter_from_boolean(cls, value: Any) -> Any:
+        # YAML reads an unquoted `off` as false; `true`/`false` are also what configs written before
+        # the three settings held (true = drop off-language responses = 'all').
+        return {False: "off", True: "all"}.get(value, value) if isinstance(value, bool) else value
+
     language_min_confidence: float = Field(
         0.5, ge=0, le=1, description="A response is off-language only if another language wins with at "
         "least this probability."
@@ -155,6 +176,30 @@ class LoraConfig(StrictModel):
     merge: bool = Field(True, description="Merge the adapter into the saved model.")
 
 
+def check_report_to(values: list[str]) -> list[str]:
+    """`train.report_to` as transformers reads it; an unknown or uninstalled tracker is an error now,
+    before any model loads, rather than after the reference log-probs are computed."""
+    if values in ([], ["none"]):
+        return ["none"]
+    if "none" in values:
+        raise ValueError("'none' cannot be combined with other trackers")
+    from transformers.integrations.integration_utils import (
+        INTEGRATION_TO_CALLBACK,
+        get_available_reporting_integrations,
+    )
+
+    known = set(INTEGRATION_TO_CALLBACK) | {"all"}
+    unknown = [v for v in values if v not in known]
+    if unknown:
+        raise ValueError(f"unknown tracker(s) {unknown}; transformers accepts: none, all, "
+                         f"{', '.join(sorted(known - {'all'}))}")
+    installed = set(get_available_reporting_integrations())
+    missing = [v for v in values if v != "all" and v not in installed]
+    if missing:
+        raise ValueError(f"tracker(s) {missing} not installed (pip install {' '.join(missing)})")
+    return values
+
+
 class TrainConfig(StrictModel):
     beta: float = Field(0.1, gt=0, description="DPO β.")
     nll_weight: float = Field(1.0, ge=0, description="λ of loss = DPO + λ·NLL(chosen) (token-mean).")
@@ -163,7 +208,11 @@ class TrainConfig(StrictModel):
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of steps spent warming up.")
     epochs: float = Field(1.0, gt=0, description="Passes over the pairs.")
     batch_size: int = Field(2, ge=1, description="Pairs per device per step.")
-    grad_accum: int = Field(8, ge=1, description="Gradient accumulation steps.")
+    grad_accum: int = Field(8, ge=1, description="Gradient accumulation steps (ignored when global_batch_size is set).")
+    global_batch_size: int | None = Field(
+        None, ge=1, description="Pairs per optimizer step over all processes; when set, gradient accumulation "
+        "= global_batch_size / (batch_size × processes), and an indivisible combination is an error."
+    )
     max_length: int = Field(2048, ge=16, description="Max prompt+response tokens (longer: truncated at the end).")
     seed: int = Field(0, description="Training seed.")
     precompute_ref: bool = Field(True, description="Compute reference log-probs once before training.")
@@ -189,9 +238,17 @@ class TrainConfig(StrictModel):
     @field_validator("report_to")
     @classmethod
     def _known_trackers(cls, value: list[str]) -> list[str]:
-        from icr.tracking import check_report_to
-
         return check_report_to(value)
+
+    @model_validator(mode="after")
+    def _global_batch_divisible(self) -> TrainConfig:
+        batch = self.global_batch_size
+        if batch is not None and batch % self.batch_size:
+            raise ValueError(f"global_batch_size={batch} is not a multiple of batch_size={self.batch_size}")
+        return self
+
+
+RUN_SECTIONS = ("seed", "models", "data", "generate", "reward", "pairs", "train")  # what a run's results depend on
 
 
 class RunConfig(StrictModel):
@@ -214,7 +271,7 @@ class RunConfig(StrictModel):
         return value
 
     @model_validator(mode="after")
-    def _english_first(self) -> "RunConfig":
+    def _english_first(self) -> RunConfig:
         if self.reward.mode != "multilingual" and "en" not in self.data.languages:
             raise ValueError(f"reward.mode={self.reward.mode} needs the English prompts: add 'en' to data.languages")
         return self
@@ -229,77 +286,6 @@ class RunConfig(StrictModel):
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-class ConfigError(ValueError):
-    """A config that does not validate; the message names every offending field."""
-
-
-def _format_errors(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        field = ".".join(str(p) for p in e["loc"]) or "<root>"
-        lines.append(f"  {field}: {e['msg']}")
-    return "invalid config:\n" + "\n".join(lines)
-
-
-def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set tree['a']['b'] = value for dotted = 'a.b', creating sections as needed."""
-    keys = dotted.split(".")
-    node = tree
-    for key in keys[:-1]:
-        node = node.setdefault(key, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"{dotted}: {key} is not a section")
-    node[keys[-1]] = value
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.safe_load, except that a key given twice in one mapping is an error (PyYAML would
-    silently keep the last one, dropping e.g. a whole earlier `train:` section)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                duplicate = key in seen
-            except TypeError:  # unhashable: the base class reports it
-                continue
-            if duplicate:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Read a YAML config (or the defaults), apply dotted overrides, validate."""
-    tree: dict[str, Any] = {}
-    if path is not None:
-        try:
-            with open(path, encoding="utf-8") as f:
-                tree = yaml.load(f, Loader=_UniqueKeyLoader) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as err:
-            raise ConfigError(f"{path}: not a valid YAML file: {err}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping")
-    for dotted, value in (overrides or {}).items():
-        set_dotted(tree, dotted, value)
-    try:
-        return RunConfig.model_validate(tree)
-    except ValidationError as err:
-        raise ConfigError(_format_errors(err)) from None
-
-
-def dump_config(config: RunConfig) -> str:
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
-
-
-def iter_fields(model: type[BaseModel] = RunConfig, prefix: str = ""):
-    """Yield (dotted name, field info, annotation) for every leaf field of the config tree."""
-    for name, info in model.model_fields.items():
-        ann = info.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            yield from iter_fields(ann, f"{prefix}{name}.")
-        else:
-            yield f"{prefix}{name}", info, ann
+    """Read a YAML run config (or the defaults), apply dotted overrides, validate."""
+    return build_config(RunConfig, path, overrides)

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -63,10 +64,6 @@ def head_to_head(preferences) -> dict[str, float]:
         "win_rate": float(valid.mean() * 100) if len(valid) else float("nan"),
         "standard_error": float(valid.sem() * 100) if len(valid) > 1 else float("nan"),
     }
-
-
-def win_rate(preferences) -> float:
-    return head_to_head(preferences)["win_rate"]
 
 
 def mean_length(outputs: Sequence[str]) -> float:

@@ -1,4 +1,4 @@
-"""Stage 4, train: preference transfer with DPO + NLL on the chosen response.
+"""Training engine: preference transfer with DPO + NLL on the chosen response (paper §3.3).
 
     loss = −log σ(β·[(log π(y_c|x) − log π_ref(y_c|x)) − (log π(y_r|x) − log π_ref(y_r|x))])
            + λ · NLL(y_c | x)                    (NLL = token-mean cross-entropy of the chosen response)
@@ -13,7 +13,6 @@ spot check against TRL's own reference forward refuses stale or misaligned value
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import os
@@ -26,24 +25,16 @@ import torch.nn.functional as F
 from icr.config import TrainConfig
 from icr.data import read_json, read_jsonl, write_json_atomic
 from icr.distributed import current_shard
-from icr.models import LoadedModel, load_model, tokenize_exchange
+from icr.errors import ConfigError, DataError, IcrError
+from icr.models import LoadedModel, fingerprint, load_model, tokenize_exchange
 from icr.scoring import ScoreGroup, score_groups
 
 log = logging.getLogger(__name__)
 REFERENCE_PAIRS_PER_PASS = 8  # pairs whose responses share the reference's forward passes
 
 
-class StaleReferenceError(RuntimeError):
-    pass
-
-
-def _model_fingerprint(path: str) -> str:
-    """Content fingerprint of a model folder (file names, sizes, mtimes) or the Hub id itself."""
-    folder = Path(path)
-    if not folder.is_dir():
-        return path
-    parts = sorted(f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in folder.iterdir() if p.is_file())
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+class StaleReferenceError(IcrError, RuntimeError):
+    """Precomputed reference log-probs that disagree with the reference model."""
 
 
 def _pair_tokens(tokenizer, pair: dict, max_length: int):
@@ -58,7 +49,7 @@ def _pair_tokens(tokenizer, pair: dict, max_length: int):
                                                                                      len(p_r) - shared)
 
 
-def reference_logps(reference: LoadedModel, pairs: list[dict], max_length: int, token_budget: int = 4096,
+def reference_logps(reference: LoadedModel, pairs: list[dict], max_length: int, token_budget: int,
                     per_token_nll: bool = False) -> list[dict]:
     """ref_chosen_logps / ref_rejected_logps per pair (our scorer, TRL's tokens and truncation).
     With `per_token_nll`, also the token-mean NLL of the chosen response."""
@@ -103,15 +94,15 @@ def usable_pairs(tokenizer, pairs: list[dict], max_length: int) -> list[dict]:
 
 
 def cached_reference_logps(reference: LoadedModel, pairs_file: Path, pairs: list[dict], config: TrainConfig,
-                           cache_dir: Path) -> list[dict]:
-    """Reference log-probs keyed by (pairs content, reference model content, max_length)."""
+                           cache_dir: Path, token_budget: int) -> list[dict]:
+    """Reference log-probs keyed by (pairs content, reference model fingerprint, max_length)."""
     key = hashlib.sha256(
-        pairs_file.read_bytes() + _model_fingerprint(reference.path).encode() + f"{config.max_length}|nll".encode()
+        pairs_file.read_bytes() + fingerprint(reference.path).encode() + f"{config.max_length}|nll".encode()
     ).hexdigest()[:20]
     cache = cache_dir / f"ref_logps-{key}.json"
     if cache.exists():
         return read_json(cache)
-    values = reference_logps(reference, pairs, config.max_length, per_token_nll=True)
+    values = reference_logps(reference, pairs, config.max_length, token_budget, per_token_nll=True)
     write_json_atomic(cache, values)
     return values
 
@@ -121,7 +112,8 @@ def dpo_terms(current: list[dict], ref: list[dict], beta: float) -> dict:
     with `chosen_nll`) and the reference's. Logged separately: a large NLL weight can make the
     combined loss and the reward metrics look better than they are."""
     margins = torch.tensor([beta * ((c["ref_chosen_logps"] - r["ref_chosen_logps"])
-                                    - (c["ref_rejected_logps"] - r["ref_rejected_logps"])) for c, r in zip(current, ref)])
+                                    - (c["ref_rejected_logps"] - r["ref_rejected_logps"]))
+                            for c, r in zip(current, ref)])
     return {
         "dpo_loss": float(-F.logsigmoid(margins).mean()),
         "nll_loss": float(sum(c["chosen_nll"] for c in current) / len(current)),
@@ -130,8 +122,11 @@ def dpo_terms(current: list[dict], ref: list[dict], beta: float) -> dict:
     }
 
 
-def score_only_labelled_positions() -> None:
+def compact_trl_lm_head_on_cpu() -> None:
     """Make TRL's fused LM head project only the positions that carry a label, on CPU too.
+
+    Replaces `trl.trainer.utils._use_triton`, a private function of TRL 1.16.0 (the version
+    pyproject.toml pins): check it on any TRL upgrade.
 
     TRL compacts to the labelled positions on Triton devices and projects every position
     elsewhere (fixed tile shapes for compilers such as Neuron's). On CPU that sends the prompt and
@@ -156,13 +151,14 @@ def _make_trainer_class():
 
     from icr.tracking import LossTermsMixin
 
-    score_only_labelled_positions()
+    compact_trl_lm_head_on_cpu()
 
     class ICRDPOTrainer(LossTermsMixin, DPOTrainer):
         """DPOTrainer that uses reference log-probs already present in the dataset, and logs the
         DPO and NLL terms of its loss separately (`icr.tracking`)."""
 
         def _precompute_ref_logps(self, dataset, name, batch_size):
+            # overrides a private method of TRL 1.16.0 (pinned in pyproject.toml): check on upgrade
             if "ref_chosen_logps" in dataset.column_names:
                 return dataset
             return super()._precompute_ref_logps(dataset, name, batch_size)
@@ -185,7 +181,23 @@ def _spot_check(trainer, dataset, tolerance: float = 1e-2) -> None:
         )
 
 
-def dpo_config(config: TrainConfig, output_dir: str, n_pairs: int, run_name: str | None = None):
+def gradient_accumulation(config: TrainConfig, processes: int) -> int:
+    """Accumulation steps per optimizer step. With `global_batch_size` G set: G / (batch_size × P)
+    for P processes, so the global batch is G whatever the launch; otherwise `grad_accum` (the
+    global batch is then batch_size × grad_accum × P)."""
+    if config.global_batch_size is None:
+        return config.grad_accum
+    per_pass = config.batch_size * processes
+    if config.global_batch_size % per_pass:
+        raise ConfigError(
+            f"train.global_batch_size={config.global_batch_size} is not divisible by train.batch_size × processes "
+            f"= {config.batch_size} × {processes} = {per_pass}: change batch_size or the number of processes"
+        )
+    return config.global_batch_size // per_pass
+
+
+def dpo_config(config: TrainConfig, output_dir: str, n_pairs: int, processes: int = 1,
+               run_name: str | None = None):
     from trl import DPOConfig
 
     use_cpu = not torch.cuda.is_available()
@@ -199,7 +211,7 @@ def dpo_config(config: TrainConfig, output_dir: str, n_pairs: int, run_name: str
         warmup_steps=config.warmup_ratio,  # transformers 5: a float < 1 is a share of the steps
         num_train_epochs=config.epochs,
         per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
+        gradient_accumulation_steps=gradient_accumulation(config, processes),
         max_length=config.max_length,
         seed=config.seed,
         data_seed=config.seed,
@@ -219,20 +231,22 @@ def dpo_config(config: TrainConfig, output_dir: str, n_pairs: int, run_name: str
 
 
 def dpo_trainer(lm: LoadedModel, dataset, config: TrainConfig, output_dir: str, run_name: str | None = None,
-                tracking_dir: Path | None = None):
+                tracking_dir: Path | None = None, pair_stats: dict | None = None, callbacks: tuple = ()):
     """Our DPOTrainer on `dataset` (see `preference_dataset`) with `config`'s arguments and LoRA;
-    tracker logs (`train.report_to`) under `tracking_dir`, progress through `icr.progress`."""
+    tracker logs (`train.report_to`) under `tracking_dir` as `run_name`, with `pair_stats` logged at
+    step 0 (`icr.tracking`); progress through `icr.progress`; `callbacks`: extra transformers callbacks."""
     from transformers import PrinterCallback
 
     from icr.progress import trainer_callback
-    from icr.tracking import tensorboard_dir
+    from icr.tracking import pair_statistics_callback, tensorboard_dir
 
+    args = dpo_config(config, output_dir, len(dataset), current_shard().world, run_name)
     with tensorboard_dir(tracking_dir):
-        trainer = _make_trainer_class()(model=lm.model, args=dpo_config(config, output_dir, len(dataset), run_name),
-                                        train_dataset=dataset, processing_class=lm.tokenizer,
-                                        peft_config=_lora(config))
+        trainer = _make_trainer_class()(model=lm.model, args=args, train_dataset=dataset,
+                                        processing_class=lm.tokenizer, peft_config=_lora(config))
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; the step progress replaces it
-    trainer.add_callback(trainer_callback())
+    for callback in (trainer_callback(), pair_statistics_callback(trainer, pair_stats), *callbacks):
+        trainer.add_callback(callback)
     return trainer
 
 
@@ -246,9 +260,10 @@ def _lora(config: TrainConfig):
                           target_modules=lora.target_modules, task_type="CAUSAL_LM")
 
 
-def train_dpo(model_spec: str, pairs_file: Path, out_dir: Path, config: TrainConfig, device: str = "auto",
-              trust_remote_code: bool = False, allow_pickle: bool = False, run_name: str | None = None,
-              tracking_dir: Path | None = None, pair_stats: dict | None = None, callbacks: tuple = ()) -> dict:
+def train_dpo(model_spec: str, pairs_file: Path, out_dir: Path, config: TrainConfig, token_budget: int,
+              device: str, trust_remote_code: bool = False, allow_pickle: bool = False, *,
+              run_name: str | None = None, tracking_dir: Path | None = None, pair_stats: dict | None = None,
+              callbacks: tuple = ()) -> dict:
     """Train π^{t+1} from π^t (= reference) on a pairs file; save a model folder at `out_dir`.
 
     The folder appears complete or not at all (written beside it, then renamed). Metrics go to
@@ -257,7 +272,8 @@ def train_dpo(model_spec: str, pairs_file: Path, out_dir: Path, config: TrainCon
     iteration's `pairs_stats.json`) at step 0; `callbacks` are extra transformers callbacks."""
     pairs = read_jsonl(pairs_file)
     if not pairs:
-        raise ValueError(f"{pairs_file}: no preference pairs to train on")
+        raise DataError(f"{pairs_file}: no preference pairs to train on")
+    gradient_accumulation(config, current_shard().world)  # an indivisible global batch fails before loading
     lm = load_model(model_spec, device=device, dtype="float32" if device == "cpu" else "auto",
                     trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     pairs = usable_pairs(lm.tokenizer, pairs, config.max_length)
@@ -268,15 +284,11 @@ def train_dpo(model_spec: str, pairs_file: Path, out_dir: Path, config: TrainCon
     if shard.is_main:
         shutil.rmtree(work, ignore_errors=True)
     shard.wait()
-    ref = cached_reference_logps(lm, pairs_file, pairs, config, out_dir.parent / "cache")
+    ref = cached_reference_logps(lm, pairs_file, pairs, config, out_dir.parent / "cache", token_budget)
     before = dpo_terms(ref, ref, config.beta)  # the policy starts as the reference
     dataset = preference_dataset(lm.tokenizer, pairs, ref, config)
     lm.model.train()
-    trainer = dpo_trainer(lm, dataset, config, str(work / "trainer"), run_name, tracking_dir)
-    from icr.tracking import pair_statistics_callback
-
-    for callback in (pair_statistics_callback(trainer, pair_stats), *callbacks):
-        trainer.add_callback(callback)
+    trainer = dpo_trainer(lm, dataset, config, str(work / "trainer"), run_name, tracking_dir, pair_stats, callbacks)
     if config.precompute_ref:
         _spot_check(trainer, trainer.train_dataset)
     result = trainer.train()
@@ -288,14 +300,15 @@ def train_dpo(model_spec: str, pairs_file: Path, out_dir: Path, config: TrainCon
         if model is not None:  # weights whole in this process: measure the DPO and NLL terms after training
             model.eval()
             trained = LoadedModel(model=model, tokenizer=lm.tokenizer, spec=str(out_dir), path=str(work / "model"))
-            metrics["after"] = dpo_terms(reference_logps(trained, pairs, config.max_length, per_token_nll=True),
-                                         ref, config.beta)
+            metrics["after"] = dpo_terms(reference_logps(trained, pairs, config.max_length, token_budget,
+                                                         per_token_nll=True), ref, config.beta)
         metrics.update({
             "train_runtime_s": result.metrics.get("train_runtime"),
             "log_history": trainer.state.log_history,
             "loss_definition": "sigmoid DPO + nll_weight * token-mean NLL of the chosen response",
             "config": config.model_dump(),
             "processes": shard.world,
+            "global_batch": config.batch_size * gradient_accumulation(config, shard.world) * shard.world,
         })
         write_json_atomic(work / "model" / "train_metrics.json", _finite(metrics))
         if out_dir.exists():  # moved aside in one step: out_dir is never a half-deleted model
@@ -338,6 +351,3 @@ def _finite(obj):
         return [_finite(v) for v in obj]
     return obj
 
-
-def load_metrics(model_dir: Path) -> dict:
-    return json.loads((model_dir / "train_metrics.json").read_text())

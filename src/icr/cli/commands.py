@@ -1,0 +1,79 @@
+"""The commands beside the run: align-english, reward-accuracy, eval and demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from icr.cli import main
+from icr.cli.options import config_options, resolve
+from icr.config import AccuracyConfig, AlignConfig, EvalConfig
+
+
+@main.command(name="align-english")
+@config_options(AlignConfig)
+def align_english_command(config_path, **options):
+    """Stage 0: English DPO turning a reference/SFT model into π_dpo (uses the train.* settings)."""
+    from icr.align import align_english
+
+    config = resolve(AlignConfig, config_path, options)
+    metrics = align_english(config)
+    click.echo(f"π_dpo written to {config.output} ({metrics['pairs']} pairs, {metrics['steps']} steps)")
+
+
+@main.command(name="reward-accuracy")
+@config_options(AccuracyConfig)
+def reward_accuracy_command(config_path, **options):
+    """Accuracy of the implicit reward on held-out preference pairs, per language and mode
+    (Wilson 95% interval): the measurement behind the paper's Figure 3."""
+    from icr.accuracy import format_accuracy_table, load_preference_pairs, reward_accuracy_table
+    from icr.data import write_json_atomic
+    from icr.models import load_model
+
+    config = resolve(AccuracyConfig, config_path, options)
+    pairs = load_preference_pairs(config.pairs)
+    policy, reference = load_model(config.policy, config.device), load_model(config.reference, config.device)
+    translator = load_model(config.translator, config.device) if config.translator else policy
+    table = reward_accuracy_table(policy, reference, pairs, config, translator)
+    click.echo(format_accuracy_table(table))
+    if config.output:
+        write_json_atomic(config.output, table)
+
+
+@main.command(name="eval")
+@config_options(EvalConfig)
+def eval_command(config_path, **options):
+    """X-AlpacaEval: answer the instructions of each language with every model (paper decoding),
+    judge each output against the reference output pairwise, and write the leaderboard (LC and WR
+    per language and on average) as Markdown, CSV and PNG. See docs/eval.md."""
+    from icr.distributed import current_shard
+    from icr.eval.outputs import eval_models
+    from icr.eval.run import evaluate
+
+    config = resolve(EvalConfig, config_path, options)
+    models = eval_models(config)
+    if not models:
+        raise click.UsageError("nothing to evaluate: give --model, --run-dir or --outputs")
+    table = evaluate(config, models)
+    if not current_shard().is_main:  # under `accelerate launch`: the main process judges and reports
+        return
+    if config.estimate_only:
+        click.echo("estimate only: no judgement requested (see the log line above)")
+        return
+    board = (Path(config.output) / "leaderboard.md").read_text(encoding="utf-8")
+    click.echo(board.split("\n## Details")[0])
+    click.echo(f"{len(table)} results written to {config.output} (leaderboard.md, leaderboard.csv, leaderboard.png)")
+
+
+@main.command(name="demo")
+@click.option("--quick", is_flag=True, help="Reduced size (a few minutes on a 2-core CPU); what CI runs.")
+@click.option("--output", "output_dir", default="demo-output", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for the demo's runs, models and report.")
+def demo_command(quick, output_dir):
+    """The whole method offline on SmolLM2-135M-Instruct: English DPO (stage 0), 2 ICR iterations,
+    reward accuracy in 5 languages, and a Markdown report with plots."""
+    from icr.demo import run_demo
+
+    report = run_demo(Path(output_dir), quick=quick)
+    click.echo(f"report: {report}")

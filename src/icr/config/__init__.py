@@ -1,0 +1,41 @@
+"""Configuration: one pydantic model per concern, for every command (see `base` for reading and
+validating, `run` for `icr run` and its stages, `commands` for the others)."""
+
+from icr.config.base import (
+                             DEFAULT_MODEL,
+                             StrictModel,
+                             build_config,
+                             dump_config,
+                             iter_fields,
+                             read_yaml_tree,
+                             set_dotted,
+)
+from icr.config.commands import (
+                             AccuracyConfig,
+                             AlignConfig,
+                             EvalConfig,
+                             JudgeConfig,
+                             PlanConfig,
+                             PlanEvalConfig,
+)
+from icr.config.run import (
+                             DataConfig,
+                             GenerateConfig,
+                             LoraConfig,
+                             ModelsConfig,
+                             PairsConfig,
+                             RewardConfig,
+                             RunConfig,
+                             SamplingConfig,
+                             TrainConfig,
+                             load_config,
+)
+from icr.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_MODEL", "StrictModel", "build_config", "dump_config", "iter_fields", "read_yaml_tree", "set_dotted",
+    "AccuracyConfig", "AlignConfig", "EvalConfig", "JudgeConfig", "PlanConfig", "PlanEvalConfig",
+    "DataConfig", "GenerateConfig", "LoraConfig",
+    "ModelsConfig", "PairsConfig", "RewardConfig", "RunConfig", "SamplingConfig", "TrainConfig", "load_config",
+    "ConfigError",
+]

@@ -1,0 +1,148 @@
+"""What every config shares: strict sections, YAML reading, dotted overrides, validation.
+
+A config is a tree of pydantic models. The same tree is read from YAML and from command-line
+flags (`--generate.n 4` sets `generate.n`), and it is validated before any model is loaded:
+unknown keys and impossible values are errors that name the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from icr.errors import ConfigError
+from icr.languages import check_language
+
+DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
+
+Device = Annotated[str, Field(description="'auto', 'cpu', 'cuda', 'cuda:1', ...")]
+Dtype = Annotated[Literal["auto", "float32", "bfloat16", "float16"],
+                  Field(description="Weights dtype: auto = bfloat16 on a GPU, float32 on a CPU.")]
+RewardMode = Literal["crosslingual", "multilingual", "translate"]  # keys of icr.rewarding.STRATEGIES
+SamplingBackend = Literal["hf", "vllm"]  # keys of icr.sampling.BACKENDS
+JudgeBackend = Literal["alpaca_eval", "openai", "hf"]  # keys of icr.eval.judges.JUDGES
+JudgeOrder = Literal["random", "both"]  # keys of icr.eval.judging.ORDERS
+ScoreTokens = Literal["all", "skip_first"]  # keys of icr.scoring.SKIPPED_RESPONSE_TOKENS
+LanguageFilter = Literal["off", "chosen", "all"]  # keys of icr.selection.LANGUAGE_FILTERS
+
+
+
+def _known_languages(value: list[str]) -> list[str]:
+    if not value:
+        raise ValueError("at least one language is required")
+    if len(set(value)) != len(value):
+        raise ValueError(f"duplicate languages in {value}")
+    return [check_language(code) for code in value]
+
+
+Languages = Annotated[list[str], AfterValidator(_known_languages)]  # ISO 639-1 codes, known, each once
+
+Config = TypeVar("Config", bound=BaseModel)
+
+
+# Fields marked with this do not change what a stage computes (where logs go, names): they are left
+# out of the config hash, so changing them never refuses to resume a run.
+NOT_HASHED = {"hashed": False}
+
+
+def hashed_fields(section: BaseModel) -> dict[str, Any]:
+    """`section.model_dump()` without the fields marked `NOT_HASHED` (recursively)."""
+    data = section.model_dump()
+    for name, info in type(section).model_fields.items():
+        value = getattr(section, name)
+        if (info.json_schema_extra or {}).get("hashed", True) is False:
+            data.pop(name)
+        elif isinstance(value, BaseModel):
+            data[name] = hashed_fields(value)
+    return data
+
+
+class StrictModel(BaseModel):
+    """A config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+def format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "<root>"
+        lines.append(f"  {field}: {e['msg']}")
+    return "invalid config:\n" + "\n".join(lines)
+
+
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set tree['a']['b'] = value for dotted = 'a.b', creating sections as needed."""
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{dotted}: {key} is not a section")
+    node[keys[-1]] = value
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping is an error (PyYAML would
+    silently keep the last one, dropping e.g. a whole earlier `train:` section)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:  # unhashable: the base class reports it
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml_tree(path: str | Path | None) -> dict[str, Any]:
+    """The mapping of a YAML config file ({} without a file)."""
+    if path is None:
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            tree = yaml.load(f, Loader=_UniqueKeyLoader) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not a valid YAML file: {err}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return tree
+
+
+def build_config(model: type[Config], path: str | Path | None = None,
+                 overrides: dict[str, Any] | None = None) -> Config:
+    """Read a YAML config (or the defaults), apply dotted overrides, validate."""
+    tree = read_yaml_tree(path)
+    for dotted, value in (overrides or {}).items():
+        set_dotted(tree, dotted, value)
+    try:
+        return model.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(format_errors(err)) from None
+
+
+def dump_config(config: BaseModel) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def is_section(annotation) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def iter_fields(model: type[BaseModel], prefix: str = ""):
+    """Yield (dotted name, field info, annotation) for every leaf field of the config tree."""
+    for name, info in model.model_fields.items():
+        if is_section(info.annotation):
+            yield from iter_fields(info.annotation, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", info, info.annotation

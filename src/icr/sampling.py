@@ -1,0 +1,173 @@
+"""Sampling engine: n responses per instruction, each prompt from its own seeded streams.
+
+Each prompt gets its own seed, derived from (run seed, iteration, language, id) by `prompt_seed`,
+and its n samples are drawn in one batched call: results do not depend on batch composition, on
+the number of processes, or on where an interrupted run resumed. The hf backend encodes a prompt
+once and shares its key/value cache among the n samples; vLLM does the same with prefix caching.
+Backends live in `BACKENDS`, chosen by `backend` of the sampling config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from icr.config import ModelsConfig, SamplingConfig
+from icr.models import LoadedModel, end_of_turn_ids, prompt_ids, refuse_pickle, resolve_model_path
+
+
+@dataclass
+class Sample:
+    text: str
+    n_tokens: int  # generated tokens, end-of-turn excluded
+    truncated: bool  # hit max_new_tokens before an end-of-turn token
+
+
+def prompt_seed(seed: int, iteration: int, lang: str, prompt_id: str) -> int:
+    """The seed of one prompt's samples: the first 31 bits of sha256('seed|iteration|lang|id')."""
+    digest = hashlib.sha256(f"{seed}|{iteration}|{lang}|{prompt_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+class Generator(Protocol):
+    def sample_batch(self, instructions: list[str], n: int, seeds: list[int]) -> list[list[Sample]]:
+        """n samples for each instruction; instruction i's samples come from streams seeded by seeds[i]."""
+        ...
+
+    def prompt_length(self, instruction: str) -> int: ...
+
+
+class RowSeededSampler:
+    """Logits processor that samples each row from its own seeded stream (Gumbel-max trick).
+
+    argmax(logits/T + Gumbel noise), after top-p filtering, is a draw from the temperature/top-p
+    distribution; the noise of row i at step k depends only on row i's seed, so a prompt's samples
+    do not depend on which other prompts share its batch. Used with greedy decoding."""
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float, device):
+        from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+        self.warpers = [TemperatureLogitsWarper(temperature)] + ([TopPLogitsWarper(top_p)] if top_p < 1 else [])
+        self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.float()
+        for warp in self.warpers:
+            scores = warp(input_ids, scores)
+        uniform = torch.stack([torch.rand(scores.shape[1], generator=g, device=scores.device)
+                               for g in self.generators])
+        gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-20)))
+        return scores + gumbel
+
+
+class HFGenerator:
+    """transformers backend: prefill a batch of prompts once, expand each prompt's cache to its
+    n rows, decode. Rows draw from per-row seeded streams (`RowSeededSampler`)."""
+
+    def __init__(self, lm: LoadedModel, config: SamplingConfig):
+        self.lm, self.config = lm, config
+        self.stop_ids = end_of_turn_ids(lm.tokenizer, lm.model)
+
+    def prompt_length(self, instruction: str) -> int:
+        return len(prompt_ids(self.lm.tokenizer, instruction))
+
+    @torch.no_grad()
+    def sample_batch(self, instructions: list[str], n: int, seeds: list[int]) -> list[list[Sample]]:
+        """n samples for each instruction; sample j of prompt i uses the stream seeded (seeds[i], j)."""
+        from transformers import LogitsProcessorList
+
+        model, tok, cfg = self.lm.model, self.lm.tokenizer, self.config
+        encoded = [prompt_ids(tok, text) for text in instructions]
+        width = max(len(e) for e in encoded)
+        pad = tok.pad_token_id
+        # Left padding: every prompt ends at the same column, where generation starts.
+        ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=self.lm.device)
+        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=self.lm.device)
+        kwargs = {}
+        if width > 1:  # the last prompt token is fed by generate(); the rest is computed once per prompt
+            positions = (mask.cumsum(-1) - 1).clamp_min(0)
+            cache = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
+                          use_cache=True).past_key_values
+            cache.batch_repeat_interleave(n)
+            kwargs["past_key_values"] = cache
+        row_seeds = [seed * 1000 + j for seed in seeds for j in range(n)]
+        out = model.generate(
+            input_ids=ids.repeat_interleave(n, 0),
+            attention_mask=mask.repeat_interleave(n, 0),
+            do_sample=False,
+            logits_processor=LogitsProcessorList([RowSeededSampler(row_seeds, cfg.temperature, cfg.top_p,
+                                                                   self.lm.device)]),
+            max_new_tokens=cfg.max_new_tokens,
+            eos_token_id=self.stop_ids,
+            pad_token_id=pad,
+            **kwargs,
+        )
+        rows = [self._decode(row) for row in out[:, width:].tolist()]
+        return [rows[i * n : (i + 1) * n] for i in range(len(instructions))]
+
+    def _decode(self, tokens: list[int]) -> Sample:
+        stops = set(self.stop_ids)
+        end = next((k for k, t in enumerate(tokens) if t in stops), None)
+        kept = tokens if end is None else tokens[:end]
+        text = self.lm.tokenizer.decode(kept, skip_special_tokens=True).strip()
+        return Sample(text=text, n_tokens=len(kept), truncated=end is None)
+
+
+class VLLMGenerator:
+    """vLLM backend (GPU): prefix caching shares the prompt among the n samples; each request
+    carries its prompt's seed."""
+
+    def __init__(self, model_path: str, config: SamplingConfig, dtype: str = "auto", trust_remote_code=False,
+                 allow_pickle: bool = False):
+        refuse_pickle(model_path, allow_pickle)  # vLLM loads the weights itself: refuse pickle files first
+        try:
+            from vllm import LLM, SamplingParams
+        except ImportError:
+            raise RuntimeError("backend vllm needs vLLM: pip install 'icr[vllm]' (GPU machines)") from None
+        self._params = SamplingParams
+        self.config = config
+        self.llm = LLM(
+            model=model_path,
+            dtype=dtype,
+            tensor_parallel_size=config.tensor_parallel_size,
+            enable_prefix_caching=True,
+            trust_remote_code=trust_remote_code,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def prompt_length(self, instruction: str) -> int:
+        return len(prompt_ids(self.tokenizer, instruction))
+
+    def sample_batch(self, instructions: list[str], n: int, seeds: list[int]) -> list[list[Sample]]:
+        cfg = self.config
+        params = [self._params(n=n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_new_tokens,
+                               seed=seed) for seed in seeds]
+        requests = [{"prompt_token_ids": prompt_ids(self.tokenizer, text)} for text in instructions]
+        results = self.llm.generate(requests, params, use_tqdm=False)
+        return [[Sample(o.text.strip(), len(o.token_ids), o.finish_reason == "length") for o in result.outputs]
+                for result in results]
+
+
+def _hf_backend(spec: str, config: SamplingConfig, models: ModelsConfig,
+                load: Callable[[str], LoadedModel]) -> Generator:
+    return HFGenerator(load(spec), config)
+
+
+def _vllm_backend(spec: str, config: SamplingConfig, models: ModelsConfig,
+                  load: Callable[[str], LoadedModel]) -> Generator:
+    return VLLMGenerator(resolve_model_path(spec), config, dtype=models.dtype,
+                         trust_remote_code=models.trust_remote_code, allow_pickle=models.allow_pickle)
+
+
+BACKENDS: dict[str, Callable[..., Generator]] = {"hf": _hf_backend, "vllm": _vllm_backend}
+
+
+def make_generator(spec: str, config: SamplingConfig, models: ModelsConfig,
+                   load: Callable[[str], LoadedModel]) -> Generator:
+    """The generator of `config.backend` for model `spec`; `load` loads a model in-process
+    (backends that load their own weights, like vLLM, do not call it)."""
+    return BACKENDS[config.backend](spec, config, models, load)

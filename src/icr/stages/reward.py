@@ -1,0 +1,60 @@
+"""Stage 2, reward: every response scored with the implicit reward β·log π^t/π_ref under the
+rewarding mode (`icr.rewarding` scores; this driver reads the generations and writes the records)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from icr.config import RewardConfig
+from icr.data import read_jsonl
+from icr.distributed import Shard
+from icr.jobs import run_job
+from icr.models import LoadedModel
+from icr.records import GenerationRecord
+from icr.rewarding import STRATEGIES, RewardingStrategy, make_strategy, reward_records
+from icr.stages.base import Stage, StageContext, language_files
+
+
+def reward_language(generations: list[dict], english: dict[str, str], out_file: Path, policy: LoadedModel,
+                    reference: LoadedModel, config: RewardConfig, strategy: RewardingStrategy,
+                    shard: Shard = Shard()) -> list[dict]:
+    """Score every generation record not yet in `out_file`, in fixed chunks of
+    `config.batch_prompts` (`icr.jobs.run_job`: resumable, sharded, in generation order)."""
+    records = [GenerationRecord.from_json(g) for g in generations]
+
+    def process(chunk: list[GenerationRecord]) -> list[dict]:
+        scored = reward_records(chunk, [english[g.id] for g in chunk], policy, reference, config, strategy)
+        return [record.to_json() for record in scored]
+
+    lang = records[0].lang if records else ""
+    return run_job(out_file, records, lambda g: g.id, config.batch_prompts, process, shard,
+                   f"reward {lang} ({config.mode})", "prompt")
+
+
+def run_reward(ctx: StageContext) -> dict:
+    run, t, config = ctx.run, ctx.t, ctx.run.config
+    policy, reference = run.policy_spec(t), run.reward_reference_spec(t)
+    translator = None
+    if STRATEGIES[config.reward.mode].needs_translator:
+        translator = ctx.pool.get(run.translator_spec(t))
+    strategy = make_strategy(config.reward, translator)
+    counts = {}
+    for lang in ctx.prompts.languages:
+        generations = read_jsonl(run.generations_dir(t) / f"{lang}.jsonl")
+        done = reward_language(generations, ctx.prompts.english, run.rewards_dir(t) / f"{lang}.jsonl",
+                               ctx.pool.get(policy), ctx.pool.get(reference), config.reward, strategy, run.shard)
+        counts[lang] = len(done)
+    return {"policy": policy, "reference": reference, "mode": config.reward.mode, "records": counts}
+
+
+STAGE = Stage(
+    name="reward",
+    summary="Stage 2: score every response with the implicit reward β·log π^t/π_ref.",
+    sections=("seed", "models", "data", "generate", "reward"),
+    inputs=language_files(lambda run, t: run.generations_dir(t)),
+    outputs=language_files(lambda run, t: run.rewards_dir(t)),
+    run=run_reward,
+    unit="prompt",
+    expected=lambda ctx: len(ctx.prompts),
+    counts_records=True,
+)

@@ -1,0 +1,35 @@
+"""Stage 4, train: DPO + λ·NLL on the pairs, from π^t to π^{t+1} (`icr.training` trains). Trackers
+(`train.report_to`) log under `<run>/tracking/iter_<t>` as `<run_name>/iter_<t>`, with the
+iteration's pair statistics; `icr status` sees the optimizer steps."""
+
+from __future__ import annotations
+
+from icr.data import read_json
+from icr.stages.base import Stage, StageContext
+from icr.status import train_status_callback
+from icr.tracking import tracked_run_name
+from icr.training import train_dpo
+
+
+def run_train(ctx: StageContext) -> dict:
+    run, t, config = ctx.run, ctx.t, ctx.run.config
+    ctx.pool.clear()  # training loads its own copy; do not hold a second one
+    spec = run.policy_spec(t)
+    models = config.models
+    metrics = train_dpo(spec, run.pairs_file(t), run.model_dir(t), config.train, config.reward.token_budget,
+                        models.device, models.trust_remote_code, models.allow_pickle,
+                        run_name=tracked_run_name(config.train.run_name, config.name, t),
+                        tracking_dir=run.tracking_dir(t), pair_stats=read_json(run.pairs_stats_file(t)),
+                        callbacks=(train_status_callback(run.root, t),))
+    return {"init": spec, "output": str(run.model_dir(t)), "steps": metrics["steps"], "after": metrics["after"]}
+
+
+STAGE = Stage(
+    name="train",
+    summary="Stage 4: DPO + λ·NLL on the pairs, from π^t to π^{t+1}.",
+    sections=("seed", "models", "data", "generate", "reward", "pairs", "train"),
+    inputs=lambda run, t: [run.pairs_file(t)],
+    outputs=lambda run, t: [run.model_dir(t)],
+    run=run_train,
+    unit="step",
+)
