@@ -3,6 +3,7 @@
 # make test-fast   the suite without the tests marked slow (real models, kills, launches, demo, golden)
 # make lint   ruff check, ruff format --check and the import-layer contracts (lint-imports)
 # make bench  set up .venv, then run the benchmarks into benchmarks/results/
+# make bench-gpu  the GPU benchmark (Llama-3-8B shape, random weights) into benchmarks/results/gpu-latest.*
 # make plan-paper  `icr plan` on configs/paper-llama3-8b.yaml (the output shown in the README)
 
 PYTHON ?= python3
@@ -19,7 +20,7 @@ export TOKENIZERS_PARALLELISM = false
 # torch 2.5x slower.
 export OMP_WAIT_POLICY = PASSIVE
 
-.PHONY: setup lint test test-fast demo demo-quick bench docs plan-paper clean
+.PHONY: setup lint test test-fast demo demo-quick bench bench-gpu docs plan-paper clean
 
 setup: $(VENV)/.installed
 
@@ -52,6 +53,12 @@ demo-quick: setup
 
 bench: setup
 	$(PY) benchmarks/run.py
+
+# SHAPE=qwen2.5-7b for the other shape; SHAPE=tiny dry-runs it on a CPU (into a temp folder: OUT=...)
+SHAPE ?= llama3-8b
+OUT   ?= benchmarks/results
+bench-gpu: setup
+	$(PY) benchmarks/gpu.py --shape $(SHAPE) --out $(OUT)
 
 # Offline the Llama-3 tokenizer is not at hand: prompts are measured with SmolLM2's unless told otherwise.
 PLAN_TOKENIZER ?= embedded:smollm2-135m-instruct

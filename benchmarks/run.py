@@ -39,7 +39,7 @@ UF = ROOT.parent / "shared" / "data" / "ultrafeedback-multilingual" / "random_10
 UF_ALL_LANGUAGES = UF.parent / "random_1000"  # bn de en es fr ru sw th zh
 XAE_REFERENCE = ROOT.parent / "shared" / "data" / "x-alpacaeval" / "reference" / "gpt-4-turbo-2024-04-09"
 MODEL = "embedded:smollm2-135m-instruct"
-SCORE_BUDGET = 4096  # tokens per scoring forward pass (reward.token_budget's default)
+SCORE_BUDGET = 4096  # tokens per scoring forward pass (reward.token_budget: auto on a CPU)
 WORKLOAD_N = 10  # responses sampled per prompt once; smaller N use the first N of them
 
 

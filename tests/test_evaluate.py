@@ -157,7 +157,7 @@ def test_offline_judge_builds_the_leaderboard_and_resumes(tmp_path, tiny_lm, gam
     def no_generation(*a, **k):
         raise AssertionError("outputs exist: nothing to generate")
 
-    monkeypatch.setattr("icr.eval.run.make_generator", no_generation)
+    monkeypatch.setattr("icr.eval.run.open_generator", no_generation)
     again = evaluate(**args)
     assert json.loads((out / "results.json").read_text())["judging"]["requested"] == 0
     pd.testing.assert_frame_equal(again, table)

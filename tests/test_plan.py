@@ -128,6 +128,7 @@ def test_time_on_a_gpu_comes_from_the_measured_parts_of_gpu_latest(tiny_dir, tin
     vllm = config.model_copy(update={"generate": config.generate.model_copy(update={"backend": "vllm"})})
     none = time_estimate(vllm, counts, weights, [tmp_path / "g"])  # generation.vllm was not measured
     assert not none["available"] and "not usable" in none["reason"] and "generate: not-measured" in none["reason"]
+    assert "reward" not in none["reason"].split("not usable")[1]  # the measured parts are not listed
 
 
 def test_the_placeholder_gpu_results_give_no_estimate_and_say_why(tiny_dir, tiny_ref_dir, tmp_path):

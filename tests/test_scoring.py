@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from icr import scoring
+from icr import scoring, scoring_head
 from icr.models import prompt_ids, tokenize_exchange
 from icr.scoring import (
     ScoreGroup,
@@ -118,8 +118,8 @@ def test_chunked_logsumexp_path_gives_same_numbers(tiny_lm, group, expected, mon
     prompt, completions = group
     vocab = tiny_lm.model.get_output_embeddings().weight.shape[0]
     for elements, vocab_chunk in ((1, vocab), (3 * vocab, 1000), (7 * 2048, 2048)):
-        monkeypatch.setattr(scoring, "LOGIT_CHUNK_ELEMENTS", elements)
-        monkeypatch.setattr(scoring, "VOCAB_CHUNK", vocab_chunk)
+        monkeypatch.setattr(scoring_head, "LOGIT_CHUNK_ELEMENTS", elements)
+        monkeypatch.setattr(scoring_head, "VOCAB_CHUNK", vocab_chunk)
         got = score_group(tiny_lm.model, ScoreGroup(prompt, completions), token_budget=40, per_token=True)
         _assert_close(got, expected)
 
@@ -135,9 +135,9 @@ def test_token_logprobs_from_hidden_chunking(tiny_lm, monkeypatch, vocab_chunk):
     targets[0], targets[1] = 0, vocab - 1
     logits = tiny_lm.model.get_output_embeddings()(hidden).float()
     want = torch.log_softmax(logits, -1).gather(1, targets[:, None])[:, 0]
-    monkeypatch.setattr(scoring, "VOCAB_CHUNK", vocab_chunk)
+    monkeypatch.setattr(scoring_head, "VOCAB_CHUNK", vocab_chunk)
     for elements in (1, 4 * vocab_chunk, 1 << 30):
-        monkeypatch.setattr(scoring, "LOGIT_CHUNK_ELEMENTS", elements)
+        monkeypatch.setattr(scoring_head, "LOGIT_CHUNK_ELEMENTS", elements)
         with torch.no_grad():
             got = token_logprobs_from_hidden(tiny_lm.model, hidden, targets)
         assert got.dtype == torch.float32
@@ -162,7 +162,7 @@ def test_token_logprobs_from_hidden_with_bias_and_wrapped_head(monkeypatch):
         def forward(self, x):
             return self.inner(x)
 
-    monkeypatch.setattr(scoring, "LOGIT_CHUNK_ELEMENTS", 3 * 2048)
+    monkeypatch.setattr(scoring_head, "LOGIT_CHUNK_ELEMENTS", 3 * 2048)
     for head in (linear, Wrapped()):
         model = SimpleNamespace(config=SimpleNamespace(), get_output_embeddings=lambda head=head: head)
         with torch.no_grad():
@@ -228,7 +228,7 @@ def test_groups_mix_prompts_in_one_forward_pass(tiny_lm, groups, monkeypatch):
     seen = []
     real = scoring._batch_cache
     monkeypatch.setattr(scoring, "_batch_cache",
-                        lambda prefixes, rows, width: seen.append(set(rows)) or real(prefixes, rows, width))
+                        lambda prefixes, rows, *args: seen.append(set(rows)) or real(prefixes, rows, *args))
     score_groups(tiny_lm.model, groups, token_budget=10**6)
     assert len(seen) == 1 and seen[0] == {0, 1, 2, 3}
 

@@ -64,7 +64,7 @@ def _multilingual_heldout(size: DemoSize) -> list[PreferencePair]:
     return out
 
 
-def _likelihood_accuracy(lm, pairs: list[PreferencePair], token_budget: int) -> float:
+def _likelihood_accuracy(lm, pairs: list[PreferencePair], token_budget: int | str) -> float:
     """Share of pairs where the model alone gives the chosen answer the higher log-likelihood."""
     wins = 0.0
     for p in pairs:

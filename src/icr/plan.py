@@ -179,10 +179,13 @@ def _gpu_rates(r: dict, config: RunConfig) -> dict[str, Any]:
     measured; the main shape's size is the LoRA part's `settings.params`."""
     parts = {"generate": r["generation"][config.generate.backend], "reward": r["scoring"]["ours"],
              "train": r["training"]["lora" if config.train.lora.enabled else "full"]}
-    missing = [f"{stage}: {part['status']} ({part.get('reason')})" for stage, part in parts.items()
-               if part["status"] != "measured"]
+    missing: dict[tuple, list[str]] = {}  # (status, reason) -> stages, so a placeholder file says it once
+    for stage, part in parts.items():
+        if part["status"] != "measured":
+            missing.setdefault((part["status"], part.get("reason")), []).append(stage)
     if missing:
-        raise ValueError("; ".join(missing))
+        raise ValueError("; ".join(f"{', '.join(stages)}: {status} ({reason})"
+                                   for (status, reason), stages in missing.items()))
     main_params = r["training"]["lora"]["settings"].get("params") if r["training"]["lora"]["status"] == "measured" \
         else None
     if main_params is None:
@@ -206,7 +209,9 @@ def benchmark_rates(path: Path, config: RunConfig) -> dict[str, Any]:
         return {"file": _shown(path), "unusable": f"unknown schema {r.get('schema')!r}"}
     try:
         return {"file": _shown(path), **reader(r, config)}
-    except (KeyError, TypeError, ValueError, ZeroDivisionError) as err:
+    except ValueError as err:  # parts not measured: their status and reason
+        return {"file": _shown(path), "unusable": str(err)}
+    except (KeyError, TypeError, ZeroDivisionError) as err:
         return {"file": _shown(path), "unusable": f"{type(err).__name__}: {err}"}
 
 

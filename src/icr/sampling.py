@@ -3,8 +3,10 @@
 Each prompt gets its own seed, derived from (run seed, iteration, language, id) by `prompt_seed`,
 and its n samples are drawn in one batched call: results do not depend on batch composition, on
 the number of processes, or on where an interrupted run resumed. The hf backend encodes a prompt
-once and shares its key/value cache among the n samples; vLLM does the same with prefix caching.
-Backends live in `BACKENDS`, chosen by `backend` of the sampling config.
+once and shares its key/value cache among the n samples (on a GPU, a chunk in as few `generate`
+calls as free memory allows); vLLM decodes a chunk in one `llm.generate` call with prefix caching.
+Backends live in `BACKENDS`, chosen by `backend` of the sampling config; a backend marked
+`isolated` is run by the drivers in a child process (`icr.child_process.open_generator`).
 """
 
 from __future__ import annotations
@@ -66,7 +68,8 @@ class RowSeededSampler:
 
 class HFGenerator:
     """transformers backend: prefill a batch of prompts once, expand each prompt's cache to its
-    n rows, decode. Rows draw from per-row seeded streams (`RowSeededSampler`)."""
+    n rows, decode. Rows draw from per-row seeded streams (`RowSeededSampler`). On a GPU a chunk is
+    decoded in as few calls as free memory allows (`rows_that_fit`); the samples do not depend on it."""
 
     def __init__(self, lm: LoadedModel, config: SamplingConfig):
         self.lm, self.config = lm, config
@@ -75,13 +78,21 @@ class HFGenerator:
     def prompt_length(self, instruction: str) -> int:
         return len(prompt_ids(self.lm.tokenizer, instruction))
 
-    @torch.no_grad()
     def sample_batch(self, instructions: list[str], n: int, seeds: list[int]) -> list[list[Sample]]:
         """n samples for each instruction; sample j of prompt i uses the stream seeded (seeds[i], j)."""
+        encoded = [prompt_ids(self.lm.tokenizer, text) for text in instructions]
+        rows = rows_that_fit(self.lm.model, max(len(e) for e in encoded) + self.config.max_new_tokens)
+        per_call = len(encoded) if rows is None else max(1, rows // n)
+        out: list[list[Sample]] = []
+        for k in range(0, len(encoded), per_call):
+            out += self._sample_encoded(encoded[k : k + per_call], n, seeds[k : k + per_call])
+        return out
+
+    @torch.no_grad()
+    def _sample_encoded(self, encoded: list[list[int]], n: int, seeds: list[int]) -> list[list[Sample]]:
         from transformers import LogitsProcessorList
 
         model, tok, cfg = self.lm.model, self.lm.tokenizer, self.config
-        encoded = [prompt_ids(tok, text) for text in instructions]
         width = max(len(e) for e in encoded)
         pad = tok.pad_token_id
         # Left padding: every prompt ends at the same column, where generation starts.
@@ -107,7 +118,7 @@ class HFGenerator:
             **kwargs,
         )
         rows = [self._decode(row) for row in out[:, width:].tolist()]
-        return [rows[i * n : (i + 1) * n] for i in range(len(instructions))]
+        return [rows[i * n : (i + 1) * n] for i in range(len(encoded))]
 
     def _decode(self, tokens: list[int]) -> Sample:
         stops = set(self.stop_ids)
@@ -117,12 +128,35 @@ class HFGenerator:
         return Sample(text=text, n_tokens=len(kept), truncated=end is None)
 
 
+GENERATION_MEMORY_SHARE = 0.8  # of the free GPU memory, for one generate call's cache and logits
+
+
+def rows_that_fit(model, tokens_per_row: int) -> int | None:
+    """Rows one `generate` call can hold in GENERATION_MEMORY_SHARE of the free GPU memory: each row
+    caches `tokens_per_row` tokens' keys/values in every layer and holds a few fp32 vocabulary-wide
+    score vectors (the sampler's). None off CUDA (no limit: the chunk is decoded whole)."""
+    parameter = next(model.parameters())
+    if parameter.device.type != "cuda":
+        return None
+    config = model.config
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    per_token = config.num_hidden_layers * 2 * kv_heads * head_dim * parameter.element_size()
+    per_row = tokens_per_row * per_token + 8 * config.vocab_size * 4
+    free, _ = torch.cuda.mem_get_info(parameter.device)
+    return max(1, int(GENERATION_MEMORY_SHARE * free) // per_row)
+
+
 class VLLMGenerator:
-    """vLLM backend (GPU): prefix caching shares the prompt among the n samples; each request
-    carries its prompt's seed."""
+    """vLLM backend (GPU): one `llm.generate` call per chunk with all of its prompts, n samples each,
+    a seed per prompt (so a prompt's samples do not depend on the chunking), stop at end-of-turn, prefix
+    caching on (the n samples share the prompt's cache). Its backend entry is `isolated`: the drivers
+    run it in a child process, since vLLM keeps its share of GPU memory
+    (`gpu_memory_utilization`) while its process lives."""
 
     def __init__(self, model_path: str, config: SamplingConfig, dtype: str = "auto", trust_remote_code=False,
-                 allow_pickle: bool = False):
+                 allow_pickle: bool = False, **engine_options):
         refuse_pickle(model_path, allow_pickle)  # vLLM loads the weights itself: refuse pickle files first
         try:
             from vllm import LLM, SamplingParams
@@ -134,10 +168,13 @@ class VLLMGenerator:
             model=model_path,
             dtype=dtype,
             tensor_parallel_size=config.tensor_parallel_size,
+            gpu_memory_utilization=config.gpu_memory_utilization,
             enable_prefix_caching=True,
             trust_remote_code=trust_remote_code,
+            **engine_options,
         )
         self.tokenizer = self.llm.get_tokenizer()
+        self.stop_ids = end_of_turn_ids(self.tokenizer)
 
     def prompt_length(self, instruction: str) -> int:
         return len(prompt_ids(self.tokenizer, instruction))
@@ -145,11 +182,16 @@ class VLLMGenerator:
     def sample_batch(self, instructions: list[str], n: int, seeds: list[int]) -> list[list[Sample]]:
         cfg = self.config
         params = [self._params(n=n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_new_tokens,
-                               seed=seed) for seed in seeds]
+                               seed=seed, stop_token_ids=self.stop_ids) for seed in seeds]
         requests = [{"prompt_token_ids": prompt_ids(self.tokenizer, text)} for text in instructions]
         results = self.llm.generate(requests, params, use_tqdm=False)
-        return [[Sample(o.text.strip(), len(o.token_ids), o.finish_reason == "length") for o in result.outputs]
-                for result in results]
+        return [[self._sample(o) for o in result.outputs] for result in results]
+
+    def _sample(self, output) -> Sample:
+        tokens = list(output.token_ids)
+        if tokens and output.finish_reason == "stop" and tokens[-1] in self.stop_ids:
+            tokens = tokens[:-1]  # as the HF backend counts: end-of-turn excluded
+        return Sample(output.text.strip(), len(tokens), output.finish_reason == "length")
 
 
 def _hf_backend(spec: str, config: SamplingConfig, models: ModelsConfig,
@@ -163,11 +205,19 @@ def _vllm_backend(spec: str, config: SamplingConfig, models: ModelsConfig,
                          trust_remote_code=models.trust_remote_code, allow_pickle=models.allow_pickle)
 
 
-BACKENDS: dict[str, Callable[..., Generator]] = {"hf": _hf_backend, "vllm": _vllm_backend}
+@dataclass(frozen=True)
+class Backend:
+    build: Callable[[str, SamplingConfig, ModelsConfig, Callable[[str], LoadedModel]], Generator]
+    # Run in a child process that ends with the generation (icr.child_process.open_generator): the
+    # backend keeps its GPU memory until its process exits, which the reward stage's models need.
+    isolated: bool = False
+
+
+BACKENDS: dict[str, Backend] = {"hf": Backend(_hf_backend), "vllm": Backend(_vllm_backend, isolated=True)}
 
 
 def make_generator(spec: str, config: SamplingConfig, models: ModelsConfig,
                    load: Callable[[str], LoadedModel]) -> Generator:
     """The generator of `config.backend` for model `spec`; `load` loads a model in-process
     (backends that load their own weights, like vLLM, do not call it)."""
-    return BACKENDS[config.backend](spec, config, models, load)
+    return BACKENDS[config.backend].build(spec, config, models, load)

@@ -12,9 +12,11 @@ computed so that it costs little more than the arithmetic it needs:
   in a cache allocated once at its final width (the completion's keys/values are written in place);
 * on CPU, attention runs on the key/value heads as they are (grouped-query models), not on copies
   expanded to every query head;
-* the output layer is applied only to the positions that are scored, a slice of the vocabulary at
-  a time, taking the target logit and a running logsumexp: a full-vocabulary log-softmax over every
-  position of a batch is never held in memory.
+* the output layer is applied only to the positions that are scored, by chunks (`icr.scoring_head`):
+  a full-vocabulary log-softmax over every position of a batch is never held in memory;
+* what differs between a CPU and a GPU (output-layer strategy, prompts per prefill forward, shape
+  bucketing, `token_budget: auto`) is a device profile, `icr.scoring_device`; the log-probabilities
+  of all sub-batches are read back from the device once, at the end.
 
 `reference_logprobs` is the plain computation (one full forward per sequence, full log-softmax);
 tests hold the scorer to it within 1e-4 per token.
@@ -24,17 +26,17 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-from transformers.cache_utils import Cache, DynamicLayer
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from icr.models import LoadedModel, tokenize_exchange
+from icr.scoring_device import ScoringProfile, profile_for, resolve_token_budget
+from icr.scoring_head import _logit_transform  # noqa: F401  (re-exported: part of the scorer's interface)
 
-LOGIT_CHUNK_ELEMENTS = 1 << 23  # logits held at once: positions × vocabulary slice (32 MiB in fp32)
-VOCAB_CHUNK = 2048  # vocabulary slice of the output layer computed at a time
 CACHE_BUDGET_FACTOR = 2  # rows × (cached prompt + completion) per sub-batch, in token budgets (the KV memory)
 
 
@@ -54,62 +56,10 @@ class ScoreGroup:
             self.score_from = [0] * len(self.completions)
 
 
-def _logit_transform(model) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Post-processing some architectures apply to the output layer (softcapping, scaling)."""
-    config = model.config
-    cap = getattr(config, "final_logit_softcapping", None)
-    scale = getattr(model, "logit_scale", None)
-    divisor = getattr(config, "logits_scaling", None)
-
-    def transform(logits: torch.Tensor) -> torch.Tensor:
-        if isinstance(scale, (int, float)):
-            logits = logits * scale
-        if divisor:
-            logits = logits / divisor
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        return logits
-
-    return transform
-
-
 def token_logprobs_from_hidden(model, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log softmax(head(hidden))[target] for M positions. hidden: [M, H]; targets: [M] -> float32 [M].
-
-    The output layer runs over a slice of the vocabulary at a time with a running logsumexp
-    (max m, sum s: s <- s·exp(m − m') + Σ exp(z − m')), on many positions at once: a [positions ×
-    2048] block of logits stays in cache, where a [positions × vocabulary] one streams through
-    memory and runs the matmul at about two thirds of the rate (measured on a 2-core CPU)."""
-    head = model.get_output_embeddings()
-    transform = _logit_transform(model)
-    vocab = head.weight.shape[0]
-    # A wrapped head (e.g. by an adapter) is called as a module, on the whole vocabulary.
-    sliced = type(head) is torch.nn.Linear and hidden.dtype == head.weight.dtype
-    vocab_chunk = min(VOCAB_CHUNK, vocab) if sliced else vocab
-    row_chunk = max(1, LOGIT_CHUNK_ELEMENTS // vocab_chunk)
-    out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
-    for r0 in range(0, hidden.shape[0], row_chunk):
-        h, t = hidden[r0 : r0 + row_chunk], targets[r0 : r0 + row_chunk]
-        top = torch.full((h.shape[0],), -torch.inf, device=h.device)
-        total = torch.zeros(h.shape[0], device=h.device)
-        target = torch.empty(h.shape[0], device=h.device)
-        buffer = torch.empty(h.shape[0], vocab_chunk, dtype=h.dtype, device=h.device) if sliced else None
-        for v0 in range(0, vocab, vocab_chunk):
-            if sliced:
-                weight = head.weight[v0 : v0 + vocab_chunk]
-                logits = torch.matmul(h, weight.t(), out=buffer[:, : weight.shape[0]])
-                if head.bias is not None:
-                    logits += head.bias[v0 : v0 + vocab_chunk]
-            else:
-                logits = head(h)
-            logits = transform(logits).float()
-            rows = ((t >= v0) & (t < v0 + logits.shape[1])).nonzero()[:, 0]
-            target[rows] = logits[rows, t[rows] - v0]
-            new_top = torch.maximum(top, logits.amax(dim=-1))
-            total = total * torch.exp(top - new_top) + logits.sub_(new_top[:, None]).exp_().sum(dim=-1)
-            top = new_top
-        out[r0 : r0 + row_chunk] = target - (total.log() + top)
-    return out
+    """log softmax(head(hidden))[target] for M positions (hidden: [M, H]; targets: [M] -> float32 [M]),
+    by the output layer of the device's profile (`icr.scoring_head`)."""
+    return profile_for(hidden.device).output_layer(model, hidden, targets)
 
 
 GQA_ATTENTION = "icr_sdpa_gqa"  # our name in transformers' AttentionInterface
@@ -138,13 +88,13 @@ def _sdpa_gqa_attention(module, query, key, value, attention_mask, dropout=0.0, 
 
 
 @contextmanager
-def _gqa_attention(model):
-    """Within the block, a CPU model with grouped-query attention over SDPA uses `_sdpa_gqa_attention`."""
+def _gqa_attention(model, profile: ScoringProfile):
+    """Within the block, a grouped-query model over SDPA uses `_sdpa_gqa_attention` where the device's
+    profile asks for it (CPU: PyTorch's kernel takes a mask and GQA together; CUDA's masked ones do not)."""
     config = model.config
     grouped = getattr(config, "num_key_value_heads", None) not in (None, getattr(config, "num_attention_heads", None))
     settable = getattr(type(model), "_can_set_attn_implementation", lambda: False)
-    switch = (grouped and config._attn_implementation == "sdpa" and next(model.parameters()).device.type == "cpu"
-              and settable())
+    switch = grouped and config._attn_implementation == "sdpa" and profile.kv_heads_as_they_are and settable()
     if not switch:
         yield
         return
@@ -216,11 +166,12 @@ class _FilledLayer(DynamicLayer):
         return self.filled
 
 
-def _batch_cache(prefixes: list[_Prefix], row_prefix: list[int], width: int):
+def _batch_cache(prefixes: list[_Prefix], row_prefix: list[int], width: int, prompt_width: int | None = None):
     """One cache for a sub-batch, allocated at its final width: row r holds prompt `row_prefix[r]`,
-    left-padded with zeros to the longest prompt (the caller masks the padding), then room for `width`
-    completion tokens, which `_FilledLayer.update` writes in place. Rows of one prompt must be adjacent."""
-    prompt_width = max(prefixes[k].length for k in row_prefix)
+    left-padded with zeros to `prompt_width` (default: the longest prompt; the caller masks the padding),
+    then room for `width` completion tokens, which `_FilledLayer.update` writes in place. Rows of one
+    prompt must be adjacent."""
+    prompt_width = prompt_width or max(prefixes[k].length for k in row_prefix)
     spans, start = [], 0  # (prompt, first row, end row)
     for k, rows in itertools.groupby(row_prefix):
         end = start + len(list(rows))
@@ -250,27 +201,26 @@ def _repeated_cache(prefix: _Prefix, rows: int):
 
 @torch.no_grad()
 def score_groups(
-    model, groups: Sequence[ScoreGroup], token_budget: int = 4096, per_token: bool = False
+    model, groups: Sequence[ScoreGroup], token_budget: int | str = 4096, per_token: bool = False
 ) -> list[list[float]] | list[list[list[float]]]:
     """For each group, the summed log-probability of each completion (per-token lists if `per_token`).
 
-    Every prompt runs through the model once. The completions of all groups are then sorted by
-    length and cut into sub-batches under the token budget, so that completions of different
-    prompts share a forward pass with little padding: each row gets its own prompt's cache,
-    left-padded to the longest prompt of the sub-batch and masked, and positions that continue
-    its own prompt. (Models whose caches are not plain key/value tensors, e.g. sliding-window
-    layers, batch only the completions of one prompt together.)"""
-    with _gqa_attention(model):
-        return _score_groups(model, groups, token_budget, per_token)
+    Every prompt runs through the model once (on a GPU, many prompts per forward). The completions of
+    all groups are then sorted by length and cut into sub-batches under the token budget, so that
+    completions of different prompts share a forward pass with little padding: each row gets its own
+    prompt's cache, left-padded to the longest prompt of the sub-batch and masked, and positions that
+    continue its own prompt. (Models whose caches are not plain key/value tensors, e.g. sliding-window
+    layers, batch only the completions of one prompt together.) `token_budget='auto'` takes the device
+    profile's (`icr.scoring_device`): 4096 on a CPU, sized from free memory on a GPU."""
+    profile = profile_for(next(model.parameters()).device)
+    with _gqa_attention(model, profile):
+        return _score_groups(model, groups, resolve_token_budget(token_budget, model, profile), per_token, profile)
 
 
-def _score_groups(model, groups, token_budget, per_token):
-    device = next(model.parameters()).device
+def _score_groups(model, groups, token_budget, per_token, profile: ScoringProfile):
     decoder = model.get_decoder()
-    prefixes = []
-    for group in groups:
-        out = decoder(input_ids=torch.tensor([group.prompt_ids], device=device), use_cache=True)
-        prefixes.append(_Prefix(out.past_key_values, out.last_hidden_state[0, -1], len(group.prompt_ids)))
+    batched = profile.batched_prefill and _plain_layers(DynamicCache(config=model.config))
+    prefixes = (_prefill_batched if batched else _prefill_each)(decoder, groups, token_budget, profile)
     mixable = all(_plain_layers(p.cache) for p in prefixes)
     rows = [(g, i) for g, group in enumerate(groups) for i in range(len(group.completions))]
     lengths = [len(groups[g].completions[i]) for g, i in rows]
@@ -278,13 +228,63 @@ def _score_groups(model, groups, token_budget, per_token):
     prompt_lengths = [prefixes[g].length for g, _ in rows]
     batches = [sub for part in ([order] if mixable else _split_by_group(order, rows))
                for sub in _sub_batches(part, lengths, token_budget, prompt_lengths)]
-    results: list[list] = [[None] * len(group.completions) for group in groups]
+    scored = []  # (rows of the sub-batch, row of each scored token, their log-probs on the device)
     for batch in batches:
         members = sorted(rows[r] for r in batch)  # a prompt's rows adjacent: its cache is copied in one slice
-        per_row = _score_rows(model, decoder, groups, prefixes, members, mixable)
+        scored.append((members, *_score_rows(model, decoder, groups, prefixes, members, mixable, profile)))
+    # The one wait for the device: every sub-batch's numbers come back together.
+    flat = iter(torch.cat([logps for *_, logps in scored]).tolist() if scored else [])
+    results: list[list] = [[None] * len(group.completions) for group in groups]
+    for members, owners, _ in scored:
+        per_row: list[list[float]] = [[] for _ in members]
+        for r in owners:
+            per_row[r].append(next(flat))
         for (g, i), logps in zip(members, per_row):
             results[g][i] = logps if per_token else float(sum(logps))
     return results
+
+
+def _prefill_each(decoder, groups, token_budget, profile: ScoringProfile) -> list[_Prefix]:
+    """One forward per prompt (CPU: no padding at all; any cache type)."""
+    device = next(decoder.parameters()).device
+    prefixes = []
+    for group in groups:
+        out = decoder(input_ids=profile.to_device([group.prompt_ids], device), use_cache=True)
+        prefixes.append(_Prefix(out.past_key_values, out.last_hidden_state[0, -1], len(group.prompt_ids)))
+    return prefixes
+
+
+def _prefill_batched(decoder, groups, token_budget, profile: ScoringProfile) -> list[_Prefix]:
+    """Prompts sorted by length, right-padded to a bucketed width, as many per forward as the token
+    budget allows. Right padding needs no mask: causal attention keeps a prompt's tokens from seeing the
+    padding after them, so each prompt's keys/values and last hidden state are those of its own forward.
+    Each prefix is a view of its rows of the batch's cache."""
+    device = next(decoder.parameters()).device
+    lengths = [len(g.prompt_ids) for g in groups]
+    order = sorted(range(len(groups)), key=lambda k: (-lengths[k], k))
+    widths = [profile.round_width(n) for n in lengths]
+    prefixes: list[_Prefix | None] = [None] * len(groups)
+    for batch in _sub_batches(order, widths, token_budget):
+        width = widths[batch[0]]
+        ids = [groups[k].prompt_ids + [groups[k].prompt_ids[-1]] * (width - lengths[k]) for k in batch]
+        out = decoder(input_ids=profile.to_device(ids, device), use_cache=True)
+        ends = profile.to_device([lengths[k] - 1 for k in batch], device)
+        lasts = out.last_hidden_state[torch.arange(len(batch), device=device), ends]
+        for row, k in enumerate(batch):
+            prefixes[k] = _Prefix(_row_view(out.past_key_values, row, lengths[k]), lasts[row], lengths[k])
+    return prefixes
+
+
+def _row_view(cache, row: int, length: int) -> Cache:
+    """Row `row`'s first `length` positions of a plain key/value cache, as a cache of views (no copy)."""
+    layers = []
+    for layer in cache.layers:
+        view = DynamicLayer()
+        view.keys = layer.keys[row : row + 1, ..., :length, :]
+        view.values = layer.values[row : row + 1, ..., :length, :]
+        view.dtype, view.device, view.is_initialized = view.keys.dtype, view.keys.device, True
+        layers.append(view)
+    return Cache(layers=layers)
 
 
 def _split_by_group(order: list[int], rows: list[tuple[int, int]]) -> list[list[int]]:
@@ -295,52 +295,51 @@ def _split_by_group(order: list[int], rows: list[tuple[int, int]]) -> list[list[
     return list(parts.values())
 
 
-def _score_rows(model, decoder, groups, prefixes, batch: list[tuple[int, int]], plain: bool) -> list[list[float]]:
+def _score_rows(model, decoder, groups, prefixes, batch: list[tuple[int, int]], plain: bool,
+                profile: ScoringProfile) -> tuple[list[int], torch.Tensor]:
     """Per-token log-probabilities of the completions `batch` ((group, completion) pairs, a group's
-    rows adjacent; of one group unless the caches are `plain` key/value tensors)."""
+    rows adjacent; of one group unless the caches are `plain` key/value tensors): the row of each
+    scored token, and the float32 log-probabilities, left on the device."""
     device = prefixes[0].last_hidden.device
     completions = [groups[g].completions[i] for g, i in batch]
     # Inputs are completion[:-1]: the hidden state after the last token predicts nothing we score.
     width = max(len(c) for c in completions) - 1
     hidden = None
     if width > 0:
+        width = profile.round_width(width)
         row_prefix = [g for g, _ in batch]
-        prompt_width = max(prefixes[g].length for g in row_prefix)
-        inputs = torch.tensor([c[:-1] + [c[0]] * (width - max(len(c) - 1, 0)) if c else [0] * width
-                               for c in completions], device=device)
+        prompt_lengths = [prefixes[g].length for g in row_prefix]
+        prompt_width = profile.round_width(max(prompt_lengths)) if plain else max(prompt_lengths)
+        inputs = [c[:-1] + [c[0]] * (width - max(len(c) - 1, 0)) if c else [0] * width for c in completions]
         # Completion tokens are right-padded: causal attention keeps real tokens from seeing them.
-        mask = torch.ones(len(batch), prompt_width + width, dtype=torch.long, device=device)
-        starts = torch.tensor([prefixes[g].length for g in row_prefix], device=device)
-        for r, g in enumerate(row_prefix):
-            mask[r, : prompt_width - prefixes[g].length] = 0
-        positions = starts[:, None] + torch.arange(width, device=device)[None, :]
-        hidden = decoder(input_ids=inputs, attention_mask=mask, position_ids=positions,
-                         past_key_values=_batch_cache(prefixes, row_prefix, width) if plain
-                         else _repeated_cache(prefixes[row_prefix[0]], len(batch)),
-                         use_cache=True).last_hidden_state
+        # Cached prompts are left-padded to prompt_width, and the padding masked.
+        starts = profile.to_device(prompt_lengths, device)
+        columns = torch.arange(prompt_width + width, device=device)
+        mask = (columns[None, :] >= (prompt_width - starts)[:, None]).long()
+        positions = starts[:, None] + columns[None, :width]
+        cache = (_batch_cache(prefixes, row_prefix, width, prompt_width) if plain
+                 else _repeated_cache(prefixes[row_prefix[0]], len(batch)))
+        hidden = decoder(input_ids=profile.to_device(inputs, device), attention_mask=mask, position_ids=positions,
+                         past_key_values=cache, use_cache=True).last_hidden_state
     # Row r's token j is predicted by hidden[r, j-1], or for j = 0 by its prompt's last hidden state,
     # which sits after the rows × width hidden states in `states`.
     lasts = torch.stack([p.last_hidden for p in prefixes])
     states = lasts if hidden is None else torch.cat([hidden.reshape(-1, hidden.shape[-1]), lasts])
     first_last = states.shape[0] - len(prefixes)
-    sources, targets, owner = [], [], []
+    sources, targets, owners = [], [], []
     for r, ((g, i), c) in enumerate(zip(batch, completions)):
         for j in range(groups[g].score_from[i], len(c)):
             sources.append(first_last + g if j == 0 else r * width + j - 1)
             targets.append(c[j])
-            owner.append(r)
-    per_row: list[list[float]] = [[] for _ in batch]
+            owners.append(r)
     if not sources:
-        return per_row
-    vectors = states[torch.tensor(sources, device=device)]
-    logps = token_logprobs_from_hidden(model, vectors, torch.tensor(targets, device=device)).tolist()
-    for r, lp in zip(owner, logps):
-        per_row[r].append(lp)
-    return per_row
+        return owners, torch.empty(0, device=device)
+    vectors = states[profile.to_device(sources, device)]
+    return owners, token_logprobs_from_hidden(model, vectors, profile.to_device(targets, device))
 
 
 def score_group(
-    model, group: ScoreGroup, token_budget: int = 4096, per_token: bool = False
+    model, group: ScoreGroup, token_budget: int | str = 4096, per_token: bool = False
 ) -> list[float] | list[list[float]]:
     """Summed log-probability of each completion of `group` (or per-token lists if `per_token`)."""
     return score_groups(model, [group], token_budget, per_token)[0]
@@ -364,7 +363,7 @@ def _exchange_group(lm: LoadedModel, instruction: str, responses: list[str], sco
     return group, [len(c) - k for (_, c), k in zip(exchanges, skipped)]
 
 
-def score_responses(lm: LoadedModel, items: list[tuple[str, list[str]]], token_budget: int,
+def score_responses(lm: LoadedModel, items: list[tuple[str, list[str]]], token_budget: int | str,
                     score_tokens: str = "all") -> list[tuple[list[float], list[int]]]:
     """For each (instruction, responses): (summed log π(y|x) per response, scored token counts),
     the tokens DPO trains on (`icr.models.tokenize_exchange`; `score_tokens` = 'skip_first' leaves

@@ -49,7 +49,7 @@ def _pair_tokens(tokenizer, pair: dict, max_length: int):
                                                                                      len(p_r) - shared)
 
 
-def reference_logps(reference: LoadedModel, pairs: list[dict], max_length: int, token_budget: int,
+def reference_logps(reference: LoadedModel, pairs: list[dict], max_length: int, token_budget: int | str,
                     per_token_nll: bool = False) -> list[dict]:
     """ref_chosen_logps / ref_rejected_logps per pair (our scorer, TRL's tokens and truncation).
     With `per_token_nll`, also the token-mean NLL of the chosen response."""
@@ -94,7 +94,7 @@ def usable_pairs(tokenizer, pairs: list[dict], max_length: int) -> list[dict]:
 
 
 def cached_reference_logps(reference: LoadedModel, pairs_file: Path, pairs: list[dict], config: TrainConfig,
-                           cache_dir: Path, token_budget: int) -> list[dict]:
+                           cache_dir: Path, token_budget: int | str) -> list[dict]:
     """Reference log-probs keyed by (pairs content, reference model fingerprint, max_length)."""
     key = hashlib.sha256(
         pairs_file.read_bytes() + fingerprint(reference.path).encode() + f"{config.max_length}|nll".encode()
@@ -260,7 +260,7 @@ def _lora(config: TrainConfig):
                           target_modules=lora.target_modules, task_type="CAUSAL_LM")
 
 
-def train_dpo(model_spec: str, pairs_file: Path, out_dir: Path, config: TrainConfig, token_budget: int,
+def train_dpo(model_spec: str, pairs_file: Path, out_dir: Path, config: TrainConfig, token_budget: int | str,
               device: str, trust_remote_code: bool = False, allow_pickle: bool = False, *,
               run_name: str | None = None, tracking_dir: Path | None = None, pair_stats: dict | None = None,
               callbacks: tuple = ()) -> dict:

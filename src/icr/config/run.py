@@ -81,6 +81,11 @@ class SamplingConfig(StrictModel):
                                "fixed chunks of the prompt list, so results do not depend on resumption.")
     backend: SamplingBackend = Field("hf", description="Generation backend.")
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor-parallel size.")
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="vLLM: share of GPU memory its engine may take (vLLM's default). vLLM "
+        "runs in a child process that exits when its generation ends (the generate stage, or one model's "
+        "eval outputs), so the memory is free again for scoring."
+    )
 
 
 class GenerateConfig(SamplingConfig):
@@ -113,9 +118,20 @@ class RewardConfig(StrictModel):
         "end-of-turn token(s), what DPO trains on; 'skip_first' = without the first response token, as the "
         "released scorer's off-by-one mask does (for reproducing its numbers)."
     )
-    token_budget: int = Field(4096, ge=64, description="Max tokens per scoring forward pass.")
+    token_budget: int | Literal["auto"] = Field(
+        "auto", description="Max tokens per scoring forward pass; auto = 4096 on a CPU, sized from free "
+        "memory on a GPU (icr.scoring_device; give a number for identical sub-batches across machines). "
+        "Also the budget of the reference scoring before training."
+    )
     batch_prompts: int = Field(8, ge=1, description="Prompts scored together (their responses share forward "
                                "passes); fixed chunks of the generation file, so results do not depend on resuming.")
+
+    @field_validator("token_budget")
+    @classmethod
+    def _budget_floor(cls, value: int | str) -> int | str:
+        if value != "auto" and value < 64:
+            raise ValueError("token_budget must be 'auto' or at least 64")
+        return value
 
     @field_validator("crosslingual_template")
     @classmethod

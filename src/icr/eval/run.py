@@ -14,12 +14,14 @@ import gc
 import logging
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from icr.child_process import open_generator
 from icr.config import EvalConfig, ModelsConfig
 from icr.data import read_jsonl, write_json_atomic
 from icr.distributed import current_shard
@@ -33,7 +35,6 @@ from icr.eval.leaderboard import write_results
 from icr.eval.metrics import LCUnavailable, load_gamed_table, summarize
 from icr.eval.outputs import EvalModel, decoding_record, generate_outputs, safe_name
 from icr.models import cache_root, load_model
-from icr.sampling import make_generator
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +60,16 @@ def collect_outputs(config: EvalConfig, models: list[EvalModel], bench: dict[str
                 outputs[model.name, lang] = read_outputs(model.outputs, lang, bench[lang])
             continue
         generator = None
-        for lang in config.languages:
-            folder = Path(config.output) / "outputs" / safe_name(model.name) / lang
-            done = {str(r.get("id")) for r in read_jsonl(folder / "generations.jsonl", repair=True)}
-            if generator is None and any(str(it["id"]) not in done for it in bench[lang]):
-                generator = make_generator(model.spec, config.sampling, loading,
-                                           lambda spec: load_model(spec, device=config.device, dtype=config.dtype))
-            outputs[model.name, lang] = generate_outputs(generator, model, lang, bench[lang], folder, config.sampling,
-                                                         config.seed, shard)
+        with ExitStack() as opened:  # an isolated backend's (vLLM's) child process exits with the model
+            for lang in config.languages:
+                folder = Path(config.output) / "outputs" / safe_name(model.name) / lang
+                done = {str(r.get("id")) for r in read_jsonl(folder / "generations.jsonl", repair=True)}
+                if generator is None and any(str(it["id"]) not in done for it in bench[lang]):
+                    generator = opened.enter_context(open_generator(
+                        model.spec, config.sampling, loading,
+                        lambda spec: load_model(spec, device=config.device, dtype=config.dtype)))
+                outputs[model.name, lang] = generate_outputs(generator, model, lang, bench[lang], folder,
+                                                             config.sampling, config.seed, shard)
         del generator
         _free_memory()
     return outputs

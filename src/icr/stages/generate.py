@@ -1,17 +1,20 @@
 """Stage 1, generate: the policy π^t samples generate.n responses to every prompt, in its own
-language (`icr.sampling` samples; this driver feeds it the prompts and writes the records)."""
+language (`icr.sampling` samples; this driver feeds it the prompts and writes the records). An
+isolated backend (vLLM) runs in a child process that exits with the stage
+(`icr.child_process.open_generator`), so the reward stage's two models find the GPU memory free."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
+from icr.child_process import open_generator
 from icr.config import GenerateConfig
 from icr.data import Prompt
 from icr.distributed import Shard
 from icr.jobs import run_job
 from icr.records import GenerationRecord
-from icr.sampling import Generator, Sample, make_generator, prompt_seed
+from icr.sampling import Generator, Sample, prompt_seed
 from icr.stages.base import Stage, StageContext, language_files
 
 log = logging.getLogger(__name__)
@@ -53,10 +56,11 @@ def generate_language(generator: Generator, prompts: list[Prompt], out_file: Pat
 def run_generate(ctx: StageContext) -> dict:
     run, config = ctx.run, ctx.run.config
     spec = run.policy_spec(ctx.t)
-    generator = make_generator(spec, config.generate, config.models, ctx.pool.get)
-    records = {lang: generate_language(generator, prompts, run.generations_dir(ctx.t) / f"{lang}.jsonl",
-                                       config.generate, config.seed, ctx.t, config.data.max_prompt_tokens, run.shard)
-               for lang, prompts in ctx.prompts.by_lang.items()}
+    with open_generator(spec, config.generate, config.models, ctx.pool.get) as generator:
+        records = {lang: generate_language(generator, prompts, run.generations_dir(ctx.t) / f"{lang}.jsonl",
+                                           config.generate, config.seed, ctx.t, config.data.max_prompt_tokens,
+                                           run.shard)
+                   for lang, prompts in ctx.prompts.by_lang.items()}
     return {"policy": spec, "records": {lang: len(v) for lang, v in records.items()}}
 
 

@@ -16,10 +16,12 @@ def run_train(ctx: StageContext) -> dict:
     ctx.pool.clear()  # training loads its own copy; do not hold a second one
     spec = run.policy_spec(t)
     models = config.models
+    stats_file = run.pairs_stats_file(t)  # for the trackers only: not an input the stage needs
+    pair_stats = read_json(stats_file) if stats_file.exists() else None
     metrics = train_dpo(spec, run.pairs_file(t), run.model_dir(t), config.train, config.reward.token_budget,
                         models.device, models.trust_remote_code, models.allow_pickle,
                         run_name=tracked_run_name(config.train.run_name, config.name, t),
-                        tracking_dir=run.tracking_dir(t), pair_stats=read_json(run.pairs_stats_file(t)),
+                        tracking_dir=run.tracking_dir(t), pair_stats=pair_stats,
                         callbacks=(train_status_callback(run.root, t),))
     return {"init": spec, "output": str(run.model_dir(t)), "steps": metrics["steps"], "after": metrics["after"]}
 
