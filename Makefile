@@ -5,6 +5,7 @@
 # make lint   ruff check, ruff format --check and the import-layer contracts (lint-imports)
 # make bench  set up .venv, then run the benchmarks into benchmarks/results/
 # make bench-gpu  the GPU benchmark (Llama-3-8B shape, random weights) into benchmarks/results/gpu-latest.*
+# make plan-paper  `icr plan` on configs/paper-llama3-8b.yaml (the output shown in the README)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -20,7 +21,7 @@ export TOKENIZERS_PARALLELISM = false
 # torch 2.5x slower.
 export OMP_WAIT_POLICY = PASSIVE
 
-.PHONY: setup lint test test-fast demo demo-quick bench bench-gpu docs clean
+.PHONY: setup lint test test-fast demo demo-quick bench bench-gpu docs plan-paper clean
 
 setup: $(VENV)/.installed
 
@@ -59,6 +60,13 @@ SHAPE ?= llama3-8b
 OUT   ?= benchmarks/results
 bench-gpu: setup
 	$(PY) benchmarks/gpu.py --shape $(SHAPE) --out $(OUT)
+
+# Offline the Llama-3 tokenizer is not at hand: prompts are measured with SmolLM2's unless told otherwise.
+PLAN_TOKENIZER ?= embedded:smollm2-135m-instruct
+
+plan-paper: setup
+	$(VENV)/bin/icr plan --config configs/paper-llama3-8b.yaml --tokenizer $(PLAN_TOKENIZER) \
+		--eval-prompts ../shared/data/x-alpacaeval
 
 docs: setup
 	$(PY) scripts/gen_cli_docs.py > docs/cli.md

@@ -22,6 +22,11 @@ What is normalised, and why (nothing else is):
   `*_per_second` in the log history) are dropped.
 * iter_*/cache/ref_logps-<key>.json: the key in the file name is a model fingerprint (a cache key,
   not an output), so the file is hashed under the name `ref_logps.json`; its content is compared.
+* iter_*/status/<stage>.json (`icr status`'s files): the wall-clock `started`/`updated` times and
+  the process (`pid`, `host`) are dropped; the stage, units and counts stay.
+* report/report.json (`icr report`, written at the end of `icr run`): the stages' `finished`
+  times, the library `versions` and the training `runtime_s` are dropped; report/report.md: the
+  training table's time cell is replaced by `<time>`.
 The hashes hold for one build of torch/transformers on one kind of CPU: the golden file records
 them, and `--check` (and tests/test_golden.py) refuse to compare across others.
 """
@@ -33,6 +38,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -60,6 +66,7 @@ EVAL_ARGS = ["--run-dir", "runs/golden", "--languages", ",".join(LANGUAGES), "--
              "--max-new-tokens", "8", "--batch-size", "2", "--device", "cpu", "--dtype", "float32",
              "--output", "eval"]
 TIMING_KEYS = ("train_runtime", "train_samples_per_second", "train_steps_per_second")
+STATUS_CLOCK_KEYS = ("started", "updated", "pid", "host")
 
 
 def environment() -> dict[str, str]:
@@ -118,9 +125,26 @@ def run_fixed(workdir: Path) -> None:
     _icr(["eval", *EVAL_ARGS], workdir)
 
 
+def _normalised_report(name: str, data: bytes) -> bytes:
+    if name == "report.md":
+        return re.sub(rb"\| [^|]* s \|\n", b"| <time> |\n", data)
+    report = json.loads(data)
+    report.pop("versions", None)
+    for row in report.get("status", []):
+        row.pop("finished", None)
+    for summary in report.get("training", {}).values():
+        summary.pop("runtime_s", None)
+    return json.dumps(report, sort_keys=True).encode()
+
+
 def _normalised(rel: str, data: bytes) -> tuple[str, bytes]:
     """(name, bytes) a file is hashed under; see the module docstring for each case."""
     name = Path(rel).name
+    if Path(rel).parent.name == "status" and name.endswith(".json"):
+        status = {k: v for k, v in json.loads(data).items() if k not in STATUS_CLOCK_KEYS}
+        return rel, json.dumps(status, sort_keys=True).encode()
+    if Path(rel).parent.name == "report" and name in ("report.json", "report.md"):
+        return rel, _normalised_report(name, data)
     if name == "manifest.json":
         manifest = json.loads(data)
         for key in ("created", "versions"):

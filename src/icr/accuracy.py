@@ -18,12 +18,11 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from icr.config import AccuracyConfig, RewardConfig
 from icr.data import read_jsonl
 from icr.errors import DataError
 from icr.models import LoadedModel
+from icr.progress import progress
 from icr.records import PreferencePair
 from icr.rewarding import RewardInput, make_strategy, reward_inputs
 
@@ -110,7 +109,7 @@ def reward_accuracy(policy: LoadedModel, reference: LoadedModel, pairs: list[Pre
     """{lang: summarize_language(...)} for one rewarding mode: `accuracy`, `n`, `ci_low`, `ci_high`,
     `mean_margin` (summed reward), `per_token`, `chosen_longer`, `chosen_not_longer`, mean lengths."""
     rows: dict[str, list[dict]] = defaultdict(list)
-    with tqdm(total=len(pairs), desc=f"reward accuracy ({config.mode})", unit="pair") as bar:
+    with progress(len(pairs), f"reward accuracy ({config.mode})", "pair") as bar:
         for k in range(0, len(pairs), config.batch_prompts):
             chunk = pairs[k : k + config.batch_prompts]
             for pair, scored in zip(chunk, pair_rewards(policy, reference, chunk, config, translator)):

@@ -54,10 +54,13 @@ def load_english_preferences(source: str, split: str | None = "train") -> list[d
 
 
 def align_english(config: AlignConfig) -> dict:
-    """Train π_dpo from `config.model` on English preferences; returns the training metrics."""
+    """Train π_dpo from `config.model` on English preferences; returns the training metrics. Tracker
+    logs (`train.report_to`) go to `<output>-tracking`, as run `train.run_name` (default: the folder's name)."""
     out_dir = Path(config.output)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     pairs_file = out_dir.parent / f"{out_dir.name}-english-pairs.jsonl"
     write_jsonl_atomic(pairs_file, load_english_preferences(config.data, config.split))
     # the reward's scoring budget: stage 0 scores the reference log-probs as the iterations do
-    return train_dpo(config.model, pairs_file, out_dir, config.train, RewardConfig().token_budget, config.device)
+    return train_dpo(config.model, pairs_file, out_dir, config.train, RewardConfig().token_budget, config.device,
+                     run_name=config.train.run_name or out_dir.name,
+                     tracking_dir=out_dir.parent / f"{out_dir.name}-tracking")

@@ -19,10 +19,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tqdm.auto import tqdm
-
 from icr.data import JsonlAppender, read_jsonl, write_jsonl_atomic
 from icr.distributed import Shard
+from icr.progress import progress
 
 Item = TypeVar("Item")
 
@@ -84,15 +83,16 @@ def sharded_jsonl(path: Path, order: list[str], shard: Shard, work: Callable[[Pa
 
 
 def run_job(path: Path, items: Sequence[Item], key: Callable[[Item], str], chunk_size: int,
-            process: Callable[[list[Item]], list[dict[str, Any]]], shard: Shard = Shard(), desc: str = "job"
-            ) -> list[dict[str, Any]]:
+            process: Callable[[list[Item]], list[dict[str, Any]]], shard: Shard = Shard(), desc: str = "job",
+            unit: str = "item") -> list[dict[str, Any]]:
     """Write `process(chunk)` (one record per item of the chunk, each with the item's key as its
-    `id`) for every item of `items` not yet in `path`; return the whole file, in item order."""
+    `id`) for every item of `items` not yet in `path`; return the whole file, in item order. The
+    items are reported as `desc` in `unit`s through `icr.progress` (a bar, log lines or nothing)."""
 
     def work(target: Path, done: set[str]) -> None:
         mine = owned_chunks(list(items), chunk_size, shard, done, key)
         todo = sum(key(x) not in done for chunk in mine for x in chunk)
-        with JsonlAppender(target) as out, tqdm(total=todo, unit="item", desc=desc, disable=not todo) as bar:
+        with JsonlAppender(target) as out, progress(todo, desc, unit) as bar:
             for chunk in mine:
                 for item, record in zip(chunk, process(chunk)):
                     if key(item) not in done:

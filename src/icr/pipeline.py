@@ -36,7 +36,7 @@ def run_once(stage: Stage, ctx: StageContext) -> None:
         return
     log.info("iteration %d: %s", ctx.t, stage.name)
     try:
-        ctx.run.mark_done(ctx.t, stage, **stage.run(ctx))
+        ctx.run.mark_done(ctx.t, stage, **stage.execute(ctx))
     except Preempted as err:
         acknowledge_stop()  # recording the stop must not be stopped
         ctx.run.record_failure(ctx.t, stage, err)

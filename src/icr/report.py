@@ -1,69 +1,203 @@
-"""The demo report: report.json (every number), report.md (tables, caveats) and PNG plots."""
+"""Reports: `icr report RUN_DIR` for any run, and the demo's report built on it.
+
+A run report reads only the run folder (and, when given or present at `<run>/eval`, the output
+folder of `icr eval`) and writes, by default into `<run>/report/`:
+
+    report.md        per iteration and language: prompts, pairs kept, drops by reason, α, chosen and
+                     rejected lengths, reward margin, target-language share; training; leaderboard
+    report.json      every number in it
+    pairs.png        what became of each prompt (pair kept / drop reason), per iteration and language
+    iterations.png   pairs, α, lengths, margin, target-language share over iterations
+    training.png     loss, DPO and NLL terms, reward margin and accuracy per optimizer step
+    leaderboard.png  X-AlpacaEval, the paper's Table 2 (when eval results exist)
+"""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
-from icr.data import read_json, write_json_atomic
-from icr.pipeline import summary_rows
-from icr.rundir import RunDir
+from icr.data import read_json, write_json_atomic, write_text_atomic
+from icr.plots import plot_accuracy, plot_iterations, plot_pair_outcomes, plot_training
+from icr.stages import STAGES
+from icr.status import run_status, status_json
+
+PAIR_COLUMNS = ("prompts", "pairs", "dropped", "length_unit", "mean_len_chosen", "mean_len_rejected", "mean_margin",
+                "alpha", "target_language_share")
+CURVE_KEYS = ("loss", "dpo_loss", "nll_loss", "rewards/margins", "rewards/accuracies", "learning_rate")
 
 
-def _pct(x: float) -> str:
+def _pct(x: float | None) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
 
 
-def _plot_accuracy(accuracy: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    modes = list(accuracy["multilingual"])
-    langs = sorted(accuracy["multilingual"][modes[0]])
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    width = 0.8 / len(modes)
-    for k, mode in enumerate(modes):
-        rows = [accuracy["multilingual"][mode][lang] for lang in langs]
-        xs = [i + k * width for i in range(len(langs))]
-        ys = [100 * r["accuracy"] for r in rows]
-        err = [[100 * (r["accuracy"] - r["ci_low"]) for r in rows],
-               [100 * (r["ci_high"] - r["accuracy"]) for r in rows]]
-        ax.bar(xs, ys, width, yerr=err, capsize=3, label=mode)
-    en = accuracy["english"]["implicit_reward"]["accuracy"]
-    ax.axhline(100 * en, color="k", ls="--", lw=1, label=f"English held-out ({100 * en:.0f}%)")
-    ax.axhline(50, color="grey", ls=":", lw=1)
-    ax.set_xticks([i + width * (len(modes) - 1) / 2 for i in range(len(langs))], langs)
-    ax.set_ylabel("implicit-reward accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.set_title("Held-out pairs: crosslingual vs multilingual rewarding (95% CI)")
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def _num(x: float | None, digits: int) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
-def _plot_iterations(rows: list[dict], path: Path) -> None:
-    import matplotlib
+def _iteration_folders(root: Path) -> list[int]:
+    return sorted(int(p.name.removeprefix("iter_")) for p in root.glob("iter_*") if p.name[5:].isdigit())
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    langs = sorted({r["lang"] for r in rows})
-    fig, axes = plt.subplots(1, 3, figsize=(10, 3.2))
-    panels = [("pairs", "pairs kept"), ("target_language_share", "responses in target language"),
-              ("mean_margin", "mean score margin")]
-    for ax, (key, title) in zip(axes, panels):
-        for lang in langs:
-            pts = sorted((r["iteration"], r[key]) for r in rows if r["lang"] == lang)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=lang)
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("iteration")
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def pair_rows(root: Path) -> list[dict]:
+    """One row per iteration and language, from `iter_<t>/pairs_stats.json`."""
+    rows = []
+    for t in _iteration_folders(root):
+        path = root / f"iter_{t}" / "pairs_stats.json"
+        if path.exists():
+            for lang, stats in read_json(path).items():
+                effect = stats.get("language_filter_effect") or {}
+                rows.append({"iteration": t, "lang": lang, **{k: stats.get(k) for k in PAIR_COLUMNS},
+                             "pairs_differing_off_vs_all": effect.get("differing_pairs_off_vs_all")})
+    for row in rows:
+        row["dropped"] = row["dropped"] or {}
+    return rows
+
+
+def training_summaries(root: Path) -> dict[int, dict]:
+    """Per trained iteration: pairs, steps, runtime, DPO/NLL terms before and after, and the
+    per-step curves of `train_metrics.json`'s log history."""
+    out = {}
+    for t in _iteration_folders(root):
+        path = root / f"iter_{t}" / "model" / "train_metrics.json"
+        if not path.exists():
+            continue
+        m = read_json(path)
+        curve = [{"step": e["step"], **{k: e.get(k) for k in CURVE_KEYS}} for e in m.get("log_history", [])
+                 if "loss" in e and "step" in e]
+        out[t] = {"pairs": m["pairs"], "steps": m["steps"], "runtime_s": m.get("train_runtime_s"),
+                  "before": m["before"], "after": m.get("after"), "curve": curve}
+    return out
+
+
+def eval_results(eval_dir: Path | None) -> dict | None:
+    """`icr eval`'s results.json, if the folder has one."""
+    if eval_dir is None or not (Path(eval_dir) / "results.json").exists():
+        return None
+    return read_json(Path(eval_dir) / "results.json")
+
+
+def collect(root: Path, eval_dir: Path | None = None) -> dict[str, Any]:
+    """Every number of a run report, read from the run folder (and the eval folder)."""
+    root = Path(root)
+    status = status_json(run_status(root, list(STAGES)))  # refuses a folder that is not a run's
+    manifest = read_json(root / "manifest.json") if (root / "manifest.json").exists() else {}
+    config = {}
+    if (root / "config.yaml").exists():
+        import yaml
+
+        config = yaml.safe_load((root / "config.yaml").read_text(encoding="utf-8")) or {}
+    if eval_dir is None and (root / "eval" / "results.json").exists():
+        eval_dir = root / "eval"
+    return {"run_dir": str(root), "config": config, "status": status, "versions": manifest.get("versions", {}),
+            "iterations": pair_rows(root),
+            "training": training_summaries(root), "eval": eval_results(eval_dir),
+            "eval_dir": str(eval_dir) if eval_dir else None}
+
+
+def _drops(dropped: dict) -> str:
+    return ", ".join(f"{reason} {n}" for reason, n in sorted(dropped.items())) or "—"
+
+
+def pairs_table(rows: list[dict]) -> list[str]:
+    unit = rows[0]["length_unit"] if rows else "chars"
+    lines = [f"| iter | lang | prompts | pairs | dropped (reason n) | len chosen ({unit}) | len rejected | margin | "
+             "α | in target lang |", "|" + "---|" * 10]
+    for r in rows:
+        lines.append(f"| {r['iteration']} | {r['lang']} | {r['prompts']} | {r['pairs']} | {_drops(r['dropped'])} | "
+                     f"{_num(r['mean_len_chosen'], 1)} | {_num(r['mean_len_rejected'], 1)} | "
+                     f"{_num(r['mean_margin'], 3)} | {_num(r['alpha'], 4)} | {_pct(r['target_language_share'])} |")
+    return lines
+
+
+def training_table(training: dict[int, dict]) -> list[str]:
+    lines = ["| iteration | pairs | steps | DPO loss before → after | NLL before → after | reward margin after | "
+             "reward acc. after | time |", "|" + "---|" * 8]
+    for t, m in sorted(training.items()):
+        b, a = m["before"], m["after"] or {}
+        runtime = f"{m['runtime_s']:.3g} s" if m.get("runtime_s") else "n/a"
+        lines.append(f"| {t} | {m['pairs']} | {m['steps']} | {_num(b['dpo_loss'], 4)} → {_num(a.get('dpo_loss'), 4)} | "
+                     f"{_num(b['nll_loss'], 3)} → {_num(a.get('nll_loss'), 3)} | {_num(a.get('reward_margin'), 3)} | "
+                     f"{_pct(a.get('reward_accuracy'))} | {runtime} |")
+    return lines
+
+
+def leaderboard_section(results: dict, out_dir: Path) -> list[str]:
+    """The paper's Table 2 layout (`icr.eval.leaderboard`) and its plot, from `icr eval`'s results."""
+    import pandas as pd
+
+    from icr.eval.leaderboard import leaderboard_markdown, plot_leaderboard
+
+    table = pd.DataFrame(results["results"])
+    board = leaderboard_markdown(table, results).split("\n## Details")[0]
+    plot_leaderboard(table, results["languages"], out_dir / "leaderboard.png")
+    body = board.removeprefix("# X-AlpacaEval leaderboard").strip()
+    return ["## X-AlpacaEval (paper's Table 2 layout)", "", body, "", "![leaderboard](leaderboard.png)", ""]
+
+
+def run_sections(data: dict, out_dir: Path) -> list[str]:
+    """Markdown sections (## headings) of a run report; writes their PNGs into `out_dir`."""
+    rows, training = data["iterations"], data["training"]
+    lines = ["## Pairs per iteration and language", ""]
+    if rows:
+        plot_pair_outcomes(rows, out_dir / "pairs.png")
+        plot_iterations(rows, out_dir / "iterations.png")
+        lines += pairs_table(rows) + ["", "Margin: mean length-controlled score of chosen − rejected. In target "
+                                      "lang: share of all sampled responses detected as the prompt's language.", "",
+                                      *_language_filter_lines(rows, data["config"].get("pairs", {})),
+                                      "![pair outcomes](pairs.png)", "", "![iterations](iterations.png)", ""]
+    else:
+        lines += ["No iteration has finished its pairs stage yet.", ""]
+    lines += ["## Training", ""]
+    if training:
+        lines += training_table(training) + ["", "Before/after: on the iteration's own pairs, the policy starting as "
+                                             "its reference (DPO = log 2). Curves: TRL's log per optimizer step "
+                                             "(`train_metrics.json`).", ""]
+        if any(m["curve"] for m in training.values()):  # a metrics file without a log history has no curve
+            plot_training({t: m["curve"] for t, m in training.items()}, out_dir / "training.png")
+            lines += ["![training](training.png)", ""]
+    else:
+        lines += ["No iteration has finished training yet.", ""]
+    if data.get("eval"):
+        lines += leaderboard_section(data["eval"], out_dir)
+    return lines
+
+
+def _run_header(data: dict) -> list[str]:
+    c = data["config"]
+    models, gen, reward = c.get("models", {}), c.get("generate", {}), c.get("reward", {})
+    done = sum(s["state"] == "done" for s in data["status"])
+    return [f"# Run report: {c.get('name', Path(data['run_dir']).name)}", "",
+            f"Run folder `{data['run_dir']}`; {done}/{len(data['status'])} stages done (`icr status` for detail). "
+            f"π^0 `{models.get('policy')}`, π_ref `{models.get('reference')}`; languages "
+            f"{', '.join(c.get('data', {}).get('languages', []))}; N = {gen.get('n')} at T = {gen.get('temperature')}; "
+            f"reward mode {reward.get('mode')}; {c.get('iterations')} iterations.", ""]
+
+
+def write_run_report(root: str | Path, out_dir: str | Path | None = None, eval_dir: str | Path | None = None) -> Path:
+    """`icr report`: report.md, report.json and the PNGs of the run in `root`; returns report.md."""
+    root = Path(root)
+    out = Path(out_dir) if out_dir else root / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    data = collect(root, Path(eval_dir) if eval_dir else None)
+    lines = _run_header(data) + run_sections(data, out)
+    write_json_atomic(out / "report.json", _finite(data))
+    write_text_atomic(out / "report.md", "\n".join(lines))
+    return out / "report.md"
+
+
+def _finite(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+# ---------------------------------------------------------------- the demo's report
 
 
 CAVEATS = """## What this scale can and cannot show
@@ -116,39 +250,22 @@ def language_filter_effect(rows: list[dict]) -> dict:
             "pairs": sum(r["pairs"] for r in counted), "iteration_languages": len(counted)}
 
 
-def _language_filter_lines(rows: list[dict], setting: str) -> list[str]:
-    effect = language_filter_effect(rows)
+def _language_filter_lines(rows: list[dict], pairs_config: dict) -> list[str]:
+    """How many pairs `pairs.language_filter` changed (from pairs_stats.json), when the run recorded it."""
+    effect, setting = language_filter_effect(rows), pairs_config.get("language_filter")
+    if not effect["iteration_languages"]:
+        return []
     return [(f"Language filter: this run used `pairs.language_filter: {setting}`. Over its iterations and "
              f"languages, {effect['differing_pairs']} of the prompts' pairs differ between `off` (the paper: "
              f"off-language responses ranked like any other) and `all` (off-language responses dropped before "
              f"selection, the old default): a pair present under one setting only, or with another chosen or "
-             f"rejected answer ({effect['pairs']} pairs kept under this run's setting). The last two columns "
-             f"below give it per iteration and language."), ""]
+             f"rejected answer ({effect['pairs']} pairs kept under this run's setting); per iteration and "
+             f"language in `pairs_stats.json` (`language_filter_effect`) and the run's `summary.md`."), ""]
 
 
-def write_report(output_dir: Path, run: RunDir, accuracy: dict, timings: dict, quick: bool) -> Path:
-    """Write report.json, report.md and the plots; return the Markdown path."""
-    rows = summary_rows(run)
-    train = {}
-    for t in range(run.config.iterations):
-        metrics_file = run.model_dir(t) / "train_metrics.json"
-        if metrics_file.exists():
-            m = read_json(metrics_file)
-            train[t] = {"pairs": m["pairs"], "steps": m["steps"], "before": m["before"], "after": m["after"]}
-    stage0 = read_json(output_dir / "models" / "pi_dpo" / "train_metrics.json")
-    data = {"quick": quick, "accuracy": accuracy, "iterations": rows, "training": train,
-            "stage0": {"pairs": stage0["pairs"], "steps": stage0["steps"], "before": stage0["before"],
-                       "after": stage0["after"]},
-            "timings_s": timings, "run_dir": str(run.root), "versions": run.manifest.get("versions", {}),
-            "language_filter": run.config.pairs.language_filter, "language_filter_effect": language_filter_effect(rows)}
-    write_json_atomic(output_dir / "report.json", data)
-    _plot_accuracy(accuracy, output_dir / "reward_accuracy.png")
-    _plot_iterations(rows, output_dir / "iterations.png")
-
+def _demo_sections(stage0: dict, accuracy: dict) -> list[str]:
     en = accuracy["english"]
-    lines = [f"# ICR demo report{' (quick)' if quick else ''}", "",
-             "Every number below was computed by this run (`report.json` holds them all).", "",
-             "## Stage 0: English DPO (π_dpo from π_ref = SmolLM2-135M-Instruct)", "",
+    lines = ["## Stage 0: English DPO (π_dpo from π_ref = SmolLM2-135M-Instruct)", "",
              f"{stage0['pairs']} English pairs, {stage0['steps']} optimizer steps. On the training pairs the DPO "
              f"loss went from {stage0['before']['dpo_loss']:.4f} to {stage0['after']['dpo_loss']:.4f}.", "",
              "English held-out pairs (n = {n}):".format(n=en["implicit_reward"]["n"]), "",
@@ -164,17 +281,27 @@ def write_report(output_dir: Path, run: RunDir, accuracy: dict, timings: dict, q
         c, m = multi["crosslingual"][lang], multi["multilingual"][lang]
         lines.append(f"| {lang} | {c['n']} | {_pct(c['accuracy'])} [{_pct(c['ci_low'])}, {_pct(c['ci_high'])}] | "
                      f"{_pct(m['accuracy'])} [{_pct(m['ci_low'])}, {_pct(m['ci_high'])}] |")
-    lines += ["", "![reward accuracy](reward_accuracy.png)", "", *_length_lines(accuracy), "## ICR iterations", "",
-              *_language_filter_lines(rows, run.config.pairs.language_filter),
-              (run.root / "summary.md").read_text(encoding="utf-8"), "![iterations](iterations.png)", "",
-              "| iteration | pairs | steps | DPO loss before → after | NLL before → after | reward acc. after |",
-              "|---|---|---|---|---|---|"]
-    for t, m in train.items():
-        a = m["after"] or {}
-        lines.append(f"| {t} | {m['pairs']} | {m['steps']} | {m['before']['dpo_loss']:.4f} → "
-                     f"{a.get('dpo_loss', float('nan')):.4f} | {m['before']['nll_loss']:.3f} → "
-                     f"{a.get('nll_loss', float('nan')):.3f} | {_pct(a.get('reward_accuracy'))} |")
-    lines += ["", "Timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()), "", CAVEATS]
+    return lines + ["", "![reward accuracy](reward_accuracy.png)", ""]
+
+
+def write_report(output_dir: Path, run, accuracy: dict, timings: dict, quick: bool) -> Path:
+    """The demo's report.json, report.md and plots: stage 0 and the reward accuracies, then the
+    sections of `icr report` for the demo's run (same code, same figures); returns report.md."""
+    data = collect(run.root)
+    stage0 = read_json(output_dir / "models" / "pi_dpo" / "train_metrics.json")
+    stage0 = {k: stage0[k] for k in ("pairs", "steps", "before", "after")}
+    training = {t: {k: v for k, v in m.items() if k != "curve"} for t, m in data["training"].items()}
+    write_json_atomic(output_dir / "report.json", _finite({
+        "quick": quick, "accuracy": accuracy, "iterations": data["iterations"], "training": training,
+        "stage0": stage0, "timings_s": timings, "run_dir": str(run.root), "versions": data["versions"],
+        "language_filter": run.config.pairs.language_filter,
+        "language_filter_effect": language_filter_effect(data["iterations"])}))
+    plot_accuracy(accuracy, output_dir / "reward_accuracy.png")
+    lines = [f"# ICR demo report{' (quick)' if quick else ''}", "",
+             "Every number below was computed by this run (`report.json` holds them all). The ICR sections "
+             f"are `icr report {run.root}`'s.", ""]
+    lines += _demo_sections(stage0, accuracy) + _length_lines(accuracy) + run_sections(data, output_dir)
+    lines += ["Timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()), "", CAVEATS]
     path = output_dir / "report.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
+    write_text_atomic(path, "\n".join(lines))
     return path

@@ -144,6 +144,10 @@ class RunDir:
     def pairs_stats_file(self, t: int) -> Path:
         return self.iter_dir(t) / "pairs_stats.json"
 
+    def tracking_dir(self, t: int) -> Path:
+        """Where the experiment trackers of iteration t's training log (`train.report_to`)."""
+        return self.root / "tracking" / f"iter_{t}"
+
     def model_dir(self, t: int) -> Path:
         """Where π^{t+1}, trained in iteration t, is saved."""
         return model_dir(self.root, t)

@@ -152,10 +152,13 @@ def compact_trl_lm_head_on_cpu() -> None:
 def _make_trainer_class():
     from trl import DPOTrainer
 
+    from icr.tracking import LossTermsMixin
+
     compact_trl_lm_head_on_cpu()
 
-    class ICRDPOTrainer(DPOTrainer):
-        """DPOTrainer that uses reference log-probs already present in the dataset."""
+    class ICRDPOTrainer(LossTermsMixin, DPOTrainer):
+        """DPOTrainer that uses reference log-probs already present in the dataset, and logs the
+        DPO and NLL terms of its loss separately (`icr.tracking`)."""
 
         def _precompute_ref_logps(self, dataset, name, batch_size):
             # overrides a private method of TRL 1.16.0 (pinned in pyproject.toml): check on upgrade
@@ -196,7 +199,8 @@ def gradient_accumulation(config: TrainConfig, processes: int) -> int:
     return config.global_batch_size // per_pass
 
 
-def dpo_config(config: TrainConfig, output_dir: str, n_pairs: int, processes: int = 1):
+def dpo_config(config: TrainConfig, output_dir: str, n_pairs: int, processes: int = 1,
+               run_name: str | None = None):
     from trl import DPOConfig
 
     use_cpu = not torch.cuda.is_available()
@@ -222,18 +226,32 @@ def dpo_config(config: TrainConfig, output_dir: str, n_pairs: int, processes: in
         logging_steps=1,
         logging_nan_inf_filter=False,  # transformers would log a NaN/inf loss as the mean of the earlier ones
         save_strategy="no",
-        report_to=[],
+        report_to=config.report_to,
+        run_name=run_name,
         remove_unused_columns=False,
         dataloader_num_workers=0,
-        disable_tqdm=False,
+        disable_tqdm=True,  # `icr.progress` reports the steps (a bar on a terminal, log lines otherwise)
     )
 
 
-def dpo_trainer(lm: LoadedModel, dataset, config: TrainConfig, output_dir: str):
-    """Our DPOTrainer on `dataset` (see `preference_dataset`) with `config`'s arguments and LoRA."""
-    args = dpo_config(config, output_dir, len(dataset), current_shard().world)
-    return _make_trainer_class()(model=lm.model, args=args,
-                                 train_dataset=dataset, processing_class=lm.tokenizer, peft_config=_lora(config))
+def dpo_trainer(lm: LoadedModel, dataset, config: TrainConfig, output_dir: str, run_name: str | None = None,
+                tracking_dir: Path | None = None, pair_stats: dict | None = None, callbacks: tuple = ()):
+    """Our DPOTrainer on `dataset` (see `preference_dataset`) with `config`'s arguments and LoRA;
+    tracker logs (`train.report_to`) under `tracking_dir` as `run_name`, with `pair_stats` logged at
+    step 0 (`icr.tracking`); progress through `icr.progress`; `callbacks`: extra transformers callbacks."""
+    from transformers import PrinterCallback
+
+    from icr.progress import trainer_callback
+    from icr.tracking import pair_statistics_callback, tensorboard_dir
+
+    args = dpo_config(config, output_dir, len(dataset), current_shard().world, run_name)
+    with tensorboard_dir(tracking_dir):
+        trainer = _make_trainer_class()(model=lm.model, args=args, train_dataset=dataset,
+                                        processing_class=lm.tokenizer, peft_config=_lora(config))
+    trainer.remove_callback(PrinterCallback)  # it prints every log dict; the step progress replaces it
+    for callback in (trainer_callback(), pair_statistics_callback(trainer, pair_stats), *callbacks):
+        trainer.add_callback(callback)
+    return trainer
 
 
 def _lora(config: TrainConfig):
@@ -247,11 +265,15 @@ def _lora(config: TrainConfig):
 
 
 def train_dpo(model_spec: str, pairs_file: Path, out_dir: Path, config: TrainConfig, token_budget: int | str,
-              device: str, trust_remote_code: bool = False, allow_pickle: bool = False) -> dict:
+              device: str, trust_remote_code: bool = False, allow_pickle: bool = False, *,
+              run_name: str | None = None, tracking_dir: Path | None = None, pair_stats: dict | None = None,
+              callbacks: tuple = ()) -> dict:
     """Train π^{t+1} from π^t (= reference) on a pairs file; save a model folder at `out_dir`.
 
     The folder appears complete or not at all (written beside it, then renamed). Metrics go to
-    `out_dir/train_metrics.json`: TRL's log history plus the DPO and NLL terms before and after."""
+    `out_dir/train_metrics.json`: TRL's log history plus the DPO and NLL terms before and after.
+    Trackers (`config.report_to`) log under `tracking_dir` as `run_name`, with `pair_stats` (the
+    iteration's `pairs_stats.json`) at step 0; `callbacks` are extra transformers callbacks."""
     pairs = read_jsonl(pairs_file)
     if not pairs:
         raise DataError(f"{pairs_file}: no preference pairs to train on")
@@ -270,7 +292,7 @@ def train_dpo(model_spec: str, pairs_file: Path, out_dir: Path, config: TrainCon
         ref = cached_reference_logps(lm, pairs_file, pairs, config, out_dir.parent / "cache", token_budget)
     dataset = preference_dataset(lm.tokenizer, pairs, ref, config)
     lm.model.train()
-    trainer = dpo_trainer(lm, dataset, config, str(work / "trainer"))
+    trainer = dpo_trainer(lm, dataset, config, str(work / "trainer"), run_name, tracking_dir, pair_stats, callbacks)
     # a NaN/inf or exploding loss stops training: nothing below runs, no model is promoted
     trainer.add_callback(divergence_guard(config.max_loss_ratio, f"{out_dir} (from {model_spec})"))
     with training_memory(config):

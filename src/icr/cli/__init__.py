@@ -24,6 +24,7 @@ from icr.faults import (
     acknowledge_stop,
     stop_on_signals,
 )
+from icr.progress import MODES, configure
 from icr.stages import STAGES
 
 # The faults of long runs (README: Failures and recovery): exception type -> (exit code, meaning).
@@ -70,10 +71,11 @@ class IcrGroup(click.Group):
     command_class = IcrCommand
 
 
-def _setup_logging(verbose: bool) -> None:
+def _setup_logging(verbose: bool, quiet: bool = False) -> None:
     from rich.logging import RichHandler
 
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s",
                         handlers=[RichHandler(show_path=False, rich_tracebacks=False)], force=True)
     for noisy in ("httpx", "urllib3", "datasets", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -91,8 +93,15 @@ MAIN_HELP = (
 @click.group(cls=IcrGroup, help=MAIN_HELP,
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
-def main(verbose: bool) -> None:
-    _setup_logging(verbose)
+@click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only: no progress bars, no progress lines.")
+@click.option("--progress", "progress_mode", type=click.Choice(MODES), default="auto", show_default=True,
+              help="How long jobs report: bar = progress bars, log = a plain line (stage, done/total, rate, ETA) "
+              "every --log-every seconds, none; auto = bars on a terminal, lines otherwise.")
+@click.option("--log-every", default=30.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds between progress lines in log mode.")
+def main(verbose: bool, quiet: bool, progress_mode: str, log_every: float) -> None:
+    _setup_logging(verbose, quiet)
+    configure("none" if quiet else progress_mode, log_every)
 
 
 def _stage_command(name: str, summary: str) -> None:
@@ -118,8 +127,10 @@ def run_command(config_path, **options):
 
     run = run_iterations(resolve(RunConfig, config_path, options))
     if run.shard.is_main:  # under `accelerate launch`, the main process writes and prints the summary
+        from icr.report import write_run_report
+
         click.echo((run.root / "summary.md").read_text())
-        click.echo(f"run finished: {run.root}")
+        click.echo(f"run finished: {run.root}; report: {write_run_report(run.root)}")
 
 
 @main.command(name="config")
@@ -129,4 +140,4 @@ def config_command(config_path, **options):
     click.echo(dump_config(resolve(RunConfig, config_path, options)), nl=False)
 
 
-from icr.cli import commands  # noqa: E402,F401  (registers the other commands on `main`)
+from icr.cli import commands, observe  # noqa: E402,F401  (register the other commands on `main`)

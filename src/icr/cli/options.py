@@ -109,14 +109,17 @@ def _field_option(model: type[BaseModel], dotted: str, info, annotation):
     return click.option(f"--{flag}", name, default=None, metavar="VALUE", help=text)
 
 
-def config_options(model: type[BaseModel]):
-    """Decorator: `--config` and one option per field of `model` (help from the field)."""
+def config_options(model: type[BaseModel], config_file: bool = True):
+    """Decorator: `--config` (unless `config_file` is False: a second model of the same command)
+    and one option per field of `model` (help from the field)."""
     excluded = getattr(model, "cli_exclude", ())
 
     def decorate(func):
         for dotted, info, annotation in reversed(list(iter_fields(model))):
             if dotted not in excluded:
                 func = _field_option(model, dotted, info, annotation)(func)
+        if not config_file:
+            return func
         return click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
                             help="YAML config; flags override it.")(func)
 

@@ -10,7 +10,14 @@ from icr.config.base import (
                              read_yaml_tree,
                              set_dotted,
 )
-from icr.config.commands import AccuracyConfig, AlignConfig, EvalConfig, JudgeConfig
+from icr.config.commands import (
+                             AccuracyConfig,
+                             AlignConfig,
+                             EvalConfig,
+                             JudgeConfig,
+                             PlanConfig,
+                             PlanEvalConfig,
+)
 from icr.config.run import (
                              DataConfig,
                              GenerateConfig,
@@ -27,7 +34,8 @@ from icr.errors import ConfigError
 
 __all__ = [
     "DEFAULT_MODEL", "StrictModel", "build_config", "dump_config", "iter_fields", "read_yaml_tree", "set_dotted",
-    "AccuracyConfig", "AlignConfig", "EvalConfig", "JudgeConfig", "DataConfig", "GenerateConfig", "LoraConfig",
+    "AccuracyConfig", "AlignConfig", "EvalConfig", "JudgeConfig", "PlanConfig", "PlanEvalConfig",
+    "DataConfig", "GenerateConfig", "LoraConfig",
     "ModelsConfig", "PairsConfig", "RewardConfig", "RunConfig", "SamplingConfig", "TrainConfig", "load_config",
     "ConfigError",
 ]

@@ -43,6 +43,23 @@ Languages = Annotated[list[str], AfterValidator(_known_languages)]  # ISO 639-1 
 Config = TypeVar("Config", bound=BaseModel)
 
 
+# Fields marked with this do not change what a stage computes (where logs go, names): they are left
+# out of the config hash, so changing them never refuses to resume a run.
+NOT_HASHED = {"hashed": False}
+
+
+def hashed_fields(section: BaseModel) -> dict[str, Any]:
+    """`section.model_dump()` without the fields marked `NOT_HASHED` (recursively)."""
+    data = section.model_dump()
+    for name, info in type(section).model_fields.items():
+        value = getattr(section, name)
+        if (info.json_schema_extra or {}).get("hashed", True) is False:
+            data.pop(name)
+        elif isinstance(value, BaseModel):
+            data[name] = hashed_fields(value)
+    return data
+
+
 class StrictModel(BaseModel):
     """A config section: unknown keys are errors, assignments are validated."""
 

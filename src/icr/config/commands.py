@@ -133,3 +133,37 @@ class AccuracyConfig(StrictModel):
     device: Device = "auto"
     reward: RewardConfig = Field(default_factory=RewardConfig)
     output: str | None = Field(None, description="Write the table as JSON.")
+
+
+class PlanEvalConfig(StrictModel):
+    """What `icr eval` would do after the run, for `icr plan` to count (the defaults are `icr eval`'s)."""
+
+    prompts: str | None = Field(None, description="X-AlpacaEval root or prompts folder, to count `icr eval`'s "
+                                "judge calls (e.g. ../shared/data/x-alpacaeval) [default: not counted].")
+    languages: Languages = Field(EVAL_LANGUAGES, description="Languages `icr eval` would judge.")
+    models: int | None = Field(None, ge=1, description="Models evaluated [default: iterations + 1, i.e. π^0 … π^T "
+                               "as `icr eval --run-dir`].")
+    limit: int | None = Field(None, ge=1, description="As `icr eval --limit`.")
+    max_new_tokens: int = Field(PAPER_EVAL_DECODING["max_new_tokens"], ge=1,
+                                description="As `icr eval --max-new-tokens`.")
+    order: JudgeOrder = Field(JudgeConfig.model_fields["order"].default,
+                              description="As `icr eval --judge-order` (both = twice the calls).")
+    price_input: float = Field(10.0, ge=0, description="Judge price per million input tokens, USD (default: "
+                               "gpt-4-1106-preview's list price, the paper's judge).")
+    price_output: float = Field(30.0, ge=0, description="Judge price per million output tokens, USD.")
+
+
+class PlanConfig(StrictModel):
+    """`icr plan`: what to measure the run's config with, and what else to count. The run itself is
+    the `RunConfig` of `--config` and its flags."""
+
+    cli_flags: ClassVar[dict[str, str]] = {"output": "plan-output", "eval.order": "judge-order",
+                                           "eval.price_input": "price-input", "eval.price_output": "price-output"}
+
+    tokenizer: str | None = Field(None, description="Tokenizer to measure prompts with [default: models.policy's]; "
+                                  "only a tokenizer is loaded.")
+    processes: int = Field(1, ge=1, description="Data-parallel training processes (`accelerate launch "
+                           "--num_processes`).")
+    output: str | None = Field(None, description="Where to write the plan as JSON [default: "
+                               "<output_dir>/<name>/plan.json].")
+    eval: PlanEvalConfig = Field(default_factory=PlanEvalConfig)

@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_serializer, model_validator
 
 from icr.config.base import (
     DEFAULT_MODEL,
+    NOT_HASHED,
     Device,
     Dtype,
     LanguageFilter,
@@ -21,6 +22,7 @@ from icr.config.base import (
     ScoreTokens,
     StrictModel,
     build_config,
+    hashed_fields,
 )
 
 # The released scripts' prefix (utils/inference.py, PREFIX), put before the English instruction
@@ -190,6 +192,30 @@ class LoraConfig(StrictModel):
     merge: bool = Field(True, description="Merge the adapter into the saved model.")
 
 
+def check_report_to(values: list[str]) -> list[str]:
+    """`train.report_to` as transformers reads it; an unknown or uninstalled tracker is an error now,
+    before any model loads, rather than after the reference log-probs are computed."""
+    if values in ([], ["none"]):
+        return ["none"]
+    if "none" in values:
+        raise ValueError("'none' cannot be combined with other trackers")
+    from transformers.integrations.integration_utils import (
+        INTEGRATION_TO_CALLBACK,
+        get_available_reporting_integrations,
+    )
+
+    known = set(INTEGRATION_TO_CALLBACK) | {"all"}
+    unknown = [v for v in values if v not in known]
+    if unknown:
+        raise ValueError(f"unknown tracker(s) {unknown}; transformers accepts: none, all, "
+                         f"{', '.join(sorted(known - {'all'}))}")
+    installed = set(get_available_reporting_integrations())
+    missing = [v for v in values if v != "all" and v not in installed]
+    if missing:
+        raise ValueError(f"tracker(s) {missing} not installed (pip install {' '.join(missing)})")
+    return values
+
+
 class TrainConfig(StrictModel):
     beta: float = Field(0.1, gt=0, description="DPO β.")
     nll_weight: float = Field(1.0, ge=0, description="λ of loss = DPO + λ·NLL(chosen) (token-mean).")
@@ -211,18 +237,30 @@ class TrainConfig(StrictModel):
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory (large models).")
     max_loss_ratio: float | None = Field(
         10.0, gt=1, description="Training stops as diverged, and no model is promoted, when a step's loss "
-        "exceeds this multiple of the first step's loss (null: only a NaN or infinite loss stops it).")
+        "exceeds this multiple of the first step's loss (null: only a NaN or infinite loss stops it). Not "
+        "hashed: a guard decides whether a training stops, never what a finished one produced.",
+        json_schema_extra=NOT_HASHED,
+    )
+    report_to: list[str] = Field(
+        ["none"], description="Experiment trackers TRL logs to: none, tensorboard, wandb, trackio, or any "
+        "integration transformers accepts (several as a list). Logs go under <run>/tracking/iter_<t>.",
+        json_schema_extra=NOT_HASHED,
+    )
+    run_name: str | None = Field(
+        None, description="Name of the tracked run (wandb, trackio, ...); iteration t logs as <run_name>/iter_<t> "
+        "(default: the run's `name`).", json_schema_extra=NOT_HASHED,
+    )
     lora: LoraConfig = Field(default_factory=LoraConfig)
 
-    @model_serializer(mode="wrap")
-    def _guard_written_when_set(self, handler):
-        """`max_loss_ratio` is written (config.yaml, config hashes, train_metrics.json) only when it is
-        not the default: a guard decides whether a training stops, never what a finished one produced,
-        so a run that keeps the default has the files of a run from before the guard existed."""
-        data = handler(self)
-        if self.max_loss_ratio == type(self).model_fields["max_loss_ratio"].default:
-            data.pop("max_loss_ratio")
-        return data
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _report_to_list(cls, value: Any) -> Any:
+        return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+
+    @field_validator("report_to")
+    @classmethod
+    def _known_trackers(cls, value: list[str]) -> list[str]:
+        return check_report_to(value)
 
     @model_validator(mode="after")
     def _global_batch_divisible(self) -> TrainConfig:
@@ -266,7 +304,7 @@ class RunConfig(StrictModel):
 
     def section_hash(self, *sections: str) -> str:
         """Stable hash of the named sections (plus the seed), to detect a changed config on resume."""
-        payload = {s: getattr(self, s).model_dump() if s != "seed" else self.seed for s in sections}
+        payload = {s: hashed_fields(getattr(self, s)) if s != "seed" else self.seed for s in sections}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -1,5 +1,6 @@
 """What a stage is: a name, the config sections its outputs depend on, its inputs and outputs in
-the run directory, and a driver that reads the inputs, calls an engine and writes the outputs."""
+the run directory, and a driver that reads the inputs, calls an engine and writes the outputs.
+Every stage, when it starts, writes its status file (`icr.status`), which `icr status` reads."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 from icr.data import PromptSet
 from icr.rundir import ModelPool, RunDir
+from icr.status import stage_started
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,17 @@ class Stage:
     inputs: Callable[[RunDir, int], list[Path]]  # files of iteration t the stage reads
     outputs: Callable[[RunDir, int], list[Path]]  # files or folders of iteration t it writes
     run: Callable[[StageContext], dict[str, Any]]  # does the work; returns what the manifest records
+    unit: str = ""  # what `icr status` counts: a prompt's record, an optimizer step
+    expected: Callable[[StageContext], int | None] = lambda ctx: None  # units the stage produces
+    counts_records: bool = False  # its .jsonl outputs hold one record per unit (status counts their lines)
+
+    def execute(self, ctx: StageContext) -> dict[str, Any]:
+        """Run the driver, after writing the stage's status file for `icr status` (`icr.status`)."""
+        run = ctx.run
+        if run.shard.is_main:
+            counted = [p for p in self.outputs(run, ctx.t) if p.suffix == ".jsonl"] if self.counts_records else []
+            stage_started(run.root, ctx.t, self.name, run.config.iterations, self.expected(ctx), self.unit, counted)
+        return self.run(ctx)
 
 
 def language_files(folder: Callable[[RunDir, int], Path]) -> Callable[[RunDir, int], list[Path]]:

@@ -49,7 +49,8 @@ def generate_language(generator: Generator, prompts: list[Prompt], out_file: Pat
         return records
 
     lang = prompts[0].lang if prompts else ""
-    return run_job(out_file, prompts, lambda p: p.id, config.batch_prompts, process, shard, f"generate {lang}")
+    return run_job(out_file, prompts, lambda p: p.id, config.batch_prompts, process, shard, f"generate {lang}",
+                   "prompt")
 
 
 def run_generate(ctx: StageContext) -> dict:
@@ -70,4 +71,7 @@ STAGE = Stage(
     inputs=lambda run, t: [],
     outputs=language_files(lambda run, t: run.generations_dir(t)),
     run=run_generate,
+    unit="prompt",
+    expected=lambda ctx: len(ctx.prompts),
+    counts_records=True,
 )

@@ -28,7 +28,7 @@ def reward_language(generations: list[dict], english: dict[str, str], out_file: 
 
     lang = records[0].lang if records else ""
     return run_job(out_file, records, lambda g: g.id, config.batch_prompts, process, shard,
-                   f"reward {lang} ({config.mode})")
+                   f"reward {lang} ({config.mode})", "prompt")
 
 
 def run_reward(ctx: StageContext) -> dict:
@@ -54,4 +54,7 @@ STAGE = Stage(
     inputs=language_files(lambda run, t: run.generations_dir(t)),
     outputs=language_files(lambda run, t: run.rewards_dir(t)),
     run=run_reward,
+    unit="prompt",
+    expected=lambda ctx: len(ctx.prompts),
+    counts_records=True,
 )

@@ -1,9 +1,14 @@
-"""Stage 4, train: DPO + λ·NLL on the pairs, from π^t to π^{t+1} (`icr.training` trains)."""
+"""Stage 4, train: DPO + λ·NLL on the pairs, from π^t to π^{t+1} (`icr.training` trains). Trackers
+(`train.report_to`) log under `<run>/tracking/iter_<t>` as `<run_name>/iter_<t>`, with the
+iteration's pair statistics; `icr status` sees the optimizer steps."""
 
 from __future__ import annotations
 
+from icr.data import read_json
 from icr.faults import OutOfMemory, TrainingDiverged
 from icr.stages.base import Stage, StageContext
+from icr.status import train_status_callback
+from icr.tracking import tracked_run_name
 from icr.training import train_dpo
 
 
@@ -12,9 +17,14 @@ def run_train(ctx: StageContext) -> dict:
     ctx.pool.clear()  # training loads its own copy; do not hold a second one
     spec = run.policy_spec(t)
     models = config.models
+    stats_file = run.pairs_stats_file(t)  # for the trackers only: not an input the stage needs
+    pair_stats = read_json(stats_file) if stats_file.exists() else None
     try:
         metrics = train_dpo(spec, run.pairs_file(t), run.model_dir(t), config.train, config.reward.token_budget,
-                            models.device, models.trust_remote_code, models.allow_pickle)
+                            models.device, models.trust_remote_code, models.allow_pickle,
+                            run_name=tracked_run_name(config.train.run_name, config.name, t),
+                            tracking_dir=run.tracking_dir(t), pair_stats=pair_stats,
+                            callbacks=(train_status_callback(run.root, t),))
     except (TrainingDiverged, OutOfMemory) as err:  # nothing promoted; the user changes train.* and resumes
         run.record_failure(t, STAGE, err)
         raise
@@ -28,4 +38,5 @@ STAGE = Stage(
     inputs=lambda run, t: [run.pairs_file(t)],
     outputs=lambda run, t: [run.model_dir(t)],
     run=run_train,
+    unit="step",
 )
