@@ -77,25 +77,66 @@ LANGUAGES = ("de", "es", "fr", "ru")
 
 _LLAMA3 = {"model_type": "llama", "vocab_size": 128256, "rope_theta": 500000.0, "max_position_embeddings": 8192}
 SHAPES = {
-    "llama3-8b": dict(_LLAMA3, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                      num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=False),
-    "qwen2.5-7b": {"model_type": "qwen2", "vocab_size": 152064, "rope_theta": 1e6, "max_position_embeddings": 32768,
-                       "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
-                       "num_attention_heads": 28,
-                       "num_key_value_heads": 4, "tie_word_embeddings": False},
-    "llama3.2-1b": dict(_LLAMA3, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                        num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=True),
-    "tiny": {"model_type": "llama", "vocab_size": None, "hidden_size": 64, "intermediate_size": 128,
-             "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-             "max_position_embeddings": 4096, "tie_word_embeddings": True},
+    "llama3-8b": dict(
+        _LLAMA3,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        tie_word_embeddings=False,
+    ),
+    "qwen2.5-7b": {
+        "model_type": "qwen2",
+        "vocab_size": 152064,
+        "rope_theta": 1e6,
+        "max_position_embeddings": 32768,
+        "hidden_size": 3584,
+        "intermediate_size": 18944,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 28,
+        "num_key_value_heads": 4,
+        "tie_word_embeddings": False,
+    },
+    "llama3.2-1b": dict(
+        _LLAMA3,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        tie_word_embeddings=True,
+    ),
+    "tiny": {
+        "model_type": "llama",
+        "vocab_size": None,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 4096,
+        "tie_word_embeddings": True,
+    },
 }
 # Workload per main shape: prompts scored, response cut, generated tokens, the full-fine-tuning shape.
 PLANS = {
-    "gpu": {"prompts": 48, "max_response_tokens": 2048, "new_tokens": 256, "full_shape": "llama3.2-1b",
-            "ceiling": (4, 4096),
-                "train_max_length": 2048},
-    "tiny": {"prompts": 2, "max_response_tokens": 24, "new_tokens": 4, "full_shape": "tiny", "ceiling": (2, 64),
-                 "train_max_length": 96},
+    "gpu": {
+        "prompts": 48,
+        "max_response_tokens": 2048,
+        "new_tokens": 256,
+        "full_shape": "llama3.2-1b",
+        "ceiling": (4, 4096),
+        "train_max_length": 2048,
+    },
+    "tiny": {
+        "prompts": 2,
+        "max_response_tokens": 24,
+        "new_tokens": 4,
+        "full_shape": "tiny",
+        "ceiling": (2, 64),
+        "train_max_length": 96,
+    },
 }
 
 
@@ -127,17 +168,29 @@ def load_workload(tokenizer, prompts: int, n: int, max_response_tokens: int, tem
 
     lines = (DATA / "ultrafeedback-multilingual" / "random_1000" / "en.jsonl").read_text(encoding="utf-8")
     english = [json.loads(line)["instruction"] for line in lines.splitlines()[:prompts]]
-    answers = {lang: json.loads((DATA / "x-alpacaeval" / "reference" / "gpt-4-turbo-2024-04-09" / f"{lang}.json")
-                                .read_text(encoding="utf-8")) for lang in LANGUAGES}
+    answers = {
+        lang: json.loads(
+            (DATA / "x-alpacaeval" / "reference" / "gpt-4-turbo-2024-04-09" / f"{lang}.json").read_text(
+                encoding="utf-8"
+            )
+        )
+        for lang in LANGUAGES
+    }
     work = []
     for k, text in enumerate(english):
         lang = LANGUAGES[k % len(LANGUAGES)]
         instruction = template.format(instruction=text, language=language_name(lang))
         responses = [answers[lang][(k * n + j) % len(answers[lang])]["output"] for j in range(n)]
         exchanges = [tokenize_exchange(tokenizer, instruction, r) for r in responses]
-        work.append({"lang": lang, "instruction": instruction, "responses": responses,
-                     "prompt_ids": exchanges[0][0],
-                     "response_ids": [c[:max_response_tokens] for _, c in exchanges]})
+        work.append(
+            {
+                "lang": lang,
+                "instruction": instruction,
+                "responses": responses,
+                "prompt_ids": exchanges[0][0],
+                "response_ids": [c[:max_response_tokens] for _, c in exchanges],
+            }
+        )
     return work
 
 
@@ -150,25 +203,44 @@ def environment(device: str) -> dict:
         except metadata.PackageNotFoundError:
             return None
 
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
-                            check=False).stdout.strip()
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
     if device == "cuda":
         props = torch.cuda.get_device_properties(0)
         info = {"name": props.name, "kind": "cuda", "memory_gib": round(props.total_memory / 2**30, 1)}
     else:
         info = {"name": platform.processor() or platform.machine(), "kind": "cpu", "memory_gib": None}
-    return {"commit": commit or None, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "device": info,
-            "versions": {"python": platform.python_version(), **{k: version(k) for k in
-                                                                 ("torch", "transformers", "vllm", "trl")}}}
+    return {
+        "commit": commit or None,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "device": info,
+        "versions": {
+            "python": platform.python_version(),
+            **{k: version(k) for k in ("torch", "transformers", "vllm", "trl")},
+        },
+    }
 
 
 def skeleton(status: str, reason: str | None, shape: str) -> dict:
     """The result document with every part not measured (filled by `main`)."""
     empty = not_measured_part(reason or "not run")
-    return {"schema": SCHEMA, "status": status, "reason": reason, "commit": None, "created": None, "shape": shape,
-            "device": None, "versions": None, "tokenizer": None, "workload": None, "matmul_tflops": None,
-            **{group: {key: dict(empty) for key in keys} for group, keys in PART_KEYS.items()},
-            "speedup_vs_reference": None, "projection": None}
+    return {
+        "schema": SCHEMA,
+        "status": status,
+        "reason": reason,
+        "commit": None,
+        "created": None,
+        "shape": shape,
+        "device": None,
+        "versions": None,
+        "tokenizer": None,
+        "workload": None,
+        "matmul_tflops": None,
+        **{group: {key: dict(empty) for key in keys} for group, keys in PART_KEYS.items()},
+        "speedup_vs_reference": None,
+        "projection": None,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -177,27 +249,37 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=RESULTS, help="Folder for gpu-latest.json / .md.")
     parser.add_argument("--tokenizer", default=None, help="Tokenizer folder (default: the embedded SmolLM2 one).")
     parser.add_argument("--prompts", type=int, default=None, help="Prompts scored (default: 48; tiny: 4).")
-    parser.add_argument("--placeholder", action="store_true",
-                        help="Write result files that say the GPU part is not yet measured, and stop.")
+    parser.add_argument(
+        "--placeholder",
+        action="store_true",
+        help="Write result files that say the GPU part is not yet measured, and stop.",
+    )
     args = parser.parse_args(argv)
     from gpu_report import projection, write_results
 
     if args.placeholder:
-        doc = skeleton("not-measured", "No NVIDIA GPU was available to the session that wrote this file; "
-                       "run `make bench-gpu` on one", args.shape)
+        doc = skeleton(
+            "not-measured",
+            "No NVIDIA GPU was available to the session that wrote this file; run `make bench-gpu` on one",
+            args.shape,
+        )
         doc["projection"] = projection(doc)
         write_results(doc, args.out)
         return doc
     cuda = torch.cuda.is_available()
     if args.shape != "tiny" and not cuda:
-        raise SystemExit(f"benchmarks/gpu.py --shape {args.shape} needs an NVIDIA GPU (torch.cuda.is_available() "
-                         "is False here); `--shape tiny` dry-runs every part on the CPU")
+        raise SystemExit(
+            f"benchmarks/gpu.py --shape {args.shape} needs an NVIDIA GPU (torch.cuda.is_available() "
+            "is False here); `--shape tiny` dry-runs every part on the CPU"
+        )
     try:
         from icr.config import GenerateConfig, RewardConfig, TrainConfig  # noqa: F401
     except ImportError as err:
-        raise SystemExit(f"benchmarks/gpu.py needs icr's dependencies ({err}); on a machine without them, carry "
-                         "the wheels of pydantic, pydantic-core, annotated-types, typing-inspection (see README, "
-                         "Performance on a GPU)") from None
+        raise SystemExit(
+            f"benchmarks/gpu.py needs icr's dependencies ({err}); on a machine without them, carry "
+            "the wheels of pydantic, pydantic-core, annotated-types, typing-inspection (see README, "
+            "Performance on a GPU)"
+        ) from None
     device = "cuda" if cuda else "cpu"
     plan = PLANS["tiny" if args.shape == "tiny" else "gpu"]
     prompts = args.prompts or plan["prompts"]
@@ -209,18 +291,29 @@ def main(argv: list[str] | None = None) -> dict:
     work = load_workload(tokenizer, prompts, n, plan["max_response_tokens"], RewardConfig().crosslingual_template)
     doc = skeleton("measured" if args.shape != "tiny" else "dry-run", None, args.shape)
     doc.update(environment(device))
-    doc["tokenizer"] = (f"SmolLM2-135M-Instruct ({len(tokenizer)} ids, real text), "
-                        f"in a model of {args.shape}'s vocabulary")
-    doc["workload"] = {"prompts": prompts, "n": n, "languages": list(LANGUAGES),
-                       "prompt_tokens": sum(len(w["prompt_ids"]) for w in work),
-                       "response_tokens": sum(len(c) for w in work for c in w["response_ids"]),
-                       "max_response_tokens": plan["max_response_tokens"]}
+    doc["tokenizer"] = (
+        f"SmolLM2-135M-Instruct ({len(tokenizer)} ids, real text), in a model of {args.shape}'s vocabulary"
+    )
+    doc["workload"] = {
+        "prompts": prompts,
+        "n": n,
+        "languages": list(LANGUAGES),
+        "prompt_tokens": sum(len(w["prompt_ids"]) for w in work),
+        "response_tokens": sum(len(c) for w in work for c in w["response_ids"]),
+        "max_response_tokens": plan["max_response_tokens"],
+    }
     before = matmul_tflops(device)
     model = build_model(args.shape, len(tokenizer), device, dtype)
     doc["scoring"] = run_scoring(model, work, device, plan["ceiling"])
     doc["generation"] = run_generation(model, tokenizer, work, device, plan["new_tokens"], args.shape)
-    doc["training"] = run_training(model, tokenizer, work, device, lambda: build_model(
-        plan["full_shape"], len(tokenizer), device, dtype), plan["train_max_length"])
+    doc["training"] = run_training(
+        model,
+        tokenizer,
+        work,
+        device,
+        lambda: build_model(plan["full_shape"], len(tokenizer), device, dtype),
+        plan["train_max_length"],
+    )
     after = matmul_tflops(device)
     doc["matmul_tflops"] = {"before": before, "after": after, "mean": (before + after) / 2}
     finish(doc)

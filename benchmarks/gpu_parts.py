@@ -16,8 +16,17 @@ PART_KEYS = {"scoring": ("ours", "reference", "ceiling"), "generation": ("hf", "
 
 
 def not_measured_part(reason: str) -> dict:
-    return {"status": "not-measured", "reason": reason, "seconds": None, "tokens": None, "tokens_per_s": None,
-            "flops": None, "share_of_matmul": None, "peak_memory_gib": None, "settings": {}}
+    return {
+        "status": "not-measured",
+        "reason": reason,
+        "seconds": None,
+        "tokens": None,
+        "tokens_per_s": None,
+        "flops": None,
+        "share_of_matmul": None,
+        "peak_memory_gib": None,
+        "settings": {},
+    }
 
 
 def skipped(reason: str) -> dict:
@@ -45,13 +54,22 @@ def timed(device: str, func) -> tuple[float, float | None]:
 
 
 def measured(seconds: float, peak: float | None, tokens: int, flops: float | None, **settings) -> dict:
-    return {"status": "measured", "reason": None, "seconds": seconds, "tokens": tokens,
-            "tokens_per_s": tokens / seconds, "flops": flops, "share_of_matmul": None, "peak_memory_gib": peak,
-            "settings": settings}
+    return {
+        "status": "measured",
+        "reason": None,
+        "seconds": seconds,
+        "tokens": tokens,
+        "tokens_per_s": tokens / seconds,
+        "flops": flops,
+        "share_of_matmul": None,
+        "peak_memory_gib": peak,
+        "settings": settings,
+    }
 
 
 def guarded(func):
     """A part that fails is recorded as skipped with the error, and the others still run."""
+
     @functools.wraps(func)
     def run(*args, **kwargs):
         try:
@@ -61,6 +79,7 @@ def guarded(func):
         except Exception as err:  # noqa: BLE001 - recorded in the results, not lost
             traceback.print_exc()
             return skipped(f"failed: {type(err).__name__}: {err}")
+
     return run
 
 
@@ -101,8 +120,11 @@ def scoring_flops(model, work: list[dict]) -> float:
             tokens += len(c)
             scored += len(c)
             contexts += len(c) * p + len(c) * (len(c) + 1) // 2
-    return 2.0 * body_params(model) * tokens + 2.0 * config.hidden_size * config.vocab_size * scored \
+    return (
+        2.0 * body_params(model) * tokens
+        + 2.0 * config.hidden_size * config.vocab_size * scored
         + attention_flops(config, contexts)
+    )
 
 
 @torch.no_grad()
@@ -112,11 +134,12 @@ def reference_scoring(model, batches: list[list[tuple[list[int], list[int]]]], d
     for batch in batches:
         width = max(len(p) + len(c) for p, c in batch)
         ids = torch.tensor([p + c + [0] * (width - len(p) - len(c)) for p, c in batch], device=device)
-        mask = torch.tensor([[1] * (len(p) + len(c)) + [0] * (width - len(p) - len(c)) for p, c in batch],
-                            device=device)
+        mask = torch.tensor(
+            [[1] * (len(p) + len(c)) + [0] * (width - len(p) - len(c)) for p, c in batch], device=device
+        )
         logps = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
         for row, (p, c) in enumerate(batch):
-            logps[row, len(p) - 1 : len(p) + len(c) - 1].gather(1, ids[row, len(p):len(p) + len(c), None]).sum()
+            logps[row, len(p) - 1 : len(p) + len(c) - 1].gather(1, ids[row, len(p) : len(p) + len(c), None]).sum()
         del logps
 
 
@@ -134,8 +157,15 @@ def score_ours(model, work, device) -> dict:
     seconds, peak = timed(device, lambda: [score_groups(model, c, defaults.token_budget) for c in chunks])
     budget = resolve_token_budget(defaults.token_budget, model, profile_for(device))
     tokens = sum(len(c) for w in work for c in w["response_ids"])
-    return measured(seconds, peak, tokens, scoring_flops(model, work), token_budget=budget,
-                    batch_prompts=chunk, profile=profile_for(device).name)
+    return measured(
+        seconds,
+        peak,
+        tokens,
+        scoring_flops(model, work),
+        token_budget=budget,
+        batch_prompts=chunk,
+        profile=profile_for(device).name,
+    )
 
 
 @guarded
@@ -161,8 +191,11 @@ def forward_ceiling(model, device, shape: tuple[int, int]) -> dict:
 
 
 def run_scoring(model, work, device, ceiling_shape) -> dict:
-    return {"ours": score_ours(model, work, device), "reference": score_reference(model, work, device),
-            "ceiling": forward_ceiling(model, device, ceiling_shape)}
+    return {
+        "ours": score_ours(model, work, device),
+        "reference": score_reference(model, work, device),
+        "ceiling": forward_ceiling(model, device, ceiling_shape),
+    }
 
 
 @guarded
@@ -202,11 +235,21 @@ def generate_vllm(model, tokenizer, work, device, new_tokens) -> dict:
         with InChildProcess(factory, folder, config, "bfloat16", description="vLLM bench") as generator:
             generator.sample_batch(texts[:1], 2, [0])
             out = []
-            seconds, _ = timed(device, lambda: out.extend(generator.sample_batch(texts, config.n,
-                                                                                  list(range(len(texts))))))
+            seconds, _ = timed(
+                device, lambda: out.extend(generator.sample_batch(texts, config.n, list(range(len(texts)))))
+            )
     tokens = sum(s.n_tokens + (0 if s.truncated else 1) for rows in out for s in rows)
-    return measured(seconds, None, tokens, None, prompts=len(texts), n=config.n, max_new_tokens=new_tokens,
-                    gpu_memory_utilization=config.gpu_memory_utilization, note="peak memory: vLLM's own process")
+    return measured(
+        seconds,
+        None,
+        tokens,
+        None,
+        prompts=len(texts),
+        n=config.n,
+        max_new_tokens=new_tokens,
+        gpu_memory_utilization=config.gpu_memory_utilization,
+        note="peak memory: vLLM's own process",
+    )
 
 
 def run_generation(model, tokenizer, work, device, new_tokens, shape) -> dict:
@@ -229,9 +272,13 @@ def train_step(model, tokenizer, work, device, lora: bool, max_length: int) -> d
     pairs = []
     for w in work:
         for k in range(0, len(w["responses"]) - 1, 2):
-            pairs.append({"prompt": [{"role": "user", "content": w["instruction"]}],
-                          "chosen": [{"role": "assistant", "content": w["responses"][k]}],
-                          "rejected": [{"role": "assistant", "content": w["responses"][k + 1]}]})
+            pairs.append(
+                {
+                    "prompt": [{"role": "user", "content": w["instruction"]}],
+                    "chosen": [{"role": "assistant", "content": w["responses"][k]}],
+                    "rejected": [{"role": "assistant", "content": w["responses"][k + 1]}],
+                }
+            )
     pairs = pairs[: 2 * config.batch_size]
     ref = [{"ref_chosen_logps": 0.0, "ref_rejected_logps": 0.0}] * len(pairs)  # values do not change the speed
     lm = LoadedModel(model, tokenizer, "random", "random")
@@ -254,9 +301,17 @@ def train_step(model, tokenizer, work, device, lora: bool, max_length: int) -> d
     params = sum(p.numel() for p in model.parameters())
     flops = (4.0 if lora else 6.0) * params * tokens if tokens else None
     model.eval()
-    return measured(seconds, peak, tokens or 0, flops, pairs=config.batch_size, lora=lora, params=params,
-                    max_length=max_length,
-                    bound="4·P per token (LoRA)" if lora else "6·P per token")
+    return measured(
+        seconds,
+        peak,
+        tokens or 0,
+        flops,
+        pairs=config.batch_size,
+        lora=lora,
+        params=params,
+        max_length=max_length,
+        bound="4·P per token (LoRA)" if lora else "6·P per token",
+    )
 
 
 def run_training(model, tokenizer, work, device, build_full, max_length: int) -> dict:

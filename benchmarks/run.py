@@ -78,8 +78,9 @@ def sampled_workload(lm, n_prompts: int, n: int, max_new_tokens: int, cache: Pat
     gen = HFGenerator(lm, GenerateConfig(n=n, max_new_tokens=max_new_tokens, batch_prompts=n_prompts))
     prompts = load_prompts(n_prompts)
     samples = gen.sample_batch([p for _, p in prompts], n, list(range(len(prompts))))
-    work = [{"lang": lang, "prompt": p, "responses": [s.text for s in rows]}
-            for (lang, p), rows in zip(prompts, samples)]
+    work = [
+        {"lang": lang, "prompt": p, "responses": [s.text for s in rows]} for (lang, p), rows in zip(prompts, samples)
+    ]
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(work, ensure_ascii=False))
     return work
@@ -92,8 +93,11 @@ def workload_file(args) -> Path:
 
 def chat_pair(prompt: str, chosen: str, rejected: str) -> dict:
     """A preference pair in TRL's conversational format."""
-    return {"prompt": [{"role": "user", "content": prompt}], "chosen": [{"role": "assistant", "content": chosen}],
-            "rejected": [{"role": "assistant", "content": rejected}]}
+    return {
+        "prompt": [{"role": "user", "content": prompt}],
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+    }
 
 
 def n_params(model) -> int:
@@ -144,10 +148,22 @@ def part_scoring(args) -> dict:
         for w, ex in zip(work, exchanges):
             t0 = time.perf_counter()
             score_ours([(w, ex)])
-            per_prompt.append({"lang": w["lang"], "prompt_tokens": len(ex[0][0]),
-                               "response_tokens": sum(len(c) for _, c in ex), "seconds": time.perf_counter() - t0})
-    return {**timed, "response_tokens": response_tokens, "tokens_per_s": response_tokens / timed["seconds"],
-            "tokens_computed": computed, "peak_rss_mb": peak_rss_mb(), "per_prompt": per_prompt}
+            per_prompt.append(
+                {
+                    "lang": w["lang"],
+                    "prompt_tokens": len(ex[0][0]),
+                    "response_tokens": sum(len(c) for _, c in ex),
+                    "seconds": time.perf_counter() - t0,
+                }
+            )
+    return {
+        **timed,
+        "response_tokens": response_tokens,
+        "tokens_per_s": response_tokens / timed["seconds"],
+        "tokens_computed": computed,
+        "peak_rss_mb": peak_rss_mb(),
+        "per_prompt": per_prompt,
+    }
 
 
 def bracketed(run_once, flops: float, repeats: int) -> dict:
@@ -160,13 +176,22 @@ def bracketed(run_once, flops: float, repeats: int) -> dict:
         run_once()
         seconds = time.perf_counter() - start
         rates = [before, matmul_gflops()]
-        runs.append({"seconds": seconds, "matmul_gflops_before_after": rates,
-                     "peak_flops_share": flops / seconds / 1e9 / (sum(rates) / 2)})
+        runs.append(
+            {
+                "seconds": seconds,
+                "matmul_gflops_before_after": rates,
+                "peak_flops_share": flops / seconds / 1e9 / (sum(rates) / 2),
+            }
+        )
     median = sorted(runs, key=lambda r: r["seconds"])[(repeats - 1) // 2]
-    return {"seconds": median["seconds"], "matmul_gflops": sum(median["matmul_gflops_before_after"]) / 2,
-            "matmul_gflops_before_after": median["matmul_gflops_before_after"],
-            "peak_flops_share": statistics.median(r["peak_flops_share"] for r in runs),
-            "achieved_gflops": flops / median["seconds"] / 1e9, "runs": runs}
+    return {
+        "seconds": median["seconds"],
+        "matmul_gflops": sum(median["matmul_gflops_before_after"]) / 2,
+        "matmul_gflops_before_after": median["matmul_gflops_before_after"],
+        "peak_flops_share": statistics.median(r["peak_flops_share"] for r in runs),
+        "achieved_gflops": flops / median["seconds"] / 1e9,
+        "runs": runs,
+    }
 
 
 @torch.no_grad()
@@ -178,8 +203,13 @@ def part_plain_forward(args, tokens: int = 960) -> dict:
 
     lm = load_model(MODEL, device="cpu")
     work = sampled_workload(lm, args.prompts, WORKLOAD_N, args.max_new_tokens, workload_file(args))
-    text = [t for w in work for r in w["responses"] for part in tokenize_exchange(lm.tokenizer, w["prompt"], r)
-            for t in part]
+    text = [
+        t
+        for w in work
+        for r in w["responses"]
+        for part in tokenize_exchange(lm.tokenizer, w["prompt"], r)
+        for t in part
+    ]
     ids = torch.tensor([text[:tokens]])
     lm.model(input_ids=ids)  # warm-up
     return bracketed(lambda: lm.model(input_ids=ids), 2 * n_params(lm.model) * ids.shape[1], args.repeats)
@@ -193,8 +223,7 @@ def part_generation(args) -> dict:
     lm = load_model(MODEL, device="cpu")
     prompts = [p for _, p in load_prompts(args.prompts)]
     if args.impl == "ours":
-        gen = HFGenerator(lm, GenerateConfig(n=args.n, max_new_tokens=args.max_new_tokens,
-                                             batch_prompts=len(prompts)))
+        gen = HFGenerator(lm, GenerateConfig(n=args.n, max_new_tokens=args.max_new_tokens, batch_prompts=len(prompts)))
         start = time.perf_counter()
         rows = gen.sample_batch(prompts, args.n, list(range(len(prompts))))
         seconds = time.perf_counter() - start
@@ -205,10 +234,18 @@ def part_generation(args) -> dict:
         tokens, start = 0, time.perf_counter()
         for k in range(args.baseline_calls):
             torch.manual_seed(k)
-            out = lm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
-                                    temperature=0.9, top_p=1.0, top_k=0, max_new_tokens=args.max_new_tokens,
-                                    eos_token_id=stops, pad_token_id=lm.tokenizer.pad_token_id)
-            new = out[0, ids.shape[1]:].tolist()
+            out = lm.model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=True,
+                temperature=0.9,
+                top_p=1.0,
+                top_k=0,
+                max_new_tokens=args.max_new_tokens,
+                eos_token_id=stops,
+                pad_token_id=lm.tokenizer.pad_token_id,
+            )
+            new = out[0, ids.shape[1] :].tolist()
             tokens += next((i for i, t in enumerate(new) if t in stops), len(new))
         seconds = time.perf_counter() - start
     return {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds, "peak_rss_mb": peak_rss_mb()}
@@ -223,10 +260,14 @@ def part_training(args) -> dict:
 
     lm = load_model(MODEL, device="cpu")
     work = json.loads(workload_file(args).read_text())
-    pairs = [chat_pair(w["prompt"], w["responses"][k], w["responses"][k + 1])
-             for w in work for k in range(0, len(w["responses"]) - 1, 2)]
-    config = TrainConfig(batch_size=args.pairs, grad_accum=1, max_length=256, learning_rate=1e-6,
-                         group_by_length=args.impl == "ours")
+    pairs = [
+        chat_pair(w["prompt"], w["responses"][k], w["responses"][k + 1])
+        for w in work
+        for k in range(0, len(w["responses"]) - 1, 2)
+    ]
+    config = TrainConfig(
+        batch_size=args.pairs, grad_accum=1, max_length=256, learning_rate=1e-6, group_by_length=args.impl == "ours"
+    )
     ref = reference_logps(lm, pairs, config.max_length, SCORE_BUDGET)
     dataset = preference_dataset(lm.tokenizer, pairs, ref, config)
     trainer = dpo_trainer(lm, dataset, config, str(RESULTS / "trainer"))
@@ -244,14 +285,27 @@ def part_training(args) -> dict:
 
     step(min(batches, key=lambda b: b["input_ids"].numel()))  # warm-up, untimed (allocations, optimiser state)
     peak_before = matmul_gflops()
-    steps = [{"seconds": step(b), "real_tokens": int(b["attention_mask"].sum()),
-              "token_slots": int(b["attention_mask"].numel())} for b in batches]
+    steps = [
+        {
+            "seconds": step(b),
+            "real_tokens": int(b["attention_mask"].sum()),
+            "token_slots": int(b["attention_mask"].numel()),
+        }
+        for b in batches
+    ]
     rates = [peak_before, matmul_gflops()]
-    return {"step_s": sum(s["seconds"] for s in steps) / len(steps), "steps": steps,
-            "matmul_gflops": sum(rates) / 2, "matmul_gflops_before_after": rates,
-            "pairs": len(pairs), "pairs_per_step": args.pairs, "real_tokens": sum(s["real_tokens"] for s in steps),
-            "token_slots": sum(s["token_slots"] for s in steps), "params": n_params(lm.model),
-            "peak_rss_mb": peak_rss_mb()}
+    return {
+        "step_s": sum(s["seconds"] for s in steps) / len(steps),
+        "steps": steps,
+        "matmul_gflops": sum(rates) / 2,
+        "matmul_gflops_before_after": rates,
+        "pairs": len(pairs),
+        "pairs_per_step": args.pairs,
+        "real_tokens": sum(s["real_tokens"] for s in steps),
+        "token_slots": sum(s["token_slots"] for s in steps),
+        "params": n_params(lm.model),
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 def part_padding(args) -> dict:
@@ -300,24 +354,55 @@ def part_languages(args) -> dict:
         samples = gen.sample_batch(texts, args.n, list(range(len(texts))))
         gen_s = time.perf_counter() - start
         start = time.perf_counter()
-        score_responses(lm, [(text, [s.text for s in group]) for text, group in zip(texts, samples)],
-                        SCORE_BUDGET)
-        rows.append({"lang": lang, "generate_s": gen_s, "score_s": time.perf_counter() - start,
-                     "prompt_tokens": sum(len(prompt_ids(lm.tokenizer, t)) for t in texts),
-                     "response_tokens": sum(s.n_tokens for group in samples for s in group)})
+        score_responses(lm, [(text, [s.text for s in group]) for text, group in zip(texts, samples)], SCORE_BUDGET)
+        rows.append(
+            {
+                "lang": lang,
+                "generate_s": gen_s,
+                "score_s": time.perf_counter() - start,
+                "prompt_tokens": sum(len(prompt_ids(lm.tokenizer, t)) for t in texts),
+                "response_tokens": sum(s.n_tokens for group in samples for s in group),
+            }
+        )
     return {"langs": langs, "per_language": rows}
 
 
-PARTS = {"scoring": part_scoring, "generation": part_generation, "training": part_training, "languages": part_languages,
-         "padding": part_padding, "plain_forward": part_plain_forward}
+PARTS = {
+    "scoring": part_scoring,
+    "generation": part_generation,
+    "training": part_training,
+    "languages": part_languages,
+    "padding": part_padding,
+    "plain_forward": part_plain_forward,
+}
 
 
 def run_part(name: str, impl: str, args) -> dict:
     """Run one part in a fresh process (its own peak RSS), return its JSON."""
-    cmd = [sys.executable, __file__, "--part", name, "--impl", impl, "--prompts", str(args.prompts), "--n",
-           str(args.n), "--max-new-tokens", str(args.max_new_tokens), "--pairs", str(args.pairs),
-           "--repeats", str(args.repeats), "--baseline-calls", str(args.baseline_calls), "--langs", args.langs,
-           "--per-language", str(args.per_language)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--part",
+        name,
+        "--impl",
+        impl,
+        "--prompts",
+        str(args.prompts),
+        "--n",
+        str(args.n),
+        "--max-new-tokens",
+        str(args.max_new_tokens),
+        "--pairs",
+        str(args.pairs),
+        "--repeats",
+        str(args.repeats),
+        "--baseline-calls",
+        str(args.baseline_calls),
+        "--langs",
+        args.langs,
+        "--per-language",
+        str(args.per_language),
+    ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -329,14 +414,18 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=4, help="real prompts (en/es alternating)")
     parser.add_argument("--n", type=int, default=10, help="responses per prompt (paper: 10)")
     parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="timed scoring runs per implementation (the median is reported)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed scoring runs per implementation (the median is reported)"
+    )
     parser.add_argument("--pairs", type=int, default=8, help="pairs per training step")
     parser.add_argument("--baseline-calls", type=int, default=6, help="generate() calls timed for the baseline")
     parser.add_argument("--sizes", default="2,5,10", help="N values for the scaling table")
     parser.add_argument("--langs", default="en", help="languages of the `languages` part (comma-separated)")
-    parser.add_argument("--language-sizes", default="en;en,es;en,es,de,ru",
-                        help="language sets of the languages scaling table, separated by ';'")
+    parser.add_argument(
+        "--language-sizes",
+        default="en;en,es;en,es,de,ru",
+        help="language sets of the languages scaling table, separated by ';'",
+    )
     parser.add_argument("--per-language", type=int, default=2, help="prompts per language in the languages table")
     args = parser.parse_args()
     if args.part:
@@ -355,14 +444,25 @@ def main() -> None:
     for part in training.values():
         # forward ≈ 2·P FLOPs a token, backward ≈ 4·P: policy forward+backward (6·P) + reference forward
         # (2·P), over the real tokens of an average step, at the matmul rate measured around the part
-        part["flop_bound_s"] = ((6 + 2) * part["params"] * part["real_tokens"] / len(part["steps"])
-                                / (part["matmul_gflops"] * 1e9))
+        part["flop_bound_s"] = (
+            (6 + 2) * part["params"] * part["real_tokens"] / len(part["steps"]) / (part["matmul_gflops"] * 1e9)
+        )
     result = {
-        "machine": {"matmul_gflops": gflops, "cpu_count": os.cpu_count(), "platform": platform.platform(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "device": "cuda" if torch.cuda.is_available() else "cpu"},
-        "workload": {"prompts": args.prompts, "n": args.n, "max_new_tokens": args.max_new_tokens,
-                     "per_language": args.per_language, "source": str(UF.relative_to(ROOT.parent))},
+        "machine": {
+            "matmul_gflops": gflops,
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "device": "cuda" if torch.cuda.is_available() else "cpu",
+        },
+        "workload": {
+            "prompts": args.prompts,
+            "n": args.n,
+            "max_new_tokens": args.max_new_tokens,
+            "per_language": args.per_language,
+            "source": str(UF.relative_to(ROOT.parent)),
+        },
         "scoring": {
             "tokens_per_s": scoring["ours"]["tokens_per_s"],
             "baseline_tokens_per_s": scoring["baseline"]["tokens_per_s"],
@@ -380,28 +480,44 @@ def main() -> None:
             "speedup": generation["ours"]["tokens_per_s"] / generation["baseline"]["tokens_per_s"],
             "detail": generation,
         },
-        "training": {"step_s": training["ours"]["step_s"], "flop_bound_s": training["ours"]["flop_bound_s"],
-                     "ratio": training["ours"]["step_s"] / training["ours"]["flop_bound_s"],
-                     "baseline_step_s": training["baseline"]["step_s"],
-                     "baseline_ratio": training["baseline"]["step_s"] / training["baseline"]["flop_bound_s"],
-                     "detail": training},
+        "training": {
+            "step_s": training["ours"]["step_s"],
+            "flop_bound_s": training["ours"]["flop_bound_s"],
+            "ratio": training["ours"]["step_s"] / training["ours"]["flop_bound_s"],
+            "baseline_step_s": training["baseline"]["step_s"],
+            "baseline_ratio": training["baseline"]["step_s"] / training["baseline"]["flop_bound_s"],
+            "detail": training,
+        },
     }
     result["training"]["padding_at_scale"] = run_part("padding", "ours", args)
     scaling = []
     for n in [int(x) for x in args.sizes.split(",")]:
         sub = argparse.Namespace(**{**vars(args), "n": n})
         ours = run_part("scoring", "ours", sub)
-        scaling.append({"n": n, "seconds": ours["seconds"], "response_tokens": ours["response_tokens"],
-                        "tokens_computed": ours["tokens_computed"], "tokens_per_s": ours["tokens_per_s"]})
+        scaling.append(
+            {
+                "n": n,
+                "seconds": ours["seconds"],
+                "response_tokens": ours["response_tokens"],
+                "tokens_computed": ours["tokens_computed"],
+                "tokens_per_s": ours["tokens_per_s"],
+            }
+        )
     result["scoring_scaling_n"] = scaling
     result["scaling_languages"] = []
     for langs in args.language_sizes.split(";"):
         rows = run_part("languages", "ours", argparse.Namespace(**{**vars(args), "langs": langs}))["per_language"]
-        result["scaling_languages"].append({
-            "langs": langs.split(","), "prompts": args.per_language * len(rows),
-            **{key: sum(row[key] for row in rows)
-               for key in ("generate_s", "score_s", "prompt_tokens", "response_tokens")},
-            "per_language": rows})
+        result["scaling_languages"].append(
+            {
+                "langs": langs.split(","),
+                "prompts": args.per_language * len(rows),
+                **{
+                    key: sum(row[key] for row in rows)
+                    for key in ("generate_s", "score_s", "prompt_tokens", "response_tokens")
+                },
+                "per_language": rows,
+            }
+        )
     (RESULTS / "latest.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / "latest.md").write_text(markdown(result))
     print(markdown(result))
@@ -409,18 +525,26 @@ def main() -> None:
 
 def markdown(r: dict) -> str:
     s, g, t = r["scoring"], r["generation"], r["training"]
-    rates = [r["machine"]["matmul_gflops"],
-             *(x for impl in ("ours", "baseline") for x in t["detail"][impl]["matmul_gflops_before_after"]),
-             *(x for impl in ("ours", "baseline") for run in s["detail"][impl]["runs"]
-               for x in run["matmul_gflops_before_after"])]
+    rates = [
+        r["machine"]["matmul_gflops"],
+        *(x for impl in ("ours", "baseline") for x in t["detail"][impl]["matmul_gflops_before_after"]),
+        *(
+            x
+            for impl in ("ours", "baseline")
+            for run in s["detail"][impl]["runs"]
+            for x in run["matmul_gflops_before_after"]
+        ),
+    ]
     lines = [
         f"Machine: {r['machine']['cpu_count']} cores, {r['machine']['device']}, matmul "
         f"{r['machine']['matmul_gflops']:.1f} GFLOP/s (fp32 1024², measured; shares and the training bound use "
         f"the mean rate measured just before and after each part, as this shared host drifts: "
         f"{min(rates):.0f}–{max(rates):.0f} GFLOP/s in this run), torch {r['machine']['torch']}.",
         f"Workload: {r['workload']['prompts']} UltraFeedback prompts (en/es) × N = {r['workload']['n']} sampled "
-        f"responses (≤ {r['workload']['max_new_tokens']} tokens), SmolLM2-135M-Instruct, fp32.", "",
-        "| part | icr | baseline | speedup | notes |", "|---|---|---|---|---|",
+        f"responses (≤ {r['workload']['max_new_tokens']} tokens), SmolLM2-135M-Instruct, fp32.",
+        "",
+        "| part | icr | baseline | speedup | notes |",
+        "|---|---|---|---|---|",
         f"| scoring (response tokens/s) | {s['tokens_per_s']:.1f} | {s['baseline_tokens_per_s']:.1f} | "
         f"{s['speedup']:.2f}× | {100 * s['peak_flops_share']:.0f}% of matmul peak "
         f"(baseline {100 * s['baseline_peak_flops_share']:.0f}%; a plain forward of the model over 960 tokens "
@@ -433,31 +557,50 @@ def markdown(r: dict) -> str:
         f"{t['baseline_step_s'] / t['step_s']:.2f}× | {t['ratio']:.2f}× its FLOP bound of {t['flop_bound_s']:.1f} s "
         f"(baseline {t['baseline_ratio']:.2f}×); {t['detail']['ours']['pairs_per_step']} pairs a step, an epoch "
         f"of {t['detail']['ours']['pairs']} pairs: {t['detail']['ours']['real_tokens']} real tokens in "
-        f"{t['detail']['ours']['token_slots']} slots (baseline {t['detail']['baseline']['token_slots']}) |", "",
-        "Scoring cost against N (responses per prompt, same prompts):", "",
-        "| N | seconds | response tokens | tokens computed | response tokens/s |", "|---|---|---|---|---|",
+        f"{t['detail']['ours']['token_slots']} slots (baseline {t['detail']['baseline']['token_slots']}) |",
+        "",
+        "Scoring cost against N (responses per prompt, same prompts):",
+        "",
+        "| N | seconds | response tokens | tokens computed | response tokens/s |",
+        "|---|---|---|---|---|",
     ]
     for row in r["scoring_scaling_n"]:
-        lines.append(f"| {row['n']} | {row['seconds']:.1f} | {row['response_tokens']} | {row['tokens_computed']} | "
-                     f"{row['tokens_per_s']:.1f} |")
-    lines += ["", f"Scoring cost against prompt length and language (one prompt each, N = {r['workload']['n']}):", "",
-              "| lang | prompt tokens | response tokens | seconds |", "|---|---|---|---|"]
+        lines.append(
+            f"| {row['n']} | {row['seconds']:.1f} | {row['response_tokens']} | {row['tokens_computed']} | "
+            f"{row['tokens_per_s']:.1f} |"
+        )
+    lines += [
+        "",
+        f"Scoring cost against prompt length and language (one prompt each, N = {r['workload']['n']}):",
+        "",
+        "| lang | prompt tokens | response tokens | seconds |",
+        "|---|---|---|---|",
+    ]
     for row in sorted(s["detail"]["ours"]["per_prompt"], key=lambda x: x["prompt_tokens"]):
         lines.append(f"| {row['lang']} | {row['prompt_tokens']} | {row['response_tokens']} | {row['seconds']:.2f} |")
     pad = t["padding_at_scale"]
-    lines += ["", f"Padding at dataset scale ({pad['pairs']} X-AlpacaEval pairs with gpt-4-turbo's answers, "
-              f"{pad['pairs_per_step']} pairs a step, max_length {pad['max_length']}; collation only): "
-              f"{pad['real_tokens']} real tokens in {pad['slots_group_by_length']} slots grouped by length "
-              f"({100 * pad['real_tokens'] / pad['slots_group_by_length']:.0f}% real) vs {pad['slots_random']} "
-              f"in random order ({100 * pad['real_tokens'] / pad['slots_random']:.0f}% real)."]
-    lines += ["", f"Cost against the number of languages ({r['workload']['per_language']} prompts per language, "
-              f"N = {r['workload']['n']}, languages run one after another as in the pipeline):", "",
-              "| languages | prompts | prompt tokens | response tokens | generate s | score s | total s |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"Padding at dataset scale ({pad['pairs']} X-AlpacaEval pairs with gpt-4-turbo's answers, "
+        f"{pad['pairs_per_step']} pairs a step, max_length {pad['max_length']}; collation only): "
+        f"{pad['real_tokens']} real tokens in {pad['slots_group_by_length']} slots grouped by length "
+        f"({100 * pad['real_tokens'] / pad['slots_group_by_length']:.0f}% real) vs {pad['slots_random']} "
+        f"in random order ({100 * pad['real_tokens'] / pad['slots_random']:.0f}% real).",
+    ]
+    lines += [
+        "",
+        f"Cost against the number of languages ({r['workload']['per_language']} prompts per language, "
+        f"N = {r['workload']['n']}, languages run one after another as in the pipeline):",
+        "",
+        "| languages | prompts | prompt tokens | response tokens | generate s | score s | total s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in r["scaling_languages"]:
-        lines.append(f"| {' '.join(row['langs'])} | {row['prompts']} | {row['prompt_tokens']} | "
-                     f"{row['response_tokens']} "
-                     f"| {row['generate_s']:.1f} | {row['score_s']:.1f} | {row['generate_s'] + row['score_s']:.1f} |")
+        lines.append(
+            f"| {' '.join(row['langs'])} | {row['prompts']} | {row['prompt_tokens']} | "
+            f"{row['response_tokens']} "
+            f"| {row['generate_s']:.1f} | {row['score_s']:.1f} | {row['generate_s'] + row['score_s']:.1f} |"
+        )
     return "\n".join(lines) + "\n"
 
 

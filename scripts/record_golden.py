@@ -53,18 +53,53 @@ LANGUAGES = ("en", "es")
 FIXED_MTIME = 1_700_000_000  # model files get this mtime: fingerprints read (name, size, mtime)
 
 RUN_FLAGS = {
-    "name": "golden", "output_dir": "runs", "iterations": "1",
-    "models.policy": "models/policy", "models.reference": "models/reference", "models.device": "cpu",
-    "data.prompts": "embedded:demo", "data.languages": ",".join(LANGUAGES), "data.limit": "3",
-    "generate.n": "3", "generate.max_new_tokens": "6", "generate.batch_prompts": "2",
-    "reward.batch_prompts": "2", "pairs.language_filter": "false",
-    "train.batch_size": "2", "train.grad_accum": "1", "train.learning_rate": "1e-3", "train.max_length": "96",
+    "name": "golden",
+    "output_dir": "runs",
+    "iterations": "1",
+    "models.policy": "models/policy",
+    "models.reference": "models/reference",
+    "models.device": "cpu",
+    "data.prompts": "embedded:demo",
+    "data.languages": ",".join(LANGUAGES),
+    "data.limit": "3",
+    "generate.n": "3",
+    "generate.max_new_tokens": "6",
+    "generate.batch_prompts": "2",
+    "reward.batch_prompts": "2",
+    "pairs.language_filter": "false",
+    "train.batch_size": "2",
+    "train.grad_accum": "1",
+    "train.learning_rate": "1e-3",
+    "train.max_length": "96",
     "train.warmup_ratio": "0.0",
 }
-EVAL_ARGS = ["--run-dir", "runs/golden", "--languages", ",".join(LANGUAGES), "--prompts", "bench", "--limit", "3",
-             "--judge", "hf", "--judge-model", "models/reference", "--judge-cache", "judge-cache", "--no-lc",
-             "--max-new-tokens", "8", "--batch-size", "2", "--device", "cpu", "--dtype", "float32",
-             "--output", "eval"]
+EVAL_ARGS = [
+    "--run-dir",
+    "runs/golden",
+    "--languages",
+    ",".join(LANGUAGES),
+    "--prompts",
+    "bench",
+    "--limit",
+    "3",
+    "--judge",
+    "hf",
+    "--judge-model",
+    "models/reference",
+    "--judge-cache",
+    "judge-cache",
+    "--no-lc",
+    "--max-new-tokens",
+    "8",
+    "--batch-size",
+    "2",
+    "--device",
+    "cpu",
+    "--dtype",
+    "float32",
+    "--output",
+    "eval",
+]
 TIMING_KEYS = ("train_runtime", "train_samples_per_second", "train_steps_per_second")
 STATUS_CLOCK_KEYS = ("started", "updated", "pid", "host")
 
@@ -73,8 +108,13 @@ def environment() -> dict[str, str]:
     """What the hashes depend on besides the code: the numeric libraries and the CPU kind."""
     from importlib import metadata
 
-    return {"torch": metadata.version("torch"), "transformers": metadata.version("transformers"),
-            "trl": metadata.version("trl"), "machine": platform.machine(), "python": platform.python_version()}
+    return {
+        "torch": metadata.version("torch"),
+        "transformers": metadata.version("transformers"),
+        "trl": metadata.version("trl"),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+    }
 
 
 def _tiny_model(tokenizer, seed: int, folder: Path) -> None:
@@ -84,9 +124,17 @@ def _tiny_model(tokenizer, seed: int, folder: Path) -> None:
 
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     model = LlamaForCausalLM(config).eval()
     model.generation_config.eos_token_id = tokenizer.eos_token_id
@@ -106,8 +154,14 @@ def _benchmark(folder: Path) -> None:
 
 
 def _icr(args: list[str], cwd: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
     done = subprocess.run([sys.executable, "-m", "icr.cli", *args], cwd=cwd, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"icr {args[0]} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}")

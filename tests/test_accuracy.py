@@ -58,15 +58,22 @@ def test_summary_splits_by_which_answer_is_longer():
 
 def test_an_empty_subset_reports_none_not_a_number():
     s = summarize_language([accuracy_row(pair("long answer", "x"), {"reward": [1.0, 0.0], "n_tokens": [3, 1]})])
-    assert s["chosen_not_longer"] == {"n": 0, "accuracy": None, "ci_low": None, "ci_high": None,
-                                      "per_token_accuracy": None}
+    assert s["chosen_not_longer"] == {
+        "n": 0,
+        "accuracy": None,
+        "ci_low": None,
+        "ci_high": None,
+        "per_token_accuracy": None,
+    }
     assert "| 0, –, – |" in format_accuracy_table({"crosslingual": {"en": s}})
 
 
 def test_reward_accuracy_agrees_with_the_scored_rewards(tiny_lm, tiny_ref_lm):
-    pairs = [pair("Hello! How can I help you today?", "Hi.", pid="a"),
-             pair("Hi.", "Greetings, dear friend, what a pleasure.", pid="b"),
-             pair("Bonjour !", "Salut, comment ça va ?", lang="fr", pid="c")]
+    pairs = [
+        pair("Hello! How can I help you today?", "Hi.", pid="a"),
+        pair("Hi.", "Greetings, dear friend, what a pleasure.", pid="b"),
+        pair("Bonjour !", "Salut, comment ça va ?", lang="fr", pid="c"),
+    ]
     table = reward_accuracy(tiny_lm, tiny_ref_lm, pairs, RewardConfig(mode="multilingual", beta=1.0))
     assert set(table) == {"en", "fr"} and table["en"]["n"] == 2 and table["fr"]["n"] == 1
     wins = wins_per_token = 0.0
@@ -97,19 +104,42 @@ def _write(folder, lang, rows):
 
 
 def test_pairs_load_from_a_folder_with_strings_or_messages(tmp_path):
-    _write(tmp_path, "de", [{"id": "1", "lang": "de", "prompt": "Hallo?", "prompt_en": "Hello?", "chosen": "Hi",
-                             "rejected": "Nein"}])
-    _write(tmp_path, "es", [{"id": "2", "lang": "es", "prompt": [{"role": "user", "content": "¿Hola?"}],
-                             "prompt_en": "Hello?", "chosen": [{"role": "assistant", "content": "Hola"}],
-                             "rejected": [{"role": "assistant", "content": "No"}], "extra": 1}])
+    _write(
+        tmp_path,
+        "de",
+        [{"id": "1", "lang": "de", "prompt": "Hallo?", "prompt_en": "Hello?", "chosen": "Hi", "rejected": "Nein"}],
+    )
+    _write(
+        tmp_path,
+        "es",
+        [
+            {
+                "id": "2",
+                "lang": "es",
+                "prompt": [{"role": "user", "content": "¿Hola?"}],
+                "prompt_en": "Hello?",
+                "chosen": [{"role": "assistant", "content": "Hola"}],
+                "rejected": [{"role": "assistant", "content": "No"}],
+                "extra": 1,
+            }
+        ],
+    )
     pairs = load_preference_pairs(tmp_path)
-    assert pairs == [PreferencePair("1", "de", "Hallo?", "Hello?", "Hi", "Nein"),
-                     PreferencePair("2", "es", "¿Hola?", "Hello?", "Hola", "No")]
+    assert pairs == [
+        PreferencePair("1", "de", "Hallo?", "Hello?", "Hi", "Nein"),
+        PreferencePair("2", "es", "¿Hola?", "Hello?", "Hola", "No"),
+    ]
 
 
 def test_a_pair_missing_a_field_is_an_error_naming_file_line_and_id(tmp_path):
-    _write(tmp_path, "fr", [{"id": "1", "lang": "fr", "prompt": "a", "prompt_en": "a", "chosen": "b", "rejected": "c"},
-                            {"id": "7", "lang": "fr", "prompt": "a", "chosen": "b", "rejected": "c"}])
+    _write(
+        tmp_path,
+        "fr",
+        [
+            {"id": "1", "lang": "fr", "prompt": "a", "prompt_en": "a", "chosen": "b", "rejected": "c"},
+            {"id": "7", "lang": "fr", "prompt": "a", "chosen": "b", "rejected": "c"},
+        ],
+    )
     with pytest.raises(DataError, match=r"fr\.jsonl:2: id 7: missing prompt_en"):
         load_preference_pairs(tmp_path)
     with pytest.raises(DataError, match="no preference pairs"):
@@ -118,18 +148,23 @@ def test_a_pair_missing_a_field_is_an_error_naming_file_line_and_id(tmp_path):
 
 def test_a_reward_of_a_model_against_itself_ties_every_pair(tiny_lm):
     """r = β·(log π − log π) = 0 for every answer: every pair is a tie, counted as half."""
-    pairs = [PreferencePair(str(i), lang, f"Frage {i}?", f"Question {i}?", f"Antwort {i}.", "Nein.")
-             for i, lang in enumerate(["de", "de", "fr"])]
+    pairs = [
+        PreferencePair(str(i), lang, f"Frage {i}?", f"Question {i}?", f"Antwort {i}.", "Nein.")
+        for i, lang in enumerate(["de", "de", "fr"])
+    ]
     table = reward_accuracy(tiny_lm, tiny_lm, pairs, RewardConfig(batch_prompts=2))
     assert set(table) == {"de", "fr"} and table["de"]["n"] == 2 and table["fr"]["n"] == 1
     assert all(row["accuracy"] == 0.5 and row["mean_margin"] == 0.0 for row in table.values())
 
 
 def test_accuracy_table_per_mode_and_its_text(tiny_lm, tiny_ref_lm):
-    pairs = [PreferencePair("1", "es", "¿Un color?", "A colour?", "Rojo.", "Tengo hambre."),
-             PreferencePair("2", "es", "¿Dos más dos?", "Two plus two?", "Cuatro.", "Azul.")]
-    config = AccuracyConfig(pairs="x", policy="p", reference="r", modes=["multilingual", "crosslingual"],
-                            reward={"beta": 0.5})
+    pairs = [
+        PreferencePair("1", "es", "¿Un color?", "A colour?", "Rojo.", "Tengo hambre."),
+        PreferencePair("2", "es", "¿Dos más dos?", "Two plus two?", "Cuatro.", "Azul."),
+    ]
+    config = AccuracyConfig(
+        pairs="x", policy="p", reference="r", modes=["multilingual", "crosslingual"], reward={"beta": 0.5}
+    )
     table = reward_accuracy_table(tiny_lm, tiny_ref_lm, pairs, config)
     assert list(table) == ["multilingual", "crosslingual"]
     # the two modes show the reward models other instructions, so their margins differ

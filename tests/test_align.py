@@ -23,9 +23,15 @@ def test_embedded_preferences_split_into_disjoint_train_and_heldout():
 
 def test_strings_and_messages_are_both_accepted_and_bad_rows_name_the_row(tmp_path):
     path = tmp_path / "prefs.jsonl"
-    rows = [{"prompt": "Hi?", "chosen": "Hello!", "rejected": "Go away."},
-            {"id": "m", "prompt": [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi?"}],
-             "chosen": [{"role": "assistant", "content": "Hello!"}], "rejected": "Bye."}]
+    rows = [
+        {"prompt": "Hi?", "chosen": "Hello!", "rejected": "Go away."},
+        {
+            "id": "m",
+            "prompt": [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi?"}],
+            "chosen": [{"role": "assistant", "content": "Hello!"}],
+            "rejected": "Bye.",
+        },
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     pairs = load_english_preferences(str(path), split=None)
     assert [p["id"] for p in pairs] == ["1", "m"]
@@ -42,8 +48,13 @@ def test_align_english_trains_a_model_from_the_config(tiny_dir, tmp_path):
     source = tmp_path / "four.jsonl"
     source.write_text("".join(json.dumps(row) + "\n" for row in load_english_preferences("embedded:demo")[:4]))
     out = tmp_path / "models" / "pi_dpo"
-    config = AlignConfig(model=str(tiny_dir), data=str(source), output=str(out), device="cpu",
-                         train={"batch_size": 2, "grad_accum": 1, "max_length": 64, "learning_rate": 1e-3})
+    config = AlignConfig(
+        model=str(tiny_dir),
+        data=str(source),
+        output=str(out),
+        device="cpu",
+        train={"batch_size": 2, "grad_accum": 1, "max_length": 64, "learning_rate": 1e-3},
+    )
     metrics = align_english(config)
     assert metrics["pairs"] == 4 and metrics["steps"] == 2
     assert (out / "model.safetensors").exists() and read_json(out / "train_metrics.json")["pairs"] == 4

@@ -29,8 +29,10 @@ from test_judges import good_or_poor, write_benchmark, write_outputs
 alpaca_eval = pytest.importorskip("alpaca_eval")
 from alpaca_eval import constants, utils  # noqa: E402  (after the importorskip)
 
-SENTENCE = ("A good output should be in the same language as the instruction, except when the instruction "
-            "explicitly requests the output in a different language.")  # the wording, typed out
+SENTENCE = (
+    "A good output should be in the same language as the instruction, except when the instruction "
+    "explicitly requests the output in a different language."
+)  # the wording, typed out
 REQ = JudgeRequest('Nenne eine Farbe. "Bitte" {kurz}', "de", "Blau.", "The sky is blue.")
 
 
@@ -114,8 +116,11 @@ class AlpacaEndpoint(BaseHTTPRequestHandler):
         win = "m" if "excellent" in first else "M" if "excellent" in second else "m" if "Reference" in first else "M"
         lose = "M" if win == "m" else "m"
         top = [{"token": win, "logprob": -0.05}, {"token": lose, "logprob": -3.0}]
-        choice = {"index": 0, "message": {"role": "assistant", "content": win},
-                  "logprobs": {"content": [{"token": win, "logprob": -0.05, "top_logprobs": top}]}}
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": win},
+            "logprobs": {"content": [{"token": win, "logprob": -0.05, "top_logprobs": top}]},
+        }
         data = json.dumps({"model": "gpt-4-1106-preview", "choices": [choice], "usage": {"prompt_tokens": 9}}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -143,10 +148,25 @@ def test_icr_eval_judges_with_alpaca_evals_annotator_by_default(tmp_path, alpaca
 
     bench = write_benchmark(tmp_path / "bench")
     outs = write_outputs(tmp_path / "outs", bench, good_or_poor)
-    result = CliRunner().invoke(eval_command, [  # no --judge: the default
-        "--outputs", f"good={outs}", "--languages", "en,de", "--prompts", str(bench), "--judge-base-url",
-        alpaca_endpoint, "--judge-cache", str(tmp_path / "cache"), "--output", str(tmp_path / "out"), "--no-lc"],
-        catch_exceptions=False)
+    result = CliRunner().invoke(
+        eval_command,
+        [  # no --judge: the default
+            "--outputs",
+            f"good={outs}",
+            "--languages",
+            "en,de",
+            "--prompts",
+            str(bench),
+            "--judge-base-url",
+            alpaca_endpoint,
+            "--judge-cache",
+            str(tmp_path / "cache"),
+            "--output",
+            str(tmp_path / "out"),
+            "--no-lc",
+        ],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     judged = AlpacaEndpoint.received[1:]  # after the preflight
     assert len(judged) == 20

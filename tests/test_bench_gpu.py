@@ -14,10 +14,35 @@ import torch
 from conftest import REPO, SHARED_DATA
 
 BENCH = REPO / "benchmarks"
-TOP_KEYS = {"schema", "status", "reason", "commit", "created", "shape", "device", "versions", "tokenizer", "workload",
-            "matmul_tflops", "scoring", "generation", "training", "speedup_vs_reference", "projection"}
-PART_FIELDS = {"status", "reason", "seconds", "tokens", "tokens_per_s", "flops", "share_of_matmul", "peak_memory_gib",
-               "settings"}
+TOP_KEYS = {
+    "schema",
+    "status",
+    "reason",
+    "commit",
+    "created",
+    "shape",
+    "device",
+    "versions",
+    "tokenizer",
+    "workload",
+    "matmul_tflops",
+    "scoring",
+    "generation",
+    "training",
+    "speedup_vs_reference",
+    "projection",
+}
+PART_FIELDS = {
+    "status",
+    "reason",
+    "seconds",
+    "tokens",
+    "tokens_per_s",
+    "flops",
+    "share_of_matmul",
+    "peak_memory_gib",
+    "settings",
+}
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +56,11 @@ def bench():
 
 def _check_schema(doc: dict) -> None:
     assert set(doc) == TOP_KEYS and doc["schema"] == "icr-bench-gpu/1"
-    for group, keys in {"scoring": {"ours", "reference", "ceiling"}, "generation": {"hf", "vllm"},
-                        "training": {"lora", "full"}}.items():
+    for group, keys in {
+        "scoring": {"ours", "reference", "ceiling"},
+        "generation": {"hf", "vllm"},
+        "training": {"lora", "full"},
+    }.items():
         assert set(doc[group]) == keys
         for part in doc[group].values():
             assert set(part) == PART_FIELDS

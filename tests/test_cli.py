@@ -40,9 +40,22 @@ def test_config_prints_the_resolved_yaml():
 
 
 def test_flags_parse():
-    tree = config_yaml("--generate.n", "4", "--data.languages", "en,es", "--pairs.max_chosen_score", "null",
-                       "--reward.beta", "1e-2", "--pairs.length_control", "false", "--train.lora.enabled", "true",
-                       "--name", "2024")
+    tree = config_yaml(
+        "--generate.n",
+        "4",
+        "--data.languages",
+        "en,es",
+        "--pairs.max_chosen_score",
+        "null",
+        "--reward.beta",
+        "1e-2",
+        "--pairs.length_control",
+        "false",
+        "--train.lora.enabled",
+        "true",
+        "--name",
+        "2024",
+    )
     assert tree["generate"]["n"] == 4
     assert tree["data"]["languages"] == ["en", "es"]
     assert tree["pairs"]["max_chosen_score"] is None
@@ -131,7 +144,9 @@ def test_lora_all_linear_stays_the_peft_shorthand():
     """PEFT expands target_modules='all-linear' only when it is a string, not ['all-linear']."""
     assert config_yaml("--train.lora.target_modules", "all-linear")["train"]["lora"]["target_modules"] == "all-linear"
     assert config_yaml("--train.lora.target_modules", "q_proj,v_proj")["train"]["lora"]["target_modules"] == [
-        "q_proj", "v_proj"]
+        "q_proj",
+        "v_proj",
+    ]
 
 
 def test_project_errors_are_one_clean_line_in_every_command(tmp_path):
@@ -140,8 +155,9 @@ def test_project_errors_are_one_clean_line_in_every_command(tmp_path):
     result = CliRunner().invoke(main, ["run", "--output_dir", str(tmp_path), "--data.languages", "en,it"])
     assert result.exit_code == 1 and "Error:" in result.output and "'it'" in result.output
     assert "Traceback" not in result.output
-    result = CliRunner().invoke(main, ["reward-accuracy", "--pairs", str(tmp_path / "none"), "--policy", "p",
-                                       "--reference", "r"])
+    result = CliRunner().invoke(
+        main, ["reward-accuracy", "--pairs", str(tmp_path / "none"), "--policy", "p", "--reference", "r"]
+    )
     assert result.exit_code == 1 and "no preference pairs" in result.output
 
 
@@ -150,6 +166,7 @@ def test_small_commands_have_only_their_own_flags():
     assert "--train.beta" in align and "--generate.n" not in align and "--models.policy" not in align
     accuracy = invoke("reward-accuracy", "--help").output
     assert "--reward.beta" in accuracy and "--beta " not in accuracy and "--reward.mode" not in accuracy
-    result = CliRunner().invoke(main, ["reward-accuracy", "--pairs", "x", "--policy", "p", "--reference", "r",
-                                       "--modes", "crosslingual,bogus"])
+    result = CliRunner().invoke(
+        main, ["reward-accuracy", "--pairs", "x", "--policy", "p", "--reference", "r", "--modes", "crosslingual,bogus"]
+    )
     assert result.exit_code == 2 and "modes" in result.output

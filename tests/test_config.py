@@ -33,20 +33,23 @@ def test_unknown_key_names_it(tmp_path):
         load_config(overrides={"bogus": 1})
 
 
-@pytest.mark.parametrize("dotted,value,field", [
-    ("reward.beta", 0, "reward.beta"),
-    ("reward.beta", -0.1, "reward.beta"),
-    ("train.beta", 0.0, "train.beta"),
-    ("generate.n", 1, "generate.n"),
-    ("generate.temperature", 0, "generate.temperature"),
-    ("generate.top_p", 1.5, "generate.top_p"),
-    ("data.limit", 0, "data.limit"),
-    ("data.languages", ["en", "xx"], "data.languages"),
-    ("data.languages", ["en", "en"], "data.languages"),
-    ("data.languages", [], "data.languages"),
-    ("reward.mode", "magic", "reward.mode"),
-    ("iterations", 0, "iterations"),
-])
+@pytest.mark.parametrize(
+    "dotted,value,field",
+    [
+        ("reward.beta", 0, "reward.beta"),
+        ("reward.beta", -0.1, "reward.beta"),
+        ("train.beta", 0.0, "train.beta"),
+        ("generate.n", 1, "generate.n"),
+        ("generate.temperature", 0, "generate.temperature"),
+        ("generate.top_p", 1.5, "generate.top_p"),
+        ("data.limit", 0, "data.limit"),
+        ("data.languages", ["en", "xx"], "data.languages"),
+        ("data.languages", ["en", "en"], "data.languages"),
+        ("data.languages", [], "data.languages"),
+        ("reward.mode", "magic", "reward.mode"),
+        ("iterations", 0, "iterations"),
+    ],
+)
 def test_impossible_values_name_the_field(dotted, value, field):
     with pytest.raises(ConfigError) as err:
         load_config(overrides={dotted: value})
@@ -80,8 +83,16 @@ def test_unsafe_run_names_refused(name):
 
 def test_yaml_and_dotted_overrides(tmp_path):
     path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump({"name": "exp1", "generate": {"n": 4, "temperature": 0.7},
-                                    "data": {"languages": ["en", "es"]}, "train": {"lora": {"r": 8}}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "exp1",
+                "generate": {"n": 4, "temperature": 0.7},
+                "data": {"languages": ["en", "es"]},
+                "train": {"lora": {"r": 8}},
+            }
+        )
+    )
     cfg = load_config(path, {"generate.n": 6, "train.lora.enabled": True, "pairs.max_chosen_score": None})
     assert cfg.name == "exp1"
     assert cfg.generate.n == 6 and cfg.generate.temperature == 0.7  # override wins, file kept otherwise
@@ -159,8 +170,9 @@ def _forbid_model_loading(monkeypatch):
 
 def test_language_without_prompts_fails_before_any_model_loads(tmp_path, monkeypatch):
     calls = _forbid_model_loading(monkeypatch)
-    cfg = load_config(overrides={"output_dir": str(tmp_path), "data.prompts": "embedded:demo",
-                                 "data.languages": ["en", "es", "it"]})  # the demo has no Italian prompts
+    cfg = load_config(
+        overrides={"output_dir": str(tmp_path), "data.prompts": "embedded:demo", "data.languages": ["en", "es", "it"]}
+    )  # the demo has no Italian prompts
     with pytest.raises(DataError, match="'it'"):
         icr.pipeline.run_stage(cfg, "generate")
     with pytest.raises(DataError, match="'it'"):
@@ -173,8 +185,9 @@ def test_missing_prompt_folder_fails_before_any_model_loads(tmp_path, monkeypatc
     folder = tmp_path / "prompts"
     folder.mkdir()
     (folder / "en.jsonl").write_text(json.dumps({"id": "1", "instruction": "Hi"}) + "\n")
-    cfg = load_config(overrides={"output_dir": str(tmp_path / "runs"), "data.prompts": str(folder),
-                                 "data.languages": ["en", "fr"]})
+    cfg = load_config(
+        overrides={"output_dir": str(tmp_path / "runs"), "data.prompts": str(folder), "data.languages": ["en", "fr"]}
+    )
     with pytest.raises(DataError, match="'fr'"):
         icr.pipeline.run_stage(cfg, "generate")
     assert calls == []
@@ -215,9 +228,14 @@ def test_literal_choices_are_the_registries():
     from icr.scoring import SKIPPED_RESPONSE_TOKENS
     from icr.selection import LANGUAGE_FILTERS
 
-    for literal, registry in ((SamplingBackend, BACKENDS), (RewardMode, STRATEGIES), (JudgeBackend, JUDGES),
-                              (JudgeOrder, ORDERS), (ScoreTokens, SKIPPED_RESPONSE_TOKENS),
-                              (LanguageFilter, LANGUAGE_FILTERS)):
+    for literal, registry in (
+        (SamplingBackend, BACKENDS),
+        (RewardMode, STRATEGIES),
+        (JudgeBackend, JUDGES),
+        (JudgeOrder, ORDERS),
+        (ScoreTokens, SKIPPED_RESPONSE_TOKENS),
+        (LanguageFilter, LANGUAGE_FILTERS),
+    ):
         assert list(get_args(literal)) == list(registry)
 
 
@@ -239,8 +257,10 @@ def test_eval_sampling_keeps_the_paper_decoding_for_fields_not_given():
     assert (partly.temperature, partly.top_p, partly.max_new_tokens) == (0.6, 0.9, 8)
 
 
-@pytest.mark.parametrize("text, setting", [("off", "off"), ('"off"', "off"), ("chosen", "chosen"), ("all", "all"),
-                                           ("false", "off"), ("true", "all")])
+@pytest.mark.parametrize(
+    "text, setting",
+    [("off", "off"), ('"off"', "off"), ("chosen", "chosen"), ("all", "all"), ("false", "off"), ("true", "all")],
+)
 def test_language_filter_reads_yaml_off_and_old_booleans(tmp_path, text, setting):
     """YAML reads an unquoted `off` as false; old configs said true (= drop off-language = 'all')."""
     path = tmp_path / "c.yaml"

@@ -48,24 +48,47 @@ STAGES = list(STAGE_TABLE)
 MIN_KILLS = 20
 QUOTA = {"generate": 8, "reward": 8, "pairs": 1, "train": 3}  # kills aimed at each stage
 TIME_LIMIT_S = 420  # a bound, far above the usual ~3 minutes
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
-       "OMP_WAIT_POLICY": "PASSIVE"}
+ENV = {
+    **os.environ,
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "OMP_NUM_THREADS": "1",
+    "OMP_WAIT_POLICY": "PASSIVE",
+}
 MODEL_FILES = {"config.json", "model.safetensors", "tokenizer.json", "train_metrics.json"}
 
 
 def write_config(path: Path, tiny_dir, tiny_ref_dir, name: str):
-    cfg = run_config(path.parent, tiny_dir, tiny_ref_dir, name, **{
-        "data.limit": 4, "generate.n": 3, "generate.max_new_tokens": 8, "generate.batch_prompts": 2,
-        "train.learning_rate": 5e-3, "train.lr_scheduler": "constant", "train.warmup_ratio": 0.0,
-        "train.batch_size": 8, "train.grad_accum": 1, "train.max_length": 64,
-    })
+    cfg = run_config(
+        path.parent,
+        tiny_dir,
+        tiny_ref_dir,
+        name,
+        **{
+            "data.limit": 4,
+            "generate.n": 3,
+            "generate.max_new_tokens": 8,
+            "generate.batch_prompts": 2,
+            "train.learning_rate": 5e-3,
+            "train.lr_scheduler": "constant",
+            "train.warmup_ratio": 0.0,
+            "train.batch_size": 8,
+            "train.grad_accum": 1,
+            "train.max_length": 64,
+        },
+    )
     path.write_text(dump_config(cfg), encoding="utf-8")
     return cfg
 
 
 def launch(config_path: Path, log) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "icr.cli", "run", "--config", str(config_path)],
-                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=ENV)
+    return subprocess.Popen(
+        [sys.executable, "-m", "icr.cli", "run", "--config", str(config_path)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=ENV,
+    )
 
 
 def current_stage(root: Path) -> str:
@@ -77,9 +100,11 @@ def current_stage(root: Path) -> str:
 
 def stage_files(root: Path) -> dict[str, list[Path]]:
     it = root / "iter_0"
-    return {"generate": [it / "generations" / f"{lang}.jsonl" for lang in LANGS],
-            "reward": [it / "rewards" / f"{lang}.jsonl" for lang in LANGS],
-            "pairs": [it / "pairs.jsonl", it / "pairs_stats.json"]}
+    return {
+        "generate": [it / "generations" / f"{lang}.jsonl" for lang in LANGS],
+        "reward": [it / "rewards" / f"{lang}.jsonl" for lang in LANGS],
+        "pairs": [it / "pairs.jsonl", it / "pairs_stats.json"],
+    }
 
 
 def output_bytes(root: Path) -> dict[str, bytes]:
@@ -174,7 +199,7 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_files(tin
             runs.append(cfg)
             episode += 1
             continue
-        target = next((s for s in STAGES[STAGES.index(stage):] if hits.count(s) < QUOTA[s]), stage)
+        target = next((s for s in STAGES[STAGES.index(stage) :] if hits.count(s) < QUOTA[s]), stage)
         attempt += 1
         log_path = tmp_path / f"crash{episode}-{attempt}.log"
         with open(log_path, "wb") as log:
@@ -219,8 +244,10 @@ def test_truncated_last_line_is_repaired_with_a_warning(tmp_path, caplog):
     path.write_text('{"id": "1"}\n{"id": "2", "resp', encoding="utf-8")
     with caplog.at_level(logging.WARNING, logger="icr.data"):
         assert read_jsonl(path, repair=True) == [{"id": "1"}]
-    assert any(r.levelno == logging.WARNING and f"{path}:2" in r.getMessage() and "truncated" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        r.levelno == logging.WARNING and f"{path}:2" in r.getMessage() and "truncated" in r.getMessage()
+        for r in caplog.records
+    )
     assert path.read_text(encoding="utf-8") == '{"id": "1"}\n'
     caplog.clear()
     path.write_text('{"id": "1"}\n{"id": "2", "resp\n{"id": "3"}\n', encoding="utf-8")

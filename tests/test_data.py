@@ -128,8 +128,11 @@ def test_missing_english_counterpart(tmp_path):
 def test_duplicate_id_int_and_string_is_a_duplicate(tmp_path):
     folder = tmp_path / "dup"
     folder.mkdir()
-    (folder / "en.json").write_text(json.dumps([{"id": 1, "instruction": "One"}, {"id": 2, "instruction": "Two"},
-                                                {"id": "1", "instruction": "One again"}]))
+    (folder / "en.json").write_text(
+        json.dumps(
+            [{"id": 1, "instruction": "One"}, {"id": 2, "instruction": "Two"}, {"id": "1", "instruction": "One again"}]
+        )
+    )
     with pytest.raises(DataError) as err:
         load_prompt_set(str(folder), ["en"])
     msg = str(err.value)

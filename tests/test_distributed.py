@@ -94,9 +94,25 @@ def _launch(processes: int, args: list[str], cwd: Path) -> None:
     else:
         # `--multi_gpu` selects accelerate's torchrun launcher, which also starts CPU processes (gloo);
         # `--cpu` alone would start one process and leave multi-CPU to mpirun
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(_free_port()), "-m", "icr.cli", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(processes),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(_free_port()),
+            "-m",
+            "icr.cli",
+            *args,
+        ]
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
@@ -108,16 +124,25 @@ def runs(tiny_dir, tiny_ref_dir, tmp_path_factory):
     out = {}
     for processes in (1, 2):
         cfg = {
-            "name": f"p{processes}", "output_dir": str(root), "iterations": 1,
-            "models": {"policy": str(tiny_dir), "reference": str(tiny_ref_dir), "device": "cpu",
-                       "dtype": "float32"},
+            "name": f"p{processes}",
+            "output_dir": str(root),
+            "iterations": 1,
+            "models": {"policy": str(tiny_dir), "reference": str(tiny_ref_dir), "device": "cpu", "dtype": "float32"},
             "data": {"prompts": "embedded:demo", "languages": ["en", "es"], "limit": 2},
             "generate": {"n": 3, "max_new_tokens": 6, "batch_prompts": 1},
             "reward": {"batch_prompts": 1},  # each process scores one prompt per language
             "pairs": {"language_filter": "off", "drop_identical": False},  # exactly 4 pairs: one step
             # DPO only: TRL's NLL term is a per-process token mean, not a global one (see README)
-            "train": {"batch_size": 4 // processes, "grad_accum": 1, "epochs": 2, "nll_weight": 0.0,
-                      "max_length": 64, "learning_rate": 1e-3, "lr_scheduler": "constant", "warmup_ratio": 0.0},
+            "train": {
+                "batch_size": 4 // processes,
+                "grad_accum": 1,
+                "epochs": 2,
+                "nll_weight": 0.0,
+                "max_length": 64,
+                "learning_rate": 1e-3,
+                "lr_scheduler": "constant",
+                "warmup_ratio": 0.0,
+            },
         }
         path = root / f"p{processes}.yaml"
         path.write_text(yaml.safe_dump(cfg))
@@ -167,8 +192,7 @@ def test_manifest_written_once_by_the_main_process(runs):
     assert not [p for p in runs[2].iterdir() if p.name.startswith(".")]  # no temporary model folder left
 
 
-@pytest.mark.parametrize("name, kind", [("multi_gpu", "MULTI_GPU"), ("deepspeed_zero3", "DEEPSPEED"),
-                                        ("fsdp", "FSDP")])
+@pytest.mark.parametrize("name, kind", [("multi_gpu", "MULTI_GPU"), ("deepspeed_zero3", "DEEPSPEED"), ("fsdp", "FSDP")])
 def test_shipped_accelerate_configs_load(name, kind):
     from accelerate.commands.config.config_args import load_config_from_file
 
@@ -189,10 +213,34 @@ def test_eval_outputs_from_two_processes_match_one(tiny_dir, tmp_path):
     files = {}
     for processes in (1, 2):
         out = tmp_path / f"eval{processes}"
-        _launch(processes, ["eval", "--model", f"tiny={tiny_dir}", "--languages", "es", "--prompts", str(bench),
-                            "--judge", "hf", "--judge-model", str(tiny_dir), "--judge-cache", str(tmp_path / "cache"),
-                            "--no-lc", "--max-new-tokens", "4", "--batch-size", "2", "--device", "cpu",
-                            "--output", str(out)], cwd=tmp_path)
+        _launch(
+            processes,
+            [
+                "eval",
+                "--model",
+                f"tiny={tiny_dir}",
+                "--languages",
+                "es",
+                "--prompts",
+                str(bench),
+                "--judge",
+                "hf",
+                "--judge-model",
+                str(tiny_dir),
+                "--judge-cache",
+                str(tmp_path / "cache"),
+                "--no-lc",
+                "--max-new-tokens",
+                "4",
+                "--batch-size",
+                "2",
+                "--device",
+                "cpu",
+                "--output",
+                str(out),
+            ],
+            cwd=tmp_path,
+        )
         folder = out / "outputs" / "tiny" / "es"
         files[processes] = {name: (folder / name).read_bytes() for name in ("generations.jsonl", "model_outputs.json")}
         files[processes]["leaderboard.csv"] = (out / "leaderboard.csv").read_bytes()

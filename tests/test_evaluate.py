@@ -50,12 +50,15 @@ def test_loads_x_alpacaeval_from_the_shared_folder():
     assert load_benchmark(prompt_dir, ref_dir, "en", limit=3)[2]["reference"] == ref_en[2]["output"]
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda recs: recs.pop(3), "no output for id 4"),
-    (lambda recs: recs.append(dict(recs[1])), "id 2: duplicate id"),
-    (lambda recs: recs[2].update(instruction="Something else entirely"), "id 3: instruction differs"),
-    (lambda recs: recs[0].update(id=99), "id 99: not an id of the benchmark"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda recs: recs.pop(3), "no output for id 4"),
+        (lambda recs: recs.append(dict(recs[1])), "id 2: duplicate id"),
+        (lambda recs: recs[2].update(instruction="Something else entirely"), "id 3: instruction differs"),
+        (lambda recs: recs[0].update(id=99), "id 99: not an id of the benchmark"),
+    ],
+)
 def test_bad_outputs_are_errors_naming_the_id(tmp_path, edit, message):
     bench = write_benchmark(tmp_path / "bench", langs=("de",), n=6)
     outs = write_outputs(tmp_path / "outs", bench, lambda i: f"Antwort {i}", langs=("de",))
@@ -115,8 +118,13 @@ def test_generation_resumes_and_refuses_mixed_settings(tmp_path):
     assert sorted(outputs) == [str(i) for i in range(1, 7)]
     written = json.loads((folder / "model_outputs.json").read_text())
     assert [r["id"] for r in written] == [1, 2, 3, 4, 5, 6] and all(set(r) == FIELDS for r in written)
-    assert written[0] == {"generator": "m", "dataset": "synthetic", "id": 1, "instruction": items[0]["instruction"],
-                          "output": f"answer to {items[0]['instruction']}"}
+    assert written[0] == {
+        "generator": "m",
+        "dataset": "synthetic",
+        "id": 1,
+        "instruction": items[0]["instruction"],
+        "output": f"answer to {items[0]['instruction']}",
+    }
     seeds = {json.loads(line)["id"]: json.loads(line)["seed"] for line in (folder / "generations.jsonl").open()}
     assert len(set(seeds.values())) == 6  # one seed per instruction
     with pytest.raises(OutputsError, match="generated with"):
@@ -131,8 +139,15 @@ def test_offline_judge_builds_the_leaderboard_and_resumes(tmp_path, tiny_lm, gam
         judges.append(HFJudge(tiny_lm, batch_size=4))
         return judges[-1]
 
-    config = eval_config(bench, tmp_path / "out", languages=["en", "de"], judge={"cache": str(tmp_path / "cache")},
-                         sampling=decoding(max_new_tokens=4), lc_data=str(gamed_csv), device="cpu")
+    config = eval_config(
+        bench,
+        tmp_path / "out",
+        languages=["en", "de"],
+        judge={"cache": str(tmp_path / "cache")},
+        sampling=decoding(max_new_tokens=4),
+        lc_data=str(gamed_csv),
+        device="cpu",
+    )
     args = dict(config=config, models=[EvalModel("tiny", tiny_lm.path)], judge_factory=make_judge)
     table = evaluate(**args)
     assert list(table["lang"]) == ["en", "de"] and list(table["n_pairs"]) == [6, 6]
@@ -180,8 +195,13 @@ def test_swapping_model_and_reference_turns_w_into_100_minus_w(tmp_path, tiny_lm
     for name, model_text, ref_text in (("fwd", a, b), ("swap", b, a)):
         bench = _bench_with_reference(tmp_path / name / "bench", ref_text)
         outs = write_outputs(tmp_path / name / "outs", bench, model_text, langs=("en",))
-        config = eval_config(bench, tmp_path / name / "out", languages=["en"], lc=False,
-                             judge={"cache": str(tmp_path / "cache"), "order": order})
+        config = eval_config(
+            bench,
+            tmp_path / name / "out",
+            languages=["en"],
+            lc=False,
+            judge={"cache": str(tmp_path / "cache"), "order": order},
+        )
         table = evaluate(config, [EvalModel("m", outputs=str(outs))], lambda: HFJudge(tiny_lm, 4))
         rates.append(float(table.at[0, "win_rate"]))
     assert 0 < rates[0] < 100 and rates[0] != pytest.approx(50, abs=1e-6)
@@ -200,10 +220,33 @@ def test_eval_command_fills_one_table_with_every_iteration_of_a_run(tmp_path, ti
     (run / "config.yaml").write_text(f"models:\n  policy: {tiny_lm.path}\n")
     bench = write_benchmark(tmp_path / "bench", langs=("es",), n=3)
     outs = write_outputs(tmp_path / "outs", bench, lambda i: f"Respuesta {i}", langs=("es",))
-    result = CliRunner().invoke(eval_command, [
-        "--run-dir", str(run), "--outputs", f"given={outs}", "--languages", "es", "--prompts", str(bench),
-        "--judge", "hf", "--judge-model", tiny_lm.path, "--judge-cache", str(tmp_path / "cache"), "--no-lc",
-        "--max-new-tokens", "3", "--device", "cpu", "--output", str(tmp_path / "out")], catch_exceptions=False)
+    result = CliRunner().invoke(
+        eval_command,
+        [
+            "--run-dir",
+            str(run),
+            "--outputs",
+            f"given={outs}",
+            "--languages",
+            "es",
+            "--prompts",
+            str(bench),
+            "--judge",
+            "hf",
+            "--judge-model",
+            tiny_lm.path,
+            "--judge-cache",
+            str(tmp_path / "cache"),
+            "--no-lc",
+            "--max-new-tokens",
+            "3",
+            "--device",
+            "cpu",
+            "--output",
+            str(tmp_path / "out"),
+        ],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     board = pd.read_csv(tmp_path / "out" / "leaderboard.csv", index_col="model")
     assert list(board.index) == ["pi0", "pi1", "given"] and (board["es n"] == 3).all()
@@ -218,8 +261,21 @@ def test_eval_command_documents_every_option():
     for param in eval_command.params:
         assert getattr(param, "help", None), f"--{param.name} has no help text"
     names = {opt for p in eval_command.params for opt in p.opts}
-    for required in ("--model", "--run-dir", "--languages", "--prompts", "--reference-outputs", "--limit", "--judge",
-                     "--judge-model", "--judge-base-url", "--output", "--temperature", "--top-p", "--max-new-tokens"):
+    for required in (
+        "--model",
+        "--run-dir",
+        "--languages",
+        "--prompts",
+        "--reference-outputs",
+        "--limit",
+        "--judge",
+        "--judge-model",
+        "--judge-base-url",
+        "--output",
+        "--temperature",
+        "--top-p",
+        "--max-new-tokens",
+    ):
         assert required in names
 
 
@@ -228,10 +284,19 @@ def test_eval_command_documents_every_option():
 def test_real_smollm2_on_x_alpacaeval_with_the_offline_judge(tmp_path):
     from icr.models import load_model
 
-    config = eval_config(X_ALPACAEVAL, tmp_path / "out", languages=["en", "de"], limit=3, lc=False, device="cpu",
-                         judge={"cache": str(tmp_path / "cache")}, sampling=decoding(max_new_tokens=16))
-    table = evaluate(config, [EvalModel("smollm2", EMBEDDED)],
-                     lambda: HFJudge(load_model(EMBEDDED, device="cpu"), batch_size=1))
+    config = eval_config(
+        X_ALPACAEVAL,
+        tmp_path / "out",
+        languages=["en", "de"],
+        limit=3,
+        lc=False,
+        device="cpu",
+        judge={"cache": str(tmp_path / "cache")},
+        sampling=decoding(max_new_tokens=16),
+    )
+    table = evaluate(
+        config, [EvalModel("smollm2", EMBEDDED)], lambda: HFJudge(load_model(EMBEDDED, device="cpu"), batch_size=1)
+    )
     assert list(table["n_pairs"]) == [3, 3] and table["win_rate"].between(0, 100).all()
     assert (table["standard_error"] >= 0).all() and table["language_fidelity"].between(0, 100).all()
     outputs = json.loads((tmp_path / "out" / "outputs" / "smollm2" / "en" / "model_outputs.json").read_text())

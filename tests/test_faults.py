@@ -72,30 +72,43 @@ def fresh_scoring_backoff():
     _SCORING_OOM.max_cells, _SCORING_OOM.retries = math.inf, 0
 
 
-GENERATIONS = [{"id": str(k), "lang": "es", "prompt": f"Pregunta número {k}: ¿qué es {w}?",
-                "responses": [f"{w} es algo {'muy ' * r}interesante." for r in range(4)], "n_tokens": [6] * 4,
-                "truncated": [False] * 4, "seed": k}
-               for k, w in enumerate(["el sol", "una bicicleta", "la lluvia", "un río", "el pan"])]
+GENERATIONS = [
+    {
+        "id": str(k),
+        "lang": "es",
+        "prompt": f"Pregunta número {k}: ¿qué es {w}?",
+        "responses": [f"{w} es algo {'muy ' * r}interesante." for r in range(4)],
+        "n_tokens": [6] * 4,
+        "truncated": [False] * 4,
+        "seed": k,
+    }
+    for k, w in enumerate(["el sol", "una bicicleta", "la lluvia", "un río", "el pan"])
+]
 ENGLISH = {g["id"]: f"Question number {g['id']}: what is it?" for g in GENERATIONS}
 
 
-def test_out_of_memory_in_scoring_halves_sub_batches_and_writes_identical_records(tiny_lm, tiny_ref_lm, tmp_path,
-                                                                                    caplog):
+def test_out_of_memory_in_scoring_halves_sub_batches_and_writes_identical_records(
+    tiny_lm, tiny_ref_lm, tmp_path, caplog
+):
     cfg = RewardConfig(batch_prompts=3)
     clean = tmp_path / "clean.jsonl"
     reward_language(GENERATIONS, ENGLISH, clean, tiny_lm, tiny_ref_lm, cfg, make_strategy(cfg))
     # sub-batches (calls on several rows; prompt passes are one row each): the policy's first one
     # fails, then the first half of it; the reference's third one fails too
     faulted = tmp_path / "faulted.jsonl"
-    with caplog.at_level(logging.WARNING, logger="icr.oom"), \
-            oom_at(tiny_lm.model.get_decoder(), {1, 2}, min_rows=2) as pol, \
-            oom_at(tiny_ref_lm.model.get_decoder(), {3}, min_rows=2) as ref:
+    with (
+        caplog.at_level(logging.WARNING, logger="icr.oom"),
+        oom_at(tiny_lm.model.get_decoder(), {1, 2}, min_rows=2) as pol,
+        oom_at(tiny_ref_lm.model.get_decoder(), {3}, min_rows=2) as ref,
+    ):
         reward_language(GENERATIONS, ENGLISH, faulted, tiny_lm, tiny_ref_lm, cfg, make_strategy(cfg))
     assert (pol.hits, ref.hits) == (2, 1)
     assert faulted.read_bytes() == clean.read_bytes()
     assert _SCORING_OOM.retries == 3
-    assert any("out of memory on 12 rows" in r.getMessage() and "retrying as 6 + 6 rows" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "out of memory on 12 rows" in r.getMessage() and "retrying as 6 + 6 rows" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 @pytest.mark.parametrize("profile", ["cpu", "cuda"])
@@ -127,10 +140,19 @@ def test_out_of_memory_in_scoring_gives_identical_log_probs_under_each_device_pr
 
 def test_out_of_memory_on_one_row_is_a_clear_error(tiny_lm, tiny_ref_lm, tmp_path):
     calls = set(range(1, 100))
-    with oom_at(tiny_lm.model.get_decoder(), calls), \
-            pytest.raises(OutOfMemory, match="single row.*reward.token_budget"):
-        reward_language(GENERATIONS[:1], ENGLISH, tmp_path / "r.jsonl", tiny_lm, tiny_ref_lm, RewardConfig(),
-                        make_strategy(RewardConfig()))
+    with (
+        oom_at(tiny_lm.model.get_decoder(), calls),
+        pytest.raises(OutOfMemory, match="single row.*reward.token_budget"),
+    ):
+        reward_language(
+            GENERATIONS[:1],
+            ENGLISH,
+            tmp_path / "r.jsonl",
+            tiny_lm,
+            tiny_ref_lm,
+            RewardConfig(),
+            make_strategy(RewardConfig()),
+        )
     assert read_jsonl(tmp_path / "r.jsonl") == []
 
 
@@ -152,9 +174,18 @@ def test_back_off_remembers_what_did_not_fit():
     assert backoff.run(list(range(5)), 50, lambda p: p) == list(range(5))  # a shorter width fits more rows
 
 
-PROMPTS = [Prompt(str(k), "en", text) for k, text in enumerate(
-    ["Name a colour.", "Write one long sentence about the history of the bicycle, please.", "Hi",
-     "Explain photosynthesis to a child.", "Count to three."])]
+PROMPTS = [
+    Prompt(str(k), "en", text)
+    for k, text in enumerate(
+        [
+            "Name a colour.",
+            "Write one long sentence about the history of the bicycle, please.",
+            "Hi",
+            "Explain photosynthesis to a child.",
+            "Count to three.",
+        ]
+    )
+]
 
 
 def test_out_of_memory_in_generation_halves_rows_and_writes_identical_records(tiny_lm, tmp_path):
@@ -180,8 +211,9 @@ def test_out_of_memory_in_a_call_sized_to_free_gpu_memory_writes_identical_recor
     generator = HFGenerator(tiny_lm, cfg)
     # a decoding step of the first call's 6 rows fails: 3 + 3 rows, at the call's prompt width
     with oom_at(tiny_lm.model, {4}, min_rows=6) as faults:
-        generate_language(generator, PROMPTS, tmp_path / "faulted.jsonl", cfg, seed=0, iteration=0,
-                          max_prompt_tokens=512)
+        generate_language(
+            generator, PROMPTS, tmp_path / "faulted.jsonl", cfg, seed=0, iteration=0, max_prompt_tokens=512
+        )
     assert faults.hits == 1 and generator.oom.retries == 1
     assert (tmp_path / "faulted.jsonl").read_bytes() == clean.read_bytes()
 
@@ -284,11 +316,14 @@ def test_sigint_outside_a_write_stops_at_once():
 # ---------------------------------------------------------------- divergence
 
 
-@pytest.mark.parametrize("losses, ratio, match", [
-    ([0.7, 0.6, float("nan")], 10.0, r"loss is nan at step 3 of 9 \(starting loss 0.7 at step 1\)"),
-    ([0.7, float("inf")], None, r"loss is inf at step 2"),
-    ([0.7, 0.8, 7.5], 10.0, r"loss 7.5 at step 3 of 9 is above train.max_loss_ratio = 10 × the starting loss 0.7"),
-])
+@pytest.mark.parametrize(
+    "losses, ratio, match",
+    [
+        ([0.7, 0.6, float("nan")], 10.0, r"loss is nan at step 3 of 9 \(starting loss 0.7 at step 1\)"),
+        ([0.7, float("inf")], None, r"loss is inf at step 2"),
+        ([0.7, 0.8, 7.5], 10.0, r"loss 7.5 at step 3 of 9 is above train.max_loss_ratio = 10 × the starting loss 0.7"),
+    ],
+)
 def test_divergence_guard_names_the_step_and_values(losses, ratio, match):
     guard = divergence_guard(ratio, "iter_0/model")
     state = SimpleNamespace(global_step=0, max_steps=9)
@@ -322,14 +357,17 @@ def invoke_failing(monkeypatch, module, name, fault, args):
     return CliRunner().invoke(main, args)
 
 
-@pytest.mark.parametrize("fault, code", [
-    (RunDirInUse("runs/x is in use by another icr process: pid 7"), 3),
-    (DiskWriteError("writing runs/x/manifest.json failed: the disk is full"), 4),
-    (OutOfMemory("scoring: out of memory on a single row"), 5),
-    (TrainingOutOfMemory("training ran out of memory; no model was saved"), 5),
-    (TrainingDiverged("training diverged: loss is nan at step 2"), 6),
-    (Preempted("SIGTERM"), 75),
-])
+@pytest.mark.parametrize(
+    "fault, code",
+    [
+        (RunDirInUse("runs/x is in use by another icr process: pid 7"), 3),
+        (DiskWriteError("writing runs/x/manifest.json failed: the disk is full"), 4),
+        (OutOfMemory("scoring: out of memory on a single row"), 5),
+        (TrainingOutOfMemory("training ran out of memory; no model was saved"), 5),
+        (TrainingDiverged("training diverged: loss is nan at step 2"), 6),
+        (Preempted("SIGTERM"), 75),
+    ],
+)
 def test_each_fault_ends_the_command_with_its_message_and_exit_code(monkeypatch, fault, code):
     import icr.pipeline
 
@@ -344,8 +382,13 @@ def test_every_command_has_the_one_fault_handler(monkeypatch):
     import icr.pipeline
 
     stage = invoke_failing(monkeypatch, icr.pipeline, "run_stage", DiskWriteError("writing x failed"), ["reward"])
-    align = invoke_failing(monkeypatch, icr.align, "align_english", TrainingDiverged("loss is inf"),
-                           ["align-english", "--model", "m", "--data", "d", "--output", "out"])
+    align = invoke_failing(
+        monkeypatch,
+        icr.align,
+        "align_english",
+        TrainingDiverged("loss is inf"),
+        ["align-english", "--model", "m", "--data", "d", "--output", "out"],
+    )
     assert (stage.exit_code, align.exit_code) == (4, 6), stage.output + align.output
 
 

@@ -61,14 +61,22 @@ def enospc_at(monkeypatch, match: str, nth: int):
 # In run order: an append in the middle of a generation file, the first of another, the manifest
 # (generate finished), appends of the rewards, the pairs file, the reference log-probs cache, the
 # model's metrics (model saved, not yet promoted), the config written when training is recorded.
-FULL_DISK_AT = [("generations/en.jsonl", 2), ("generations/es.jsonl", 1), ("manifest.json", 1),
-                ("rewards/en.jsonl", 1), ("rewards/es.jsonl", 3), ("pairs.jsonl", 1), ("ref_logps", 1),
-                ("train_metrics.json", 1), ("config.yaml", 1)]
+FULL_DISK_AT = [
+    ("generations/en.jsonl", 2),
+    ("generations/es.jsonl", 1),
+    ("manifest.json", 1),
+    ("rewards/en.jsonl", 1),
+    ("rewards/es.jsonl", 3),
+    ("pairs.jsonl", 1),
+    ("ref_logps", 1),
+    ("train_metrics.json", 1),
+    ("config.yaml", 1),
+]
 
 
-def test_full_disk_at_the_nth_write_of_every_stage_then_restart_gives_identical_files(clean, tiny_dir,
-                                                                                      tiny_ref_dir, tmp_path,
-                                                                                      monkeypatch):
+def test_full_disk_at_the_nth_write_of_every_stage_then_restart_gives_identical_files(
+    clean, tiny_dir, tiny_ref_dir, tmp_path, monkeypatch
+):
     config = one_iteration(tmp_path, "full", tiny_dir, tiny_ref_dir)
     for match, nth in FULL_DISK_AT:  # each a restart of the run left by the one before
         with monkeypatch.context() as patch:
@@ -90,8 +98,9 @@ def test_full_disk_while_saving_the_model_promotes_nothing(clean, tiny_dir, tiny
     def save_file(tensors, filename, metadata=None):
         with open(filename, "wb") as f:
             f.write(b"\0" * 100)  # part of the weights, then the disk is full
-        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: '
-                              '"No space left on device" })')
+        raise SafetensorError(
+            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+        )
 
     config = one_iteration(tmp_path, "save", tiny_dir, tiny_ref_dir)
     with monkeypatch.context() as patch:
@@ -124,13 +133,21 @@ def failing_loss(monkeypatch, when, fault):
     monkeypatch.setattr(icr.training, "_make_trainer_class", make)
 
 
-def test_nan_loss_promotes_no_model_and_the_run_resumes_after_the_setting_changes(tiny_dir, tiny_ref_dir, tmp_path,
-                                                                                  monkeypatch, caplog):
+def test_nan_loss_promotes_no_model_and_the_run_resumes_after_the_setting_changes(
+    tiny_dir, tiny_ref_dir, tmp_path, monkeypatch, caplog
+):
     config = _config(tmp_path, "nan", tiny_dir, tiny_ref_dir)  # 2 iterations at learning rate 1e-3
     root = config.run_dir
     # as a learning rate too high for iteration 1 would: its loss is NaN at step 2, at 1e-3 only
-    failing_loss(monkeypatch, lambda trainer: ("iter_1" in trainer.args.output_dir and trainer.state.global_step == 1
-                                               and trainer.args.learning_rate == 1e-3), "nan")
+    failing_loss(
+        monkeypatch,
+        lambda trainer: (
+            "iter_1" in trainer.args.output_dir
+            and trainer.state.global_step == 1
+            and trainer.args.learning_rate == 1e-3
+        ),
+        "nan",
+    )
     with pytest.raises(TrainingDiverged) as err:
         run_iterations(config)
     assert "training diverged: loss is nan at step 2 of" in str(err.value)
@@ -154,11 +171,18 @@ def test_training_out_of_memory_names_the_settings_to_lower(clean, tiny_dir, tmp
     config = one_iteration(tmp_path, "oom", tiny_dir, tiny_dir).train
     failing_loss(monkeypatch, lambda trainer: True, "oom")
     with pytest.raises(TrainingOutOfMemory) as err:
-        icr.training.train_dpo(str(tiny_dir), root / "iter_0/pairs.jsonl", tmp_path / "model", config, 4096,
-                               device="cpu")
+        icr.training.train_dpo(
+            str(tiny_dir), root / "iter_0/pairs.jsonl", tmp_path / "model", config, 4096, device="cpu"
+        )
     message = str(err.value)
-    for setting in ("train.batch_size (now 2", "train.grad_accum", "train.max_length (now 96)",
-                    "train.gradient_checkpointing: true", "train.lora.enabled: true", "no model was saved"):
+    for setting in (
+        "train.batch_size (now 2",
+        "train.grad_accum",
+        "train.max_length (now 96)",
+        "train.gradient_checkpointing: true",
+        "train.lora.enabled: true",
+        "no model was saved",
+    ):
         assert setting in message
     assert not (tmp_path / "model").exists()
 

@@ -59,8 +59,12 @@ def reference(tiny_dir, tiny_ref_dir, tmp_path_factory):
     took = run_timed(cfg, tmp / "ref.yaml", tmp / "ref.log", time.monotonic() + TIME_LIMIT_S)
     root = cfg.run_dir
     prompt_keys = [k for lang in ("en", "es") for k in keys(read_jsonl(root / "iter_0/generations" / f"{lang}.jsonl"))]
-    return {"files": output_bytes(root), "weights": load_file(root / "iter_0/model/model.safetensors"),
-            "keys": prompt_keys, "took": took}
+    return {
+        "files": output_bytes(root),
+        "weights": load_file(root / "iter_0/model/model.safetensors"),
+        "keys": prompt_keys,
+        "took": took,
+    }
 
 
 def assert_like_reference(root, reference) -> None:
@@ -78,21 +82,30 @@ def test_second_writer_is_refused_and_the_first_finishes(reference, tiny_dir, ti
         first = launch(tmp_path / "run.yaml", log)
         while first.poll() is None and not at_work(tmp_path / "first.log", "generate"):
             time.sleep(0.05)
-        second = subprocess.run([sys.executable, "-m", "icr.cli", "run", "--config", str(tmp_path / "run.yaml")],
-                                capture_output=True, text=True, env=ENV, timeout=TIME_LIMIT_S, check=False)
+        second = subprocess.run(
+            [sys.executable, "-m", "icr.cli", "run", "--config", str(tmp_path / "run.yaml")],
+            capture_output=True,
+            text=True,
+            env=ENV,
+            timeout=TIME_LIMIT_S,
+            check=False,
+        )
         assert first.poll() is None, "the first run ended before the second one was refused"
         assert first.wait(timeout=TIME_LIMIT_S) == 0, (tmp_path / "first.log").read_text()[-3000:]
     assert second.returncode == 3, second.stderr[-3000:]
     message = " ".join(second.stderr.split())
-    assert f"{cfg.run_dir} is in use by another icr process: pid {first.pid} on host {socket.gethostname()}, " \
-           "started 20" in message
+    assert (
+        f"{cfg.run_dir} is in use by another icr process: pid {first.pid} on host {socket.gethostname()}, "
+        "started 20" in message
+    )
     assert "icr.cli run --config" in message or "cli.py run --config" in message
     check_consistent(cfg.run_dir, cfg, reference["keys"])
     assert_like_reference(cfg.run_dir, reference)
 
 
-def test_sigterm_at_random_moments_then_restart_gives_the_uninterrupted_files(reference, tiny_dir, tiny_ref_dir,
-                                                                              tmp_path):
+def test_sigterm_at_random_moments_then_restart_gives_the_uninterrupted_files(
+    reference, tiny_dir, tiny_ref_dir, tmp_path
+):
     deadline = time.monotonic() + 2 * TIME_LIMIT_S
     took = reference["took"]
     rng = random.Random(1414)
@@ -106,7 +119,7 @@ def test_sigterm_at_random_moments_then_restart_gives_the_uninterrupted_files(re
             runs.append(cfg)
             episode += 1
             continue
-        target = next((s for s in STAGES[STAGES.index(stage):] if hits.count(s) < QUOTA[s]), stage)
+        target = next((s for s in STAGES[STAGES.index(stage) :] if hits.count(s) < QUOTA[s]), stage)
         attempt += 1
         log_path = tmp_path / f"term{episode}-{attempt}.log"
         sig = signal.SIGKILL if attempt == SIGKILL_AT else signal.SIGTERM

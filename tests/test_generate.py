@@ -14,8 +14,6 @@ from icr.stages.generate import generate_language
 MAX_NEW = 6
 
 
-
-
 @pytest.fixture(scope="module")
 def eos_prone_lm(tiny_dir):
     """A tiny model that ends its turn with probability ~0.15 per token, so that some samples stop
@@ -61,11 +59,17 @@ def test_prompt_cache_and_left_padding_do_not_change_samples(tiny_lm):
         ids = torch.tensor([prompt_ids(tok, text)]).repeat(2, 1)
         with torch.no_grad():
             out = tiny_lm.model.generate(
-                input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=MAX_NEW,
-                logits_processor=LogitsProcessorList([RowSeededSampler([seed * 1000, seed * 1000 + 1], 0.9, 1.0,
-                                                                       "cpu")]),
-                eos_token_id=gen.stop_ids, pad_token_id=tok.pad_token_id)
-        plain = [gen._decode(row) for row in out[:, ids.shape[1]:].tolist()]
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=False,
+                max_new_tokens=MAX_NEW,
+                logits_processor=LogitsProcessorList(
+                    [RowSeededSampler([seed * 1000, seed * 1000 + 1], 0.9, 1.0, "cpu")]
+                ),
+                eos_token_id=gen.stop_ids,
+                pad_token_id=tok.pad_token_id,
+            )
+        plain = [gen._decode(row) for row in out[:, ids.shape[1] :].tolist()]
         assert [s.text for s in got] == [s.text for s in plain]
 
 
@@ -97,8 +101,9 @@ def test_row_seeded_sampler_draws_from_the_tempered_distribution():
 def test_records_have_n_responses_and_consistent_token_counts(eos_prone_lm, tmp_path):
     prompts = [Prompt(f"p{k}", "en", f"Question {k}: what is {k} plus {k}?") for k in range(4)]
     cfg = config(n=6)
-    recs = generate_language(HFGenerator(eos_prone_lm, cfg), prompts, tmp_path / "en.jsonl", cfg, seed=0,
-                             iteration=0, max_prompt_tokens=1024)
+    recs = generate_language(
+        HFGenerator(eos_prone_lm, cfg), prompts, tmp_path / "en.jsonl", cfg, seed=0, iteration=0, max_prompt_tokens=1024
+    )
     assert [r["id"] for r in recs] == ["p0", "p1", "p2", "p3"]
     flags = []
     for r, p in zip(recs, prompts):
@@ -177,6 +182,16 @@ def test_prompts_already_done_are_not_sampled_again(tiny_lm, tmp_path):
 def test_prompt_seed_depends_on_every_part():
     base = prompt_seed(0, 0, "en", "1")
     assert base == prompt_seed(0, 0, "en", "1")
-    assert len({base, prompt_seed(1, 0, "en", "1"), prompt_seed(0, 1, "en", "1"), prompt_seed(0, 0, "es", "1"),
-                prompt_seed(0, 0, "en", "2")}) == 5
+    assert (
+        len(
+            {
+                base,
+                prompt_seed(1, 0, "en", "1"),
+                prompt_seed(0, 1, "en", "1"),
+                prompt_seed(0, 0, "es", "1"),
+                prompt_seed(0, 0, "en", "2"),
+            }
+        )
+        == 5
+    )
     assert 0 <= base < 2**31

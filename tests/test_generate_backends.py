@@ -46,11 +46,19 @@ def fake_vllm(monkeypatch, tokenizer):
             assert isinstance(params, list) and len(params) == len(prompts)  # one SamplingParams per prompt
             module.calls.append((prompts, params))
             eos = tokenizer.eos_token_id
-            return [types.SimpleNamespace(outputs=[types.SimpleNamespace(
-                text=f" sample {j} of seed {p.seed} after {len(prompt['prompt_token_ids'])} tokens ",
-                token_ids=list(range(3 + j)) + ([eos] if j % 2 == 0 else []),
-                finish_reason="stop" if j % 2 == 0 else "length") for j in range(p.n)])
-                for prompt, p in zip(prompts, params)]
+            return [
+                types.SimpleNamespace(
+                    outputs=[
+                        types.SimpleNamespace(
+                            text=f" sample {j} of seed {p.seed} after {len(prompt['prompt_token_ids'])} tokens ",
+                            token_ids=list(range(3 + j)) + ([eos] if j % 2 == 0 else []),
+                            finish_reason="stop" if j % 2 == 0 else "length",
+                        )
+                        for j in range(p.n)
+                    ]
+                )
+                for prompt, p in zip(prompts, params)
+            ]
 
     module.LLM, module.SamplingParams = LLM, SamplingParams
     monkeypatch.setitem(sys.modules, "vllm", module)
@@ -67,12 +75,14 @@ def test_vllm_one_call_per_chunk_seed_per_prompt_same_files_whatever_the_chunkin
         out = tmp_path / f"chunks{batch_prompts}.jsonl"
         records = generate_language(generator, prompts, out, config, seed=7, iteration=1, max_prompt_tokens=1024)
         files.append(out.read_bytes())
-        assert [len(prompts_) for prompts_, _ in fake_vllm.calls] == [len(prompts[k : k + batch_prompts])
-                                                                     for k in range(0, 5, batch_prompts)]
+        assert [len(prompts_) for prompts_, _ in fake_vllm.calls] == [
+            len(prompts[k : k + batch_prompts]) for k in range(0, 5, batch_prompts)
+        ]
         params = [p for _, ps in fake_vllm.calls for p in ps]
         assert [p.seed for p in params] == [prompt_seed(7, 1, "es", p.id) for p in prompts]
-        assert all(p.n == 3 and p.temperature == config.temperature and p.max_tokens == config.max_new_tokens
-                   for p in params)
+        assert all(
+            p.n == 3 and p.temperature == config.temperature and p.max_tokens == config.max_new_tokens for p in params
+        )
         assert [r["n_tokens"] for r in records[:1]] == [[3, 4, 5]]  # end-of-turn not counted
         assert [r["truncated"] for r in records[:1]] == [[False, True, False]]
     assert files[0] == files[1]
@@ -86,8 +96,9 @@ def test_generation_in_a_child_process_writes_the_same_bytes(tiny_lm, tiny_dir, 
     config = GenerateConfig(n=2, max_new_tokens=6, batch_prompts=2)
     prompts = _prompts(count=3)
     inline = tmp_path / "inline.jsonl"
-    generate_language(HFGenerator(tiny_lm, config), prompts, inline, config, seed=0, iteration=0,
-                      max_prompt_tokens=1024)
+    generate_language(
+        HFGenerator(tiny_lm, config), prompts, inline, config, seed=0, iteration=0, max_prompt_tokens=1024
+    )
     isolated = tmp_path / "isolated.jsonl"
     with open_generator(str(tiny_dir), config, ModelsConfig(device="cpu"), load_model, isolated=True) as child:
         assert isinstance(child, InChildProcess)
@@ -120,8 +131,11 @@ def test_hf_chunk_split_by_free_memory_gives_the_same_samples(tiny_lm, monkeypat
     whole = generator.sample_batch(texts, 2, seeds)
     calls = []
     real = generator._sample_rows
-    monkeypatch.setattr(generator, "_sample_rows",  # prompts per call
-                        lambda enc, rows, **kw: calls.append(len({i for i, _ in rows})) or real(enc, rows, **kw))
+    monkeypatch.setattr(
+        generator,
+        "_sample_rows",  # prompts per call
+        lambda enc, rows, **kw: calls.append(len({i for i, _ in rows})) or real(enc, rows, **kw),
+    )
     monkeypatch.setattr(sampling, "rows_that_fit", lambda model, tokens: 5)  # 2 prompts × n = 2 a call
     assert generator.sample_batch(texts, 2, seeds) == whole
     assert calls == [2, 2, 1]

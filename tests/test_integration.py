@@ -19,15 +19,22 @@ pytestmark = pytest.mark.slow  # minutes on a 2-core CPU: `make test-fast` skips
 UF = SHARED_DATA / "ultrafeedback-multilingual"
 
 
-
-
 def test_real_model_generate_reward_pairs(tmp_path, tiny_ref_dir, smollm_path):
     """π = SmolLM2-135M-Instruct, π_ref = a tiny random model with the same tokenizer (so that the
     rewards are not all zero): 2 prompts × 2 languages × 2 samples."""
-    cfg = run_config(tmp_path, EMBEDDED, tiny_ref_dir, "real", **{
-        "models.dtype": "auto", "data.limit": 2, "generate.max_new_tokens": 16, "generate.batch_prompts": 8,
-        "reward.batch_prompts": 8,
-    })
+    cfg = run_config(
+        tmp_path,
+        EMBEDDED,
+        tiny_ref_dir,
+        "real",
+        **{
+            "models.dtype": "auto",
+            "data.limit": 2,
+            "generate.max_new_tokens": 16,
+            "generate.batch_prompts": 8,
+            "reward.batch_prompts": 8,
+        },
+    )
     for stage in ("generate", "reward", "pairs"):
         run = run_stage(cfg, stage)
     it = run.root / "iter_0"
@@ -64,8 +71,12 @@ def test_real_prompt_slice_through_generate(tiny_lm, tmp_path):
     assert all(len(v) == 2 for v in prompts.by_lang.values())
     cfg = GenerateConfig(n=2, max_new_tokens=4)
     generator = HFGenerator(tiny_lm, cfg)
-    out = {lang: generate_language(generator, items, tmp_path / f"{lang}.jsonl", cfg, seed=0, iteration=0,
-                                   max_prompt_tokens=1024) for lang, items in prompts.by_lang.items()}
+    out = {
+        lang: generate_language(
+            generator, items, tmp_path / f"{lang}.jsonl", cfg, seed=0, iteration=0, max_prompt_tokens=1024
+        )
+        for lang, items in prompts.by_lang.items()
+    }
     for lang, records in out.items():
         assert [r["id"] for r in records] == [p.id for p in prompts.by_lang["en"]]
         assert [r["prompt"] for r in records] == [p.text for p in prompts.by_lang[lang]]

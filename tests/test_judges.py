@@ -31,12 +31,20 @@ def write_benchmark(root: Path, langs=("en", "de"), n: int = 10) -> Path:
     """root/prompts/{lang}.json and root/reference/<REFERENCE>/{lang}.json, X-AlpacaEval's layout.
     The English reference has no ids, like alpaca_eval's own file."""
     for lang in langs:
-        prompts = [{"id": i, "dataset": "synthetic", "instruction": f"[{lang}] Question {i}: name a colour."}
-                   for i in range(1, n + 1)]
-        refs = [{"generator": REFERENCE, "dataset": "synthetic", "instruction": p["instruction"],
-                 "output": f"Reference answer {p['id']}: blue" + "." * p["id"], **({} if lang == "en" else
-                                                                                  {"id": p["id"]})}
-                for p in prompts]
+        prompts = [
+            {"id": i, "dataset": "synthetic", "instruction": f"[{lang}] Question {i}: name a colour."}
+            for i in range(1, n + 1)
+        ]
+        refs = [
+            {
+                "generator": REFERENCE,
+                "dataset": "synthetic",
+                "instruction": p["instruction"],
+                "output": f"Reference answer {p['id']}: blue" + "." * p["id"],
+                **({} if lang == "en" else {"id": p["id"]}),
+            }
+            for p in prompts
+        ]
         for sub, records in (("prompts", prompts), (f"reference/{REFERENCE}", refs)):
             (root / sub).mkdir(parents=True, exist_ok=True)
             (root / sub / f"{lang}.json").write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
@@ -48,8 +56,16 @@ def write_outputs(folder: Path, bench: Path, text, langs=("en", "de"), name: str
     folder.mkdir(parents=True, exist_ok=True)
     for lang in langs:
         prompts = json.loads((bench / "prompts" / f"{lang}.json").read_text(encoding="utf-8"))
-        records = [{"generator": name, "dataset": p["dataset"], "id": p["id"], "instruction": p["instruction"],
-                    "output": text(p["id"])} for p in prompts]
+        records = [
+            {
+                "generator": name,
+                "dataset": p["dataset"],
+                "id": p["id"],
+                "instruction": p["instruction"],
+                "output": text(p["id"]),
+            }
+            for p in prompts
+        ]
         (folder / f"{lang}.json").write_text(json.dumps(records), encoding="utf-8")
     return folder
 
@@ -63,8 +79,9 @@ def good_or_poor(i: int) -> str:
 
 
 def test_verdict_probability_and_sampled_fallback():
-    assert verdict_probability([("A", math.log(0.6)), (" B", math.log(0.2)), ("C", math.log(0.1))]) == \
-        pytest.approx(0.75)
+    assert verdict_probability([("A", math.log(0.6)), (" B", math.log(0.2)), ("C", math.log(0.1))]) == pytest.approx(
+        0.75
+    )
     assert verdict_probability([(" A", math.log(0.3)), ("A", math.log(0.3))]) == 1.0  # variants add up
     assert verdict_probability([("The", -0.1)]) is None
     assert sampled_verdict(" B") == 0.0 and sampled_verdict("**A**") == 1.0 and sampled_verdict("maybe") is None
@@ -73,15 +90,18 @@ def test_verdict_probability_and_sampled_fallback():
 def test_cache_key_covers_judge_order_and_both_outputs(tmp_path):
     req = JudgeRequest("Say hi", "de", "Hallo", "Hi")
     key = JudgementCache.key("j1", judge_messages(req))
-    others = [JudgementCache.key("j2", judge_messages(req)),
-              JudgementCache.key("j1", judge_messages(JudgeRequest("Say hi", "de", "Hi", "Hallo"))),
-              JudgementCache.key("j1", judge_messages(JudgeRequest("Say hi", "de", "Hallo", "Hi!"))),
-              JudgementCache.key("j1", judge_messages(JudgeRequest("Say hi", "fr", "Hallo", "Hi")))]
+    others = [
+        JudgementCache.key("j2", judge_messages(req)),
+        JudgementCache.key("j1", judge_messages(JudgeRequest("Say hi", "de", "Hi", "Hallo"))),
+        JudgementCache.key("j1", judge_messages(JudgeRequest("Say hi", "de", "Hallo", "Hi!"))),
+        JudgementCache.key("j1", judge_messages(JudgeRequest("Say hi", "fr", "Hallo", "Hi"))),
+    ]
     assert len({key, *others}) == 5
     cache = JudgementCache(tmp_path)
     assert cache.get(key) is None
-    threads = [threading.Thread(target=cache.put, args=(key, "j1", Judgement(0.25, "logprobs", "B", "m")))
-               for _ in range(8)]  # concurrent writers of one key: atomic replace, no torn file
+    threads = [
+        threading.Thread(target=cache.put, args=(key, "j1", Judgement(0.25, "logprobs", "B", "m"))) for _ in range(8)
+    ]  # concurrent writers of one key: atomic replace, no torn file
     for t in threads:
         t.start()
     for t in threads:
@@ -225,8 +245,16 @@ class FakeEndpoint(BaseHTTPRequestHandler):
         if mode["logprobs"] and body.get("logprobs"):
             top = [{"token": win, "logprob": -0.01}, {"token": lose, "logprob": -5.0}, {"token": "The", "logprob": -7}]
             choice["logprobs"] = {"content": [{"token": win, "logprob": -0.01, "top_logprobs": top}]}
-        self._send(200, {"id": "c", "object": "chat.completion", "model": "judge-x-2024-01-01", "choices": [choice],
-                         "usage": {"prompt_tokens": 100, "completion_tokens": 1, "total_tokens": 101}})
+        self._send(
+            200,
+            {
+                "id": "c",
+                "object": "chat.completion",
+                "model": "judge-x-2024-01-01",
+                "choices": [choice],
+                "usage": {"prompt_tokens": 100, "completion_tokens": 1, "total_tokens": 101},
+            },
+        )
 
 
 @pytest.fixture
@@ -249,10 +277,30 @@ def run_eval(tmp_path, url, *extra):
 
     bench = write_benchmark(tmp_path / "bench") if not (tmp_path / "bench").exists() else tmp_path / "bench"
     outs = write_outputs(tmp_path / "outs", bench, good_or_poor)
-    args = ["--outputs", f"good={outs}", "--languages", "en,de", "--prompts", str(bench), "--judge", "openai",
-            "--judge-model", "judge-x", "--judge-base-url", url, "--judge-api-key-env", "ICR_TEST_JUDGE_KEY",
-            "--judge-cache", str(tmp_path / "cache"), "--output", str(tmp_path / "out"), "--no-lc",
-            "--judge-concurrency", "3", *extra]
+    args = [
+        "--outputs",
+        f"good={outs}",
+        "--languages",
+        "en,de",
+        "--prompts",
+        str(bench),
+        "--judge",
+        "openai",
+        "--judge-model",
+        "judge-x",
+        "--judge-base-url",
+        url,
+        "--judge-api-key-env",
+        "ICR_TEST_JUDGE_KEY",
+        "--judge-cache",
+        str(tmp_path / "cache"),
+        "--output",
+        str(tmp_path / "out"),
+        "--no-lc",
+        "--judge-concurrency",
+        "3",
+        *extra,
+    ]
     return CliRunner().invoke(eval_command, args, catch_exceptions=False)
 
 
@@ -331,8 +379,26 @@ def test_openai_judge_retries_rate_limits_and_reports_hard_errors(tmp_path, endp
     (tmp_path / "cache2").mkdir()
     from icr.cli.commands import eval_command
 
-    bad = CliRunner().invoke(eval_command, [
-        "--outputs", f"good={tmp_path / 'outs'}", "--languages", "en", "--prompts", str(tmp_path / "bench"),
-        "--judge-model", "judge-x", "--judge-base-url", endpoint, "--judge-api-key-env", "ICR_TEST_JUDGE_KEY",
-        "--judge-cache", str(tmp_path / "cache2"), "--output", str(tmp_path / "out2"), "--no-lc"])
+    bad = CliRunner().invoke(
+        eval_command,
+        [
+            "--outputs",
+            f"good={tmp_path / 'outs'}",
+            "--languages",
+            "en",
+            "--prompts",
+            str(tmp_path / "bench"),
+            "--judge-model",
+            "judge-x",
+            "--judge-base-url",
+            endpoint,
+            "--judge-api-key-env",
+            "ICR_TEST_JUDGE_KEY",
+            "--judge-cache",
+            str(tmp_path / "cache2"),
+            "--output",
+            str(tmp_path / "out2"),
+            "--no-lc",
+        ],
+    )
     assert bad.exit_code != 0 and "HTTP 401" in bad.output and SECRET not in bad.output

@@ -26,9 +26,16 @@ def gamed_csv(tmp_path_factory):
         for i in range(N):
             delta = rng.normal() + shift
             logit = 0.8 * np.tanh(delta) + difficulty[i] + 0.3 * rng.normal()
-            rows.append({"model": model, "index": i, "preference": 1 / (1 + np.exp(-logit)),
-                         "std_delta_len": delta, "instruction_difficulty": difficulty[i],
-                         "not_gamed_baseline": False})
+            rows.append(
+                {
+                    "model": model,
+                    "index": i,
+                    "preference": 1 / (1 + np.exp(-logit)),
+                    "std_delta_len": delta,
+                    "instruction_difficulty": difficulty[i],
+                    "not_gamed_baseline": False,
+                }
+            )
     path = tmp_path_factory.mktemp("gamed") / "df_gamed.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
     return path
@@ -41,9 +48,16 @@ def make_annotations(n: int = N, seed: int = 1) -> pd.DataFrame:
     pref = 1 + 1 / (1 + np.exp(-((len_model - len_ref) / 1000 + rng.normal(size=n))))
     pref[rng.random(n) < 0.05] = 1.5
     pref[3] = np.nan
-    return pd.DataFrame({"id": np.arange(1, n + 1), "output_1": ["r" * k for k in len_ref],
-                         "output_2": ["m" * k for k in len_model], "generator_1": "reference",
-                         "generator_2": "model", "preference": pref})
+    return pd.DataFrame(
+        {
+            "id": np.arange(1, n + 1),
+            "output_1": ["r" * k for k in len_ref],
+            "output_2": ["m" * k for k in len_model],
+            "generator_1": "reference",
+            "generator_2": "model",
+            "preference": pref,
+        }
+    )
 
 
 ALPACA_EVAL_WARNINGS = pytest.mark.filterwarnings("ignore::FutureWarning")  # sklearn deprecations in alpaca_eval
@@ -53,8 +67,9 @@ def alpaca_eval_lc(annotations: pd.DataFrame, gamed_csv, monkeypatch) -> dict:
     """alpaca_eval's own computation, its Hub download pointed at the local table."""
     glm = metrics._glm_module()
     monkeypatch.setattr(glm, "hf_hub_download", lambda **kwargs: str(gamed_csv))
-    return glm.get_length_controlled_winrate(annotations.drop(columns=["id"]).reset_index(drop=True),
-                                             save_weights_dir=None, is_warn_extreme_changes=False)
+    return glm.get_length_controlled_winrate(
+        annotations.drop(columns=["id"]).reset_index(drop=True), save_weights_dir=None, is_warn_extreme_changes=False
+    )
 
 
 def test_head_to_head_matches_alpaca_eval_and_counts_ties_as_half():
@@ -64,8 +79,11 @@ def test_head_to_head_matches_alpaca_eval_and_counts_ties_as_half():
     ours, theirs = metrics.head_to_head(ann["preference"]), get_winrate(ann)
     assert ours["win_rate"] == pytest.approx(theirs["win_rate"], abs=1e-9)
     assert ours["standard_error"] == pytest.approx(theirs["standard_error"], abs=1e-9)
-    assert (ours["n_wins"], ours["n_draws"], ours["n_pairs"]) == (theirs["n_wins"], theirs["n_draws"],
-                                                                   theirs["n_total"])
+    assert (ours["n_wins"], ours["n_draws"], ours["n_pairs"]) == (
+        theirs["n_wins"],
+        theirs["n_draws"],
+        theirs["n_total"],
+    )
     assert ours["n_invalid"] == 1
     simple = metrics.head_to_head([2.0, 1.0, 1.5, 0, float("nan")])  # win, loss, tie, legacy tie, no verdict
     assert simple["win_rate"] == 50.0 and simple["n_draws"] == 2 and simple["n_pairs"] == 4
@@ -92,11 +110,14 @@ def test_length_controlled_on_a_prefix_subset_agrees_and_is_marked(gamed_csv, mo
     assert ours["lc_scope"] == "subset (120 of 805)"
 
 
-@pytest.mark.parametrize("ids, message", [
-    (list(range(2, 12)) + [900], "within 1..805"),
-    ([5, 4, 3, 2, 1, 6, 7, 8, 9, 10, 11], "canonical id order"),
-    ([1, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10], "unique"),
-])
+@pytest.mark.parametrize(
+    "ids, message",
+    [
+        (list(range(2, 12)) + [900], "within 1..805"),
+        ([5, 4, 3, 2, 1, 6, 7, 8, 9, 10, 11], "canonical id order"),
+        ([1, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10], "unique"),
+    ],
+)
 def test_length_controlled_refuses_misaligned_ids(gamed_csv, ids, message):
     ann = make_annotations(len(ids))
     ann["id"] = ids
@@ -118,15 +139,21 @@ def test_gamed_table_errors_are_clear(tmp_path):
 
 
 def test_summarize_lengths_and_language_fidelity():
-    ann = pd.DataFrame({
-        "id": [1, 2, 3, 4],
-        "output_1": ["x" * 10] * 4,
-        "output_2": ["The weather is lovely today and we are going to the park together.",
-                     "Das Wetter ist heute sehr schön und wir gehen zusammen in den Park.",
-                     "Hoy hace muy buen tiempo y vamos a ir juntos al parque por la tarde.",
-                     "Das ist ein sehr guter Tag, um mit Freunden im Garten zu sitzen."],
-        "generator_1": "ref", "generator_2": "m", "preference": [2.0, 2.0, 1.0, 1.5],
-    })
+    ann = pd.DataFrame(
+        {
+            "id": [1, 2, 3, 4],
+            "output_1": ["x" * 10] * 4,
+            "output_2": [
+                "The weather is lovely today and we are going to the park together.",
+                "Das Wetter ist heute sehr schön und wir gehen zusammen in den Park.",
+                "Hoy hace muy buen tiempo y vamos a ir juntos al parque por la tarde.",
+                "Das ist ein sehr guter Tag, um mit Freunden im Garten zu sitzen.",
+            ],
+            "generator_1": "ref",
+            "generator_2": "m",
+            "preference": [2.0, 2.0, 1.0, 1.5],
+        }
+    )
     out = metrics.summarize(ann, "de", gamed=None)
     assert out["language_fidelity"] == 50.0
     assert out["avg_length"] == pytest.approx(np.mean([len(t) for t in ann["output_2"]]))

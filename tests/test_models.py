@@ -96,7 +96,8 @@ def test_tokenize_exchange_completion_ends_the_turn(tokenizer):
     assert p == prompt_ids(tokenizer, "Say hi.")
     assert tokenizer.decode(c) == "Hi there!<|im_end|>\n"
     full = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi there!"}], tokenize=False)
+        [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi there!"}], tokenize=False
+    )
     assert tokenizer.decode(p + c) == full
 
 

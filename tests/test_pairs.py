@@ -15,8 +15,14 @@ def make_groups(rng: np.random.Generator, n_prompts: int, sizes=(2, 8), reward_s
     groups = []
     for _ in range(n_prompts):
         n = int(rng.integers(sizes[0], sizes[1] + 1))
-        groups.append(Candidates({}, [f"t{i}" for i in range(n)], rng.normal(0, reward_scale, n),
-                                 rng.integers(1, max_len, n).astype(float)))
+        groups.append(
+            Candidates(
+                {},
+                [f"t{i}" for i in range(n)],
+                rng.normal(0, reward_scale, n),
+                rng.integers(1, max_len, n).astype(float),
+            )
+        )
     return groups
 
 
@@ -127,9 +133,18 @@ def record(pid, log_ratios, texts=None, lang="en", lengths=None, **extra):
     """A reward record whose responses have these log π − log π_ref (reward = β × that, β = 0.1)."""
     texts = texts or [f"response {pid} " + "x" * (5 + 7 * k) for k in range(len(log_ratios))]
     logp_ref = [-50.0 - 3 * k for k in range(len(log_ratios))]
-    return {"id": pid, "lang": lang, "prompt": f"prompt {pid}", "prompt_en": f"english {pid}", "responses": texts,
-            "logp_policy": [lr + ref for lr, ref in zip(log_ratios, logp_ref)], "logp_ref": logp_ref,
-            "reward": [BETA * lr for lr in log_ratios], "n_tokens": lengths or [len(t) // 3 for t in texts], **extra}
+    return {
+        "id": pid,
+        "lang": lang,
+        "prompt": f"prompt {pid}",
+        "prompt_en": f"english {pid}",
+        "responses": texts,
+        "logp_policy": [lr + ref for lr, ref in zip(log_ratios, logp_ref)],
+        "logp_ref": logp_ref,
+        "reward": [BETA * lr for lr in log_ratios],
+        "n_tokens": lengths or [len(t) // 3 for t in texts],
+        **extra,
+    }
 
 
 def log_ratio(rec) -> list[float]:
@@ -141,15 +156,24 @@ NO_FILTER = dict(language_filter="off")
 
 def test_select_pairs_picks_argmax_and_argmin_of_length_controlled_score():
     rng = np.random.default_rng(7)
-    records = [record(str(k), rng.normal(0, 1, 5).tolist(),
-                      texts=[f"answer {k}.{i} " + "y" * int(rng.integers(1, 200)) for i in range(5)])
-               for k in range(12)]
+    records = [
+        record(
+            str(k),
+            rng.normal(0, 1, 5).tolist(),
+            texts=[f"answer {k}.{i} " + "y" * int(rng.integers(1, 200)) for i in range(5)],
+        )
+        for k in range(12)
+    ]
     cfg = PairsConfig(**NO_FILTER)
     pairs, stats = select_pairs(records, cfg)
     alpha = stats["alpha"]
     # α is fitted on the paper's scale: the raw log-ratio, not the β-scaled reward
-    assert alpha == fit_alpha([Candidates(r, r["responses"], np.array(log_ratio(r)),
-                                          np.array([len(t) for t in r["responses"]], float)) for r in records])
+    assert alpha == fit_alpha(
+        [
+            Candidates(r, r["responses"], np.array(log_ratio(r)), np.array([len(t) for t in r["responses"]], float))
+            for r in records
+        ]
+    )
     by_id = {r["id"]: r for r in records}
     assert len(pairs) == len(records)
     for p in pairs:
@@ -177,7 +201,8 @@ def test_length_control_off_ranks_by_reward_alone():
     _, stats_on = select_pairs(recs, PairsConfig(length_control=True, **NO_FILTER))
     assert stats_on["alpha"] > 0
     assert abs(stats_on["mean_len_chosen"] - stats_on["mean_len_rejected"]) < abs(
-        stats_off["mean_len_chosen"] - stats_off["mean_len_rejected"])
+        stats_off["mean_len_chosen"] - stats_off["mean_len_rejected"]
+    )
 
 
 def test_length_unit_tokens_uses_n_tokens():
@@ -226,8 +251,9 @@ def test_min_margin_and_zero_margin():
     pairs, stats = select_pairs(recs, PairsConfig(length_control=False, min_margin=0.1, **NO_FILTER))
     assert [p["id"] for p in pairs] == ["big"]
     assert stats["dropped"].get("margin_too_small", 0) + stats["dropped"].get("identical", 0) == 2
-    pairs, stats = select_pairs(recs, PairsConfig(length_control=False, min_margin=0.0, drop_identical=False,
-                                                  **NO_FILTER))
+    pairs, stats = select_pairs(
+        recs, PairsConfig(length_control=False, min_margin=0.0, drop_identical=False, **NO_FILTER)
+    )
     assert [p["id"] for p in pairs] == ["small", "big"]  # a zero margin is never a preference
     assert stats["dropped"] == {"margin_too_small": 1}
 
@@ -302,8 +328,14 @@ def test_language_filter_chosen_drops_prompts_with_nothing_in_language():
 
 def test_statistics_are_consistent_with_the_pairs():
     rng = np.random.default_rng(11)
-    recs = [record(str(k), rng.normal(0, 1, 4).tolist(),
-                   texts=[f"r{k}.{i} " + "z" * int(rng.integers(1, 60)) for i in range(4)]) for k in range(9)]
+    recs = [
+        record(
+            str(k),
+            rng.normal(0, 1, 4).tolist(),
+            texts=[f"r{k}.{i} " + "z" * int(rng.integers(1, 60)) for i in range(4)],
+        )
+        for k in range(9)
+    ]
     recs.append({**record("skip", []), "responses": [], "reward": [], "skipped": "prompt too long"})
     recs.append(record("same", [0.0, 1.0], texts=["dup", "dup"]))
     cfg = PairsConfig(**NO_FILTER)

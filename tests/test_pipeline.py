@@ -71,8 +71,11 @@ def test_uninterrupted_run_outputs(reference_run):
         for r in gens[lang]:
             assert r["lang"] == lang and len(r["responses"]) == 2
     rewards = read_jsonl(root / "iter_0" / "rewards" / "es.jsonl")
-    assert all(r["reward_prompt"] == "Please answer the following instruction using only Spanish, unless explicitly "
-               f"instructed to respond in a different language.\n\n{r['prompt_en']}" for r in rewards)
+    assert all(
+        r["reward_prompt"] == "Please answer the following instruction using only Spanish, unless explicitly "
+        f"instructed to respond in a different language.\n\n{r['prompt_en']}"
+        for r in rewards
+    )
     assert all(len(r["reward"]) == 2 for r in rewards)
     pairs = read_jsonl(root / "iter_0" / "pairs.jsonl")
     stats = read_json(root / "iter_0" / "pairs_stats.json")
@@ -88,13 +91,11 @@ def test_uninterrupted_run_outputs(reference_run):
     assert load_config(root / "config.yaml") == cfg
 
 
-def test_interrupted_and_resumed_run_is_byte_identical(reference_run, tiny_dir, tiny_ref_dir, tmp_path,
-                                                       monkeypatch):
+def test_interrupted_and_resumed_run_is_byte_identical(reference_run, tiny_dir, tiny_ref_dir, tmp_path, monkeypatch):
     _, _, want = reference_run
     cfg = run_config(tmp_path, tiny_dir, tiny_ref_dir, "resumed")
     # generation crashes after 4 of the 6 prompts (en done, es one of three)
-    monkeypatch.setattr(icr.sampling.HFGenerator, "sample_batch",
-                        fail_after(4, icr.sampling.HFGenerator.sample_batch))
+    monkeypatch.setattr(icr.sampling.HFGenerator, "sample_batch", fail_after(4, icr.sampling.HFGenerator.sample_batch))
     with pytest.raises(KeyboardInterrupt):
         run_stage(cfg, "generate")
     root = cfg.run_dir
@@ -126,7 +127,7 @@ def test_truncated_stage_file_resumes_byte_identical(reference_run, tmp_path, st
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
     path.write_text(lines[0] + lines[1][: len(lines[1]) // 2], encoding="utf-8")
     manifest = read_json(copy_root / "manifest.json")
-    later = ("generate", "reward", "pairs")[("generate", "reward", "pairs").index(stage):]
+    later = ("generate", "reward", "pairs")[("generate", "reward", "pairs").index(stage) :]
     for s in later:
         del manifest["stages"][f"iter_0/{s}"]
     (copy_root / "manifest.json").write_text(json.dumps(manifest))
@@ -157,26 +158,29 @@ def test_rerunning_a_finished_stage_does_nothing(reference_run, tmp_path, monkey
     assert output_files(copy_root) == want
 
 
-@pytest.mark.parametrize("change,stage", [
-    ({"generate.temperature": 0.5}, "generate"),
-    ({"seed": 7}, "generate"),
-    ({"models.reference": "other-model"}, "generate"),  # the whole models section is hashed
-    ({"reward.beta": 0.2}, "reward"),
-    ({"pairs.min_margin": 0.3}, "pairs"),
-])
+@pytest.mark.parametrize(
+    "change,stage",
+    [
+        ({"generate.temperature": 0.5}, "generate"),
+        ({"seed": 7}, "generate"),
+        ({"models.reference": "other-model"}, "generate"),  # the whole models section is hashed
+        ({"reward.beta": 0.2}, "reward"),
+        ({"pairs.min_margin": 0.3}, "pairs"),
+    ],
+)
 def test_finished_stage_with_changed_config_is_refused(reference_run, tmp_path, change, stage):
     cfg, root, want = reference_run
     copy_root = tmp_path / "changed"
     shutil.copytree(root, copy_root)
     original = load_config(copy_root / "config.yaml")
-    changed = load_config(copy_root / "config.yaml",
-                          {"output_dir": str(tmp_path), "name": "changed", **change})
+    changed = load_config(copy_root / "config.yaml", {"output_dir": str(tmp_path), "name": "changed", **change})
     with pytest.raises(ConfigError, match=f"iter_0/{stage}"):
         run_stage(changed, stage)
     assert output_files(copy_root) == want
     # the run's config.yaml still describes the results it holds (apart from where the copy lives)
-    kept = load_config(copy_root / "config.yaml").model_copy(update={"name": original.name,
-                                                                     "output_dir": original.output_dir})
+    kept = load_config(copy_root / "config.yaml").model_copy(
+        update={"name": original.name, "output_dir": original.output_dir}
+    )
     assert kept == original, "a refused config overwrote the run's config.yaml"
 
 
@@ -185,16 +189,18 @@ def test_unchanged_sections_do_not_block_later_stages(reference_run, tmp_path):
     cfg, root, _ = reference_run
     copy_root = tmp_path / "pairs-only"
     shutil.copytree(root, copy_root)
-    changed = load_config(root / "config.yaml", {"output_dir": str(tmp_path), "name": "pairs-only",
-                                                 "pairs.min_margin": 0.3})
+    changed = load_config(
+        root / "config.yaml", {"output_dir": str(tmp_path), "name": "pairs-only", "pairs.min_margin": 0.3}
+    )
     run = RunDir(changed)
     assert run.is_done(0, STAGES["generate"]) and run.is_done(0, STAGES["reward"])
     with pytest.raises(ConfigError):
         run.is_done(0, STAGES["pairs"])
 
 
-def test_other_seed_other_samples_and_manifest_records_versions_and_config_hash(reference_run, tiny_dir,
-                                                                                  tiny_ref_dir, tmp_path):
+def test_other_seed_other_samples_and_manifest_records_versions_and_config_hash(
+    reference_run, tiny_dir, tiny_ref_dir, tmp_path
+):
     """Same config and seed in another folder gives the same bytes (the resumed run above is such a
     run); another seed must give other samples, and the manifest says what produced the files."""
     from importlib import metadata
@@ -219,8 +225,14 @@ def test_other_seed_other_samples_and_manifest_records_versions_and_config_hash(
 
 
 def test_translate_mode_translator_is_the_policy_of_the_iteration_unless_set(tmp_path):
-    cfg = load_config(overrides={"reward.mode": "translate", "models.policy": "dpo", "models.reference": "ref",
-                                 "output_dir": str(tmp_path)})
+    cfg = load_config(
+        overrides={
+            "reward.mode": "translate",
+            "models.policy": "dpo",
+            "models.reference": "ref",
+            "output_dir": str(tmp_path),
+        }
+    )
     run = RunDir(cfg)
     assert run.translator_spec(0) == "dpo"  # as released: the policy checkpoint translates
     assert run.translator_spec(1) == str(cfg.run_dir / "iter_0" / "model")

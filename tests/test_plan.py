@@ -38,8 +38,9 @@ def no_model_loads(monkeypatch):
 
 
 def test_counts_are_the_prompts_times_languages_times_n(tiny_dir, tiny_ref_dir, tmp_path, no_model_loads):
-    config = run_config(tmp_path, tiny_dir, tiny_ref_dir, "p", iterations=2, **{"data.max_prompt_tokens": 40,
-                                                                                 "train.grad_accum": 2})
+    config = run_config(
+        tmp_path, tiny_dir, tiny_ref_dir, "p", iterations=2, **{"data.max_prompt_tokens": 40, "train.grad_accum": 2}
+    )
     plan = make_plan(config, roots=[tmp_path])
     tokenizer = load_tokenizer(str(tiny_dir))
     prompts = load_prompts(config)
@@ -90,20 +91,36 @@ def test_time_is_estimated_only_from_a_benchmark_of_the_same_device_kind(tiny_di
 
 
 def _gpu_part(tokens_per_s: float, **settings) -> dict:
-    return {"status": "measured", "reason": None, "seconds": 2.0, "tokens": 2 * tokens_per_s,
-            "tokens_per_s": tokens_per_s, "flops": None, "share_of_matmul": None, "peak_memory_gib": 1.0,
-            "settings": settings}
+    return {
+        "status": "measured",
+        "reason": None,
+        "seconds": 2.0,
+        "tokens": 2 * tokens_per_s,
+        "tokens_per_s": tokens_per_s,
+        "flops": None,
+        "share_of_matmul": None,
+        "peak_memory_gib": 1.0,
+        "settings": settings,
+    }
 
 
 def _gpu_bench(root: Path, **overrides) -> Path:
     """A results file of `make bench-gpu` (schema icr-bench-gpu/1, the keys benchmarks/gpu.py documents)."""
     not_measured = {**_gpu_part(1.0), "status": "not-measured", "tokens_per_s": None}
-    doc = {"schema": "icr-bench-gpu/1", "status": "measured", "reason": None, "shape": "llama3-8b",
-           "device": {"name": "NVIDIA H100", "kind": "cuda", "memory_gib": 80.0},
-           "scoring": {"ours": _gpu_part(20000.0), "reference": _gpu_part(5000.0), "ceiling": _gpu_part(40000.0)},
-           "generation": {"hf": _gpu_part(900.0), "vllm": not_measured},
-           "training": {"lora": _gpu_part(3000.0, params=8_000_000_000, lora=True),
-                        "full": _gpu_part(6000.0, params=1_000_000_000, lora=False)}, **overrides}
+    doc = {
+        "schema": "icr-bench-gpu/1",
+        "status": "measured",
+        "reason": None,
+        "shape": "llama3-8b",
+        "device": {"name": "NVIDIA H100", "kind": "cuda", "memory_gib": 80.0},
+        "scoring": {"ours": _gpu_part(20000.0), "reference": _gpu_part(5000.0), "ceiling": _gpu_part(40000.0)},
+        "generation": {"hf": _gpu_part(900.0), "vllm": not_measured},
+        "training": {
+            "lora": _gpu_part(3000.0, params=8_000_000_000, lora=True),
+            "full": _gpu_part(6000.0, params=1_000_000_000, lora=False),
+        },
+        **overrides,
+    }
     path = root / "benchmarks" / "results" / "gpu-latest.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc))
@@ -121,10 +138,14 @@ def test_time_on_a_gpu_comes_from_the_measured_parts_of_gpu_latest(tiny_dir, tin
     assert est["per_iteration_s"]["generate"] == pytest.approx(9000 / 900.0 * scale)  # generation.hf
     assert est["per_iteration_s"]["reward"] == pytest.approx(40000 / 20000.0 * scale)  # scoring.ours
     assert est["per_iteration_s"]["train"] == pytest.approx(6000 / 6000.0 * weights["params"] / 1e9)  # full
-    lora = config.model_copy(update={"train": config.train.model_copy(update={"lora": config.train.lora.model_copy(
-        update={"enabled": True})})})
+    lora = config.model_copy(
+        update={
+            "train": config.train.model_copy(update={"lora": config.train.lora.model_copy(update={"enabled": True})})
+        }
+    )
     assert time_estimate(lora, counts, weights, [tmp_path / "g"])["per_iteration_s"]["train"] == pytest.approx(
-        6000 / 3000.0 * scale)
+        6000 / 3000.0 * scale
+    )
     vllm = config.model_copy(update={"generate": config.generate.model_copy(update={"backend": "vllm"})})
     none = time_estimate(vllm, counts, weights, [tmp_path / "g"])  # generation.vllm was not measured
     assert not none["available"] and "not usable" in none["reason"] and "generate: not-measured" in none["reason"]
@@ -135,9 +156,15 @@ def test_the_placeholder_gpu_results_give_no_estimate_and_say_why(tiny_dir, tiny
     config = run_config(tmp_path, tiny_dir, tiny_ref_dir, "p", **{"models.device": "cuda"})
     reason = "No NVIDIA GPU was available to the session that wrote this file"
     placeholder = {**_gpu_part(1.0), "status": "not-measured", "reason": reason}
-    _gpu_bench(tmp_path / "g", status="not-measured", reason=reason, device=None,
-               scoring={"ours": placeholder}, generation={"hf": placeholder},
-               training={"lora": placeholder, "full": placeholder})
+    _gpu_bench(
+        tmp_path / "g",
+        status="not-measured",
+        reason=reason,
+        device=None,
+        scoring={"ours": placeholder},
+        generation={"hf": placeholder},
+        training={"lora": placeholder, "full": placeholder},
+    )
     counts = {"generated_tokens_max": 1, "scored_tokens_max": 1, "training_token_slots_max": 1}
     est = time_estimate(config, counts, weights_info(str(tiny_dir)), [tmp_path / "g"])
     assert not est["available"] and "gpu-latest.json: not usable" in est["reason"] and reason in est["reason"]
@@ -146,8 +173,9 @@ def test_the_placeholder_gpu_results_give_no_estimate_and_say_why(tiny_dir, tiny
 @needs_shared
 @pytest.mark.parametrize("order,calls_per_item", [("random", 1), ("both", 2)])
 def test_judge_calls_and_cost(order, calls_per_item):
-    options = PlanEvalConfig(prompts=str(X_ALPACAEVAL), languages=["en", "es"], limit=3, order=order,
-                             price_input=2.0, price_output=8.0)
+    options = PlanEvalConfig(
+        prompts=str(X_ALPACAEVAL), languages=["en", "es"], limit=3, order=order, price_input=2.0, price_output=8.0
+    )
     est = eval_estimate(options, iterations=2)
     assert est["judge_calls"] == 3 * 2 * 3 * calls_per_item  # π0..π2 × languages × instructions × orders
     assert est["judge_input_tokens_max"] > est["judge_calls"] * 2048  # each prompt holds a full-length output
@@ -157,8 +185,9 @@ def test_judge_calls_and_cost(order, calls_per_item):
 def test_plan_command_prints_and_writes_json(tiny_dir, tiny_ref_dir, tmp_path, no_model_loads):
     config = run_config(tmp_path, tiny_dir, tiny_ref_dir, "p")
     (tmp_path / "c.yaml").write_text(dump_config(config))
-    result = CliRunner().invoke(main, ["plan", "--config", str(tmp_path / "c.yaml"), "--processes", "2"],
-                                catch_exceptions=False)
+    result = CliRunner().invoke(
+        main, ["plan", "--config", str(tmp_path / "c.yaml"), "--processes", "2"], catch_exceptions=False
+    )
     assert result.exit_code == 0, result.output
     plan = json.loads((tmp_path / "p" / "plan.json").read_text())
     assert f"= {plan['per_iteration']['samples']:,} samples per iteration" in result.output
@@ -167,6 +196,7 @@ def test_plan_command_prints_and_writes_json(tiny_dir, tiny_ref_dir, tmp_path, n
 
 
 def test_an_unloadable_tokenizer_is_a_clear_error(tmp_path):
-    result = CliRunner().invoke(main, ["plan", "--models.policy", "no-such-org/no-such-model",
-                                       "--output_dir", str(tmp_path)])
+    result = CliRunner().invoke(
+        main, ["plan", "--models.policy", "no-such-org/no-such-model", "--output_dir", str(tmp_path)]
+    )
     assert result.exit_code != 0 and "pass --tokenizer" in result.output

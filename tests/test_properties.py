@@ -24,8 +24,20 @@ SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[Healt
 
 # ---------------------------------------------------------------- prompt files
 
-GOOD_TEXTS = ["x" * 20_000, "Hello мир 世界 नमस्ते", "مرحبا بالعالم", "שלום עולם", "\u202eevil\u202c", "😀👍🏽🇪🇸",
-              "line1\nline2\r\n", "\ufeffBOM", "e\u0301", "\u200b", "\u2028x\x85", ' "quoted" \\ ']
+GOOD_TEXTS = [
+    "x" * 20_000,
+    "Hello мир 世界 नमस्ते",
+    "مرحبا بالعالم",
+    "שלום עולם",
+    "\u202eevil\u202c",
+    "😀👍🏽🇪🇸",
+    "line1\nline2\r\n",
+    "\ufeffBOM",
+    "e\u0301",
+    "\u200b",
+    "\u2028x\x85",
+    ' "quoted" \\ ',
+]
 BAD_TEXTS = ["", " ", "\t\n", "\u3000", "\x1c", "a\x00b", "\x00"]
 good_texts = st.one_of(st.sampled_from(GOOD_TEXTS), st.text(min_size=1).filter(lambda t: t.strip() and "\x00" not in t))
 any_texts = st.one_of(good_texts, st.sampled_from(BAD_TEXTS), st.text(max_size=40))
@@ -77,8 +89,15 @@ def first_problem(rows, where: list[str], english_ids: set[str] | None) -> str |
         return "file"  # empty file / no id field in the first record (the id field is picked from it)
     seen = set()
     for (pid, text), loc in zip(rows, where):
-        if (pid is MISSING or pid is None or isinstance(pid, (bool, list)) or not text.strip() or "\x00" in text
-                or any(0xD800 <= ord(c) <= 0xDFFF for c in text) or str(pid) in seen):
+        if (
+            pid is MISSING
+            or pid is None
+            or isinstance(pid, (bool, list))
+            or not text.strip()
+            or "\x00" in text
+            or any(0xD800 <= ord(c) <= 0xDFFF for c in text)
+            or str(pid) in seen
+        ):
             return loc
         seen.add(str(pid))
     orphans = [loc for (pid, _), loc in zip(rows, where) if english_ids is not None and str(pid) not in english_ids]
@@ -86,10 +105,16 @@ def first_problem(rows, where: list[str], english_ids: set[str] | None) -> str |
 
 
 @settings(SETTINGS, max_examples=150)
-@given(case=prompt_sets(), as_list=st.booleans(), ascii_=st.booleans(), blank_lines=st.booleans(),
-       lone_surrogate=st.integers(0, 4).map(lambda k: k == 0))
-def test_prompt_files_load_exactly_or_are_refused_naming_file_and_line(case, as_list, ascii_, blank_lines,
-                                                                       lone_surrogate):
+@given(
+    case=prompt_sets(),
+    as_list=st.booleans(),
+    ascii_=st.booleans(),
+    blank_lines=st.booleans(),
+    lone_surrogate=st.integers(0, 4).map(lambda k: k == 0),
+)
+def test_prompt_files_load_exactly_or_are_refused_naming_file_and_line(
+    case, as_list, ascii_, blank_lines, lone_surrogate
+):
     en, other, lang = case
     if lone_surrogate and en:  # only as a \udXXX escape can one get into a file
         en = [(en[0][0], en[0][1] + "\ud800")] + en[1:]
@@ -130,13 +155,24 @@ def test_prompt_files_load_exactly_or_are_refused_naming_file_and_line(case, as_
 # ---------------------------------------------------------------- configs
 
 LEAVES = sorted(d for d, _, _ in iter_fields(RunConfig))
-KEYS = st.sampled_from(LEAVES + ["generate", "train.lora", "models", "nope", "generate.bogus", "generate.n.x",
-                                 "data.languages.0"])
-SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-3, 20), st.integers(), st.floats(),
-                    st.text(max_size=12), st.sampled_from(["en", "es", "..", "/abs", "a\x00b", "hf", "tokens", "1e3"]))
-VALUES = st.one_of(SCALARS, st.lists(SCALARS, max_size=3), st.lists(st.sampled_from(["en", "es", "de", "xx"]),
-                                                                     max_size=4),
-                   st.dictionaries(st.sampled_from(["n", "r", "x", "enabled"]), SCALARS, max_size=2))
+KEYS = st.sampled_from(
+    LEAVES + ["generate", "train.lora", "models", "nope", "generate.bogus", "generate.n.x", "data.languages.0"]
+)
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 20),
+    st.integers(),
+    st.floats(),
+    st.text(max_size=12),
+    st.sampled_from(["en", "es", "..", "/abs", "a\x00b", "hf", "tokens", "1e3"]),
+)
+VALUES = st.one_of(
+    SCALARS,
+    st.lists(SCALARS, max_size=3),
+    st.lists(st.sampled_from(["en", "es", "de", "xx"]), max_size=4),
+    st.dictionaries(st.sampled_from(["n", "r", "x", "enabled"]), SCALARS, max_size=2),
+)
 
 
 def fields_named(message: str) -> list[str]:
@@ -167,23 +203,47 @@ def test_config_overrides_load_and_roundtrip_or_name_the_field(overrides):
         if not named:  # set_dotted's refusal: "<dotted>: <key> is not a section"
             assert any(message.startswith(f"{k}:") for k in overrides), message
         for field in named:
-            assert field == "<root>" and any(k in message for k in overrides) or any(
-                field.startswith(k) or k.startswith(field) for k in overrides), message
+            assert (
+                field == "<root>"
+                and any(k in message for k in overrides)
+                or any(field.startswith(k) or k.startswith(field) for k in overrides)
+            ), message
         return
     with tempfile.TemporaryDirectory() as tmp:
         check_roundtrip(cfg, Path(tmp))
 
 
-YAML_TREES = st.recursive(SCALARS, lambda c: st.lists(c, max_size=3) | st.dictionaries(
-    st.one_of(KEYS, st.text(max_size=5)), c, max_size=3), max_leaves=8)
-RAW_YAML = st.one_of(st.text(max_size=40), st.sampled_from([
-    "a: [", "generate: {n: 3", "\t- x", "name: !!python/object/apply:os.system ['echo hi']", "? [a]\n: 1",
-    "&a [*a]", "generate:\n  n: 3\n generate: 4", "%YAML 9.9\n---\nname: x", "name: x\nname: y"]))
+YAML_TREES = st.recursive(
+    SCALARS,
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.one_of(KEYS, st.text(max_size=5)), c, max_size=3),
+    max_leaves=8,
+)
+RAW_YAML = st.one_of(
+    st.text(max_size=40),
+    st.sampled_from(
+        [
+            "a: [",
+            "generate: {n: 3",
+            "\t- x",
+            "name: !!python/object/apply:os.system ['echo hi']",
+            "? [a]\n: 1",
+            "&a [*a]",
+            "generate:\n  n: 3\n generate: 4",
+            "%YAML 9.9\n---\nname: x",
+            "name: x\nname: y",
+        ]
+    ),
+)
 
 
 @settings(SETTINGS, max_examples=150)
-@given(content=st.one_of(YAML_TREES.map(lambda t: yaml.safe_dump(t, allow_unicode=True)), RAW_YAML,
-                         st.binary(max_size=30).map(lambda b: b"name: " + b)))
+@given(
+    content=st.one_of(
+        YAML_TREES.map(lambda t: yaml.safe_dump(t, allow_unicode=True)),
+        RAW_YAML,
+        st.binary(max_size=30).map(lambda b: b"name: " + b),
+    )
+)
 def test_any_yaml_file_loads_or_raises_config_error_naming_the_file(content):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "run.yaml"
@@ -210,10 +270,12 @@ def test_a_key_given_twice_in_a_yaml_file_is_refused_not_overwritten(tree, value
 
 # ---------------------------------------------------------------- pair selection
 
-REWARDS = st.one_of(st.sampled_from([0.0, 1.0, -1.0, 0.5]), st.floats(-1e6, 1e6),
-                    st.sampled_from([math.nan, math.inf, -math.inf]))
-RESPONSES = st.one_of(st.sampled_from(["", " ", "Hola", "Hola ", "Hola, ¿qué tal?", "مرحبا", "😀"]),
-                      st.text(max_size=30))
+REWARDS = st.one_of(
+    st.sampled_from([0.0, 1.0, -1.0, 0.5]), st.floats(-1e6, 1e6), st.sampled_from([math.nan, math.inf, -math.inf])
+)
+RESPONSES = st.one_of(
+    st.sampled_from(["", " ", "Hola", "Hola ", "Hola, ¿qué tal?", "مرحبا", "😀"]), st.text(max_size=30)
+)
 
 
 @st.composite
@@ -222,27 +284,53 @@ def reward_records(draw):
     for k in range(draw(st.integers(0, 6))):
         n = draw(st.integers(0, 5))
         log_ratios = draw(st.lists(REWARDS, min_size=n, max_size=n))
-        record = {"id": str(k), "lang": "es", "prompt": f"p{k}", "prompt_en": f"q{k}",
-                  "responses": draw(st.lists(RESPONSES, min_size=n, max_size=n)),
-                  "logp_policy": log_ratios, "logp_ref": [0.0] * n, "reward": [0.1 * x for x in log_ratios],
-                  "n_tokens": draw(st.lists(st.integers(0, 50), min_size=n, max_size=n))}
+        record = {
+            "id": str(k),
+            "lang": "es",
+            "prompt": f"p{k}",
+            "prompt_en": f"q{k}",
+            "responses": draw(st.lists(RESPONSES, min_size=n, max_size=n)),
+            "logp_policy": log_ratios,
+            "logp_ref": [0.0] * n,
+            "reward": [0.1 * x for x in log_ratios],
+            "n_tokens": draw(st.lists(st.integers(0, 50), min_size=n, max_size=n)),
+        }
         if draw(st.integers(0, 9)) == 0:
-            record.update(responses=[], reward=[], logp_policy=[], logp_ref=[], n_tokens=[],
-                          skipped="prompt has 99 tokens > 64")
+            record.update(
+                responses=[], reward=[], logp_policy=[], logp_ref=[], n_tokens=[], skipped="prompt has 99 tokens > 64"
+            )
         records.append(record)
     return records
 
 
-pairs_configs = st.builds(PairsConfig, length_control=st.booleans(), length_unit=st.sampled_from(["chars", "tokens"]),
-                          min_margin=st.sampled_from([0.0, 0.5]), drop_identical=st.booleans(),
-                          language_filter=st.sampled_from(["off", "chosen", "all"]),
-                          max_chosen_score=st.sampled_from([None, 0.0, 10.0]))
+pairs_configs = st.builds(
+    PairsConfig,
+    length_control=st.booleans(),
+    length_unit=st.sampled_from(["chars", "tokens"]),
+    min_margin=st.sampled_from([0.0, 0.5]),
+    drop_identical=st.booleans(),
+    language_filter=st.sampled_from(["off", "chosen", "all"]),
+    max_chosen_score=st.sampled_from([None, 0.0, 10.0]),
+)
 
 
 @SETTINGS
-@example(records=[{"id": "0", "lang": "es", "prompt": "p", "prompt_en": "q", "responses": ["Hola", "Adiós"],
-                   "logp_policy": [1.0, 1.0], "logp_ref": [0.0, 0.0], "reward": [0.1, 0.1], "n_tokens": [1, 1]}],
-         config=PairsConfig(length_control=False, language_filter="off"))  # a tie of different texts: not 'identical'
+@example(
+    records=[
+        {
+            "id": "0",
+            "lang": "es",
+            "prompt": "p",
+            "prompt_en": "q",
+            "responses": ["Hola", "Adiós"],
+            "logp_policy": [1.0, 1.0],
+            "logp_ref": [0.0, 0.0],
+            "reward": [0.1, 0.1],
+            "n_tokens": [1, 1],
+        }
+    ],
+    config=PairsConfig(length_control=False, language_filter="off"),
+)  # a tie of different texts: not 'identical'
 @given(records=reward_records(), config=pairs_configs)
 def test_select_pairs_chooses_extremes_and_accounts_for_every_prompt(records, config):
     from icr.languages import is_in_language
@@ -259,17 +347,30 @@ def test_select_pairs_chooses_extremes_and_accounts_for_every_prompt(records, co
         numbers = [v for k, v in p.items() if k.startswith(("reward_", "score_", "len_"))] + [alpha]
         assert all(math.isfinite(v) for v in numbers), p
         in_lang = [is_in_language(t, "es", config.language_min_confidence) for t in rec["responses"]]
-        valid = [i for i, lr in enumerate(rec["logp_policy"])
-                 if math.isfinite(lr) and (config.language_filter != "all" or in_lang[i])]
+        valid = [
+            i
+            for i, lr in enumerate(rec["logp_policy"])
+            if math.isfinite(lr) and (config.language_filter != "all" or in_lang[i])
+        ]
         choosable = [i for i in valid if config.language_filter == "off" or in_lang[i]]
         lengths = rec["n_tokens"] if config.length_unit == "tokens" else [len(t) for t in rec["responses"]]
         scores = {i: rec["logp_policy"][i] - alpha * lengths[i] for i in valid}  # log π_ref = 0 here
         assert p["score_chosen"] == pytest.approx(max(scores[i] for i in choosable), rel=1e-9, abs=1e-9)
         assert p["score_rejected"] == pytest.approx(min(scores.values()), rel=1e-9, abs=1e-9)
-        chosen = [i for i in choosable if rec["responses"][i] == p["chosen"][0]["content"]
-                  and rec["reward"][i] == p["reward_chosen"] and lengths[i] == p["len_chosen"]]
-        rejected = [i for i in valid if rec["responses"][i] == p["rejected"][0]["content"]
-                    and rec["reward"][i] == p["reward_rejected"] and lengths[i] == p["len_rejected"]]
+        chosen = [
+            i
+            for i in choosable
+            if rec["responses"][i] == p["chosen"][0]["content"]
+            and rec["reward"][i] == p["reward_chosen"]
+            and lengths[i] == p["len_chosen"]
+        ]
+        rejected = [
+            i
+            for i in valid
+            if rec["responses"][i] == p["rejected"][0]["content"]
+            and rec["reward"][i] == p["reward_rejected"]
+            and lengths[i] == p["len_rejected"]
+        ]
         assert chosen and rejected, p  # both are valid responses of this prompt, with their own reward and length
         assert p["score_chosen"] > p["score_rejected"]  # so chosen and rejected are different responses
         assert p["score_chosen"] - p["score_rejected"] >= config.min_margin
@@ -278,23 +379,42 @@ def test_select_pairs_chooses_extremes_and_accounts_for_every_prompt(records, co
         if config.max_chosen_score is not None:
             assert p["score_chosen"] <= config.max_chosen_score
         assert (alpha == 0.0 or config.length_control) and p["prompt"] == [{"role": "user", "content": rec["prompt"]}]
-    assert set(stats["dropped"]) <= {"skipped_prompt", "fewer_than_2_in_language", "fewer_than_2_finite_rewards",
-                                     "identical", "above_max_chosen_score", "margin_too_small",
-                                     "no_in_language_response_to_choose"}
+    assert set(stats["dropped"]) <= {
+        "skipped_prompt",
+        "fewer_than_2_in_language",
+        "fewer_than_2_finite_rewards",
+        "identical",
+        "above_max_chosen_score",
+        "margin_too_small",
+        "no_in_language_response_to_choose",
+    }
     broken = [r for r in records if not all(map(math.isfinite, r["logp_policy"]))]
     assert stats["dropped"].get("fewer_than_2_finite_rewards", 0) <= len(broken)
     paired = {p["id"] for p in pairs}
-    with_twins = [r for r in records if r["id"] not in paired and not r.get("skipped")
-                  and len({t.strip() for t in r["responses"]}) < len(r["responses"])]
+    with_twins = [
+        r
+        for r in records
+        if r["id"] not in paired
+        and not r.get("skipped")
+        and len({t.strip() for t in r["responses"]}) < len(r["responses"])
+    ]
     assert stats["dropped"].get("identical", 0) <= len(with_twins)  # 'identical' means two responses, same text
 
 
 # ---------------------------------------------------------------- JSON Lines
 
 JSON_VALUES = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(),
-              st.sampled_from(["مرحبا", "שלום", "😀", "\x00", "\u2028", "\x85", "\r\n", "\ufeff", "\\u0000"])),
-    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3), max_leaves=10)
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.floats(allow_nan=False),
+        st.text(),
+        st.sampled_from(["مرحبا", "שלום", "😀", "\x00", "\u2028", "\x85", "\r\n", "\ufeff", "\\u0000"]),
+    ),
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
+    max_leaves=10,
+)
 JSON_RECORDS = st.lists(st.dictionaries(st.text(max_size=8), JSON_VALUES, max_size=4), max_size=5)
 
 
@@ -340,17 +460,33 @@ def test_long_prompt_is_carried_through_every_stage_as_skipped(tiny_dir, tiny_re
     counted `skipped_prompt` drop in the pair statistics."""
     folder = tmp_path / "prompts"
     folder.mkdir()
-    texts = {"en": ["Name a colour.", "Write a poem about the sea.", "Count to three."],
-             "es": ["Nombra un color.", "palabra " * 300, "Cuenta hasta tres."]}
+    texts = {
+        "en": ["Name a colour.", "Write a poem about the sea.", "Count to three."],
+        "es": ["Nombra un color.", "palabra " * 300, "Cuenta hasta tres."],
+    }
     for lang, rows in texts.items():
-        (folder / f"{lang}.jsonl").write_text("".join(json.dumps({"id": i, "instruction": t}) + "\n"
-                                                      for i, t in enumerate(rows)), encoding="utf-8")
-    cfg = load_config(overrides={
-        "name": "long", "output_dir": str(tmp_path / "runs"), "iterations": 1, "models.policy": str(tiny_dir),
-        "models.reference": str(tiny_ref_dir), "models.device": "cpu", "models.dtype": "float32",
-        "data.prompts": str(folder), "data.languages": ["en", "es"], "data.max_prompt_tokens": 100,
-        "generate.n": 2, "generate.max_new_tokens": 4, "generate.batch_prompts": 2, "pairs.language_filter": "off",
-        "pairs.drop_identical": False})
+        (folder / f"{lang}.jsonl").write_text(
+            "".join(json.dumps({"id": i, "instruction": t}) + "\n" for i, t in enumerate(rows)), encoding="utf-8"
+        )
+    cfg = load_config(
+        overrides={
+            "name": "long",
+            "output_dir": str(tmp_path / "runs"),
+            "iterations": 1,
+            "models.policy": str(tiny_dir),
+            "models.reference": str(tiny_ref_dir),
+            "models.device": "cpu",
+            "models.dtype": "float32",
+            "data.prompts": str(folder),
+            "data.languages": ["en", "es"],
+            "data.max_prompt_tokens": 100,
+            "generate.n": 2,
+            "generate.max_new_tokens": 4,
+            "generate.batch_prompts": 2,
+            "pairs.language_filter": "off",
+            "pairs.drop_identical": False,
+        }
+    )
     for stage in ("generate", "reward", "pairs"):
         run = run_stage(cfg, stage)
     it = run.root / "iter_0"

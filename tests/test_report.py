@@ -34,10 +34,32 @@ def finished_run(tiny_dir, tiny_ref_dir, tmp_path_factory):
     assert "report: " in result.output
     root = out / "rep"
     bench = write_benchmark(out / "bench", langs=("es",), n=3)
-    result = CliRunner().invoke(main, [
-        "eval", "--run-dir", str(root), "--languages", "es", "--prompts", str(bench), "--judge", "hf",
-        "--judge-model", str(tiny_ref_dir), "--judge-cache", str(out / "cache"), "--no-lc", "--max-new-tokens", "3",
-        "--device", "cpu", "--output", str(root / "eval")], catch_exceptions=False)
+    result = CliRunner().invoke(
+        main,
+        [
+            "eval",
+            "--run-dir",
+            str(root),
+            "--languages",
+            "es",
+            "--prompts",
+            str(bench),
+            "--judge",
+            "hf",
+            "--judge-model",
+            str(tiny_ref_dir),
+            "--judge-cache",
+            str(out / "cache"),
+            "--no-lc",
+            "--max-new-tokens",
+            "3",
+            "--device",
+            "cpu",
+            "--output",
+            str(root / "eval"),
+        ],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     return root
 
@@ -106,16 +128,30 @@ def _row(accuracy: float, n: int = 4) -> dict:
 
 def test_report_tables_plots_and_json_come_from_the_run(tmp_path):
     run = RunDir(run_config(tmp_path / "runs", "p", "r"))
-    stats = {lang: {"prompts": 3, "pairs": 2, "mean_len_chosen": 10.0, "mean_len_rejected": 12.0,
-                    "mean_margin": 0.25, "alpha": 0.0125, "target_language_share": 0.5} for lang in ("en", "es")}
+    stats = {
+        lang: {
+            "prompts": 3,
+            "pairs": 2,
+            "mean_len_chosen": 10.0,
+            "mean_len_rejected": 12.0,
+            "mean_margin": 0.25,
+            "alpha": 0.0125,
+            "target_language_share": 0.5,
+        }
+        for lang in ("en", "es")
+    }
     write_json_atomic(run.pairs_stats_file(0), stats)
     write_summary(run)
-    write_json_atomic(run.model_dir(0) / "train_metrics.json", {"pairs": 4, "steps": 2, "before": TERMS,
-                                                                 "after": AFTER})
-    write_json_atomic(tmp_path / "models" / "pi_dpo" / "train_metrics.json",
-                      {"pairs": 8, "steps": 4, "before": TERMS, "after": AFTER})
-    accuracy = {"english": {"implicit_reward": _row(0.75), "likelihood_pi_ref": 0.5, "likelihood_pi_dpo": 0.625},
-                "multilingual": {"crosslingual": {"es": _row(0.8, 5)}, "multilingual": {"es": _row(0.6, 5)}}}
+    write_json_atomic(
+        run.model_dir(0) / "train_metrics.json", {"pairs": 4, "steps": 2, "before": TERMS, "after": AFTER}
+    )
+    write_json_atomic(
+        tmp_path / "models" / "pi_dpo" / "train_metrics.json", {"pairs": 8, "steps": 4, "before": TERMS, "after": AFTER}
+    )
+    accuracy = {
+        "english": {"implicit_reward": _row(0.75), "likelihood_pi_ref": 0.5, "likelihood_pi_dpo": 0.625},
+        "multilingual": {"crosslingual": {"es": _row(0.8, 5)}, "multilingual": {"es": _row(0.6, 5)}},
+    }
     path = write_report(tmp_path, run, accuracy, {"icr_iterations_s": 12.4}, quick=True)
 
     text = path.read_text(encoding="utf-8")

@@ -17,11 +17,35 @@ DOC = REPO / "docs" / "reproducing.md"
 PAPER_CONFIG = REPO / "configs" / "paper-llama3-8b.yaml"
 COLUMNS = ["setting", "paper / released", "source", "our field", "ours", "same?"]
 # the settings issue 15 asks the table to cover (matched against the 'setting' column)
-REQUIRED_SETTINGS = ["policy", "reference π_ref", "training prompts", "languages", "samples per prompt N",
-                     "temperature T", "top_p", "max new tokens", "chat template", "crosslingual prefix",
-                     "scored tokens", "reward precision", "α grid", "language filter", "DPO β", "NLL weight",
-                     "NLL normalisation", "learning rate", "global batch", "epochs", "iterations",
-                     "reward reference", "eval temperature", "eval top_p", "eval max tokens", "judge", "LC"]
+REQUIRED_SETTINGS = [
+    "policy",
+    "reference π_ref",
+    "training prompts",
+    "languages",
+    "samples per prompt N",
+    "temperature T",
+    "top_p",
+    "max new tokens",
+    "chat template",
+    "crosslingual prefix",
+    "scored tokens",
+    "reward precision",
+    "α grid",
+    "language filter",
+    "DPO β",
+    "NLL weight",
+    "NLL normalisation",
+    "learning rate",
+    "global batch",
+    "epochs",
+    "iterations",
+    "reward reference",
+    "eval temperature",
+    "eval top_p",
+    "eval max tokens",
+    "judge",
+    "LC",
+]
 
 
 def table_rows(text: str) -> list[dict[str, str]]:
@@ -94,8 +118,9 @@ def test_every_field_the_paper_config_sets_has_a_row():
     assert [f for f in set_in_file if f not in tabled] == []
 
 
-@pytest.mark.parametrize("row", [r for r in ROWS if (code(r["our field"]) or "").startswith("icr eval ")],
-                         ids=lambda r: r["setting"])
+@pytest.mark.parametrize(
+    "row", [r for r in ROWS if (code(r["our field"]) or "").startswith("icr eval ")], ids=lambda r: r["setting"]
+)
 def test_icr_eval_defaults_agree_with_the_table(row):
     from icr.cli.options import effective_default, flag_name
     from icr.config import EvalConfig, iter_fields

@@ -23,17 +23,20 @@ RESPONSES_ES = ["Rojo y azul.", "El arcoíris tiene muchos colores, por ejemplo 
 RESPONSES_EN = ["Red and blue.", "Green", "A rainbow has red, orange, yellow, green, blue and violet."]
 
 
-
-
 def prefixed(language: str, instruction: str) -> str:
     """The released scripts' crosslingual user turn (utils/inference.py PREFIX + the instruction), typed out."""
-    return (f"Please answer the following instruction using only {language}, unless explicitly instructed to "
-            f"respond in a different language.\n\n{instruction}")
+    return (
+        f"Please answer the following instruction using only {language}, unless explicitly instructed to "
+        f"respond in a different language.\n\n{instruction}"
+    )
 
 
 def conv(prompt: str, chosen: str, rejected: str) -> dict:
-    return {"prompt": [{"role": "user", "content": prompt}], "chosen": [{"role": "assistant", "content": chosen}],
-            "rejected": [{"role": "assistant", "content": rejected}]}
+    return {
+        "prompt": [{"role": "user", "content": prompt}],
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+    }
 
 
 def plain_logp(lm, instruction: str, response: str) -> float:
@@ -42,19 +45,23 @@ def plain_logp(lm, instruction: str, response: str) -> float:
     return sum(reference_logprobs(lm.model, p, c))
 
 
-def reward_records(gens: list[dict], english: list[str], policy, reference, config: RewardConfig,
-                   translator=None) -> list[dict]:
+def reward_records(
+    gens: list[dict], english: list[str], policy, reference, config: RewardConfig, translator=None
+) -> list[dict]:
     records = [GenerationRecord.from_json(g) for g in gens]
-    return [r.to_json() for r in engine_reward_records(records, english, policy, reference, config,
-                                                       make_strategy(config, translator))]
+    return [
+        r.to_json()
+        for r in engine_reward_records(records, english, policy, reference, config, make_strategy(config, translator))
+    ]
 
 
 def reward_record(gen: dict, english: str, policy, reference, config: RewardConfig, translator=None) -> dict:
     return reward_records([gen], [english], policy, reference, config, translator)[0]
 
 
-def score_responses(policy, reference, instruction: str, responses: list[str], beta: float,
-                    score_tokens: str = "all") -> dict:
+def score_responses(
+    policy, reference, instruction: str, responses: list[str], beta: float, score_tokens: str = "all"
+) -> dict:
     config = RewardConfig(beta=beta, score_tokens=score_tokens)
     return implicit_rewards(policy, reference, [(instruction, responses)], config)[0]
 
@@ -69,13 +76,21 @@ def reward_instruction(mode: str, item: RewardInput, config: RewardConfig) -> st
 
 def render_prompt(tokenizer, instruction: str) -> str:
     """The text the model sees before it answers `instruction` (its chat template)."""
-    return tokenizer.apply_chat_template([{"role": "user", "content": instruction}], tokenize=False,
-                                         add_generation_prompt=True)
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": instruction}], tokenize=False, add_generation_prompt=True
+    )
 
 
 def generation(lang: str, native: str, responses: list[str], pid: str = "p1") -> dict:
-    return {"id": pid, "lang": lang, "prompt": native, "responses": responses, "n_tokens": [1] * len(responses),
-            "truncated": [False] * len(responses), "seed": 0}
+    return {
+        "id": pid,
+        "lang": lang,
+        "prompt": native,
+        "responses": responses,
+        "n_tokens": [1] * len(responses),
+        "truncated": [False] * len(responses),
+        "seed": 0,
+    }
 
 
 # ---------------------------------------------------------------- the reward itself
@@ -83,8 +98,9 @@ def generation(lang: str, native: str, responses: list[str], pid: str = "p1") ->
 
 def test_policy_equal_to_reference_gives_zero_reward(tiny_lm):
     for mode in ("crosslingual", "multilingual"):
-        rec = reward_record(generation("es", SPANISH, RESPONSES_ES), ENGLISH, tiny_lm, tiny_lm,
-                            RewardConfig(mode=mode, beta=0.5))
+        rec = reward_record(
+            generation("es", SPANISH, RESPONSES_ES), ENGLISH, tiny_lm, tiny_lm, RewardConfig(mode=mode, beta=0.5)
+        )
         assert rec["reward"] == [0.0] * len(RESPONSES_ES)
         assert all(lp < 0 for lp in rec["logp_policy"])  # the scores themselves are real log-probs
 
@@ -220,15 +236,15 @@ def test_multilingual_prompt_is_the_native_instruction(tiny_lm, tiny_ref_lm):
 
 def test_translate_mode_stores_and_scores_translations(tiny_lm, tiny_ref_lm):
     cfg = RewardConfig(mode="translate", beta=1.0, translate_max_new_tokens=4)
-    rec = reward_record(generation("es", SPANISH, RESPONSES_ES), ENGLISH, tiny_lm, tiny_ref_lm, cfg,
-                        translator=tiny_lm)
+    rec = reward_record(generation("es", SPANISH, RESPONSES_ES), ENGLISH, tiny_lm, tiny_ref_lm, cfg, translator=tiny_lm)
     assert rec["reward_prompt"] == ENGLISH
     assert len(rec["translations"]) == len(RESPONSES_ES)
     assert all(isinstance(t, str) for t in rec["translations"])
     assert rec["translations"] != RESPONSES_ES  # a (random) model translated them
     assert rec["responses"] == RESPONSES_ES  # the originals are kept for the pairs
-    np.testing.assert_allclose(rec["logp_policy"], sequence_logprobs(tiny_lm, ENGLISH, rec["translations"])[0],
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        rec["logp_policy"], sequence_logprobs(tiny_lm, ENGLISH, rec["translations"])[0], atol=1e-6
+    )
     # English responses are not translated
     en = reward_record(generation("en", ENGLISH, RESPONSES_EN), ENGLISH, tiny_lm, tiny_ref_lm, cfg, translator=tiny_lm)
     assert en["translations"] == RESPONSES_EN
@@ -255,8 +271,9 @@ def test_skipped_generation_is_passed_on_not_scored(tiny_lm, tiny_ref_lm):
 def test_reward_language_writes_in_generation_order(tiny_lm, tiny_ref_lm, tmp_path):
     gens = [generation("es", SPANISH, RESPONSES_ES[:2], pid="b"), generation("es", SPANISH, RESPONSES_ES[1:], pid="a")]
     out = tmp_path / "es.jsonl"
-    recs = reward_language(gens, {"a": ENGLISH, "b": ENGLISH}, out, tiny_lm, tiny_ref_lm, RewardConfig(),
-                           make_strategy(RewardConfig()))
+    recs = reward_language(
+        gens, {"a": ENGLISH, "b": ENGLISH}, out, tiny_lm, tiny_ref_lm, RewardConfig(), make_strategy(RewardConfig())
+    )
     assert [r["id"] for r in recs] == ["b", "a"]
     from icr.data import read_jsonl
 
@@ -269,8 +286,9 @@ PAIRS = [
     conv("Hi there", "Hello!", "Go away, please"),
     conv("Name a fruit.", "An apple is a fruit that grows on trees.", "No."),
     conv(ENGLISH + "\n\nPlease answer only in Spanish.", "Rojo y azul.", "El arcoíris tiene muchos colores."),
-    conv("Write a story about dragons", "Once upon a time a dragon lived in a cave and ate sheep every day.",
-         "Dragons."),
+    conv(
+        "Write a story about dragons", "Once upon a time a dragon lived in a cave and ate sheep every day.", "Dragons."
+    ),
 ]
 # responses whose first characters merge with the template's last token: TRL then cuts the
 # prompt earlier, and the completion starts with a token of the prompt
@@ -284,11 +302,22 @@ def trl_trainer(tiny_ref_dir, tmp_path_factory):
     from trl import DPOConfig, DPOTrainer
 
     lm = load_model(str(tiny_ref_dir), device="cpu", dtype="float32")
-    args = DPOConfig(output_dir=str(tmp_path_factory.mktemp("trl")), use_cpu=True, report_to=[],
-                     precompute_ref_log_probs=False, max_length=256, remove_unused_columns=False,
-                     dataloader_num_workers=0, disable_tqdm=True)
-    trainer = DPOTrainer(model=lm.model, args=args, train_dataset=Dataset.from_list(PAIRS + DIVERGING_PAIRS),
-                         processing_class=lm.tokenizer)
+    args = DPOConfig(
+        output_dir=str(tmp_path_factory.mktemp("trl")),
+        use_cpu=True,
+        report_to=[],
+        precompute_ref_log_probs=False,
+        max_length=256,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    trainer = DPOTrainer(
+        model=lm.model,
+        args=args,
+        train_dataset=Dataset.from_list(PAIRS + DIVERGING_PAIRS),
+        processing_class=lm.tokenizer,
+    )
     return trainer
 
 
@@ -322,10 +351,12 @@ def test_tokenize_exchange_reproduces_trl_rule(tokenizer, response):
     """TRL's rule: the completion starts where apply_chat_template(prompt, add_generation_prompt=True)
     and apply_chat_template(prompt + answer) diverge."""
     msgs = [{"role": "user", "content": "Say something."}]
-    prompt = tokenizer.apply_chat_template(msgs, tokenize=True, return_dict=True,
-                                           add_generation_prompt=True)["input_ids"]
-    full = tokenizer.apply_chat_template(msgs + [{"role": "assistant", "content": response}], tokenize=True,
-                                         return_dict=True)["input_ids"]
+    prompt = tokenizer.apply_chat_template(msgs, tokenize=True, return_dict=True, add_generation_prompt=True)[
+        "input_ids"
+    ]
+    full = tokenizer.apply_chat_template(
+        msgs + [{"role": "assistant", "content": response}], tokenize=True, return_dict=True
+    )["input_ids"]
     cut = common_prefix_length(list(prompt), list(full))
     p, c = tokenize_exchange(tokenizer, "Say something.", response)
     assert p == list(prompt)[:cut] and c == list(full)[cut:]
@@ -350,8 +381,9 @@ def test_reference_logps_match_trl_compute_ref_log_probs(tiny_ref_lm, trl_traine
     max_length = max(len(r["prompt_ids"]) for r in rows) + 3 if truncate else 256
     assert all(len(r["prompt_ids"]) < max_length for r in rows)
     if truncate:  # the short limit really truncates completions
-        cut = [len(r["prompt_ids"]) + len(r[side]) > max_length
-               for r in rows for side in ("chosen_ids", "rejected_ids")]
+        cut = [
+            len(r["prompt_ids"]) + len(r[side]) > max_length for r in rows for side in ("chosen_ids", "rejected_ids")
+        ]
         assert sum(cut) >= 3
     want_c, want_r = _trl_ref_logps(trl_trainer, rows, max_length)
     ours = reference_logps(tiny_ref_lm, PAIRS, max_length, BUDGET)
@@ -374,9 +406,12 @@ def test_reference_logps_match_trl_when_prompt_tokenization_diverges(tiny_ref_lm
 def test_records_scored_together_match_one_at_a_time(tiny_lm, tiny_ref_lm):
     """reward_records batches the responses of several prompts (and keeps skipped records in
     place); every number matches scoring each record alone."""
-    gens = [generation("es", SPANISH, RESPONSES_ES), {**generation("en", ENGLISH, []), "id": "skip"},
-            {**generation("en", ENGLISH, RESPONSES_EN), "id": "b"},
-            {**generation("es", SPANISH, RESPONSES_ES[:1]), "id": "c"}]
+    gens = [
+        generation("es", SPANISH, RESPONSES_ES),
+        {**generation("en", ENGLISH, []), "id": "skip"},
+        {**generation("en", ENGLISH, RESPONSES_EN), "id": "b"},
+        {**generation("es", SPANISH, RESPONSES_ES[:1]), "id": "c"},
+    ]
     cfg = RewardConfig()
     together = reward_records(gens, [ENGLISH] * len(gens), tiny_lm, tiny_ref_lm, cfg)
     assert [r["id"] for r in together] == [g["id"] for g in gens]

@@ -14,16 +14,34 @@ from helpers import run_config
 from icr.pipeline import run_iterations
 from icr.stages import STAGES
 
-FILES = ["iter_{t}/generations/en.jsonl", "iter_{t}/generations/es.jsonl", "iter_{t}/rewards/en.jsonl",
-         "iter_{t}/rewards/es.jsonl", "iter_{t}/pairs.jsonl", "iter_{t}/pairs_stats.json"]
+FILES = [
+    "iter_{t}/generations/en.jsonl",
+    "iter_{t}/generations/es.jsonl",
+    "iter_{t}/rewards/en.jsonl",
+    "iter_{t}/rewards/es.jsonl",
+    "iter_{t}/pairs.jsonl",
+    "iter_{t}/pairs_stats.json",
+]
 
 
 def _config(out, name, policy, reference):
-    return run_config(out, policy, reference, name, **{
-        "iterations": 2, "generate.n": 3, "generate.batch_prompts": 2, "reward.batch_prompts": 8,
-        "train.batch_size": 2, "train.grad_accum": 1, "train.learning_rate": 1e-3, "train.max_length": 96,
-        "train.warmup_ratio": 0.0,
-    })
+    return run_config(
+        out,
+        policy,
+        reference,
+        name,
+        **{
+            "iterations": 2,
+            "generate.n": 3,
+            "generate.batch_prompts": 2,
+            "reward.batch_prompts": 8,
+            "train.batch_size": 2,
+            "train.grad_accum": 1,
+            "train.learning_rate": 1e-3,
+            "train.max_length": 96,
+            "train.warmup_ratio": 0.0,
+        },
+    )
 
 
 class Crash(RuntimeError):
@@ -43,8 +61,9 @@ def test_two_iterations_complete(clean_run):
             assert (root / f.format(t=t)).exists()
         assert (root / f"iter_{t}/model/model.safetensors").exists()
     stages = clean_run.manifest["stages"]
-    assert all(stages[f"iter_{t}/{s}"]["status"] == "done" for t in (0, 1) for s in ("generate", "reward", "pairs",
-                                                                                       "train"))
+    assert all(
+        stages[f"iter_{t}/{s}"]["status"] == "done" for t in (0, 1) for s in ("generate", "reward", "pairs", "train")
+    )
     assert stages["iter_1/generate"]["policy"].endswith("iter_0/model")
     for stage in STAGES.values():  # every output a stage declares is there
         assert all(path.exists() for t in (0, 1) for path in stage.outputs(clean_run, t)), stage.name
@@ -75,13 +94,15 @@ def _crash_before_model_rename(monkeypatch):
     monkeypatch.setattr(icr.training, "_finite", finite)
 
 
-@pytest.mark.parametrize("crashes", [
-    # appends are counted from each restart: 1 → inside iteration 0's generate; 7 → inside its
-    # reward; then after iteration 0's training; 3 → inside iteration 1's generate; 5 → its reward.
-    [("append", 1), ("append", 7), ("train", None), ("append", 3), ("append", 5)],
-])
-def test_interrupted_run_resumes_to_identical_files(clean_run, tiny_dir, tiny_ref_dir, tmp_path, monkeypatch,
-                                                    crashes):
+@pytest.mark.parametrize(
+    "crashes",
+    [
+        # appends are counted from each restart: 1 → inside iteration 0's generate; 7 → inside its
+        # reward; then after iteration 0's training; 3 → inside iteration 1's generate; 5 → its reward.
+        [("append", 1), ("append", 7), ("train", None), ("append", 3), ("append", 5)],
+    ],
+)
+def test_interrupted_run_resumes_to_identical_files(clean_run, tiny_dir, tiny_ref_dir, tmp_path, monkeypatch, crashes):
     config = _config(tmp_path, "crashy", tiny_dir, tiny_ref_dir)
     for kind, k in crashes:
         with monkeypatch.context() as patch:

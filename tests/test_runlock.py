@@ -18,15 +18,21 @@ import icr.runlock
 from icr.faults import RunDirInUse
 from icr.runlock import LOCK_NAME, run_lock
 
-HOLD = ("import sys, time; from pathlib import Path; from icr.runlock import RunLock; "
-        "RunLock(Path(sys.argv[1])).acquire(); print('held', flush=True); time.sleep(600)")
+HOLD = (
+    "import sys, time; from pathlib import Path; from icr.runlock import RunLock; "
+    "RunLock(Path(sys.argv[1])).acquire(); print('held', flush=True); time.sleep(600)"
+)
 
 
 @pytest.fixture
 def holder(tmp_path):
     """Another process holding the lock of tmp_path/run."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / "run")], stdout=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(tmp_path / "run")],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
     assert proc.stdout.readline().strip() == "held"
     yield proc
     if proc.poll() is None:
@@ -58,8 +64,14 @@ def test_lock_is_reentrant_in_one_process_and_released_at_the_end(tmp_path):
         with run_lock(root) as inner:
             assert inner is outer
         assert (root / LOCK_NAME).exists()
-        proc = subprocess.run([sys.executable, "-c", HOLD, str(root)], check=False, capture_output=True, text=True,
-                              timeout=120, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+        proc = subprocess.run(
+            [sys.executable, "-c", HOLD, str(root)],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        )
         assert proc.returncode != 0 and "RunDirInUse" in proc.stderr and f"pid {os.getpid()}" in proc.stderr
     assert not (root / LOCK_NAME).exists()
     with run_lock(root):  # taken again without a warning or an error
@@ -76,8 +88,10 @@ def test_without_flock_the_holder_line_decides(tmp_path, monkeypatch, caplog):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     lock_file = root / LOCK_NAME
-    for holder, refused in [({"host": socket.gethostname(), "pid": os.getppid()}, "in use by another"),
-                            ({"host": "elsewhere", "pid": 1}, f"if that process is gone, delete {lock_file}")]:
+    for holder, refused in [
+        ({"host": socket.gethostname(), "pid": os.getppid()}, "in use by another"),
+        ({"host": "elsewhere", "pid": 1}, f"if that process is gone, delete {lock_file}"),
+    ]:
         lock_file.write_text(json.dumps({**holder, "started": "2025-01-01T00:00:00"}))
         with pytest.raises(RunDirInUse, match=refused), run_lock(root):
             pass

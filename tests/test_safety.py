@@ -90,15 +90,20 @@ def assert_no_secret(*texts: str, folders=()) -> None:
 def test_key_quoted_back_by_the_server_is_not_in_errors_or_logs(echoing, code, monkeypatch, caplog):
     monkeypatch.setenv(KEY_ENV, SECRET)
     EchoingEndpoint.status["code"] = code
-    judge = OpenAIJudge(JudgeConfig(model="judge-x", base_url=echoing, api_key_env=KEY_ENV, max_retries=1),
-                        backoff=0.0)
+    judge = OpenAIJudge(JudgeConfig(model="judge-x", base_url=echoing, api_key_env=KEY_ENV, max_retries=1), backoff=0.0)
     caplog.set_level(logging.DEBUG)
     with pytest.raises(JudgeError) as info:
         judge.judge_one(JudgeRequest("Say hi.", "de", "Hallo", "Hi"))
     err = info.value
     assert f"HTTP {code}" in str(err) and "Incorrect API key" in str(err)  # the server's reason is still shown
-    assert_no_secret(str(err), repr(err), "".join(traceback.format_exception(err)), caplog.text,
-                     json.dumps(judge.describe()), judge.judge_id)
+    assert_no_secret(
+        str(err),
+        repr(err),
+        "".join(traceback.format_exception(err)),
+        caplog.text,
+        json.dumps(judge.describe()),
+        judge.judge_id,
+    )
 
 
 def test_key_quoted_in_a_refused_logprobs_request_is_not_logged(echoing, monkeypatch, caplog):
@@ -115,8 +120,10 @@ def test_key_quoted_in_a_refused_logprobs_request_is_not_logged(echoing, monkeyp
 def test_unreachable_endpoint_error_has_no_key(monkeypatch, caplog):
     monkeypatch.setenv(KEY_ENV, SECRET)
     caplog.set_level(logging.DEBUG)
-    judge = OpenAIJudge(JudgeConfig(model="judge-x", base_url="http://127.0.0.1:9/v1", api_key_env=KEY_ENV,
-                                    max_retries=1, timeout=2), backoff=0.0)
+    judge = OpenAIJudge(
+        JudgeConfig(model="judge-x", base_url="http://127.0.0.1:9/v1", api_key_env=KEY_ENV, max_retries=1, timeout=2),
+        backoff=0.0,
+    )
     with pytest.raises(JudgeError) as info:
         judge.preflight()
     assert_no_secret(str(info.value), "".join(traceback.format_exception(info.value)), caplog.text)
@@ -129,9 +136,27 @@ def test_failing_evaluation_leaves_no_key_in_any_file_or_output(echoing, tmp_pat
     caplog.set_level(logging.DEBUG)
     bench = write_benchmark(tmp_path / "bench", langs=("en",), n=3)
     outs = write_outputs(tmp_path / "outs", bench, lambda i: f"answer {i}", langs=("en",))
-    args = ["--outputs", f"m={outs}", "--languages", "en", "--prompts", str(bench), "--judge-model", "judge-x",
-            "--judge-base-url", echoing, "--judge-api-key-env", KEY_ENV, "--judge-max-retries", "0",
-            "--judge-cache", str(tmp_path / "cache"), "--output", str(tmp_path / "out"), "--no-lc"]
+    args = [
+        "--outputs",
+        f"m={outs}",
+        "--languages",
+        "en",
+        "--prompts",
+        str(bench),
+        "--judge-model",
+        "judge-x",
+        "--judge-base-url",
+        echoing,
+        "--judge-api-key-env",
+        KEY_ENV,
+        "--judge-max-retries",
+        "0",
+        "--judge-cache",
+        str(tmp_path / "cache"),
+        "--output",
+        str(tmp_path / "out"),
+        "--no-lc",
+    ]
     for code in (401, 200):  # refused, then (another key) accepted: the same folders
         EchoingEndpoint.status["code"] = code
         result = CliRunner().invoke(eval_command, args)
@@ -171,8 +196,9 @@ def test_repository_code_is_not_run_unless_the_config_opts_in(spy_from_pretraine
     assert all(k.get("use_safetensors") is True for k in model_kwargs)  # no silent fallback to .bin files
     for opt_in in (False, True):
         spy_from_pretrained.clear()
-        cfg = load_config(overrides={"output_dir": str(tmp_path), "models.device": "cpu",
-                                     "models.trust_remote_code": opt_in})
+        cfg = load_config(
+            overrides={"output_dir": str(tmp_path), "models.device": "cpu", "models.trust_remote_code": opt_in}
+        )
         ModelPool(cfg).get(str(tiny_dir))
         assert len(spy_from_pretrained) == 2
         assert all(kwargs["trust_remote_code"] is opt_in for _, kwargs in spy_from_pretrained)
@@ -206,8 +232,15 @@ def test_vllm_generation_refuses_a_pickle_checkpoint_before_loading_it(pickle_di
     vLLM is not installed, the error would otherwise be 'needs vLLM')."""
     from icr.sampling import make_generator
 
-    cfg = load_config(overrides={"output_dir": str(tmp_path), "models.policy": str(pickle_dir),
-                                 "data.languages": ["en"], "data.limit": 1, "generate.backend": "vllm"})
+    cfg = load_config(
+        overrides={
+            "output_dir": str(tmp_path),
+            "models.policy": str(pickle_dir),
+            "data.languages": ["en"],
+            "data.limit": 1,
+            "generate.backend": "vllm",
+        }
+    )
     with pytest.raises(ModelLoadError, match="pickle"):
         icr.pipeline.run_stage(cfg, "generate")
     with pytest.raises(ModelLoadError, match="pickle"):
@@ -226,11 +259,21 @@ def test_training_loads_the_policy_under_the_configured_safety_settings(tmp_path
         raise Stop
 
     monkeypatch.setattr(icr.training, "load_model", fake_load_model)
-    cfg = load_config(overrides={"output_dir": str(tmp_path), "name": "t", "models.policy": "some/policy",
-                                 "models.allow_pickle": allow_pickle, "models.trust_remote_code": trust})
+    cfg = load_config(
+        overrides={
+            "output_dir": str(tmp_path),
+            "name": "t",
+            "models.policy": "some/policy",
+            "models.allow_pickle": allow_pickle,
+            "models.trust_remote_code": trust,
+        }
+    )
     run = RunDir(cfg)
-    pair = {"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": "a"}],
-            "rejected": [{"role": "assistant", "content": "b"}]}
+    pair = {
+        "prompt": [{"role": "user", "content": "q"}],
+        "chosen": [{"role": "assistant", "content": "a"}],
+        "rejected": [{"role": "assistant", "content": "b"}],
+    }
     run.pairs_file(0).parent.mkdir(parents=True)
     run.pairs_file(0).write_text(json.dumps(pair) + "\n")
     with pytest.raises(Stop):

@@ -42,8 +42,6 @@ def expected(tiny_lm, group):
     return [reference_logprobs(tiny_lm.model, prompt, c) for c in completions]
 
 
-
-
 def _assert_close(got: list[list[float]], want: list[list[float]], tol: float = TOL) -> None:
     assert len(got) == len(want)
     for g, w in zip(got, want):
@@ -178,8 +176,11 @@ def test_order_of_completions_does_not_change_scores(tiny_lm, group):
     for _ in range(3):
         perm = list(range(len(completions)))
         rnd.shuffle(perm)
-        shuffled = score_group(tiny_lm.model, ScoreGroup(prompt, [completions[i] for i in perm],
-                                                         [starts[i] for i in perm]), token_budget=30)
+        shuffled = score_group(
+            tiny_lm.model,
+            ScoreGroup(prompt, [completions[i] for i in perm], [starts[i] for i in perm]),
+            token_budget=30,
+        )
         np.testing.assert_allclose(shuffled, [base[i] for i in perm], atol=1e-4, rtol=0)
 
 
@@ -196,8 +197,9 @@ def groups(tokenizer):
     some empty or scored from a later token."""
     rng = np.random.default_rng(1)
     out = []
-    for k, (prompt_len, lengths) in enumerate([(40, [3, 12, 0, 7]), (1, [5, 1, 20]), (17, [9, 9, 2, 30, 4]),
-                                               (6, [11])]):
+    for k, (prompt_len, lengths) in enumerate(
+        [(40, [3, 12, 0, 7]), (1, [5, 1, 20]), (17, [9, 9, 2, 30, 4]), (6, [11])]
+    ):
         prompt = rng.integers(0, len(tokenizer), size=prompt_len).tolist()
         completions = [rng.integers(0, len(tokenizer), size=n).tolist() for n in lengths]
         starts = [min(n, (k + i) % 3) for i, n in enumerate(lengths)]
@@ -207,8 +209,13 @@ def groups(tokenizer):
 
 @pytest.fixture(scope="module")
 def groups_expected(tiny_lm, groups):
-    return [[reference_logprobs(tiny_lm.model, g.prompt_ids, c)[s:] if c else []
-             for c, s in zip(g.completions, g.score_from)] for g in groups]
+    return [
+        [
+            reference_logprobs(tiny_lm.model, g.prompt_ids, c)[s:] if c else []
+            for c, s in zip(g.completions, g.score_from)
+        ]
+        for g in groups
+    ]
 
 
 @pytest.mark.parametrize("budget", [1, 13, 40, 90, 10**6])
@@ -227,8 +234,9 @@ def test_groups_mix_prompts_in_one_forward_pass(tiny_lm, groups, monkeypatch):
     """With a large budget the completions of all prompts share forward passes."""
     seen = []
     real = scoring.batch_cache
-    monkeypatch.setattr(scoring, "batch_cache",
-                        lambda prefixes, rows, *args: seen.append(set(rows)) or real(prefixes, rows, *args))
+    monkeypatch.setattr(
+        scoring, "batch_cache", lambda prefixes, rows, *args: seen.append(set(rows)) or real(prefixes, rows, *args)
+    )
     score_groups(tiny_lm.model, groups, token_budget=10**6)
     assert len(seen) == 1 and seen[0] == {0, 1, 2, 3}
 
@@ -272,9 +280,11 @@ def test_scoring_attends_on_grouped_kv_heads_and_restores_sdpa(tiny_lm, groups, 
     assert tiny_lm.model.config.num_key_value_heads < tiny_lm.model.config.num_attention_heads
     calls = []
     real = scoring._sdpa_gqa_attention
-    monkeypatch.setattr(scoring, "_sdpa_gqa_attention",
-                        lambda module, q, k, v, mask, **kw: calls.append(mask is not None)
-                        or real(module, q, k, v, mask, **kw))
+    monkeypatch.setattr(
+        scoring,
+        "_sdpa_gqa_attention",
+        lambda module, q, k, v, mask, **kw: calls.append(mask is not None) or real(module, q, k, v, mask, **kw),
+    )
     got = score_groups(tiny_lm.model, groups, token_budget=10**6, per_token=True)
     for g, want in zip(got, groups_expected):
         _assert_close(g, want)
@@ -300,6 +310,7 @@ def test_gqa_attention_leaves_what_sdpa_cannot_do_to_transformers():
     with pytest.raises(ValueError, match="softcap"):
         scoring._sdpa_gqa_attention(module, q, kv, kv, None, softcap=50.0)
     out, _ = scoring._sdpa_gqa_attention(module, q, kv, kv, None)
-    want = torch.nn.functional.scaled_dot_product_attention(q, kv.repeat_interleave(2, 1), kv.repeat_interleave(2, 1),
-                                                            is_causal=True)
+    want = torch.nn.functional.scaled_dot_product_attention(
+        q, kv.repeat_interleave(2, 1), kv.repeat_interleave(2, 1), is_causal=True
+    )
     torch.testing.assert_close(out, want.transpose(1, 2))

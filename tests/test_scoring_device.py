@@ -34,8 +34,9 @@ BF16_TOL = 0.15  # nats per token (0.0 seen on this CPU); log-probs of this mode
 def _groups(vocab: int, seed: int = 1) -> list[ScoreGroup]:
     rng = np.random.default_rng(seed)
     out = []
-    for k, (prompt_len, lengths) in enumerate([(40, [3, 12, 0, 7]), (1, [5, 1, 20]), (17, [9, 9, 2, 30, 4]),
-                                               (6, [11]), (70, [2, 66])]):
+    for k, (prompt_len, lengths) in enumerate(
+        [(40, [3, 12, 0, 7]), (1, [5, 1, 20]), (17, [9, 9, 2, 30, 4]), (6, [11]), (70, [2, 66])]
+    ):
         prompt = rng.integers(0, vocab, size=prompt_len).tolist()
         completions = [rng.integers(0, vocab, size=n).tolist() for n in lengths]
         out.append(ScoreGroup(prompt, completions, [min(n, (k + i) % 3) for i, n in enumerate(lengths)]))
@@ -43,14 +44,17 @@ def _groups(vocab: int, seed: int = 1) -> list[ScoreGroup]:
 
 
 def _expected(model, groups):
-    return [[reference_logprobs(model, g.prompt_ids, c)[s:] if c else [] for c, s in zip(g.completions, g.score_from)]
-            for g in groups]
+    return [
+        [reference_logprobs(model, g.prompt_ids, c)[s:] if c else [] for c, s in zip(g.completions, g.score_from)]
+        for g in groups
+    ]
 
 
 def _cuda_profile_on_cpu(monkeypatch, vocab: int, rows_per_chunk: int = 7):
     """The CUDA profile, applied to a CPU model; the output layer's chunks made small so there are many."""
-    profile = dataclasses.replace(PROFILES["cuda"], output_layer=functools.partial(
-        row_chunked_logprobs, logit_elements=rows_per_chunk * vocab))
+    profile = dataclasses.replace(
+        PROFILES["cuda"], output_layer=functools.partial(row_chunked_logprobs, logit_elements=rows_per_chunk * vocab)
+    )
     monkeypatch.setattr(scoring, "profile_for", lambda device: profile)
     return profile
 
@@ -101,8 +105,11 @@ def test_cuda_profile_prefills_many_prompts_per_forward_in_bucketed_shapes(tiny_
     decoder = tiny_lm.model.get_decoder()
     shapes = []
     real = decoder.forward
-    monkeypatch.setattr(decoder, "forward", lambda **kw: shapes.append(
-        (tuple(kw["input_ids"].shape), kw.get("past_key_values") is not None)) or real(**kw))
+    monkeypatch.setattr(
+        decoder,
+        "forward",
+        lambda **kw: shapes.append((tuple(kw["input_ids"].shape), kw.get("past_key_values") is not None)) or real(**kw),
+    )
     score_groups(tiny_lm.model, groups, token_budget=10**6)
     prefills = [s for s, cached in shapes if not cached]
     assert prefills == [(len(groups), 128)]  # all five prompts (1..70 tokens) in one forward of width 128
@@ -161,10 +168,22 @@ def test_output_layers_match_full_log_softmax(dtype):
 def test_auto_token_budget_from_free_memory(tiny_lm, monkeypatch):
     config = tiny_lm.model.config
     per_token = bytes_per_scored_token(config, torch.bfloat16)
-    assert per_token == 2 * (config.num_hidden_layers * 2 * config.num_key_value_heads * 16 * 2
-                             + 8 * config.hidden_size + 3 * config.intermediate_size)
-    llama8b = type("C", (), {"hidden_size": 4096, "num_attention_heads": 32, "num_key_value_heads": 8,
-                                 "intermediate_size": 14336, "num_hidden_layers": 32})()
+    assert per_token == 2 * (
+        config.num_hidden_layers * 2 * config.num_key_value_heads * 16 * 2
+        + 8 * config.hidden_size
+        + 3 * config.intermediate_size
+    )
+    llama8b = type(
+        "C",
+        (),
+        {
+            "hidden_size": 4096,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 8,
+            "intermediate_size": 14336,
+            "num_hidden_layers": 32,
+        },
+    )()
     assert bytes_per_scored_token(llama8b, torch.bfloat16) == 2 * (32 * 2 * 8 * 128 * 2 + 8 * 4096 + 3 * 14336)
     weights = [torch.zeros(1, dtype=torch.bfloat16)]
     model = type("M", (), {"config": config, "parameters": lambda self: iter(weights)})()

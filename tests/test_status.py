@@ -68,8 +68,9 @@ def test_status_command_prints_and_writes_json(generated):
     assert result.exit_code == 0
     assert "iter 0  generate  done" in result.output and "iter 1  train     not started" in result.output
     rows = json.loads(CliRunner().invoke(main, ["status", "--json", str(generated.root)]).output)
-    assert {(r["iteration"], r["stage"]) for r in rows} == {(t, s) for t in (0, 1)
-                                                            for s in ("generate", "reward", "pairs", "train")}
+    assert {(r["iteration"], r["stage"]) for r in rows} == {
+        (t, s) for t in (0, 1) for s in ("generate", "reward", "pairs", "train")
+    }
 
 
 def test_status_of_a_folder_that_is_not_a_run(tmp_path):

@@ -11,16 +11,37 @@ from icr.data import read_json
 from icr.training import train_dpo
 from test_train import BUDGET, _config, _pairs_file
 
-PAIR_STATS = {"en": {"prompts": 4, "pairs": 3, "dropped": {"identical": 1}, "alpha": 0.25, "mean_len_chosen": 12.0,
-                     "mean_len_rejected": 11.0, "mean_margin": 0.5, "target_language_share": 0.75},
-              "es": {"prompts": 4, "pairs": 0, "dropped": {"fewer_than_2_in_language": 4}, "alpha": 0.0,
-                     "mean_len_chosen": float("nan"), "mean_len_rejected": float("nan"),
-                     "mean_margin": float("nan"), "target_language_share": 0.25}}
+PAIR_STATS = {
+    "en": {
+        "prompts": 4,
+        "pairs": 3,
+        "dropped": {"identical": 1},
+        "alpha": 0.25,
+        "mean_len_chosen": 12.0,
+        "mean_len_rejected": 11.0,
+        "mean_margin": 0.5,
+        "target_language_share": 0.75,
+    },
+    "es": {
+        "prompts": 4,
+        "pairs": 0,
+        "dropped": {"fewer_than_2_in_language": 4},
+        "alpha": 0.0,
+        "mean_len_chosen": float("nan"),
+        "mean_len_rejected": float("nan"),
+        "mean_margin": float("nan"),
+        "target_language_share": 0.25,
+    },
+}
 
 
-@pytest.mark.parametrize("value,message", [
-    ("tensorbord", "unknown tracker"), (["none", "tensorboard"], "cannot be combined"),
-])
+@pytest.mark.parametrize(
+    "value,message",
+    [
+        ("tensorbord", "unknown tracker"),
+        (["none", "tensorboard"], "cannot be combined"),
+    ],
+)
 def test_bad_report_to_is_a_config_error_naming_the_field(value, message):
     with pytest.raises(ConfigError, match=rf"train.report_to: .*{message}"):
         load_config(overrides={"train.report_to": value})
@@ -47,16 +68,25 @@ def _scalars(folder):
 def test_tensorboard_holds_loss_terms_reward_metrics_and_pair_statistics(tiny_dir, tmp_path):
     config = _config(report_to=["tensorboard"], nll_weight=0.5, batch_size=1, epochs=1)
     tracking = tmp_path / "tracking" / "iter_0"
-    metrics = train_dpo(str(tiny_dir), _pairs_file(tmp_path / "p.jsonl"), tmp_path / "model", config, BUDGET, "cpu",
-                        run_name="t/iter_0", tracking_dir=tracking, pair_stats=PAIR_STATS)
+    metrics = train_dpo(
+        str(tiny_dir),
+        _pairs_file(tmp_path / "p.jsonl"),
+        tmp_path / "model",
+        config,
+        BUDGET,
+        "cpu",
+        run_name="t/iter_0",
+        tracking_dir=tracking,
+        pair_stats=PAIR_STATS,
+    )
     scalars = _scalars(tracking)
     steps = metrics["steps"]
-    for tag in ("train/dpo_loss", "train/nll_loss", "train/rewards/margins", "train/rewards/accuracies",
-                "train/loss"):
+    for tag in ("train/dpo_loss", "train/nll_loss", "train/rewards/margins", "train/rewards/accuracies", "train/loss"):
         assert [s for s, _ in scalars[tag]] == list(range(1, steps + 1)), tag
     # the logged terms are the two parts of the loss TRL optimised: loss = DPO + λ·NLL at every step
-    for (_, loss), (_, dpo), (_, nll) in zip(scalars["train/loss"], scalars["train/dpo_loss"],
-                                             scalars["train/nll_loss"]):
+    for (_, loss), (_, dpo), (_, nll) in zip(
+        scalars["train/loss"], scalars["train/dpo_loss"], scalars["train/nll_loss"]
+    ):
         assert loss == pytest.approx(dpo + 0.5 * nll, rel=1e-4, abs=1e-5)
     first_dpo = scalars["train/dpo_loss"][0][1]
     assert first_dpo == pytest.approx(0.6931, abs=1e-3)  # policy == reference at step 1: log 2

@@ -30,16 +30,31 @@ PAIRS = [
 
 
 def _pairs_file(path):
-    rows = [{"id": str(i), "lang": "en", "prompt": [{"role": "user", "content": p}],
-             "chosen": [{"role": "assistant", "content": c}], "rejected": [{"role": "assistant", "content": r}]}
-            for i, (p, c, r) in enumerate(PAIRS)]
+    rows = [
+        {
+            "id": str(i),
+            "lang": "en",
+            "prompt": [{"role": "user", "content": p}],
+            "chosen": [{"role": "assistant", "content": c}],
+            "rejected": [{"role": "assistant", "content": r}],
+        }
+        for i, (p, c, r) in enumerate(PAIRS)
+    ]
     write_jsonl_atomic(path, rows)
     return path
 
 
 def _config(**kw):
-    base = dict(learning_rate=5e-3, batch_size=4, grad_accum=1, epochs=1, max_length=64, warmup_ratio=0.0,
-                lr_scheduler="constant", nll_weight=0.0)
+    base = dict(
+        learning_rate=5e-3,
+        batch_size=4,
+        grad_accum=1,
+        epochs=1,
+        max_length=64,
+        warmup_ratio=0.0,
+        lr_scheduler="constant",
+        nll_weight=0.0,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -71,10 +86,14 @@ def test_length_grouping_batches_pairs_of_similar_length(tiny_dir, tmp_path):
     lm = load_model(str(tiny_dir), device="cpu")
     long = " ".join(["The answer needs many words to explain it well."] * 8)
     kinds = [i % 2 == 1 for i in range(64)]
-    rows = [{"prompt": [{"role": "user", "content": f"Question {i}?"}],
-             "chosen": [{"role": "assistant", "content": long if is_long else "Yes."}],
-             "rejected": [{"role": "assistant", "content": long + " More." if is_long else "No."}]}
-            for i, is_long in enumerate(kinds)]
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": f"Question {i}?"}],
+            "chosen": [{"role": "assistant", "content": long if is_long else "Yes."}],
+            "rejected": [{"role": "assistant", "content": long + " More." if is_long else "No."}],
+        }
+        for i, is_long in enumerate(kinds)
+    ]
     slots, mixed = {}, {}
     for grouped in (True, False):
         config = _config(batch_size=2, max_length=256, group_by_length=grouped)
@@ -146,8 +165,12 @@ def test_config_errors_fail_before_any_model_loads(monkeypatch, tmp_path):
         raise AssertionError("a model was loaded")
 
     monkeypatch.setattr(icr.models, "load_model", boom)
-    for override, field in [({"reward.beta": 0}, "reward.beta"), ({"generate.n": 1}, "generate.n"),
-                            ({"train.beta": -1}, "train.beta"), ({"bogus": 1}, "bogus")]:
+    for override, field in [
+        ({"reward.beta": 0}, "reward.beta"),
+        ({"generate.n": 1}, "generate.n"),
+        ({"train.beta": -1}, "train.beta"),
+        ({"bogus": 1}, "bogus"),
+    ]:
         with pytest.raises(ValueError, match=field.replace(".", r"\.")):
             load_config(None, override)
 
@@ -222,5 +245,11 @@ def test_indivisible_global_batch_fails_before_any_model_loads(tmp_path, monkeyp
 
     monkeypatch.setattr("icr.training.current_shard", lambda: Shard(0, 3))
     with pytest.raises(ConfigError, match="global_batch_size"):  # not a model-loading error
-        train_dpo("no/such-model", _pairs_file(tmp_path / "p.jsonl"), tmp_path / "out",
-                  _config(batch_size=2, global_batch_size=32), BUDGET, device="cpu")
+        train_dpo(
+            "no/such-model",
+            _pairs_file(tmp_path / "p.jsonl"),
+            tmp_path / "out",
+            _config(batch_size=2, global_batch_size=32),
+            BUDGET,
+            device="cpu",
+        )

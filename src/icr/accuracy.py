@@ -53,8 +53,13 @@ def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, f
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def pair_rewards(policy: LoadedModel, reference: LoadedModel, pairs: list[PreferencePair], config: RewardConfig,
-                 translator: LoadedModel | None = None) -> list[dict]:
+def pair_rewards(
+    policy: LoadedModel,
+    reference: LoadedModel,
+    pairs: list[PreferencePair],
+    config: RewardConfig,
+    translator: LoadedModel | None = None,
+) -> list[dict]:
     """For each pair: `reward` and `n_tokens` (scored tokens) of (chosen, rejected) under
     `config.mode`, the pairs scored together."""
     inputs = [RewardInput(p.lang, p.prompt, p.prompt_en, [p.chosen, p.rejected]) for p in pairs]
@@ -85,10 +90,14 @@ def summarize_language(rows: list[dict]) -> dict:
     summed = [row["win_summed"] for row in rows]
     table = {**_accuracy(summed), "mean_margin": _mean([row["margin"] for row in rows])}
     table["per_token"] = _accuracy([row["win_per_token"] for row in rows])
-    for name, subset in (("chosen_longer", [r for r in rows if r["chosen_longer"]]),
-                         ("chosen_not_longer", [r for r in rows if not r["chosen_longer"]])):
-        table[name] = {**_accuracy([r["win_summed"] for r in subset]),
-                       "per_token_accuracy": _accuracy([r["win_per_token"] for r in subset])["accuracy"]}
+    for name, subset in (
+        ("chosen_longer", [r for r in rows if r["chosen_longer"]]),
+        ("chosen_not_longer", [r for r in rows if not r["chosen_longer"]]),
+    ):
+        table[name] = {
+            **_accuracy([r["win_summed"] for r in subset]),
+            "per_token_accuracy": _accuracy([r["win_per_token"] for r in subset])["accuracy"],
+        }
     for key in ("len_chosen", "len_rejected", "tokens_chosen", "tokens_rejected"):
         table[f"mean_{key}"] = _mean([row[key] for row in rows])
     return table
@@ -97,15 +106,25 @@ def summarize_language(rows: list[dict]) -> dict:
 def accuracy_row(pair: PreferencePair, scored: dict) -> dict:
     """One pair's outcome under the summed reward and under the per-token mean reward, and lengths."""
     (chosen, rejected), (n_chosen, n_rejected) = scored["reward"], scored["n_tokens"]
-    return {"win_summed": _win(chosen, rejected), "margin": chosen - rejected,
-            "win_per_token": _win(chosen / max(n_chosen, 1), rejected / max(n_rejected, 1)),
-            "len_chosen": len(pair.chosen), "len_rejected": len(pair.rejected),
-            "tokens_chosen": n_chosen, "tokens_rejected": n_rejected,
-            "chosen_longer": len(pair.chosen) > len(pair.rejected)}
+    return {
+        "win_summed": _win(chosen, rejected),
+        "margin": chosen - rejected,
+        "win_per_token": _win(chosen / max(n_chosen, 1), rejected / max(n_rejected, 1)),
+        "len_chosen": len(pair.chosen),
+        "len_rejected": len(pair.rejected),
+        "tokens_chosen": n_chosen,
+        "tokens_rejected": n_rejected,
+        "chosen_longer": len(pair.chosen) > len(pair.rejected),
+    }
 
 
-def reward_accuracy(policy: LoadedModel, reference: LoadedModel, pairs: list[PreferencePair], config: RewardConfig,
-                    translator: LoadedModel | None = None) -> dict[str, dict]:
+def reward_accuracy(
+    policy: LoadedModel,
+    reference: LoadedModel,
+    pairs: list[PreferencePair],
+    config: RewardConfig,
+    translator: LoadedModel | None = None,
+) -> dict[str, dict]:
     """{lang: summarize_language(...)} for one rewarding mode: `accuracy`, `n`, `ci_low`, `ci_high`,
     `mean_margin` (summed reward), `per_token`, `chosen_longer`, `chosen_not_longer`, mean lengths."""
     rows: dict[str, list[dict]] = defaultdict(list)
@@ -118,11 +137,18 @@ def reward_accuracy(policy: LoadedModel, reference: LoadedModel, pairs: list[Pre
     return {lang: summarize_language(rows[lang]) for lang in sorted(rows)}
 
 
-def reward_accuracy_table(policy: LoadedModel, reference: LoadedModel, pairs: list[PreferencePair],
-                          config: AccuracyConfig, translator: LoadedModel | None = None) -> dict:
+def reward_accuracy_table(
+    policy: LoadedModel,
+    reference: LoadedModel,
+    pairs: list[PreferencePair],
+    config: AccuracyConfig,
+    translator: LoadedModel | None = None,
+) -> dict:
     """{mode: {lang: ...}} for each of `config.modes`."""
-    return {mode: reward_accuracy(policy, reference, pairs, config.reward.model_copy(update={"mode": mode}),
-                                  translator) for mode in config.modes}
+    return {
+        mode: reward_accuracy(policy, reference, pairs, config.reward.model_copy(update={"mode": mode}), translator)
+        for mode in config.modes
+    }
 
 
 def _pct(value: float | None) -> str:
@@ -132,8 +158,13 @@ def _pct(value: float | None) -> str:
 def format_accuracy_table(table: dict[str, dict]) -> str:
     """One row per mode and language: summed (with interval), per-token mean, the split by which
     response is longer, and mean lengths in characters."""
-    lines = [("| mode | lang | n | summed reward | per-token mean | chosen longer: n, summed, per-token | "
-              "chosen not longer: n, summed, per-token | mean chars chosen / rejected |"), "|---" * 8 + "|"]
+    lines = [
+        (
+            "| mode | lang | n | summed reward | per-token mean | chosen longer: n, summed, per-token | "
+            "chosen not longer: n, summed, per-token | mean chars chosen / rejected |"
+        ),
+        "|---" * 8 + "|",
+    ]
     for mode, per_lang in table.items():
         for lang, r in per_lang.items():
             longer, other = r["chosen_longer"], r["chosen_not_longer"]
@@ -142,5 +173,6 @@ def format_accuracy_table(table: dict[str, dict]) -> str:
                 f"{100 * r['ci_high']:.0f}] | {_pct(r['per_token']['accuracy'])} | {longer['n']}, "
                 f"{_pct(longer['accuracy'])}, {_pct(longer['per_token_accuracy'])} | {other['n']}, "
                 f"{_pct(other['accuracy'])}, {_pct(other['per_token_accuracy'])} | "
-                f"{r['mean_len_chosen']:.0f} / {r['mean_len_rejected']:.0f} |")
+                f"{r['mean_len_chosen']:.0f} / {r['mean_len_rejected']:.0f} |"
+            )
     return "\n".join(lines) + "\n"

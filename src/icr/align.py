@@ -45,9 +45,15 @@ def load_english_preferences(source: str, split: str | None = "train") -> list[d
         missing = [f for f in ("prompt", "chosen", "rejected") if f not in row]
         if missing:
             raise DataError(f"{source}: row {k}: missing {', '.join(missing)}")
-        pairs.append({"id": str(row.get("id", k)), "lang": "en", "prompt": _as_messages(row["prompt"], "user"),
-                      "chosen": _as_messages(row["chosen"], "assistant"),
-                      "rejected": _as_messages(row["rejected"], "assistant")})
+        pairs.append(
+            {
+                "id": str(row.get("id", k)),
+                "lang": "en",
+                "prompt": _as_messages(row["prompt"], "user"),
+                "chosen": _as_messages(row["chosen"], "assistant"),
+                "rejected": _as_messages(row["rejected"], "assistant"),
+            }
+        )
     if not pairs:
         raise DataError(f"{source}: no preference pairs (split={split!r})")
     return pairs
@@ -61,6 +67,13 @@ def align_english(config: AlignConfig) -> dict:
     pairs_file = out_dir.parent / f"{out_dir.name}-english-pairs.jsonl"
     write_jsonl_atomic(pairs_file, load_english_preferences(config.data, config.split))
     # the reward's scoring budget: stage 0 scores the reference log-probs as the iterations do
-    return train_dpo(config.model, pairs_file, out_dir, config.train, RewardConfig().token_budget, config.device,
-                     run_name=config.train.run_name or out_dir.name,
-                     tracking_dir=out_dir.parent / f"{out_dir.name}-tracking")
+    return train_dpo(
+        config.model,
+        pairs_file,
+        out_dir,
+        config.train,
+        RewardConfig().token_budget,
+        config.device,
+        run_name=config.train.run_name or out_dir.name,
+        tracking_dir=out_dir.parent / f"{out_dir.name}-tracking",
+    )

@@ -79,8 +79,9 @@ class InChildProcess:
             ok, value = self._connection.recv()
         except (EOFError, ConnectionError):
             self._process.join()
-            raise ChildProcessError(f"{self._description} exited (code {self._process.exitcode}) "
-                                    "without an answer") from None
+            raise ChildProcessError(
+                f"{self._description} exited (code {self._process.exitcode}) without an answer"
+            ) from None
         if not ok:
             self.close()
             text, user_error = value
@@ -91,8 +92,9 @@ class InChildProcess:
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         if not self._process.is_alive():
-            raise ChildProcessError(f"{self._description} is not running (closed, or exited with code "
-                                    f"{self._process.exitcode})")
+            raise ChildProcessError(
+                f"{self._description} is not running (closed, or exited with code {self._process.exitcode})"
+            )
         try:
             self._connection.send((name, args, kwargs))
             return self._receive()
@@ -125,13 +127,22 @@ class InChildProcess:
 
 def _generator_in_child(spec: str, config: SamplingConfig, models: ModelsConfig) -> Generator:
     """The generator, built in the child: models are loaded there as `models` says."""
-    return make_generator(spec, config, models, lambda name: load_model(
-        name, models.device, models.dtype, models.trust_remote_code, models.allow_pickle))
+    return make_generator(
+        spec,
+        config,
+        models,
+        lambda name: load_model(name, models.device, models.dtype, models.trust_remote_code, models.allow_pickle),
+    )
 
 
 @contextmanager
-def open_generator(spec: str, config: SamplingConfig, models: ModelsConfig, load: Callable[[str], LoadedModel],
-                   isolated: bool | None = None) -> Iterator[Generator]:
+def open_generator(
+    spec: str,
+    config: SamplingConfig,
+    models: ModelsConfig,
+    load: Callable[[str], LoadedModel],
+    isolated: bool | None = None,
+) -> Iterator[Generator]:
     """The generator of `config.backend` for the block: built in this process (`load` loads models,
     e.g. the run's shared pool), or, for a backend marked `isolated` (or `isolated=True`), in a child
     process that loads the model itself and exits when the block ends, with the memory it held."""

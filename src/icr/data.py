@@ -188,8 +188,9 @@ def resolve_prompt_source(source: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        local = snapshot_download(source, repo_type="dataset", allow_patterns=["*.json", "*.jsonl", "**/*.json",
-                                                                                "**/*.jsonl"])
+        local = snapshot_download(
+            source, repo_type="dataset", allow_patterns=["*.json", "*.jsonl", "**/*.json", "**/*.jsonl"]
+        )
     except Exception as err:  # offline, missing repo, ...: say what was tried
         raise DataError(f"{source}: not a local folder, and loading it as a Hub dataset failed: {err}") from None
     return Path(local)

@@ -39,10 +39,20 @@ class DemoSize:
 
 
 FULL = DemoSize(None, 1.0, None, None, ("es", "de", "fr", "ru"), {})
-QUICK = DemoSize(4, 1.0, 4, 3, ("es", "de"), {
-    "data.languages": ["en", "es"], "data.limit": 2, "generate.n": 3, "generate.max_new_tokens": 8,
-    "train.max_length": 96,
-})
+QUICK = DemoSize(
+    4,
+    1.0,
+    4,
+    3,
+    ("es", "de"),
+    {
+        "data.languages": ["en", "es"],
+        "data.limit": 2,
+        "generate.n": 3,
+        "generate.max_new_tokens": 8,
+        "train.max_length": 96,
+    },
+)
 
 
 def demo_config_path() -> Path:
@@ -85,8 +95,10 @@ def measure_rewards(policy_path: str, reference: str, size: DemoSize, beta: floa
             "likelihood_pi_ref": _likelihood_accuracy(ref, english, budget),
             "likelihood_pi_dpo": _likelihood_accuracy(pol, english, budget),
         },
-        "multilingual": {mode: reward_accuracy(pol, ref, multi, RewardConfig(mode=mode, beta=beta))
-                         for mode in ("crosslingual", "multilingual")},
+        "multilingual": {
+            mode: reward_accuracy(pol, ref, multi, RewardConfig(mode=mode, beta=beta))
+            for mode in ("crosslingual", "multilingual")
+        },
     }
     return result
 
@@ -111,8 +123,9 @@ def run_demo(output_dir: Path, quick: bool = False) -> Path:
             subset = output_dir / "english-train-subset.jsonl"
             write_jsonl_atomic(subset, load_english_preferences("embedded:demo")[: size.align_pairs])
             source = str(subset)
-        align_english(AlignConfig(model=config.models.reference, data=source, output=str(pi_dpo), device="cpu",
-                                  train=train))
+        align_english(
+            AlignConfig(model=config.models.reference, data=source, output=str(pi_dpo), device="cpu", train=train)
+        )
     timings["stage0_english_dpo_s"] = time.time() - start
 
     start = time.time()
@@ -127,4 +140,3 @@ def run_demo(output_dir: Path, quick: bool = False) -> Path:
     run = run_iterations(config)
     timings["icr_iterations_s"] = time.time() - start
     return write_report(output_dir, run, read_json(accuracy_file), timings, quick)
-

@@ -42,8 +42,9 @@ class Preempted(BaseException):
 
     def __init__(self, signal_name: str):
         self.signal_name = signal_name
-        super().__init__(f"stopped by {signal_name}: every finished record is saved; run the same command "
-                         "again to resume")
+        super().__init__(
+            f"stopped by {signal_name}: every finished record is saved; run the same command again to resume"
+        )
 
 
 class RunDirInUse(RunFault):
@@ -96,8 +97,10 @@ def free_space(path: str | Path) -> str:
 def disk_error(path: str | Path, err: BaseException) -> DiskWriteError:
     code = getattr(err, "errno", None)
     why = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded"}.get(code, str(err))
-    return DiskWriteError(f"writing {path} failed: {why} ({free_space(path)}). Nothing already written is "
-                          "damaged: free some space and run the same command again to resume")
+    return DiskWriteError(
+        f"writing {path} failed: {why} ({free_space(path)}). Nothing already written is "
+        "damaged: free some space and run the same command again to resume"
+    )
 
 
 def _is_write_failure(err: BaseException) -> bool:
@@ -122,7 +125,7 @@ def write_all(fd: int, data: bytes) -> None:
     """os.write until every byte is out (a write may take fewer bytes than given)."""
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def append_whole(fd: int, path: Path, data: bytes) -> None:
@@ -234,15 +237,22 @@ def divergence_guard(max_loss_ratio: float | None, what: str):
             start = f"starting loss {self.start[1]:.4g} at step {self.start[0]}" if self.start else "no finite loss yet"
             if not math.isfinite(loss):
                 reason = f"loss is {loss} at step {step} of {state.max_steps} ({start})"
-            elif (max_loss_ratio is not None and self.start and self.start[1] > 0
-                  and loss > max_loss_ratio * self.start[1]):
-                reason = (f"loss {loss:.4g} at step {step} of {state.max_steps} is above train.max_loss_ratio "
-                          f"= {max_loss_ratio:g} × the {start}")
+            elif (
+                max_loss_ratio is not None
+                and self.start
+                and self.start[1] > 0
+                and loss > max_loss_ratio * self.start[1]
+            ):
+                reason = (
+                    f"loss {loss:.4g} at step {step} of {state.max_steps} is above train.max_loss_ratio "
+                    f"= {max_loss_ratio:g} × the {start}"
+                )
             else:
                 return
             raise TrainingDiverged(
                 f"{what}: training diverged: {reason}. No model was promoted. Change the training settings "
                 "(e.g. a lower train.learning_rate) and run the same command again: the run resumes at "
-                "this training stage, earlier iterations keep their models")
+                "this training stage, earlier iterations keep their models"
+            )
 
     return DivergenceGuard()

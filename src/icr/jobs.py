@@ -64,8 +64,13 @@ def merge_parts(path: Path, order: list[str], key: Callable[[dict], str] = recor
     return ordered
 
 
-def sharded_jsonl(path: Path, order: list[str], shard: Shard, work: Callable[[Path, set[str]], Any],
-                  key: Callable[[dict], str] = record_id) -> list[dict]:
+def sharded_jsonl(
+    path: Path,
+    order: list[str],
+    shard: Shard,
+    work: Callable[[Path, set[str]], Any],
+    key: Callable[[dict], str] = record_id,
+) -> list[dict]:
     """The life of a sharded stage file: repair and merge what an earlier launch left, run
     `work(target, done_ids)` on this process's shard (appending to `target`), merge the parts in
     `order`, and return the whole file on every process."""
@@ -82,9 +87,16 @@ def sharded_jsonl(path: Path, order: list[str], shard: Shard, work: Callable[[Pa
     return merged if shard.is_main else read_jsonl(path)
 
 
-def run_job(path: Path, items: Sequence[Item], key: Callable[[Item], str], chunk_size: int,
-            process: Callable[[list[Item]], list[dict[str, Any]]], shard: Shard = Shard(), desc: str = "job",
-            unit: str = "item") -> list[dict[str, Any]]:
+def run_job(
+    path: Path,
+    items: Sequence[Item],
+    key: Callable[[Item], str],
+    chunk_size: int,
+    process: Callable[[list[Item]], list[dict[str, Any]]],
+    shard: Shard = Shard(),
+    desc: str = "job",
+    unit: str = "item",
+) -> list[dict[str, Any]]:
     """Write `process(chunk)` (one record per item of the chunk, each with the item's key as its
     `id`) for every item of `items` not yet in `path`; return the whole file, in item order. The
     items are reported as `desc` in `unit`s through `icr.progress` (a bar, log lines or nothing)."""

@@ -69,12 +69,20 @@ class OomBackoff:
         # out of the except block: the traceback no longer pins the failed attempt's tensors
         free_accelerator_memory()
         if len(part) == 1:
-            raise OutOfMemory(f"{self.what}: out of memory on a single row of {width} tokens ({message}). "
-                              f"{self.advice}")
+            raise OutOfMemory(
+                f"{self.what}: out of memory on a single row of {width} tokens ({message}). {self.advice}"
+            )
         self.retries += 1
         self.max_cells = min(self.max_cells, len(part) * width / 2)
         half = len(part) // 2
-        log.warning("%s: out of memory on %d rows of %d tokens; retrying as %d + %d rows (and at most %d rows "
-                    "of this width from now on)", self.what, len(part), width, half, len(part) - half,
-                    max(1, int(self.max_cells // width)))
+        log.warning(
+            "%s: out of memory on %d rows of %d tokens; retrying as %d + %d rows (and at most %d rows "
+            "of this width from now on)",
+            self.what,
+            len(part),
+            width,
+            half,
+            len(part) - half,
+            max(1, int(self.max_cells // width)),
+        )
         return self._attempt(part[:half], width, work) + self._attempt(part[half:], width, work)

@@ -21,8 +21,15 @@ from icr.runlock import run_lock
 from icr.stages import STAGES, Stage, StageContext
 
 log = logging.getLogger(__name__)
-SUMMARY_FIELDS = ("prompts", "pairs", "mean_len_chosen", "mean_len_rejected", "mean_margin", "alpha",
-                  "target_language_share")
+SUMMARY_FIELDS = (
+    "prompts",
+    "pairs",
+    "mean_len_chosen",
+    "mean_len_rejected",
+    "mean_margin",
+    "alpha",
+    "target_language_share",
+)
 
 
 def load_prompts(config: RunConfig) -> PromptSet:
@@ -85,22 +92,32 @@ def summary_rows(run: RunDir) -> list[dict]:
             continue
         for lang, s in read_json(path).items():
             effect = s.get("language_filter_effect", {})
-            rows.append({"iteration": t, "lang": lang, **{k: s[k] for k in SUMMARY_FIELDS},
-                         **{k: s.get(k) for k in ("off_language_chosen", "off_language_rejected")},
-                         "pairs_differing_off_vs_all": effect.get("differing_pairs_off_vs_all")})
+            rows.append(
+                {
+                    "iteration": t,
+                    "lang": lang,
+                    **{k: s[k] for k in SUMMARY_FIELDS},
+                    **{k: s.get(k) for k in ("off_language_chosen", "off_language_rejected")},
+                    "pairs_differing_off_vs_all": effect.get("differing_pairs_off_vs_all"),
+                }
+            )
     return rows
 
 
 def write_summary(run: RunDir) -> str:
     run.shard.wait()
-    head = ("| iter | lang | prompts | pairs | len chosen | len rejected | margin | α | in target lang | "
-            "off-language chosen / rejected | pairs differing, filter off vs all |")
+    head = (
+        "| iter | lang | prompts | pairs | len chosen | len rejected | margin | α | in target lang | "
+        "off-language chosen / rejected | pairs differing, filter off vs all |"
+    )
     lines = [head, "|" + "---|" * 11]
     for r in summary_rows(run):
-        lines.append(f"| {r['iteration']} | {r['lang']} | {r['prompts']} | {r['pairs']} | "
-                     f"{r['mean_len_chosen']:.1f} | {r['mean_len_rejected']:.1f} | {r['mean_margin']:.3f} | "
-                     f"{r['alpha']:.4f} | {100 * r['target_language_share']:.1f}% | "
-                     f"{r['off_language_chosen']} / {r['off_language_rejected']} | {r['pairs_differing_off_vs_all']} |")
+        lines.append(
+            f"| {r['iteration']} | {r['lang']} | {r['prompts']} | {r['pairs']} | "
+            f"{r['mean_len_chosen']:.1f} | {r['mean_len_rejected']:.1f} | {r['mean_margin']:.3f} | "
+            f"{r['alpha']:.4f} | {100 * r['target_language_share']:.1f}% | "
+            f"{r['off_language_chosen']} / {r['off_language_rejected']} | {r['pairs_differing_off_vs_all']} |"
+        )
     text = "\n".join(lines) + "\n"
     if run.shard.is_main:
         write_text_atomic(run.root / "summary.md", text)

@@ -63,15 +63,21 @@ def measure_prompts(config: RunConfig, tokenizer) -> dict[str, dict]:
     for lang, prompts in prompt_set.by_lang.items():
         lengths = _prompt_lengths(tokenizer, [p.text for p in prompts])
         kept = [p for p, n in zip(prompts, lengths) if n <= config.data.max_prompt_tokens]
-        reward_prompts = [_reward_instruction(config, RewardInput(lang, p.text, prompt_set.english[p.id], []))
-                          for p in kept]
+        reward_prompts = [
+            _reward_instruction(config, RewardInput(lang, p.text, prompt_set.english[p.id], [])) for p in kept
+        ]
         raw_tokens = sum(len(tokenizer(p.text, add_special_tokens=False)["input_ids"]) for p in kept)
         raw_bytes = sum(len(p.text.encode("utf-8")) for p in kept)
-        out[lang] = {"prompts": len(prompts), "skipped_too_long": len(prompts) - len(kept),
-                     "prompt_tokens": sum(n for n in lengths if n <= config.data.max_prompt_tokens),
-                     "reward_prompt_tokens": sum(_prompt_lengths(tokenizer, reward_prompts)),
-                     "max_prompt_tokens_seen": max(lengths, default=0), "end_of_turn_tokens": eot,
-                     "bytes_per_token": raw_bytes / raw_tokens if raw_tokens else 4.0, "prompt_bytes": raw_bytes}
+        out[lang] = {
+            "prompts": len(prompts),
+            "skipped_too_long": len(prompts) - len(kept),
+            "prompt_tokens": sum(n for n in lengths if n <= config.data.max_prompt_tokens),
+            "reward_prompt_tokens": sum(_prompt_lengths(tokenizer, reward_prompts)),
+            "max_prompt_tokens_seen": max(lengths, default=0),
+            "end_of_turn_tokens": eot,
+            "bytes_per_token": raw_bytes / raw_tokens if raw_tokens else 4.0,
+            "prompt_bytes": raw_bytes,
+        }
     return out
 
 
@@ -87,15 +93,19 @@ def iteration_counts(config: RunConfig, measured: dict[str, dict], processes: in
     n, new = config.generate.n, config.generate.max_new_tokens
     kept = {lang: m["prompts"] - m["skipped_too_long"] for lang, m in measured.items()}
     samples = sum(kept.values()) * n
-    scored = sum(m["reward_prompt_tokens"] + kept[lang] * n * (new + m["end_of_turn_tokens"])
-                 for lang, m in measured.items())
+    scored = sum(
+        m["reward_prompt_tokens"] + kept[lang] * n * (new + m["end_of_turn_tokens"]) for lang, m in measured.items()
+    )
     pairs = sum(kept.values())
     counts = {
-        "prompts": sum(m["prompts"] for m in measured.values()), "prompts_kept": pairs, "samples": samples,
+        "prompts": sum(m["prompts"] for m in measured.values()),
+        "prompts_kept": pairs,
+        "samples": samples,
         "prefill_tokens": sum(m["prompt_tokens"] for m in measured.values()),
         "generated_tokens_max": samples * new,
         "scored_tokens_max": 2 * scored,  # policy and reference score every response
-        "pairs_max": pairs, "training_steps_max": training_steps(pairs, config, processes),
+        "pairs_max": pairs,
+        "training_steps_max": training_steps(pairs, config, processes),
         "training_token_slots_max": pairs * 2 * config.train.max_length,
     }
     if config.reward.mode == "translate":
@@ -137,11 +147,16 @@ def disk_estimate(config: RunConfig, measured: dict[str, dict], counts: dict, mo
     if model["known"]:
         model_bytes = model["params"] * DTYPE_BYTES[train_dtype] if train_dtype else model["bytes"]
     per_iter = generations + rewards + pairs + (model_bytes or 0)
-    return {"generations_bytes": int(generations), "rewards_bytes": int(rewards), "pairs_bytes": int(pairs),
-            "model_bytes": model_bytes, "per_iteration_bytes": int(per_iter),
-            "total_bytes": int(per_iter * config.iterations),
-            "note": "estimate: responses at max_new_tokens, bytes per token measured on the prompts"
-            + ("" if model_bytes is not None else f"; model folders not counted (size unknown: {model['reason']})")}
+    return {
+        "generations_bytes": int(generations),
+        "rewards_bytes": int(rewards),
+        "pairs_bytes": int(pairs),
+        "model_bytes": model_bytes,
+        "per_iteration_bytes": int(per_iter),
+        "total_bytes": int(per_iter * config.iterations),
+        "note": "estimate: responses at max_new_tokens, bytes per token measured on the prompts"
+        + ("" if model_bytes is not None else f"; model folders not counted (size unknown: {model['reason']})"),
+    }
 
 
 def device_kind(device: str) -> str:
@@ -168,32 +183,44 @@ def _cpu_rates(r: dict, config: RunConfig) -> dict[str, Any]:
     detail = train.get("detail", {}).get("ours", {})
     params = r["machine"].get("model_params") or detail["params"]
     slots_per_step = detail["token_slots"] / len(detail["steps"])
-    return {"device": r["machine"]["device"], "kind": device_kind(r["machine"]["device"]),
-            "generate": (r["generation"]["tokens_per_s"], params), "reward": (r["scoring"]["tokens_per_s"], params),
-            "train": (slots_per_step / train["step_s"], params)}
+    return {
+        "device": r["machine"]["device"],
+        "kind": device_kind(r["machine"]["device"]),
+        "generate": (r["generation"]["tokens_per_s"], params),
+        "reward": (r["scoring"]["tokens_per_s"], params),
+        "train": (slots_per_step / train["step_s"], params),
+    }
 
 
 def _gpu_rates(r: dict, config: RunConfig) -> dict[str, Any]:
     """`make bench-gpu` (schema icr-bench-gpu/1): scoring.ours, generation.<generate.backend> and the
     training step of `train.lora.enabled` (lora on the main shape, full on a smaller one), each
     measured; the main shape's size is the LoRA part's `settings.params`."""
-    parts = {"generate": r["generation"][config.generate.backend], "reward": r["scoring"]["ours"],
-             "train": r["training"]["lora" if config.train.lora.enabled else "full"]}
+    parts = {
+        "generate": r["generation"][config.generate.backend],
+        "reward": r["scoring"]["ours"],
+        "train": r["training"]["lora" if config.train.lora.enabled else "full"],
+    }
     missing: dict[tuple, list[str]] = {}  # (status, reason) -> stages, so a placeholder file says it once
     for stage, part in parts.items():
         if part["status"] != "measured":
             missing.setdefault((part["status"], part.get("reason")), []).append(stage)
     if missing:
-        raise ValueError("; ".join(f"{', '.join(stages)}: {status} ({reason})"
-                                   for (status, reason), stages in missing.items()))
-    main_params = r["training"]["lora"]["settings"].get("params") if r["training"]["lora"]["status"] == "measured" \
-        else None
+        raise ValueError(
+            "; ".join(f"{', '.join(stages)}: {status} ({reason})" for (status, reason), stages in missing.items())
+        )
+    main_params = (
+        r["training"]["lora"]["settings"].get("params") if r["training"]["lora"]["status"] == "measured" else None
+    )
     if main_params is None:
         raise ValueError("the main shape's parameter count (training.lora.settings.params) was not measured")
-    return {"device": r["device"]["name"], "kind": r["device"]["kind"],
-            "generate": (parts["generate"]["tokens_per_s"], main_params),
-            "reward": (parts["reward"]["tokens_per_s"], main_params),
-            "train": (parts["train"]["tokens_per_s"], parts["train"]["settings"]["params"])}
+    return {
+        "device": r["device"]["name"],
+        "kind": r["device"]["kind"],
+        "generate": (parts["generate"]["tokens_per_s"], main_params),
+        "reward": (parts["reward"]["tokens_per_s"], main_params),
+        "train": (parts["train"]["tokens_per_s"], parts["train"]["settings"]["params"]),
+    }
 
 
 # results-file schema -> reader (files without a `schema` are `make bench`'s CPU results)
@@ -227,25 +254,48 @@ STAGE_TOKENS = {"generate": "generated_tokens_max", "reward": "scored_tokens_max
 def time_estimate(config: RunConfig, counts: dict, model: dict, roots: list[Path] | None = None) -> dict[str, Any]:
     """Hours for all iterations from the matching benchmark's rates, or why there is none."""
     kind = device_kind(config.models.device)
-    files = list(dict.fromkeys((root / name).resolve() for root in roots or benchmark_roots()
-                               for name in BENCHMARK_FILES if (root / name).exists()))
+    files = list(
+        dict.fromkeys(
+            (root / name).resolve()
+            for root in roots or benchmark_roots()
+            for name in BENCHMARK_FILES
+            if (root / name).exists()
+        )
+    )
     found = [benchmark_rates(path, config) for path in files]
     match = next((r for r in found if "unusable" not in r and r["kind"] == kind), None)
     if match is None:
-        have = "; ".join(f"{r['file']}: " + (f"not usable ({r['unusable']})" if "unusable" in r else r["kind"])
-                         for r in found) or "no benchmark results"
-        return {"available": False, "reason": f"no benchmark results for device kind '{kind}' (have: {have}); "
-                                              "run `make bench` (CPU) or `make bench-gpu` on such a device"}
+        have = (
+            "; ".join(
+                f"{r['file']}: " + (f"not usable ({r['unusable']})" if "unusable" in r else r["kind"]) for r in found
+            )
+            or "no benchmark results"
+        )
+        return {
+            "available": False,
+            "reason": f"no benchmark results for device kind '{kind}' (have: {have}); "
+            "run `make bench` (CPU) or `make bench-gpu` on such a device",
+        }
     if not model["known"]:
-        return {"available": False, "reason": f"{match['file']} matches, but the policy's parameter count is "
-                                              f"unknown ({model['reason']}), so its rates cannot be scaled"}
+        return {
+            "available": False,
+            "reason": f"{match['file']} matches, but the policy's parameter count is "
+            f"unknown ({model['reason']}), so its rates cannot be scaled",
+        }
     scale = {stage: model["params"] / match[stage][1] for stage in STAGE_TOKENS}
     seconds = {stage: counts[key] / match[stage][0] * scale[stage] for stage, key in STAGE_TOKENS.items()}
-    return {"available": True, "label": "ESTIMATE (not a measurement)", "source": match["file"],
-            "device": match["device"], "benchmark_params": {s: match[s][1] for s in STAGE_TOKENS}, "scale": scale,
-            "per_iteration_s": seconds, "total_s": sum(seconds.values()) * config.iterations,
-            "method": "benchmark rates × (policy params / benchmarked params), applied to the token upper bounds; "
-                      "one process"}
+    return {
+        "available": True,
+        "label": "ESTIMATE (not a measurement)",
+        "source": match["file"],
+        "device": match["device"],
+        "benchmark_params": {s: match[s][1] for s in STAGE_TOKENS},
+        "scale": scale,
+        "per_iteration_s": seconds,
+        "total_s": sum(seconds.values()) * config.iterations,
+        "method": "benchmark rates × (policy params / benchmarked params), applied to the token upper bounds; "
+        "one process",
+    }
 
 
 def _judge_messages():
@@ -279,14 +329,21 @@ def eval_estimate(options: PlanEvalConfig, iterations: int) -> dict[str, Any]:
     calls = models * per_model_calls * orders
     input_tokens, output_tokens = models * prompt_tokens * orders, calls  # one verdict token per call
     cost = (input_tokens * options.price_input + output_tokens * options.price_output) / 1e6
-    return {"available": True, "models": models, "languages": list(options.languages), "judge_calls": calls,
-            "outputs_to_generate": models * per_model_calls, "generated_tokens_max":
-            models * per_model_calls * options.max_new_tokens, "judge_input_tokens_max": input_tokens,
-            "judge_output_tokens": output_tokens, "price_per_million": {"input": options.price_input,
-                                                                      "output": options.price_output},
-            "cost_max": cost, "note": "judge prompt (the default judge's) ≈ UTF-8 bytes / 3 "
-                                      "(icr.eval.judges.base.estimate_tokens) with the model's output at eval "
-                                      "max_new_tokens; cached judgements are not subtracted"}
+    return {
+        "available": True,
+        "models": models,
+        "languages": list(options.languages),
+        "judge_calls": calls,
+        "outputs_to_generate": models * per_model_calls,
+        "generated_tokens_max": models * per_model_calls * options.max_new_tokens,
+        "judge_input_tokens_max": input_tokens,
+        "judge_output_tokens": output_tokens,
+        "price_per_million": {"input": options.price_input, "output": options.price_output},
+        "cost_max": cost,
+        "note": "judge prompt (the default judge's) ≈ UTF-8 bytes / 3 "
+        "(icr.eval.judges.base.estimate_tokens) with the model's output at eval "
+        "max_new_tokens; cached judgements are not subtracted",
+    }
 
 
 def make_plan(config: RunConfig, options: PlanConfig = PlanConfig(), roots: list[Path] | None = None) -> dict[str, Any]:
@@ -297,18 +354,30 @@ def make_plan(config: RunConfig, options: PlanConfig = PlanConfig(), roots: list
     try:
         tokenizer = load_tokenizer(spec, trust_remote_code=config.models.trust_remote_code)
     except Exception as err:  # noqa: BLE001  (offline Hub id, missing folder, bad files: say what to do)
-        raise ModelLoadError(f"cannot load the tokenizer of {spec!r} ({type(err).__name__}: {str(err)[:300]}); "
-                             "pass --tokenizer with a local tokenizer to measure the prompts with") from None
+        raise ModelLoadError(
+            f"cannot load the tokenizer of {spec!r} ({type(err).__name__}: {str(err)[:300]}); "
+            "pass --tokenizer with a local tokenizer to measure the prompts with"
+        ) from None
     measured = measure_prompts(config, tokenizer)
     counts = iteration_counts(config, measured, options.processes)
     model = weights_info(config.models.policy)
     return {
-        "config": {"name": config.name, "policy": config.models.policy, "device": config.models.device,
-                   "iterations": config.iterations, "languages": config.data.languages, "n": config.generate.n,
-                   "max_new_tokens": config.generate.max_new_tokens, "processes": options.processes},
-        "tokenizer": spec, "per_language": measured, "per_iteration": counts,
+        "config": {
+            "name": config.name,
+            "policy": config.models.policy,
+            "device": config.models.device,
+            "iterations": config.iterations,
+            "languages": config.data.languages,
+            "n": config.generate.n,
+            "max_new_tokens": config.generate.max_new_tokens,
+            "processes": options.processes,
+        },
+        "tokenizer": spec,
+        "per_language": measured,
+        "per_iteration": counts,
         "all_iterations": {k: v * config.iterations for k, v in counts.items()},
-        "policy_weights": model, "disk": disk_estimate(config, measured, counts, model),
+        "policy_weights": model,
+        "disk": disk_estimate(config, measured, counts, model),
         "time": time_estimate(config, counts, model, roots),
         "eval": eval_estimate(options.eval, config.iterations),
     }
@@ -328,52 +397,72 @@ def format_plan(plan: dict[str, Any]) -> str:
     """The plan as text for the terminal (every number is in the JSON too)."""
     c, it = plan["config"], plan["per_iteration"]
     langs = plan["per_language"]
-    lines = [f"plan for run '{c['name']}' ({c['iterations']} iterations, policy {c['policy']}, device {c['device']})",
-             f"prompt tokens measured with the tokenizer of {plan['tokenizer']}"
-             + ("" if plan["tokenizer"] == c["policy"] else " (not the policy's: prompt token counts are approximate)"),
-             "",
-             f"prompts × languages × N = {it['prompts'] // max(len(langs), 1)} × {len(langs)} × {c['n']} = "
-             f"{it['prompts'] * c['n']:,} samples per iteration"
-             + ("" if it["prompts"] == it["prompts_kept"] else
-                f"; {it['samples']:,} after skipping {it['prompts'] - it['prompts_kept']} prompts over "
-                "data.max_prompt_tokens"),
-             "  " + ", ".join(f"{lang}: {m['prompts']} prompts, ≤{m['max_prompt_tokens_seen']} tokens"
-                              for lang, m in langs.items()), "",
-             "per iteration (upper bounds):",
-             f"  tokens to generate     {it['generated_tokens_max']:>15,}  (N × max_new_tokens={c['max_new_tokens']}; "
-             f"+ {it['prefill_tokens']:,} prompt tokens prefilled)",
-             f"  tokens to score        {it['scored_tokens_max']:>15,}  (policy and reference, prompt + responses)"]
+    lines = [
+        f"plan for run '{c['name']}' ({c['iterations']} iterations, policy {c['policy']}, device {c['device']})",
+        f"prompt tokens measured with the tokenizer of {plan['tokenizer']}"
+        + ("" if plan["tokenizer"] == c["policy"] else " (not the policy's: prompt token counts are approximate)"),
+        "",
+        f"prompts × languages × N = {it['prompts'] // max(len(langs), 1)} × {len(langs)} × {c['n']} = "
+        f"{it['prompts'] * c['n']:,} samples per iteration"
+        + (
+            ""
+            if it["prompts"] == it["prompts_kept"]
+            else f"; {it['samples']:,} after skipping {it['prompts'] - it['prompts_kept']} prompts over "
+            "data.max_prompt_tokens"
+        ),
+        "  "
+        + ", ".join(
+            f"{lang}: {m['prompts']} prompts, ≤{m['max_prompt_tokens_seen']} tokens" for lang, m in langs.items()
+        ),
+        "",
+        "per iteration (upper bounds):",
+        f"  tokens to generate     {it['generated_tokens_max']:>15,}  (N × max_new_tokens={c['max_new_tokens']}; "
+        f"+ {it['prefill_tokens']:,} prompt tokens prefilled)",
+        f"  tokens to score        {it['scored_tokens_max']:>15,}  (policy and reference, prompt + responses)",
+    ]
     if "translated_tokens_max" in it:
         lines.append(f"  tokens to translate    {it['translated_tokens_max']:>15,}")
-    lines += [f"  pairs                  {it['pairs_max']:>15,}",
-              f"  training steps         {it['training_steps_max']:>15,}  ({c['processes']} process(es))",
-              f"  training token slots   {it['training_token_slots_max']:>15,}", ""]
+    lines += [
+        f"  pairs                  {it['pairs_max']:>15,}",
+        f"  training steps         {it['training_steps_max']:>15,}  ({c['processes']} process(es))",
+        f"  training token slots   {it['training_token_slots_max']:>15,}",
+        "",
+    ]
     d = plan["disk"]
-    lines += [f"disk: {_size(d['total_bytes'])} for the run directory "
-              f"({_size(d['per_iteration_bytes'])} per iteration: "
-              f"generations {_size(d['generations_bytes'])}, rewards {_size(d['rewards_bytes'])}, pairs "
-              f"{_size(d['pairs_bytes'])}, model {_size(d['model_bytes'])})", f"  {d['note']}", ""]
+    lines += [
+        f"disk: {_size(d['total_bytes'])} for the run directory "
+        f"({_size(d['per_iteration_bytes'])} per iteration: "
+        f"generations {_size(d['generations_bytes'])}, rewards {_size(d['rewards_bytes'])}, pairs "
+        f"{_size(d['pairs_bytes'])}, model {_size(d['model_bytes'])})",
+        f"  {d['note']}",
+        "",
+    ]
     t = plan["time"]
     if t["available"]:
         per = t["per_iteration_s"]
-        lines += [f"time: {t['label']}: {t['total_s'] / 3600:.1f} h for all iterations "
-                  f"(per iteration: generate {per['generate'] / 3600:.2f} h, reward {per['reward'] / 3600:.2f} h, "
-                  f"train {per['train'] / 3600:.2f} h)",
-                  f"  from {t['source']} ({t['device']}; scaled "
-                  + ", ".join(f"{stage} ×{x:.3g}" for stage, x in t["scale"].items()) + f"): {t['method']}"]
+        lines += [
+            f"time: {t['label']}: {t['total_s'] / 3600:.1f} h for all iterations "
+            f"(per iteration: generate {per['generate'] / 3600:.2f} h, reward {per['reward'] / 3600:.2f} h, "
+            f"train {per['train'] / 3600:.2f} h)",
+            f"  from {t['source']} ({t['device']}; scaled "
+            + ", ".join(f"{stage} ×{x:.3g}" for stage, x in t["scale"].items())
+            + f"): {t['method']}",
+        ]
     else:
         lines.append(f"time: no estimate: {t['reason']}")
     e = plan["eval"]
     lines.append("")
     if e["available"]:
-        lines += [f"icr eval ({e['models']} models × {len(e['languages'])} languages): "
-                  f"{e['judge_calls']:,} judge calls, "
-                  f"≤{e['judge_input_tokens_max']:,} input + {e['judge_output_tokens']:,} output tokens; "
-                  f"≤${e['cost_max']:,.2f} at ${e['price_per_million']['input']:g}/"
-                  f"${e['price_per_million']['output']:g} "
-                  "per million input/output tokens",
-                  f"  + {e['outputs_to_generate']:,} outputs to generate (≤{e['generated_tokens_max']:,} tokens); "
-                  f"{e['note']}"]
+        lines += [
+            f"icr eval ({e['models']} models × {len(e['languages'])} languages): "
+            f"{e['judge_calls']:,} judge calls, "
+            f"≤{e['judge_input_tokens_max']:,} input + {e['judge_output_tokens']:,} output tokens; "
+            f"≤${e['cost_max']:,.2f} at ${e['price_per_million']['input']:g}/"
+            f"${e['price_per_million']['output']:g} "
+            "per million input/output tokens",
+            f"  + {e['outputs_to_generate']:,} outputs to generate (≤{e['generated_tokens_max']:,} tokens); "
+            f"{e['note']}",
+        ]
     else:
         lines.append(f"icr eval: not counted: {e['reason']}")
     return "\n".join(lines)

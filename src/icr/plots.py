@@ -83,7 +83,8 @@ def plot_pair_outcomes(rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(max(5.0, 0.55 * len(rows) + 2), 3.4))
     bottom = [0.0] * len(rows)
     for name, values in [("pair kept", [r["pairs"] for r in rows])] + [
-            (reason, [r["dropped"].get(reason, 0) for r in rows]) for reason in reasons]:
+        (reason, [r["dropped"].get(reason, 0) for r in rows]) for reason in reasons
+    ]:
         ax.bar(range(len(rows)), values, bottom=bottom, label=name)
         bottom = [b + v for b, v in zip(bottom, values)]
     ax.set_xticks(range(len(rows)), labels, rotation=45 if len(rows) > 8 else 0, fontsize=8)
@@ -104,8 +105,13 @@ def plot_training(curves: dict[int, list[dict]], path: Path) -> None:
         for t, points in sorted(curves.items()):
             pts = [(p["step"], p[key]) for p in points if p.get(key) is not None]
             if pts:
-                ax.plot([s for s, _ in pts], [v for _, v in pts], color=f"C{t}", marker="." if len(pts) < 30 else None,
-                        label=f"iteration {t}")
+                ax.plot(
+                    [s for s, _ in pts],
+                    [v for _, v in pts],
+                    color=f"C{t}",
+                    marker="." if len(pts) < 30 else None,
+                    label=f"iteration {t}",
+                )
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("optimizer step")
         _count_axis(ax)
@@ -124,8 +130,10 @@ def plot_accuracy(accuracy: dict, path: Path) -> None:
         rows = [accuracy["multilingual"][mode][lang] for lang in langs]
         xs = [i + k * width for i in range(len(langs))]
         ys = [100 * r["accuracy"] for r in rows]
-        err = [[100 * (r["accuracy"] - r["ci_low"]) for r in rows],
-               [100 * (r["ci_high"] - r["accuracy"]) for r in rows]]
+        err = [
+            [100 * (r["accuracy"] - r["ci_low"]) for r in rows],
+            [100 * (r["ci_high"] - r["accuracy"]) for r in rows],
+        ]
         ax.bar(xs, ys, width, yerr=err, capsize=3, label=mode)
     en = accuracy["english"]["implicit_reward"]["accuracy"]
     ax.axhline(100 * en, color="k", ls="--", lw=1, label=f"English held-out ({100 * en:.0f}%)")

@@ -69,8 +69,9 @@ def progress_line(desc: str, done: int, total: int, unit: str, elapsed_s: float)
 class LogProgress:
     """Writes `progress_line` through logging at most every `interval_s` seconds, and at the end."""
 
-    def __init__(self, total: int, desc: str, unit: str, interval_s: float,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, total: int, desc: str, unit: str, interval_s: float, clock: Callable[[], float] = time.monotonic
+    ):
         self.total, self.desc, self.unit, self.interval_s, self.clock = total, desc, unit, interval_s, clock
         self.n = self.logged_n = 0
         self.start = self.last = clock()

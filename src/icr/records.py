@@ -90,8 +90,9 @@ class PreferencePair:
     @classmethod
     def from_json(cls, record: dict[str, Any]) -> PreferencePair:
         """A row whose prompt/chosen/rejected are strings or TRL messages (the last one's content)."""
-        return cls(**{k: message_text(record[k]) if k in ("prompt", "chosen", "rejected") else record[k]
-                      for k in cls.REQUIRED})
+        return cls(
+            **{k: message_text(record[k]) if k in ("prompt", "chosen", "rejected") else record[k] for k in cls.REQUIRED}
+        )
 
 
 def message_text(value: str | list[dict[str, str]]) -> str:
@@ -112,9 +113,15 @@ class TrainingPair:
     scores: dict[str, float] = field(default_factory=dict)  # reward_/score_/len_ chosen and rejected, alpha
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "lang": self.lang, "prompt": _messages("user", self.prompt),
-                "chosen": _messages("assistant", self.chosen), "rejected": _messages("assistant", self.rejected),
-                "prompt_en": self.prompt_en, **self.scores}
+        return {
+            "id": self.id,
+            "lang": self.lang,
+            "prompt": _messages("user", self.prompt),
+            "chosen": _messages("assistant", self.chosen),
+            "rejected": _messages("assistant", self.rejected),
+            "prompt_en": self.prompt_en,
+            **self.scores,
+        }
 
     @classmethod
     def from_json(cls, record: dict[str, Any]) -> TrainingPair:
@@ -124,5 +131,6 @@ class TrainingPair:
         return cls(str(record["id"]), record["lang"], **texts, prompt_en=record.get("prompt_en"), scores=scores)
 
     def preference_pair(self) -> PreferencePair:
-        return PreferencePair(self.id, self.lang, self.prompt, self.prompt_en or self.prompt, self.chosen,
-                              self.rejected)
+        return PreferencePair(
+            self.id, self.lang, self.prompt, self.prompt_en or self.prompt, self.chosen, self.rejected
+        )

@@ -23,8 +23,17 @@ from icr.plots import plot_accuracy, plot_iterations, plot_pair_outcomes, plot_t
 from icr.stages import STAGES
 from icr.status import run_status, status_json
 
-PAIR_COLUMNS = ("prompts", "pairs", "dropped", "length_unit", "mean_len_chosen", "mean_len_rejected", "mean_margin",
-                "alpha", "target_language_share")
+PAIR_COLUMNS = (
+    "prompts",
+    "pairs",
+    "dropped",
+    "length_unit",
+    "mean_len_chosen",
+    "mean_len_rejected",
+    "mean_margin",
+    "alpha",
+    "target_language_share",
+)
 CURVE_KEYS = ("loss", "dpo_loss", "nll_loss", "rewards/margins", "rewards/accuracies", "learning_rate")
 
 
@@ -48,8 +57,14 @@ def pair_rows(root: Path) -> list[dict]:
         if path.exists():
             for lang, stats in read_json(path).items():
                 effect = stats.get("language_filter_effect") or {}
-                rows.append({"iteration": t, "lang": lang, **{k: stats.get(k) for k in PAIR_COLUMNS},
-                             "pairs_differing_off_vs_all": effect.get("differing_pairs_off_vs_all")})
+                rows.append(
+                    {
+                        "iteration": t,
+                        "lang": lang,
+                        **{k: stats.get(k) for k in PAIR_COLUMNS},
+                        "pairs_differing_off_vs_all": effect.get("differing_pairs_off_vs_all"),
+                    }
+                )
     for row in rows:
         row["dropped"] = row["dropped"] or {}
     return rows
@@ -64,10 +79,19 @@ def training_summaries(root: Path) -> dict[int, dict]:
         if not path.exists():
             continue
         m = read_json(path)
-        curve = [{"step": e["step"], **{k: e.get(k) for k in CURVE_KEYS}} for e in m.get("log_history", [])
-                 if "loss" in e and "step" in e]
-        out[t] = {"pairs": m["pairs"], "steps": m["steps"], "runtime_s": m.get("train_runtime_s"),
-                  "before": m["before"], "after": m.get("after"), "curve": curve}
+        curve = [
+            {"step": e["step"], **{k: e.get(k) for k in CURVE_KEYS}}
+            for e in m.get("log_history", [])
+            if "loss" in e and "step" in e
+        ]
+        out[t] = {
+            "pairs": m["pairs"],
+            "steps": m["steps"],
+            "runtime_s": m.get("train_runtime_s"),
+            "before": m["before"],
+            "after": m.get("after"),
+            "curve": curve,
+        }
     return out
 
 
@@ -90,10 +114,16 @@ def collect(root: Path, eval_dir: Path | None = None) -> dict[str, Any]:
         config = yaml.safe_load((root / "config.yaml").read_text(encoding="utf-8")) or {}
     if eval_dir is None and (root / "eval" / "results.json").exists():
         eval_dir = root / "eval"
-    return {"run_dir": str(root), "config": config, "status": status, "versions": manifest.get("versions", {}),
-            "iterations": pair_rows(root),
-            "training": training_summaries(root), "eval": eval_results(eval_dir),
-            "eval_dir": str(eval_dir) if eval_dir else None}
+    return {
+        "run_dir": str(root),
+        "config": config,
+        "status": status,
+        "versions": manifest.get("versions", {}),
+        "iterations": pair_rows(root),
+        "training": training_summaries(root),
+        "eval": eval_results(eval_dir),
+        "eval_dir": str(eval_dir) if eval_dir else None,
+    }
 
 
 def _drops(dropped: dict) -> str:
@@ -102,24 +132,34 @@ def _drops(dropped: dict) -> str:
 
 def pairs_table(rows: list[dict]) -> list[str]:
     unit = rows[0]["length_unit"] if rows else "chars"
-    lines = [f"| iter | lang | prompts | pairs | dropped (reason n) | len chosen ({unit}) | len rejected | margin | "
-             "α | in target lang |", "|" + "---|" * 10]
+    lines = [
+        f"| iter | lang | prompts | pairs | dropped (reason n) | len chosen ({unit}) | len rejected | margin | "
+        "α | in target lang |",
+        "|" + "---|" * 10,
+    ]
     for r in rows:
-        lines.append(f"| {r['iteration']} | {r['lang']} | {r['prompts']} | {r['pairs']} | {_drops(r['dropped'])} | "
-                     f"{_num(r['mean_len_chosen'], 1)} | {_num(r['mean_len_rejected'], 1)} | "
-                     f"{_num(r['mean_margin'], 3)} | {_num(r['alpha'], 4)} | {_pct(r['target_language_share'])} |")
+        lines.append(
+            f"| {r['iteration']} | {r['lang']} | {r['prompts']} | {r['pairs']} | {_drops(r['dropped'])} | "
+            f"{_num(r['mean_len_chosen'], 1)} | {_num(r['mean_len_rejected'], 1)} | "
+            f"{_num(r['mean_margin'], 3)} | {_num(r['alpha'], 4)} | {_pct(r['target_language_share'])} |"
+        )
     return lines
 
 
 def training_table(training: dict[int, dict]) -> list[str]:
-    lines = ["| iteration | pairs | steps | DPO loss before → after | NLL before → after | reward margin after | "
-             "reward acc. after | time |", "|" + "---|" * 8]
+    lines = [
+        "| iteration | pairs | steps | DPO loss before → after | NLL before → after | reward margin after | "
+        "reward acc. after | time |",
+        "|" + "---|" * 8,
+    ]
     for t, m in sorted(training.items()):
         b, a = m["before"], m["after"] or {}
         runtime = f"{m['runtime_s']:.3g} s" if m.get("runtime_s") else "n/a"
-        lines.append(f"| {t} | {m['pairs']} | {m['steps']} | {_num(b['dpo_loss'], 4)} → {_num(a.get('dpo_loss'), 4)} | "
-                     f"{_num(b['nll_loss'], 3)} → {_num(a.get('nll_loss'), 3)} | {_num(a.get('reward_margin'), 3)} | "
-                     f"{_pct(a.get('reward_accuracy'))} | {runtime} |")
+        lines.append(
+            f"| {t} | {m['pairs']} | {m['steps']} | {_num(b['dpo_loss'], 4)} → {_num(a.get('dpo_loss'), 4)} | "
+            f"{_num(b['nll_loss'], 3)} → {_num(a.get('nll_loss'), 3)} | {_num(a.get('reward_margin'), 3)} | "
+            f"{_pct(a.get('reward_accuracy'))} | {runtime} |"
+        )
     return lines
 
 
@@ -143,17 +183,28 @@ def run_sections(data: dict, out_dir: Path) -> list[str]:
     if rows:
         plot_pair_outcomes(rows, out_dir / "pairs.png")
         plot_iterations(rows, out_dir / "iterations.png")
-        lines += pairs_table(rows) + ["", "Margin: mean length-controlled score of chosen − rejected. In target "
-                                      "lang: share of all sampled responses detected as the prompt's language.", "",
-                                      *_language_filter_lines(rows, data["config"].get("pairs", {})),
-                                      "![pair outcomes](pairs.png)", "", "![iterations](iterations.png)", ""]
+        lines += pairs_table(rows) + [
+            "",
+            "Margin: mean length-controlled score of chosen − rejected. In target "
+            "lang: share of all sampled responses detected as the prompt's language.",
+            "",
+            *_language_filter_lines(rows, data["config"].get("pairs", {})),
+            "![pair outcomes](pairs.png)",
+            "",
+            "![iterations](iterations.png)",
+            "",
+        ]
     else:
         lines += ["No iteration has finished its pairs stage yet.", ""]
     lines += ["## Training", ""]
     if training:
-        lines += training_table(training) + ["", "Before/after: on the iteration's own pairs, the policy starting as "
-                                             "its reference (DPO = log 2). Curves: TRL's log per optimizer step "
-                                             "(`train_metrics.json`).", ""]
+        lines += training_table(training) + [
+            "",
+            "Before/after: on the iteration's own pairs, the policy starting as "
+            "its reference (DPO = log 2). Curves: TRL's log per optimizer step "
+            "(`train_metrics.json`).",
+            "",
+        ]
         if any(m["curve"] for m in training.values()):  # a metrics file without a log history has no curve
             plot_training({t: m["curve"] for t, m in training.items()}, out_dir / "training.png")
             lines += ["![training](training.png)", ""]
@@ -168,11 +219,15 @@ def _run_header(data: dict) -> list[str]:
     c = data["config"]
     models, gen, reward = c.get("models", {}), c.get("generate", {}), c.get("reward", {})
     done = sum(s["state"] == "done" for s in data["status"])
-    return [f"# Run report: {c.get('name', Path(data['run_dir']).name)}", "",
-            f"Run folder `{data['run_dir']}`; {done}/{len(data['status'])} stages done (`icr status` for detail). "
-            f"π^0 `{models.get('policy')}`, π_ref `{models.get('reference')}`; languages "
-            f"{', '.join(c.get('data', {}).get('languages', []))}; N = {gen.get('n')} at T = {gen.get('temperature')}; "
-            f"reward mode {reward.get('mode')}; {c.get('iterations')} iterations.", ""]
+    return [
+        f"# Run report: {c.get('name', Path(data['run_dir']).name)}",
+        "",
+        f"Run folder `{data['run_dir']}`; {done}/{len(data['status'])} stages done (`icr status` for detail). "
+        f"π^0 `{models.get('policy')}`, π_ref `{models.get('reference')}`; languages "
+        f"{', '.join(c.get('data', {}).get('languages', []))}; N = {gen.get('n')} at T = {gen.get('temperature')}; "
+        f"reward mode {reward.get('mode')}; {c.get('iterations')} iterations.",
+        "",
+    ]
 
 
 def write_run_report(root: str | Path, out_dir: str | Path | None = None, eval_dir: str | Path | None = None) -> Path:
@@ -225,20 +280,33 @@ LENGTH_NOTE = (
 
 def _length_lines(accuracy: dict) -> list[str]:
     """The held-out accuracies under the summed and per-token reward, split by which answer is longer."""
-    lines = ["### Preference or length?", "", LENGTH_NOTE, "",
-             ("| pairs | mode | lang | n | summed | per token | chosen longer (n) | chosen not longer (n) | "
-              "mean chars chosen / rejected |"), "|---" * 9 + "|"]
+    lines = [
+        "### Preference or length?",
+        "",
+        LENGTH_NOTE,
+        "",
+        (
+            "| pairs | mode | lang | n | summed | per token | chosen longer (n) | chosen not longer (n) | "
+            "mean chars chosen / rejected |"
+        ),
+        "|---" * 9 + "|",
+    ]
     tables = [("English held-out", "crosslingual", accuracy["english"]["implicit_reward"], "en")]
-    tables += [("multilingual held-out", mode, r, lang) for mode, per_lang in accuracy["multilingual"].items()
-               for lang, r in sorted(per_lang.items())]
+    tables += [
+        ("multilingual held-out", mode, r, lang)
+        for mode, per_lang in accuracy["multilingual"].items()
+        for lang, r in sorted(per_lang.items())
+    ]
     for source, mode, r, lang in tables:
         if "per_token" not in r:  # an accuracy file written before these numbers existed
             continue
         longer, other = r["chosen_longer"], r["chosen_not_longer"]
-        lines.append(f"| {source} | {mode} | {lang} | {r['n']} | {_pct(r['accuracy'])} | "
-                     f"{_pct(r['per_token']['accuracy'])} | {_pct(longer['accuracy'])} ({longer['n']}) | "
-                     f"{_pct(other['accuracy'])} ({other['n']}) | {r['mean_len_chosen']:.0f} / "
-                     f"{r['mean_len_rejected']:.0f} |")
+        lines.append(
+            f"| {source} | {mode} | {lang} | {r['n']} | {_pct(r['accuracy'])} | "
+            f"{_pct(r['per_token']['accuracy'])} | {_pct(longer['accuracy'])} ({longer['n']}) | "
+            f"{_pct(other['accuracy'])} ({other['n']}) | {r['mean_len_chosen']:.0f} / "
+            f"{r['mean_len_rejected']:.0f} |"
+        )
     return lines + [""]
 
 
@@ -246,8 +314,11 @@ def language_filter_effect(rows: list[dict]) -> dict:
     """Pairs that differ between `language_filter: off` (the paper) and `all` (the old default),
     summed over the run's iterations and languages, from pairs_stats.json."""
     counted = [r for r in rows if r.get("pairs_differing_off_vs_all") is not None]
-    return {"differing_pairs": sum(r["pairs_differing_off_vs_all"] for r in counted),
-            "pairs": sum(r["pairs"] for r in counted), "iteration_languages": len(counted)}
+    return {
+        "differing_pairs": sum(r["pairs_differing_off_vs_all"] for r in counted),
+        "pairs": sum(r["pairs"] for r in counted),
+        "iteration_languages": len(counted),
+    }
 
 
 def _language_filter_lines(rows: list[dict], pairs_config: dict) -> list[str]:
@@ -255,32 +326,48 @@ def _language_filter_lines(rows: list[dict], pairs_config: dict) -> list[str]:
     effect, setting = language_filter_effect(rows), pairs_config.get("language_filter")
     if not effect["iteration_languages"]:
         return []
-    return [(f"Language filter: this run used `pairs.language_filter: {setting}`. Over its iterations and "
-             f"languages, {effect['differing_pairs']} of the prompts' pairs differ between `off` (the paper: "
-             f"off-language responses ranked like any other) and `all` (off-language responses dropped before "
-             f"selection, the old default): a pair present under one setting only, or with another chosen or "
-             f"rejected answer ({effect['pairs']} pairs kept under this run's setting); per iteration and "
-             f"language in `pairs_stats.json` (`language_filter_effect`) and the run's `summary.md`."), ""]
+    return [
+        (
+            f"Language filter: this run used `pairs.language_filter: {setting}`. Over its iterations and "
+            f"languages, {effect['differing_pairs']} of the prompts' pairs differ between `off` (the paper: "
+            f"off-language responses ranked like any other) and `all` (off-language responses dropped before "
+            f"selection, the old default): a pair present under one setting only, or with another chosen or "
+            f"rejected answer ({effect['pairs']} pairs kept under this run's setting); per iteration and "
+            f"language in `pairs_stats.json` (`language_filter_effect`) and the run's `summary.md`."
+        ),
+        "",
+    ]
 
 
 def _demo_sections(stage0: dict, accuracy: dict) -> list[str]:
     en = accuracy["english"]
-    lines = ["## Stage 0: English DPO (π_dpo from π_ref = SmolLM2-135M-Instruct)", "",
-             f"{stage0['pairs']} English pairs, {stage0['steps']} optimizer steps. On the training pairs the DPO "
-             f"loss went from {stage0['before']['dpo_loss']:.4f} to {stage0['after']['dpo_loss']:.4f}.", "",
-             "English held-out pairs (n = {n}):".format(n=en["implicit_reward"]["n"]), "",
-             "| scorer | accuracy |", "|---|---|",
-             f"| π_ref log-likelihood | {_pct(en['likelihood_pi_ref'])} |",
-             f"| π_dpo log-likelihood | {_pct(en['likelihood_pi_dpo'])} |",
-             f"| implicit reward β·log π_dpo/π_ref | {_pct(en['implicit_reward']['accuracy'])} "
-             f"[{_pct(en['implicit_reward']['ci_low'])}, {_pct(en['implicit_reward']['ci_high'])}] |", "",
-             "## Cross-lingual vs multilingual rewarding (held-out pairs)", "",
-             "| lang | n | crosslingual | multilingual |", "|---|---|---|---|"]
+    lines = [
+        "## Stage 0: English DPO (π_dpo from π_ref = SmolLM2-135M-Instruct)",
+        "",
+        f"{stage0['pairs']} English pairs, {stage0['steps']} optimizer steps. On the training pairs the DPO "
+        f"loss went from {stage0['before']['dpo_loss']:.4f} to {stage0['after']['dpo_loss']:.4f}.",
+        "",
+        "English held-out pairs (n = {n}):".format(n=en["implicit_reward"]["n"]),
+        "",
+        "| scorer | accuracy |",
+        "|---|---|",
+        f"| π_ref log-likelihood | {_pct(en['likelihood_pi_ref'])} |",
+        f"| π_dpo log-likelihood | {_pct(en['likelihood_pi_dpo'])} |",
+        f"| implicit reward β·log π_dpo/π_ref | {_pct(en['implicit_reward']['accuracy'])} "
+        f"[{_pct(en['implicit_reward']['ci_low'])}, {_pct(en['implicit_reward']['ci_high'])}] |",
+        "",
+        "## Cross-lingual vs multilingual rewarding (held-out pairs)",
+        "",
+        "| lang | n | crosslingual | multilingual |",
+        "|---|---|---|---|",
+    ]
     multi = accuracy["multilingual"]
     for lang in sorted(multi["crosslingual"]):
         c, m = multi["crosslingual"][lang], multi["multilingual"][lang]
-        lines.append(f"| {lang} | {c['n']} | {_pct(c['accuracy'])} [{_pct(c['ci_low'])}, {_pct(c['ci_high'])}] | "
-                     f"{_pct(m['accuracy'])} [{_pct(m['ci_low'])}, {_pct(m['ci_high'])}] |")
+        lines.append(
+            f"| {lang} | {c['n']} | {_pct(c['accuracy'])} [{_pct(c['ci_low'])}, {_pct(c['ci_high'])}] | "
+            f"{_pct(m['accuracy'])} [{_pct(m['ci_low'])}, {_pct(m['ci_high'])}] |"
+        )
     return lines + ["", "![reward accuracy](reward_accuracy.png)", ""]
 
 
@@ -291,15 +378,31 @@ def write_report(output_dir: Path, run, accuracy: dict, timings: dict, quick: bo
     stage0 = read_json(output_dir / "models" / "pi_dpo" / "train_metrics.json")
     stage0 = {k: stage0[k] for k in ("pairs", "steps", "before", "after")}
     training = {t: {k: v for k, v in m.items() if k != "curve"} for t, m in data["training"].items()}
-    write_json_atomic(output_dir / "report.json", _finite({
-        "quick": quick, "accuracy": accuracy, "iterations": data["iterations"], "training": training,
-        "stage0": stage0, "timings_s": timings, "run_dir": str(run.root), "versions": data["versions"],
-        "language_filter": run.config.pairs.language_filter,
-        "language_filter_effect": language_filter_effect(data["iterations"])}))
+    write_json_atomic(
+        output_dir / "report.json",
+        _finite(
+            {
+                "quick": quick,
+                "accuracy": accuracy,
+                "iterations": data["iterations"],
+                "training": training,
+                "stage0": stage0,
+                "timings_s": timings,
+                "run_dir": str(run.root),
+                "versions": data["versions"],
+                "language_filter": run.config.pairs.language_filter,
+                "language_filter_effect": language_filter_effect(data["iterations"]),
+            }
+        ),
+    )
     plot_accuracy(accuracy, output_dir / "reward_accuracy.png")
-    lines = [f"# ICR demo report{' (quick)' if quick else ''}", "",
-             "Every number below was computed by this run (`report.json` holds them all). The ICR sections "
-             f"are `icr report {run.root}`'s.", ""]
+    lines = [
+        f"# ICR demo report{' (quick)' if quick else ''}",
+        "",
+        "Every number below was computed by this run (`report.json` holds them all). The ICR sections "
+        f"are `icr report {run.root}`'s.",
+        "",
+    ]
     lines += _demo_sections(stage0, accuracy) + _length_lines(accuracy) + run_sections(data, output_dir)
     lines += ["Timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()), "", CAVEATS]
     path = output_dir / "report.md"

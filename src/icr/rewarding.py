@@ -152,39 +152,64 @@ def translate_to_english(translator: LoadedModel, texts: list[str], lang: str, m
         prompt = prompt_ids(tok, TRANSLATE_PROMPT.format(lang="English", text=text))
         prompt += tok.encode(TRANSLATE_PRIMER, add_special_tokens=False)
         ids = torch.tensor([prompt], device=translator.device)
-        gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                             max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=tok.pad_token_id)
-        out.append(parse_translation(tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True)))
+        gen = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=stops,
+            pad_token_id=tok.pad_token_id,
+        )
+        out.append(parse_translation(tok.decode(gen[0, ids.shape[1] :], skip_special_tokens=True)))
     return out
 
 
-def implicit_rewards(policy: LoadedModel, reference: LoadedModel, items: list[tuple[str, list[str]]],
-                     config: RewardConfig) -> list[dict[str, list]]:
+def implicit_rewards(
+    policy: LoadedModel, reference: LoadedModel, items: list[tuple[str, list[str]]], config: RewardConfig
+) -> list[dict[str, list]]:
     """For each (instruction, texts): logp_policy, logp_ref, n_tokens (scored tokens) and
     reward = β·(logp_policy − logp_ref) per text, all items scored together."""
     policy_scores = score_responses(policy, items, config.token_budget, config.score_tokens)
     reference_scores = score_responses(reference, items, config.token_budget, config.score_tokens)
-    return [{"logp_policy": logp_policy, "logp_ref": logp_ref, "n_tokens": n_tokens,
-             "reward": [config.beta * (a - b) for a, b in zip(logp_policy, logp_ref)]}
-            for (logp_policy, n_tokens), (logp_ref, _) in zip(policy_scores, reference_scores)]
+    return [
+        {
+            "logp_policy": logp_policy,
+            "logp_ref": logp_ref,
+            "n_tokens": n_tokens,
+            "reward": [config.beta * (a - b) for a, b in zip(logp_policy, logp_ref)],
+        }
+        for (logp_policy, n_tokens), (logp_ref, _) in zip(policy_scores, reference_scores)
+    ]
 
 
-def reward_inputs(items: list[RewardInput], policy: LoadedModel, reference: LoadedModel, config: RewardConfig,
-                  strategy: RewardingStrategy) -> list[tuple[Scoring, dict[str, list]]]:
+def reward_inputs(
+    items: list[RewardInput],
+    policy: LoadedModel,
+    reference: LoadedModel,
+    config: RewardConfig,
+    strategy: RewardingStrategy,
+) -> list[tuple[Scoring, dict[str, list]]]:
     """Each input's scoring under `strategy` and its implicit rewards (see `implicit_rewards`)."""
     scorings = [strategy.scoring(item) for item in items]
     rewards = implicit_rewards(policy, reference, [(s.instruction, s.texts) for s in scorings], config)
     return list(zip(scorings, rewards))
 
 
-def reward_records(generations: list[GenerationRecord], english: list[str], policy: LoadedModel,
-                   reference: LoadedModel, config: RewardConfig, strategy: RewardingStrategy) -> list[RewardRecord]:
+def reward_records(
+    generations: list[GenerationRecord],
+    english: list[str],
+    policy: LoadedModel,
+    reference: LoadedModel,
+    config: RewardConfig,
+    strategy: RewardingStrategy,
+) -> list[RewardRecord]:
     """Score generation records (all n responses of each prompt), together: the responses of all
     the records share forward passes. A skipped generation is passed on with its reason, unscored."""
     records, scored = [], []
     for generation, prompt_en in zip(generations, english):
-        record = RewardRecord(generation.id, generation.lang, config.mode, generation.prompt, prompt_en,
-                              generation.responses)
+        record = RewardRecord(
+            generation.id, generation.lang, config.mode, generation.prompt, prompt_en, generation.responses
+        )
         if generation.skipped or not generation.responses:
             record.skipped = generation.skipped or "no responses"
         else:

@@ -77,8 +77,9 @@ def run_models(root: str | Path) -> list[tuple[str, str]]:
     if not policy:
         raise DataError(f"{config_file}: no models.policy")
     iterations = sorted(int(p.name[5:]) for p in root.glob("iter_*") if p.name[5:].isdigit())
-    return [("pi0", str(policy))] + [(f"pi{t + 1}", str(model_dir(root, t))) for t in iterations
-                                     if (model_dir(root, t) / "config.json").exists()]
+    return [("pi0", str(policy))] + [
+        (f"pi{t + 1}", str(model_dir(root, t))) for t in iterations if (model_dir(root, t) / "config.json").exists()
+    ]
 
 
 class RunDir:
@@ -93,8 +94,11 @@ class RunDir:
         if self.shard.is_main:  # temporary files of atomic writes that a killed run left unfinished
             for stale in self.root.rglob(".*.tmp"):
                 stale.unlink(missing_ok=True)
-        self.manifest = read_json(self.manifest_path) if self.manifest_path.exists() else {
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "stages": {}}
+        self.manifest = (
+            read_json(self.manifest_path)
+            if self.manifest_path.exists()
+            else {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "stages": {}}
+        )
 
     def _save(self) -> None:
         """Record the config and versions that produced the finished stages (only when one finishes,
@@ -113,9 +117,16 @@ class RunDir:
         (`is_done`)."""
         if not self.shard.is_main:
             return
-        self.manifest.setdefault("failures", []).append({
-            "stage": stage.name, "iteration": t, "kind": type(err).__name__, "message": str(err),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "config_hash": self.config.section_hash(*stage.sections)})
+        self.manifest.setdefault("failures", []).append(
+            {
+                "stage": stage.name,
+                "iteration": t,
+                "kind": type(err).__name__,
+                "message": str(err),
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "config_hash": self.config.section_hash(*stage.sections),
+            }
+        )
         try:
             write_json_atomic(self.manifest_path, self.manifest)
         except RunFault as write_err:  # e.g. the disk is full too: the stop itself matters more
@@ -126,8 +137,14 @@ class RunDir:
         its settings (`icr.faults.SETTINGS_FAULTS`: a diverged or out-of-memory training), if any.
         (The other sections stage t depends on are checked by its own iteration's earlier stages.)"""
         kinds = {fault.__name__ for fault in SETTINGS_FAULTS}
-        return next((f for f in self.manifest.get("failures", []) if f["stage"] == stage.name
-                     and f["iteration"] > t and f["kind"] in kinds), None)
+        return next(
+            (
+                f
+                for f in self.manifest.get("failures", [])
+                if f["stage"] == stage.name and f["iteration"] > t and f["kind"] in kinds
+            ),
+            None,
+        )
 
     def iter_dir(self, t: int) -> Path:
         return iter_dir(self.root, t)
@@ -179,9 +196,15 @@ class RunDir:
                     f"{', '.join(stage.sections)}); use a new run name, or delete iter_{t} onwards to redo it"
                 )
             # the user changed the settings as the failure's message asked
-            log.warning("iter_%d/%s finished under other settings; kept, because iter_%d/%s failed (%s) and the "
-                        "new settings apply from there on", t, stage.name, failure["iteration"], stage.name,
-                        failure["kind"])
+            log.warning(
+                "iter_%d/%s finished under other settings; kept, because iter_%d/%s failed (%s) and the "
+                "new settings apply from there on",
+                t,
+                stage.name,
+                failure["iteration"],
+                stage.name,
+                failure["kind"],
+            )
         return True
 
     def mark_done(self, t: int, stage: StageName, **info) -> None:

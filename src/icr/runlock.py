@@ -44,13 +44,20 @@ def command_line() -> str:
 
 
 def holder_record(world: int = 1) -> dict:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "command": command_line()[:300], "processes": world}
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": command_line()[:300],
+        "processes": world,
+    }
 
 
 def describe(holder: dict) -> str:
-    return (f"pid {holder.get('pid')} on host {holder.get('host')}, started {holder.get('started')} "
-            f"({holder.get('command', '?')})")
+    return (
+        f"pid {holder.get('pid')} on host {holder.get('host')}, started {holder.get('started')} "
+        f"({holder.get('command', '?')})"
+    )
 
 
 def _read_holder(fd: int) -> dict | None:
@@ -112,12 +119,14 @@ class RunLock:
     def _in_use(self, holder: dict) -> RunDirInUse:
         return RunDirInUse(
             f"{self.root} is in use by another icr process: {describe(holder)}. Two writers would corrupt the "
-            "run: wait for it to finish or stop it (it resumes later), or use another run name")
+            "run: wait for it to finish or stop it (it resumes later), or use another run name"
+        )
 
     def _take_over(self, stale: dict | None) -> None:
         if stale:
-            log.warning("%s: taking over the lock left by %s, which ended without releasing it", self.root,
-                        describe(stale))
+            log.warning(
+                "%s: taking over the lock left by %s, which ended without releasing it", self.root, describe(stale)
+            )
         data = (json.dumps(holder_record(self.world)) + "\n").encode()
         os.ftruncate(self.fd, 0)
         os.lseek(self.fd, 0, os.SEEK_SET)
@@ -132,8 +141,10 @@ class RunLock:
             holder = None
         if holder and (holder.get("host") != socket.gethostname() or _pid_alive(holder.get("pid"))):
             if holder.get("host") != socket.gethostname():
-                raise RunDirInUse(str(self._in_use(holder)) + f"; this file system has no flock: if that process "
-                                  f"is gone, delete {self.path}")
+                raise RunDirInUse(
+                    str(self._in_use(holder)) + f"; this file system has no flock: if that process "
+                    f"is gone, delete {self.path}"
+                )
             raise self._in_use(holder)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         self._take_over(holder)

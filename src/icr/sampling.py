@@ -64,8 +64,7 @@ class RowSeededSampler:
         scores = scores.float()
         for warp in self.warpers:
             scores = warp(input_ids, scores)
-        uniform = torch.stack([torch.rand(scores.shape[1], generator=g, device=scores.device)
-                               for g in self.generators])
+        uniform = torch.stack([torch.rand(scores.shape[1], generator=g, device=scores.device) for g in self.generators])
         gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-20)))
         return scores + gumbel
 
@@ -79,8 +78,11 @@ class HFGenerator:
     def __init__(self, lm: LoadedModel, config: SamplingConfig):
         self.lm, self.config = lm, config
         self.stop_ids = end_of_turn_ids(lm.tokenizer, lm.model)
-        self.oom = OomBackoff("generation", "Lower the token limit (generate.max_new_tokens; "
-                              "`icr eval`: --max-new-tokens) or data.max_prompt_tokens, or free the GPU")
+        self.oom = OomBackoff(
+            "generation",
+            "Lower the token limit (generate.max_new_tokens; "
+            "`icr eval`: --max-new-tokens) or data.max_prompt_tokens, or free the GPU",
+        )
 
     def prompt_length(self, instruction: str) -> int:
         return len(prompt_ids(self.lm.tokenizer, instruction))
@@ -97,13 +99,15 @@ class HFGenerator:
             call = range(k, min(k + per_call, len(encoded)))
             width = max(len(encoded[i]) for i in call)
             rows = [(i, j) for i in call for j in range(n)]
-            samples += self.oom.run(rows, width + self.config.max_new_tokens,
-                                    partial(self._sample_rows, encoded, width=width, seeds=seeds))
+            samples += self.oom.run(
+                rows, width + self.config.max_new_tokens, partial(self._sample_rows, encoded, width=width, seeds=seeds)
+            )
         return [samples[i * n : (i + 1) * n] for i in range(len(encoded))]
 
     @torch.no_grad()
-    def _sample_rows(self, encoded: list[list[int]], rows: list[tuple[int, int]], width: int,
-                     seeds: list[int]) -> list[Sample]:
+    def _sample_rows(
+        self, encoded: list[list[int]], rows: list[tuple[int, int]], width: int, seeds: list[int]
+    ) -> list[Sample]:
         """Decode the rows (prompt i, sample j), grouped by prompt, prompts left-padded to `width`."""
         from transformers import LogitsProcessorList
 
@@ -114,13 +118,13 @@ class HFGenerator:
         pad = tok.pad_token_id
         # Left padding: every prompt ends at the same column, where generation starts.
         ids = torch.tensor([[pad] * (width - len(encoded[p])) + encoded[p] for p in prompts], device=device)
-        mask = torch.tensor([[0] * (width - len(encoded[p])) + [1] * len(encoded[p]) for p in prompts],
-                            device=device)
+        mask = torch.tensor([[0] * (width - len(encoded[p])) + [1] * len(encoded[p]) for p in prompts], device=device)
         kwargs = {}
         if width > 1:  # the last prompt token is fed by generate(); the rest is computed once per prompt
             positions = (mask.cumsum(-1) - 1).clamp_min(0)
-            cache = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
-                          use_cache=True).past_key_values
+            cache = model(
+                input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1], use_cache=True
+            ).past_key_values
             if len(set(counts)) == 1:
                 cache.batch_repeat_interleave(counts[0])
             else:  # a call split in halves: some prompts keep only part of their rows
@@ -174,8 +178,15 @@ class VLLMGenerator:
     run it in a child process, since vLLM keeps its share of GPU memory
     (`gpu_memory_utilization`) while its process lives."""
 
-    def __init__(self, model_path: str, config: SamplingConfig, dtype: str = "auto", trust_remote_code=False,
-                 allow_pickle: bool = False, **engine_options):
+    def __init__(
+        self,
+        model_path: str,
+        config: SamplingConfig,
+        dtype: str = "auto",
+        trust_remote_code=False,
+        allow_pickle: bool = False,
+        **engine_options,
+    ):
         refuse_pickle(model_path, allow_pickle)  # vLLM loads the weights itself: refuse pickle files first
         try:
             from vllm import LLM, SamplingParams
@@ -200,8 +211,17 @@ class VLLMGenerator:
 
     def sample_batch(self, instructions: list[str], n: int, seeds: list[int]) -> list[list[Sample]]:
         cfg = self.config
-        params = [self._params(n=n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_new_tokens,
-                               seed=seed, stop_token_ids=self.stop_ids) for seed in seeds]
+        params = [
+            self._params(
+                n=n,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                max_tokens=cfg.max_new_tokens,
+                seed=seed,
+                stop_token_ids=self.stop_ids,
+            )
+            for seed in seeds
+        ]
         requests = [{"prompt_token_ids": prompt_ids(self.tokenizer, text)} for text in instructions]
         results = self.llm.generate(requests, params, use_tqdm=False)
         return [[self._sample(o) for o in result.outputs] for result in results]
@@ -213,15 +233,22 @@ class VLLMGenerator:
         return Sample(output.text.strip(), len(tokens), output.finish_reason == "length")
 
 
-def _hf_backend(spec: str, config: SamplingConfig, models: ModelsConfig,
-                load: Callable[[str], LoadedModel]) -> Generator:
+def _hf_backend(
+    spec: str, config: SamplingConfig, models: ModelsConfig, load: Callable[[str], LoadedModel]
+) -> Generator:
     return HFGenerator(load(spec), config)
 
 
-def _vllm_backend(spec: str, config: SamplingConfig, models: ModelsConfig,
-                  load: Callable[[str], LoadedModel]) -> Generator:
-    return VLLMGenerator(resolve_model_path(spec), config, dtype=models.dtype,
-                         trust_remote_code=models.trust_remote_code, allow_pickle=models.allow_pickle)
+def _vllm_backend(
+    spec: str, config: SamplingConfig, models: ModelsConfig, load: Callable[[str], LoadedModel]
+) -> Generator:
+    return VLLMGenerator(
+        resolve_model_path(spec),
+        config,
+        dtype=models.dtype,
+        trust_remote_code=models.trust_remote_code,
+        allow_pickle=models.allow_pickle,
+    )
 
 
 @dataclass(frozen=True)
@@ -235,8 +262,9 @@ class Backend:
 BACKENDS: dict[str, Backend] = {"hf": Backend(_hf_backend), "vllm": Backend(_vllm_backend, isolated=True)}
 
 
-def make_generator(spec: str, config: SamplingConfig, models: ModelsConfig,
-                   load: Callable[[str], LoadedModel]) -> Generator:
+def make_generator(
+    spec: str, config: SamplingConfig, models: ModelsConfig, load: Callable[[str], LoadedModel]
+) -> Generator:
     """The generator of `config.backend` for model `spec`; `load` loads a model in-process
     (backends that load their own weights, like vLLM, do not call it)."""
     return BACKENDS[config.backend].build(spec, config, models, load)

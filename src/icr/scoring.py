@@ -70,8 +70,7 @@ def token_logprobs_from_hidden(model, hidden: torch.Tensor, targets: torch.Tenso
 GQA_ATTENTION = "icr_sdpa_gqa"  # our name in transformers' AttentionInterface
 
 
-def _sdpa_gqa_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
-                        **kwargs):
+def _sdpa_gqa_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
     """transformers' SDPA attention, computed on the key/value heads as they are (`enable_gqa`).
 
     transformers copies every key/value head out to its query heads whenever a mask is given (CUDA's
@@ -81,14 +80,22 @@ def _sdpa_gqa_attention(module, query, key, value, attention_mask, dropout=0.0, 
     if kwargs.get("softcap") is not None or kwargs.get("position_bias") is not None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      is_causal=is_causal, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+        )
     if is_causal is None:
         is_causal = getattr(module, "is_causal", True)
     is_causal = query.shape[2] > 1 and attention_mask is None and is_causal
     out = torch.nn.functional.scaled_dot_product_attention(
-        query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling, is_causal=is_causal,
-        enable_gqa=True)
+        query,
+        key,
+        value,
+        attn_mask=attention_mask,
+        dropout_p=dropout,
+        scale=scaling,
+        is_causal=is_causal,
+        enable_gqa=True,
+    )
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -115,8 +122,9 @@ def _gqa_attention(model, profile: ScoringProfile):
         model.set_attn_implementation("sdpa")
 
 
-def _sub_batches(order: list[int], lengths: list[int], token_budget: int,
-                 prompt_lengths: list[int] | None = None) -> list[list[int]]:
+def _sub_batches(
+    order: list[int], lengths: list[int], token_budget: int, prompt_lengths: list[int] | None = None
+) -> list[list[int]]:
     """Split rows (sorted longest first) so that rows × longest row <= token_budget and, when rows
     carry cached prompts, rows × (longest prompt + longest row) <= CACHE_BUDGET_FACTOR × token_budget."""
     prompt_lengths = prompt_lengths or [0] * len(lengths)
@@ -125,8 +133,10 @@ def _sub_batches(order: list[int], lengths: list[int], token_budget: int,
         rows = current + [i]
         longest = max(lengths[rows[0]], 1)
         widest_prompt = max(prompt_lengths[r] for r in rows)
-        if current and (len(rows) * longest > token_budget
-                        or len(rows) * (widest_prompt + longest) > CACHE_BUDGET_FACTOR * token_budget):
+        if current and (
+            len(rows) * longest > token_budget
+            or len(rows) * (widest_prompt + longest) > CACHE_BUDGET_FACTOR * token_budget
+        ):
             batches.append(current)
             current = []
         current.append(i)
@@ -162,8 +172,11 @@ def _score_groups(model, groups, token_budget, per_token, profile: ScoringProfil
     lengths = [len(groups[g].completions[i]) for g, i in rows]
     order = sorted(range(len(rows)), key=lambda r: (-lengths[r], rows[r]))
     prompt_lengths = [prefixes[g].length for g, _ in rows]
-    batches = [sub for part in ([order] if mixable else _split_by_group(order, rows))
-               for sub in _sub_batches(part, lengths, token_budget, prompt_lengths)]
+    batches = [
+        sub
+        for part in ([order] if mixable else _split_by_group(order, rows))
+        for sub in _sub_batches(part, lengths, token_budget, prompt_lengths)
+    ]
 
     def score(part: list[tuple[int, int]], widths: tuple[int, int]) -> list[tuple]:
         return [(part, *_score_rows(model, decoder, groups, prefixes, part, mixable, profile, widths))]
@@ -211,8 +224,9 @@ def _prefill_batched(decoder, groups, token_budget, profile: ScoringProfile) -> 
         out = decoder(input_ids=profile.to_device(ids, device), use_cache=True)
         ends = profile.to_device([lengths[k] - 1 for k in part], device)
         lasts = out.last_hidden_state[torch.arange(len(part), device=device), ends]
-        return [Prefix(row_view(out.past_key_values, row, lengths[k]), lasts[row], lengths[k])
-                for row, k in enumerate(part)]
+        return [
+            Prefix(row_view(out.past_key_values, row, lengths[k]), lasts[row], lengths[k]) for row, k in enumerate(part)
+        ]
 
     prefixes: list[Prefix | None] = [None] * len(groups)
     for batch in _sub_batches(order, widths, token_budget):
@@ -230,8 +244,9 @@ def _split_by_group(order: list[int], rows: list[tuple[int, int]]) -> list[list[
     return list(parts.values())
 
 
-def _padded_widths(groups, prefixes, batch: list[tuple[int, int]], plain: bool,
-                   profile: ScoringProfile) -> tuple[int, int]:
+def _padded_widths(
+    groups, prefixes, batch: list[tuple[int, int]], plain: bool, profile: ScoringProfile
+) -> tuple[int, int]:
     """(cached prompt, completion input) widths of a sub-batch: its longest of each, rounded by the
     profile (the completion width is 0 when no completion has a token to feed)."""
     # Inputs are completion[:-1]: the hidden state after the last token predicts nothing we score.
@@ -242,8 +257,16 @@ def _padded_widths(groups, prefixes, batch: list[tuple[int, int]], plain: bool,
     return (profile.round_width(longest_prompt) if plain else longest_prompt), profile.round_width(width)
 
 
-def _score_rows(model, decoder, groups, prefixes, batch: list[tuple[int, int]], plain: bool,
-                profile: ScoringProfile, widths: tuple[int, int]) -> tuple[list[int], torch.Tensor]:
+def _score_rows(
+    model,
+    decoder,
+    groups,
+    prefixes,
+    batch: list[tuple[int, int]],
+    plain: bool,
+    profile: ScoringProfile,
+    widths: tuple[int, int],
+) -> tuple[list[int], torch.Tensor]:
     """Per-token log-probabilities of the completions `batch` ((group, completion) pairs, a group's
     rows adjacent; of one group unless the caches are `plain` key/value tensors), padded to `widths`
     (`_padded_widths` of the sub-batch they belong to): the row of each scored token, and the float32
@@ -262,10 +285,18 @@ def _score_rows(model, decoder, groups, prefixes, batch: list[tuple[int, int]], 
         columns = torch.arange(prompt_width + width, device=device)
         mask = (columns[None, :] >= (prompt_width - starts)[:, None]).long()
         positions = starts[:, None] + columns[None, :width]
-        cache = (batch_cache(prefixes, row_prefix, width, prompt_width) if plain
-                 else repeated_cache(prefixes[row_prefix[0]], len(batch)))
-        hidden = decoder(input_ids=profile.to_device(inputs, device), attention_mask=mask, position_ids=positions,
-                         past_key_values=cache, use_cache=True).last_hidden_state
+        cache = (
+            batch_cache(prefixes, row_prefix, width, prompt_width)
+            if plain
+            else repeated_cache(prefixes[row_prefix[0]], len(batch))
+        )
+        hidden = decoder(
+            input_ids=profile.to_device(inputs, device),
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+        ).last_hidden_state
     # Row r's token j is predicted by hidden[r, j-1], or for j = 0 by its prompt's last hidden state,
     # which sits after the rows × width hidden states in `states`.
     lasts = torch.stack([p.last_hidden for p in prefixes])
@@ -296,20 +327,25 @@ def score_group(
 SKIPPED_RESPONSE_TOKENS = {"all": 0, "skip_first": 1}
 
 
-def _exchange_group(lm: LoadedModel, instruction: str, responses: list[str], score_tokens: str
-                    ) -> tuple[ScoreGroup, list[int]]:
+def _exchange_group(
+    lm: LoadedModel, instruction: str, responses: list[str], score_tokens: str
+) -> tuple[ScoreGroup, list[int]]:
     """The responses as completions of their shared prompt, and each response's scored token count."""
     skip = SKIPPED_RESPONSE_TOKENS[score_tokens]
     exchanges = [tokenize_exchange(lm.tokenizer, instruction, r) for r in responses]
     shared = min(len(p) for p, _ in exchanges)
     skipped = [min(skip, len(c)) for _, c in exchanges]
-    group = ScoreGroup(exchanges[0][0][:shared], [p[shared:] + c for p, c in exchanges],
-                       [len(p) - shared + k for (p, _), k in zip(exchanges, skipped)])
+    group = ScoreGroup(
+        exchanges[0][0][:shared],
+        [p[shared:] + c for p, c in exchanges],
+        [len(p) - shared + k for (p, _), k in zip(exchanges, skipped)],
+    )
     return group, [len(c) - k for (_, c), k in zip(exchanges, skipped)]
 
 
-def score_responses(lm: LoadedModel, items: list[tuple[str, list[str]]], token_budget: int | str,
-                    score_tokens: str = "all") -> list[tuple[list[float], list[int]]]:
+def score_responses(
+    lm: LoadedModel, items: list[tuple[str, list[str]]], token_budget: int | str, score_tokens: str = "all"
+) -> list[tuple[list[float], list[int]]]:
     """For each (instruction, responses): (summed log π(y|x) per response, scored token counts),
     the tokens DPO trains on (`icr.models.tokenize_exchange`; `score_tokens` = 'skip_first' leaves
     out the first response token, see `SKIPPED_RESPONSE_TOKENS`), all items scored together."""

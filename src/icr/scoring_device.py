@@ -78,15 +78,31 @@ def cuda_token_budget(model, device: torch.device) -> int:
 
 
 PROFILES: dict[str, ScoringProfile] = {
-    "cpu": ScoringProfile("cpu", vocab_sliced_logprobs, batched_prefill=False, shape_bucket=1,
-                          kv_heads_as_they_are=True, auto_token_budget=lambda model, device: CPU_TOKEN_BUDGET),
-    "cuda": ScoringProfile("cuda", functools.partial(row_chunked_logprobs, logit_elements=GPU_LOGIT_ELEMENTS),
-                           batched_prefill=True, shape_bucket=GPU_SHAPE_BUCKET, kv_heads_as_they_are=False,
-                           auto_token_budget=cuda_token_budget),
+    "cpu": ScoringProfile(
+        "cpu",
+        vocab_sliced_logprobs,
+        batched_prefill=False,
+        shape_bucket=1,
+        kv_heads_as_they_are=True,
+        auto_token_budget=lambda model, device: CPU_TOKEN_BUDGET,
+    ),
+    "cuda": ScoringProfile(
+        "cuda",
+        functools.partial(row_chunked_logprobs, logit_elements=GPU_LOGIT_ELEMENTS),
+        batched_prefill=True,
+        shape_bucket=GPU_SHAPE_BUCKET,
+        kv_heads_as_they_are=False,
+        auto_token_budget=cuda_token_budget,
+    ),
 }
-OTHER_ACCELERATORS = ScoringProfile("accelerator", PROFILES["cuda"].output_layer, batched_prefill=True,
-                                    shape_bucket=GPU_SHAPE_BUCKET, kv_heads_as_they_are=False,
-                                    auto_token_budget=lambda model, device: CPU_TOKEN_BUDGET)
+OTHER_ACCELERATORS = ScoringProfile(
+    "accelerator",
+    PROFILES["cuda"].output_layer,
+    batched_prefill=True,
+    shape_bucket=GPU_SHAPE_BUCKET,
+    kv_heads_as_they_are=False,
+    auto_token_budget=lambda model, device: CPU_TOKEN_BUDGET,
+)
 
 
 def profile_for(device: torch.device | str) -> ScoringProfile:

@@ -41,8 +41,13 @@ def _logit_transform(model) -> Callable[[torch.Tensor], torch.Tensor]:
     return transform
 
 
-def vocab_sliced_logprobs(model, hidden: torch.Tensor, targets: torch.Tensor,
-                          vocab_chunk: int | None = None, logit_elements: int | None = None) -> torch.Tensor:
+def vocab_sliced_logprobs(
+    model,
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    vocab_chunk: int | None = None,
+    logit_elements: int | None = None,
+) -> torch.Tensor:
     """log softmax(head(hidden))[target] for M positions. hidden: [M, H]; targets: [M] -> float32 [M].
 
     The output layer runs over a slice of the vocabulary at a time with a running logsumexp
@@ -81,8 +86,9 @@ def vocab_sliced_logprobs(model, hidden: torch.Tensor, targets: torch.Tensor,
     return out
 
 
-def row_chunked_logprobs(model, hidden: torch.Tensor, targets: torch.Tensor,
-                         logit_elements: int = 1 << 27) -> torch.Tensor:
+def row_chunked_logprobs(
+    model, hidden: torch.Tensor, targets: torch.Tensor, logit_elements: int = 1 << 27
+) -> torch.Tensor:
     """log softmax(head(hidden))[target], computed as head(h) over the full vocabulary for
     `logit_elements // vocabulary` positions at a time, then transform and logsumexp in fp32:
     logp = z[y] − logsumexp(z). hidden: [M, H]; targets: [M] -> float32 [M]."""

@@ -129,8 +129,9 @@ def in_language_flags(record: dict, config: PairsConfig) -> list[bool]:
     return [is_in_language(t, record["lang"], config.language_min_confidence) for t in record["responses"]]
 
 
-def candidates_for(record: dict, config: PairsConfig, in_language: list[bool] | None = None,
-                   language_filter: str | None = None) -> Candidates | str:
+def candidates_for(
+    record: dict, config: PairsConfig, in_language: list[bool] | None = None, language_filter: str | None = None
+) -> Candidates | str:
     """The rankable responses of a reward record under `language_filter` (default: the config's),
     or the reason the prompt yields no pair."""
     in_language = in_language_flags(record, config) if in_language is None else in_language
@@ -149,31 +150,47 @@ def candidates_for(record: dict, config: PairsConfig, in_language: list[bool] | 
     if not any(choosable):
         return "no_in_language_response_to_choose"
     lengths = response_lengths(record, config.length_unit)
-    return Candidates(record, [record["responses"][i] for i in keep], scores[keep], lengths[keep],
-                      np.asarray(choosable), keep, [in_language[i] for i in keep])
+    return Candidates(
+        record,
+        [record["responses"][i] for i in keep],
+        scores[keep],
+        lengths[keep],
+        np.asarray(choosable),
+        keep,
+        [in_language[i] for i in keep],
+    )
 
 
 def _pair(g: Candidates, c: int, r: int, scores: np.ndarray, alpha: float) -> dict:
     """Response c of `g` chosen over response r, with the log-ratios, rewards, scores and lengths behind it."""
     rec = g.record
     reward = rec.get("reward")
-    return TrainingPair(rec["id"], rec["lang"], rec["prompt"], g.texts[c], g.texts[r], rec.get("prompt_en"), {
-        "log_ratio_chosen": float(g.rewards[c]),
-        "log_ratio_rejected": float(g.rewards[r]),
-        "reward_chosen": float(reward[g.indices[c]]) if reward else float("nan"),
-        "reward_rejected": float(reward[g.indices[r]]) if reward else float("nan"),
-        "score_chosen": float(scores[c]),
-        "score_rejected": float(scores[r]),
-        "len_chosen": float(g.lengths[c]),
-        "len_rejected": float(g.lengths[r]),
-        "chosen_in_language": bool(g.in_language[c]),
-        "rejected_in_language": bool(g.in_language[r]),
-        "alpha": alpha,
-    }).to_json()
+    return TrainingPair(
+        rec["id"],
+        rec["lang"],
+        rec["prompt"],
+        g.texts[c],
+        g.texts[r],
+        rec.get("prompt_en"),
+        {
+            "log_ratio_chosen": float(g.rewards[c]),
+            "log_ratio_rejected": float(g.rewards[r]),
+            "reward_chosen": float(reward[g.indices[c]]) if reward else float("nan"),
+            "reward_rejected": float(reward[g.indices[r]]) if reward else float("nan"),
+            "score_chosen": float(scores[c]),
+            "score_rejected": float(scores[r]),
+            "len_chosen": float(g.lengths[c]),
+            "len_rejected": float(g.lengths[r]),
+            "chosen_in_language": bool(g.in_language[c]),
+            "rejected_in_language": bool(g.in_language[r]),
+            "alpha": alpha,
+        },
+    ).to_json()
 
 
-def _selection(records: list[dict], flags: list[list[bool] | None], config: PairsConfig,
-               language_filter: str) -> tuple[list[dict], Counter, float, int]:
+def _selection(
+    records: list[dict], flags: list[list[bool] | None], config: PairsConfig, language_filter: str
+) -> tuple[list[dict], Counter, float, int]:
     """Pairs, drop reasons, α and response count under one `language_filter` setting."""
     drops: Counter = Counter()
     n_responses = 0
@@ -208,6 +225,7 @@ def _selection(records: list[dict], flags: list[list[bool] | None], config: Pair
 def differing_pairs(a: list[dict], b: list[dict]) -> int:
     """Prompts whose pair differs between two selections: present in one only, or with another
     chosen or rejected text."""
+
     def key(p):
         return p["chosen"][0]["content"], p["rejected"][0]["content"]
 
@@ -246,8 +264,9 @@ def pair_statistics(pairs, n_prompts, n_responses, n_off, alpha, drops, unit) ->
         "length_unit": unit,
         "mean_len_chosen": mean("len_chosen"),
         "mean_len_rejected": mean("len_rejected"),
-        "mean_margin": float(np.mean([p["score_chosen"] - p["score_rejected"] for p in pairs])) if pairs else
-        float("nan"),
+        "mean_margin": float(np.mean([p["score_chosen"] - p["score_rejected"] for p in pairs]))
+        if pairs
+        else float("nan"),
         "mean_log_ratio_chosen": mean("log_ratio_chosen"),
         "mean_log_ratio_rejected": mean("log_ratio_rejected"),
         "mean_reward_chosen": mean("reward_chosen"),

@@ -36,24 +36,45 @@ def count_records(root: Path, files: Sequence[str]) -> int:
     return sum(p.read_bytes().count(b"\n") for path in paths for p in [path, *leftover_parts(path)] if p.is_file())
 
 
-def stage_started(root: Path, t: int, stage: str, iterations: int, expected: int | None, unit: str,
-                  record_files: Sequence[Path] = ()) -> None:
+def stage_started(
+    root: Path, t: int, stage: str, iterations: int, expected: int | None, unit: str, record_files: Sequence[Path] = ()
+) -> None:
     """Record that a stage starts (called on the main process): it will produce `expected` `unit`s,
     one JSON line each in `record_files` when it has them."""
     files = [str(Path(f).relative_to(root)) for f in record_files]
-    write_json_atomic(status_file(root, t, stage), {
-        "stage": stage, "iteration": t, "iterations": iterations, "unit": unit, "expected": expected,
-        "records": files, "done_at_start": count_records(root, files), "started": time.time(), "pid": os.getpid(),
-        "host": socket.gethostname(),
-    })
+    write_json_atomic(
+        status_file(root, t, stage),
+        {
+            "stage": stage,
+            "iteration": t,
+            "iterations": iterations,
+            "unit": unit,
+            "expected": expected,
+            "records": files,
+            "done_at_start": count_records(root, files),
+            "started": time.time(),
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+        },
+    )
 
 
 def stage_progress(root: Path, t: int, stage: str, done: int, expected: int) -> None:
     """Update a running stage's own count (training: optimizer steps)."""
     path = status_file(root, t, stage)
-    info = json.loads(path.read_text()) if path.exists() else {"stage": stage, "iteration": t, "started": time.time(),
-                                                               "done_at_start": 0, "pid": os.getpid(),
-                                                               "host": socket.gethostname(), "unit": "step"}
+    info = (
+        json.loads(path.read_text())
+        if path.exists()
+        else {
+            "stage": stage,
+            "iteration": t,
+            "started": time.time(),
+            "done_at_start": 0,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "unit": "step",
+        }
+    )
     info.update(done=done, expected=expected, updated=time.time())
     write_json_atomic(path, info)
 

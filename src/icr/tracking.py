@@ -22,8 +22,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-PAIR_STATISTICS = ("prompts", "pairs", "alpha", "mean_len_chosen", "mean_len_rejected", "mean_margin",
-                   "target_language_share")
+PAIR_STATISTICS = (
+    "prompts",
+    "pairs",
+    "alpha",
+    "mean_len_chosen",
+    "mean_len_rejected",
+    "mean_margin",
+    "target_language_share",
+)
 
 
 def tracked_run_name(run_name: str | None, default: str, iteration: int | None) -> str:
@@ -62,12 +69,17 @@ def pair_statistics_logs(stats: dict[str, dict]) -> dict[str, float]:
     return logs
 
 
-def loss_terms(log_probs: torch.Tensor, completion_mask: torch.Tensor, ref_chosen: torch.Tensor,
-               ref_rejected: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+def loss_terms(
+    log_probs: torch.Tensor,
+    completion_mask: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-pair DPO terms and the token-mean NLL of the chosen responses, from the policy's
     per-position log-probs of a [chosen; rejected] batch (TRL's layout: positions shifted by one)."""
     mask = completion_mask[..., 1:]
-    per_token = log_probs[:, -mask.size(1):]
+    per_token = log_probs[:, -mask.size(1) :]
     logps = per_token.sum(dim=1)
     chosen, rejected = logps.chunk(2, dim=0)
     margins = beta * ((chosen - ref_chosen) - (rejected - ref_rejected))
@@ -101,11 +113,12 @@ class LossTermsMixin:
             ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
         elif len(outputs) > 1:
             mask = inputs["completion_mask"][..., 1:]
-            ref_chosen, ref_rejected = outputs[1].log_probs[:, -mask.size(1):].sum(dim=1).chunk(2, dim=0)
+            ref_chosen, ref_rejected = outputs[1].log_probs[:, -mask.size(1) :].sum(dim=1).chunk(2, dim=0)
         else:
             return
-        dpo, nll = loss_terms(outputs[0].log_probs.detach(), inputs["completion_mask"], ref_chosen, ref_rejected,
-                              self.beta)
+        dpo, nll = loss_terms(
+            outputs[0].log_probs.detach(), inputs["completion_mask"], ref_chosen, ref_rejected, self.beta
+        )
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["dpo_loss"].append(self.accelerator.gather_for_metrics(dpo).mean().item())
         self._metrics[mode]["nll_loss"].append(self.accelerator.gather_for_metrics(nll).mean().item())

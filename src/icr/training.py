@@ -48,12 +48,17 @@ def _pair_tokens(tokenizer, pair: dict, max_length: int):
     shared = min(len(p_c), len(p_r))
     prompt = p_c[:shared]
     room = max_length - shared
-    return prompt, (p_c[shared:] + chosen)[:room], (p_r[shared:] + rejected)[:room], (len(p_c) - shared,
-                                                                                     len(p_r) - shared)
+    return (
+        prompt,
+        (p_c[shared:] + chosen)[:room],
+        (p_r[shared:] + rejected)[:room],
+        (len(p_c) - shared, len(p_r) - shared),
+    )
 
 
-def reference_logps(reference: LoadedModel, pairs: list[dict], max_length: int, token_budget: int | str,
-                    per_token_nll: bool = False) -> list[dict]:
+def reference_logps(
+    reference: LoadedModel, pairs: list[dict], max_length: int, token_budget: int | str, per_token_nll: bool = False
+) -> list[dict]:
     """ref_chosen_logps / ref_rejected_logps per pair (our scorer, TRL's tokens and truncation).
     With `per_token_nll`, also the token-mean NLL of the chosen response."""
     out = []
@@ -82,10 +87,12 @@ def preference_dataset(tokenizer, pairs: list[dict], ref: list[dict], config: Tr
     the `length` that transformers' length-grouped sampler reads."""
     from datasets import Dataset
 
-    keep = ("prompt", "chosen", "rejected") + (("ref_chosen_logps", "ref_rejected_logps") if config.precompute_ref
-                                               else ())
-    return Dataset.from_list([{**{k: {**p, **r}[k] for k in keep}, "length": pair_length(tokenizer, p, config)}
-                              for p, r in zip(pairs, ref)])
+    keep = ("prompt", "chosen", "rejected") + (
+        ("ref_chosen_logps", "ref_rejected_logps") if config.precompute_ref else ()
+    )
+    return Dataset.from_list(
+        [{**{k: {**p, **r}[k] for k in keep}, "length": pair_length(tokenizer, p, config)} for p, r in zip(pairs, ref)]
+    )
 
 
 def usable_pairs(tokenizer, pairs: list[dict], max_length: int) -> list[dict]:
@@ -96,8 +103,14 @@ def usable_pairs(tokenizer, pairs: list[dict], max_length: int) -> list[dict]:
     return kept
 
 
-def cached_reference_logps(reference: LoadedModel, pairs_file: Path, pairs: list[dict], config: TrainConfig,
-                           cache_dir: Path, token_budget: int | str) -> list[dict]:
+def cached_reference_logps(
+    reference: LoadedModel,
+    pairs_file: Path,
+    pairs: list[dict],
+    config: TrainConfig,
+    cache_dir: Path,
+    token_budget: int | str,
+) -> list[dict]:
     """Reference log-probs keyed by (pairs content, reference model fingerprint, max_length)."""
     key = hashlib.sha256(
         pairs_file.read_bytes() + fingerprint(reference.path).encode() + f"{config.max_length}|nll".encode()
@@ -114,9 +127,13 @@ def dpo_terms(current: list[dict], ref: list[dict], beta: float) -> dict:
     """The DPO term, NLL term and reward margin/accuracy, from the policy's log-probs (`current`,
     with `chosen_nll`) and the reference's. Logged separately: a large NLL weight can make the
     combined loss and the reward metrics look better than they are."""
-    margins = torch.tensor([beta * ((c["ref_chosen_logps"] - r["ref_chosen_logps"])
-                                    - (c["ref_rejected_logps"] - r["ref_rejected_logps"]))
-                            for c, r in zip(current, ref)])
+    margins = torch.tensor(
+        [
+            beta
+            * ((c["ref_chosen_logps"] - r["ref_chosen_logps"]) - (c["ref_rejected_logps"] - r["ref_rejected_logps"]))
+            for c, r in zip(current, ref)
+        ]
+    )
     return {
         "dpo_loss": float(-F.logsigmoid(margins).mean()),
         "nll_loss": float(sum(c["chosen_nll"] for c in current) / len(current)),
@@ -199,8 +216,7 @@ def gradient_accumulation(config: TrainConfig, processes: int) -> int:
     return config.global_batch_size // per_pass
 
 
-def dpo_config(config: TrainConfig, output_dir: str, n_pairs: int, processes: int = 1,
-               run_name: str | None = None):
+def dpo_config(config: TrainConfig, output_dir: str, n_pairs: int, processes: int = 1, run_name: str | None = None):
     from trl import DPOConfig
 
     use_cpu = not torch.cuda.is_available()
@@ -234,8 +250,16 @@ def dpo_config(config: TrainConfig, output_dir: str, n_pairs: int, processes: in
     )
 
 
-def dpo_trainer(lm: LoadedModel, dataset, config: TrainConfig, output_dir: str, run_name: str | None = None,
-                tracking_dir: Path | None = None, pair_stats: dict | None = None, callbacks: tuple = ()):
+def dpo_trainer(
+    lm: LoadedModel,
+    dataset,
+    config: TrainConfig,
+    output_dir: str,
+    run_name: str | None = None,
+    tracking_dir: Path | None = None,
+    pair_stats: dict | None = None,
+    callbacks: tuple = (),
+):
     """Our DPOTrainer on `dataset` (see `preference_dataset`) with `config`'s arguments and LoRA;
     tracker logs (`train.report_to`) under `tracking_dir` as `run_name`, with `pair_stats` logged at
     step 0 (`icr.tracking`); progress through `icr.progress`; `callbacks`: extra transformers callbacks."""
@@ -246,8 +270,9 @@ def dpo_trainer(lm: LoadedModel, dataset, config: TrainConfig, output_dir: str, 
 
     args = dpo_config(config, output_dir, len(dataset), current_shard().world, run_name)
     with tensorboard_dir(tracking_dir):
-        trainer = _make_trainer_class()(model=lm.model, args=args, train_dataset=dataset,
-                                        processing_class=lm.tokenizer, peft_config=_lora(config))
+        trainer = _make_trainer_class()(
+            model=lm.model, args=args, train_dataset=dataset, processing_class=lm.tokenizer, peft_config=_lora(config)
+        )
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; the step progress replaces it
     for callback in (trainer_callback(), pair_statistics_callback(trainer, pair_stats), *callbacks):
         trainer.add_callback(callback)
@@ -260,14 +285,30 @@ def _lora(config: TrainConfig):
     from peft import LoraConfig as PeftLoraConfig
 
     lora = config.lora
-    return PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                          target_modules=lora.target_modules, task_type="CAUSAL_LM")
+    return PeftLoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
 
 
-def train_dpo(model_spec: str, pairs_file: Path, out_dir: Path, config: TrainConfig, token_budget: int | str,
-              device: str, trust_remote_code: bool = False, allow_pickle: bool = False, *,
-              run_name: str | None = None, tracking_dir: Path | None = None, pair_stats: dict | None = None,
-              callbacks: tuple = ()) -> dict:
+def train_dpo(
+    model_spec: str,
+    pairs_file: Path,
+    out_dir: Path,
+    config: TrainConfig,
+    token_budget: int | str,
+    device: str,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    *,
+    run_name: str | None = None,
+    tracking_dir: Path | None = None,
+    pair_stats: dict | None = None,
+    callbacks: tuple = (),
+) -> dict:
     """Train π^{t+1} from π^t (= reference) on a pairs file; save a model folder at `out_dir`.
 
     The folder appears complete or not at all (written beside it, then renamed). Metrics go to
@@ -278,8 +319,13 @@ def train_dpo(model_spec: str, pairs_file: Path, out_dir: Path, config: TrainCon
     if not pairs:
         raise DataError(f"{pairs_file}: no preference pairs to train on")
     gradient_accumulation(config, current_shard().world)  # an indivisible global batch fails before loading
-    lm = load_model(model_spec, device=device, dtype="float32" if device == "cpu" else "auto",
-                    trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    lm = load_model(
+        model_spec,
+        device=device,
+        dtype="float32" if device == "cpu" else "auto",
+        trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle,
+    )
     pairs = usable_pairs(lm.tokenizer, pairs, config.max_length)
     shard = current_shard()
     # One scratch folder, the same on every process (a sharded save writes into it from all of them);
@@ -318,10 +364,12 @@ def train_dpo(model_spec: str, pairs_file: Path, out_dir: Path, config: TrainCon
 def training_memory(config: TrainConfig):
     """Out of memory in training (or in its reference log-probs): a `TrainingOutOfMemory` naming the
     settings to lower, after freeing the memory."""
-    advice = (f"training ran out of memory; no model was saved. Lower one of: train.batch_size (now "
-              f"{config.batch_size}; raise train.grad_accum, now {config.grad_accum}, to keep the effective "
-              f"batch), train.max_length (now {config.max_length}), or set train.gradient_checkpointing: true "
-              "or train.lora.enabled: true; then run the same command again: the run resumes at this training stage")
+    advice = (
+        f"training ran out of memory; no model was saved. Lower one of: train.batch_size (now "
+        f"{config.batch_size}; raise train.grad_accum, now {config.grad_accum}, to keep the effective "
+        f"batch), train.max_length (now {config.max_length}), or set train.gradient_checkpointing: true "
+        "or train.lora.enabled: true; then run the same command again: the run resumes at this training stage"
+    )
     try:
         yield
     except OutOfMemory as err:
@@ -334,29 +382,44 @@ def training_memory(config: TrainConfig):
     raise TrainingOutOfMemory(f"{advice} ({message})")
 
 
-def _save_and_measure(trainer, result, lm: LoadedModel, pairs: list[dict], ref: list[dict], config: TrainConfig,
-                      token_budget: int | str, folder: Path) -> dict:
+def _save_and_measure(
+    trainer,
+    result,
+    lm: LoadedModel,
+    pairs: list[dict],
+    ref: list[dict],
+    config: TrainConfig,
+    token_budget: int | str,
+    folder: Path,
+) -> dict:
     """Save the trained model to `folder` with its train_metrics.json: TRL's log history and the DPO
     and NLL terms before (the policy starts as the reference) and after training."""
     shard = current_shard()
     model = _save_trained(trainer, config, folder, lm.tokenizer, shard)
-    metrics = {"pairs": len(pairs), "steps": trainer.state.global_step, "before": dpo_terms(ref, ref, config.beta),
-               "after": None}
+    metrics = {
+        "pairs": len(pairs),
+        "steps": trainer.state.global_step,
+        "before": dpo_terms(ref, ref, config.beta),
+        "after": None,
+    }
     if not shard.is_main:
         return metrics
     if model is not None:  # weights whole in this process: measure the DPO and NLL terms after training
         model.eval()
         trained = LoadedModel(model=model, tokenizer=lm.tokenizer, spec=str(folder), path=str(folder))
-        metrics["after"] = dpo_terms(reference_logps(trained, pairs, config.max_length, token_budget,
-                                                     per_token_nll=True), ref, config.beta)
-    metrics.update({
-        "train_runtime_s": result.metrics.get("train_runtime"),
-        "log_history": trainer.state.log_history,
-        "loss_definition": "sigmoid DPO + nll_weight * token-mean NLL of the chosen response",
-        "config": config.model_dump(),
-        "processes": shard.world,
-        "global_batch": config.batch_size * gradient_accumulation(config, shard.world) * shard.world,
-    })
+        metrics["after"] = dpo_terms(
+            reference_logps(trained, pairs, config.max_length, token_budget, per_token_nll=True), ref, config.beta
+        )
+    metrics.update(
+        {
+            "train_runtime_s": result.metrics.get("train_runtime"),
+            "log_history": trainer.state.log_history,
+            "loss_definition": "sigmoid DPO + nll_weight * token-mean NLL of the chosen response",
+            "config": config.model_dump(),
+            "processes": shard.world,
+            "global_batch": config.batch_size * gradient_accumulation(config, shard.world) * shard.world,
+        }
+    )
     write_json_atomic(folder / "train_metrics.json", _finite(metrics))
     return metrics
 
@@ -368,8 +431,10 @@ def _save_trained(trainer, config: TrainConfig, folder: Path, tokenizer, shard):
     sharded = bool(getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False))
     if config.lora.enabled and config.lora.merge:
         if sharded:
-            raise ValueError("train.lora.merge under DeepSpeed ZeRO-3 or FSDP is not supported: set "
-                             "train.lora.merge: false and merge the saved adapter afterwards")
+            raise ValueError(
+                "train.lora.merge under DeepSpeed ZeRO-3 or FSDP is not supported: set "
+                "train.lora.merge: false and merge the saved adapter afterwards"
+            )
         model = trainer.model.merge_and_unload()
         if shard.is_main:
             model.save_pretrained(folder, safe_serialization=True)
@@ -390,4 +455,3 @@ def _finite(obj):
     if isinstance(obj, list):
         return [_finite(v) for v in obj]
     return obj
-

@@ -75,8 +75,9 @@ def _setup_logging(verbose: bool, quiet: bool = False) -> None:
     from rich.logging import RichHandler
 
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(message)s",
-                        handlers=[RichHandler(show_path=False, rich_tracebacks=False)], force=True)
+    logging.basicConfig(
+        level=level, format="%(message)s", handlers=[RichHandler(show_path=False, rich_tracebacks=False)], force=True
+    )
     for noisy in ("httpx", "urllib3", "datasets", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -90,15 +91,27 @@ MAIN_HELP = (
 )
 
 
-@click.group(cls=IcrGroup, help=MAIN_HELP,
-             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(
+    cls=IcrGroup, help=MAIN_HELP, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110}
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only: no progress bars, no progress lines.")
-@click.option("--progress", "progress_mode", type=click.Choice(MODES), default="auto", show_default=True,
-              help="How long jobs report: bar = progress bars, log = a plain line (stage, done/total, rate, ETA) "
-              "every --log-every seconds, none; auto = bars on a terminal, lines otherwise.")
-@click.option("--log-every", default=30.0, show_default=True, type=click.FloatRange(min=0),
-              help="Seconds between progress lines in log mode.")
+@click.option(
+    "--progress",
+    "progress_mode",
+    type=click.Choice(MODES),
+    default="auto",
+    show_default=True,
+    help="How long jobs report: bar = progress bars, log = a plain line (stage, done/total, rate, ETA) "
+    "every --log-every seconds, none; auto = bars on a terminal, lines otherwise.",
+)
+@click.option(
+    "--log-every",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds between progress lines in log mode.",
+)
 def main(verbose: bool, quiet: bool, progress_mode: str, log_every: float) -> None:
     _setup_logging(verbose, quiet)
     configure("none" if quiet else progress_mode, log_every)

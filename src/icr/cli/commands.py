@@ -68,8 +68,14 @@ def eval_command(config_path, **options):
 
 @main.command(name="demo")
 @click.option("--quick", is_flag=True, help="Reduced size (a few minutes on a 2-core CPU); what CI runs.")
-@click.option("--output", "output_dir", default="demo-output", show_default=True, type=click.Path(file_okay=False),
-              help="Folder for the demo's runs, models and report.")
+@click.option(
+    "--output",
+    "output_dir",
+    default="demo-output",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Folder for the demo's runs, models and report.",
+)
 def demo_command(quick, output_dir):
     """The whole method offline on SmolLM2-135M-Instruct: English DPO (stage 0), 2 ICR iterations,
     reward accuracy in 5 languages, and a Markdown report with plots."""

@@ -45,11 +45,21 @@ def status_command(run_dir, as_json):
 
 @main.command(name="report")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--eval", "eval_dir", default=None, type=click.Path(exists=True, file_okay=False),
-              help="Output folder of `icr eval` for this run, for the leaderboard [default: RUN_DIR/eval if it "
-                   "holds results.json].")
-@click.option("--output", "output_dir", default=None, type=click.Path(file_okay=False),
-              help="Folder for report.md, report.json and the PNGs [default: RUN_DIR/report].")
+@click.option(
+    "--eval",
+    "eval_dir",
+    default=None,
+    type=click.Path(exists=True, file_okay=False),
+    help="Output folder of `icr eval` for this run, for the leaderboard [default: RUN_DIR/eval if it "
+    "holds results.json].",
+)
+@click.option(
+    "--output",
+    "output_dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Folder for report.md, report.json and the PNGs [default: RUN_DIR/report].",
+)
 def report_command(run_dir, eval_dir, output_dir):
     """Markdown + PNG report of a run (finished or not): per iteration and language prompts, pairs
     kept, drops by reason, α, lengths, margin, target-language share; training curves; the

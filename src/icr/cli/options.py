@@ -120,8 +120,12 @@ def config_options(model: type[BaseModel], config_file: bool = True):
                 func = _field_option(model, dotted, info, annotation)(func)
         if not config_file:
             return func
-        return click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
-                            help="YAML config; flags override it.")(func)
+        return click.option(
+            "--config",
+            "config_path",
+            type=click.Path(exists=True, dir_okay=False),
+            help="YAML config; flags override it.",
+        )(func)
 
     return decorate
 

@@ -19,15 +19,16 @@ from icr.languages import check_language
 DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
 
 Device = Annotated[str, Field(description="'auto', 'cpu', 'cuda', 'cuda:1', ...")]
-Dtype = Annotated[Literal["auto", "float32", "bfloat16", "float16"],
-                  Field(description="Weights dtype: auto = bfloat16 on a GPU, float32 on a CPU.")]
+Dtype = Annotated[
+    Literal["auto", "float32", "bfloat16", "float16"],
+    Field(description="Weights dtype: auto = bfloat16 on a GPU, float32 on a CPU."),
+]
 RewardMode = Literal["crosslingual", "multilingual", "translate"]  # keys of icr.rewarding.STRATEGIES
 SamplingBackend = Literal["hf", "vllm"]  # keys of icr.sampling.BACKENDS
 JudgeBackend = Literal["alpaca_eval", "openai", "hf"]  # keys of icr.eval.judges.JUDGES
 JudgeOrder = Literal["random", "both"]  # keys of icr.eval.judging.ORDERS
 ScoreTokens = Literal["all", "skip_first"]  # keys of icr.scoring.SKIPPED_RESPONSE_TOKENS
 LanguageFilter = Literal["off", "chosen", "all"]  # keys of icr.selection.LANGUAGE_FILTERS
-
 
 
 def _known_languages(value: list[str]) -> list[str]:
@@ -119,8 +120,9 @@ def read_yaml_tree(path: str | Path | None) -> dict[str, Any]:
     return tree
 
 
-def build_config(model: type[Config], path: str | Path | None = None,
-                 overrides: dict[str, Any] | None = None) -> Config:
+def build_config(
+    model: type[Config], path: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> Config:
     """Read a YAML config (or the defaults), apply dotted overrides, validate."""
     tree = read_yaml_tree(path)
     for dotted, value in (overrides or {}).items():

@@ -41,8 +41,9 @@ class ModelsConfig(StrictModel):
     )
     reference: str = Field(DEFAULT_MODEL, description="π_ref, the reference (SFT) model of the DPO model.")
     translator: str | None = Field(
-        None, description="Model that translates responses to English in `reward.mode: translate` "
-        "(default: the policy of the iteration, as the released scripts do)."
+        None,
+        description="Model that translates responses to English in `reward.mode: translate` "
+        "(default: the policy of the iteration, as the released scripts do).",
     )
     dtype: Dtype = "auto"
     device: Device = "auto"
@@ -58,13 +59,16 @@ class DataConfig(StrictModel):
         description="Folder with one {lang}.jsonl/.json per language, a Hub dataset id, or 'embedded:demo'.",
     )
     languages: Languages = Field(["en", "es", "de", "fr", "ru"], description="ISO 639-1 codes to align.")
-    id_field: str | None = Field(None, description="Field aligning prompts across languages "
-                                 "(default: 'instruction_id' if present, else 'id').")
+    id_field: str | None = Field(
+        None, description="Field aligning prompts across languages (default: 'instruction_id' if present, else 'id')."
+    )
     text_field: str = Field("instruction", description="Field holding the prompt text.")
     limit: int | None = Field(None, ge=1, description="Use only the first N prompt ids (in English file order).")
     max_prompt_tokens: int = Field(
-        1024, ge=8, description="Prompts longer than this many tokens are skipped with a warning and "
-        "listed in the stage's log (never truncated silently)."
+        1024,
+        ge=8,
+        description="Prompts longer than this many tokens are skipped with a warning and "
+        "listed in the stage's log (never truncated silently).",
     )
 
 
@@ -72,19 +76,28 @@ class SamplingConfig(StrictModel):
     """How responses are sampled: by `generate` (training data, these defaults) and by `icr eval`
     (benchmark outputs, with the paper's evaluation decoding)."""
 
-    temperature: float = Field(0.9, gt=0, description="Sampling temperature (paper: 0.9 for training data, "
-                               "0.6 for evaluation).")
-    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (paper: 1.0 for training data, "
-                         "0.9 for evaluation).")
+    temperature: float = Field(
+        0.9, gt=0, description="Sampling temperature (paper: 0.9 for training data, 0.6 for evaluation)."
+    )
+    top_p: float = Field(
+        1.0, gt=0, le=1, description="Nucleus sampling mass (paper: 1.0 for training data, 0.9 for evaluation)."
+    )
     max_new_tokens: int = Field(512, ge=1, description="Token limit per response (paper: 2048 for evaluation).")
-    batch_prompts: int = Field(8, ge=1, description="Prompts decoded together (each with its n samples); "
-                               "fixed chunks of the prompt list, so results do not depend on resumption.")
+    batch_prompts: int = Field(
+        8,
+        ge=1,
+        description="Prompts decoded together (each with its n samples); "
+        "fixed chunks of the prompt list, so results do not depend on resumption.",
+    )
     backend: SamplingBackend = Field("hf", description="Generation backend.")
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor-parallel size.")
     gpu_memory_utilization: float = Field(
-        0.9, gt=0, le=1, description="vLLM: share of GPU memory its engine may take (vLLM's default). vLLM "
+        0.9,
+        gt=0,
+        le=1,
+        description="vLLM: share of GPU memory its engine may take (vLLM's default). vLLM "
         "runs in a child process that exits when its generation ends (the generate stage, or one model's "
-        "eval outputs), so the memory is free again for scoring."
+        "eval outputs), so the memory is free again for scoring.",
     )
 
 
@@ -100,8 +113,9 @@ class GenerateConfig(SamplingConfig):
 
 class RewardConfig(StrictModel):
     mode: RewardMode = Field(
-        "crosslingual", description="Which instruction a response is scored against: the English one "
-        "with 'answer in <language>' (ICR), the native one, or the English one after translating the response."
+        "crosslingual",
+        description="Which instruction a response is scored against: the English one "
+        "with 'answer in <language>' (ICR), the native one, or the English one after translating the response.",
     )
     beta: float = Field(0.1, gt=0, description="β of r = β·(log π(y|x) − log π_ref(y|x)); only rescales.")
     reference: Literal["original", "previous"] = Field(
@@ -114,17 +128,23 @@ class RewardConfig(StrictModel):
         "English prompts are scored under the plain instruction.",
     )
     score_tokens: ScoreTokens = Field(
-        "all", description="Tokens summed into log π(y|x): 'all' = every response token plus the template's "
+        "all",
+        description="Tokens summed into log π(y|x): 'all' = every response token plus the template's "
         "end-of-turn token(s), what DPO trains on; 'skip_first' = without the first response token, as the "
-        "released scorer's off-by-one mask does (for reproducing its numbers)."
+        "released scorer's off-by-one mask does (for reproducing its numbers).",
     )
     token_budget: int | Literal["auto"] = Field(
-        "auto", description="Max tokens per scoring forward pass; auto = 4096 on a CPU, sized from free "
+        "auto",
+        description="Max tokens per scoring forward pass; auto = 4096 on a CPU, sized from free "
         "memory on a GPU (icr.scoring_device; give a number for identical sub-batches across machines). "
-        "Also the budget of the reference scoring before training."
+        "Also the budget of the reference scoring before training.",
     )
-    batch_prompts: int = Field(8, ge=1, description="Prompts scored together (their responses share forward "
-                               "passes); fixed chunks of the generation file, so results do not depend on resuming.")
+    batch_prompts: int = Field(
+        8,
+        ge=1,
+        description="Prompts scored together (their responses share forward "
+        "passes); fixed chunks of the generation file, so results do not depend on resuming.",
+    )
 
     @field_validator("token_budget")
     @classmethod
@@ -143,6 +163,7 @@ class RewardConfig(StrictModel):
         if "{instruction}" not in value:
             raise ValueError("the template must contain {instruction}")
         return value
+
     translate_max_new_tokens: int = Field(
         8192, ge=1, description="Token limit for translations: large enough for whole responses (released: 8192)."
     )
@@ -154,22 +175,28 @@ class PairsConfig(StrictModel):
         "chars", description="Length used for length control (chars = paper; tokens compare across scripts)."
     )
     alpha_max: float = Field(
-        1.0, gt=0, description="α is searched in [0, alpha_max), on the paper's scale: per unit of length, in "
-        "nats of the raw log-ratio log π − log π_ref (no β) (paper: [0, 1))."
+        1.0,
+        gt=0,
+        description="α is searched in [0, alpha_max), on the paper's scale: per unit of length, in "
+        "nats of the raw log-ratio log π − log π_ref (no β) (paper: [0, 1)).",
     )
     max_chosen_score: float | None = Field(
-        None, description="Drop a prompt if its best score is above this; the score is log π − log π_ref − "
-        "α·len(y), in nats (no β)."
+        None,
+        description="Drop a prompt if its best score is above this; the score is log π − log π_ref − "
+        "α·len(y), in nats (no β).",
     )
     min_margin: float = Field(
-        0.0, ge=0, description="Drop pairs whose score margin is below this, in nats of "
-        "(log π − log π_ref − α·len(y)) (no β)."
+        0.0,
+        ge=0,
+        description="Drop pairs whose score margin is below this, in nats of (log π − log π_ref − α·len(y)) (no β).",
     )
     drop_identical: bool = Field(True, description="Drop pairs whose chosen and rejected texts are identical.")
     language_filter: LanguageFilter = Field(
-        "off", description="Responses confidently detected as another language: 'off' = ranked like any "
-        "other (the paper); 'chosen' = may be rejected, never chosen; 'all' = dropped before selection."
+        "off",
+        description="Responses confidently detected as another language: 'off' = ranked like any "
+        "other (the paper); 'chosen' = may be rejected, never chosen; 'all' = dropped before selection.",
     )
+
     @field_validator("language_filter", mode="before")
     @classmethod
     def _filter_from_boolean(cls, value: Any) -> Any:
@@ -178,8 +205,10 @@ class PairsConfig(StrictModel):
         return {False: "off", True: "all"}.get(value, value) if isinstance(value, bool) else value
 
     language_min_confidence: float = Field(
-        0.5, ge=0, le=1, description="A response is off-language only if another language wins with at "
-        "least this probability."
+        0.5,
+        ge=0,
+        le=1,
+        description="A response is off-language only if another language wins with at least this probability.",
     )
 
 
@@ -207,8 +236,9 @@ def check_report_to(values: list[str]) -> list[str]:
     known = set(INTEGRATION_TO_CALLBACK) | {"all"}
     unknown = [v for v in values if v not in known]
     if unknown:
-        raise ValueError(f"unknown tracker(s) {unknown}; transformers accepts: none, all, "
-                         f"{', '.join(sorted(known - {'all'}))}")
+        raise ValueError(
+            f"unknown tracker(s) {unknown}; transformers accepts: none, all, {', '.join(sorted(known - {'all'}))}"
+        )
     installed = set(get_available_reporting_integrations())
     missing = [v for v in values if v != "all" and v not in installed]
     if missing:
@@ -226,29 +256,39 @@ class TrainConfig(StrictModel):
     batch_size: int = Field(2, ge=1, description="Pairs per device per step.")
     grad_accum: int = Field(8, ge=1, description="Gradient accumulation steps (ignored when global_batch_size is set).")
     global_batch_size: int | None = Field(
-        None, ge=1, description="Pairs per optimizer step over all processes; when set, gradient accumulation "
-        "= global_batch_size / (batch_size × processes), and an indivisible combination is an error."
+        None,
+        ge=1,
+        description="Pairs per optimizer step over all processes; when set, gradient accumulation "
+        "= global_batch_size / (batch_size × processes), and an indivisible combination is an error.",
     )
     max_length: int = Field(2048, ge=16, description="Max prompt+response tokens (longer: truncated at the end).")
     seed: int = Field(0, description="Training seed.")
     precompute_ref: bool = Field(True, description="Compute reference log-probs once before training.")
-    group_by_length: bool = Field(True, description="Batch pairs of similar length together (less padding; "
-                                  "transformers' LengthGroupedSampler: random groups, sorted within).")
+    group_by_length: bool = Field(
+        True,
+        description="Batch pairs of similar length together (less padding; "
+        "transformers' LengthGroupedSampler: random groups, sorted within).",
+    )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory (large models).")
     max_loss_ratio: float | None = Field(
-        10.0, gt=1, description="Training stops as diverged, and no model is promoted, when a step's loss "
+        10.0,
+        gt=1,
+        description="Training stops as diverged, and no model is promoted, when a step's loss "
         "exceeds this multiple of the first step's loss (null: only a NaN or infinite loss stops it). Not "
         "hashed: a guard decides whether a training stops, never what a finished one produced.",
         json_schema_extra=NOT_HASHED,
     )
     report_to: list[str] = Field(
-        ["none"], description="Experiment trackers TRL logs to: none, tensorboard, wandb, trackio, or any "
+        ["none"],
+        description="Experiment trackers TRL logs to: none, tensorboard, wandb, trackio, or any "
         "integration transformers accepts (several as a list). Logs go under <run>/tracking/iter_<t>.",
         json_schema_extra=NOT_HASHED,
     )
     run_name: str | None = Field(
-        None, description="Name of the tracked run (wandb, trackio, ...); iteration t logs as <run_name>/iter_<t> "
-        "(default: the run's `name`).", json_schema_extra=NOT_HASHED,
+        None,
+        description="Name of the tracked run (wandb, trackio, ...); iteration t logs as <run_name>/iter_<t> "
+        "(default: the run's `name`).",
+        json_schema_extra=NOT_HASHED,
     )
     lora: LoraConfig = Field(default_factory=LoraConfig)
 

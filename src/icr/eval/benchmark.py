@@ -80,13 +80,21 @@ def load_benchmark(prompt_dir: Path, reference_dir: Path, lang: str, limit: int 
     items = []
     for p in prompts[:limit]:
         ref = reference[str(p["id"])]
-        items.append({"id": p["id"], "dataset": p.get("dataset", ""), "instruction": p["instruction"],
-                      "reference": ref["output"], "reference_generator": str(ref.get("generator", "reference"))})
+        items.append(
+            {
+                "id": p["id"],
+                "dataset": p.get("dataset", ""),
+                "instruction": p["instruction"],
+                "reference": ref["output"],
+                "reference_generator": str(ref.get("generator", "reference")),
+            }
+        )
     return items
 
 
-def index_outputs(records: list[dict], benchmark: list[dict], path: Path, required: list[Any] | None = None
-                  ) -> dict[str, dict]:
+def index_outputs(
+    records: list[dict], benchmark: list[dict], path: Path, required: list[Any] | None = None
+) -> dict[str, dict]:
     """Validate outputs against the benchmark instructions and index them by id (as a string).
 
     Errors (naming the id): a duplicate id, an id not in the benchmark, an instruction that differs
@@ -104,8 +112,10 @@ def index_outputs(records: list[dict], benchmark: list[dict], path: Path, requir
         if rid not in expected:
             raise OutputsError(f"{path}: id {rid}: not an id of the benchmark")
         if str(r.get("instruction", "")).strip() != expected[rid].strip():
-            raise OutputsError(f"{path}: id {rid}: instruction differs from the reference's "
-                               f"({str(r.get('instruction', ''))[:60]!r} vs {expected[rid][:60]!r})")
+            raise OutputsError(
+                f"{path}: id {rid}: instruction differs from the reference's "
+                f"({str(r.get('instruction', ''))[:60]!r} vs {expected[rid][:60]!r})"
+            )
         if not isinstance(r.get("output"), str):
             raise OutputsError(f"{path}: id {rid}: 'output' is missing or not a string")
         by_id[rid] = r
@@ -120,7 +130,8 @@ def read_outputs(folder: str | Path, lang: str, items: list[dict]) -> dict[str, 
     """Existing outputs of `lang` in `folder`, validated to cover every evaluated item."""
     path = _language_file(Path(folder), lang)
     if path is None:
-        raise OutputsError(f"{folder}: no outputs for language {lang!r} (expected {lang}.json or "
-                           f"{lang}/model_outputs.json)")
+        raise OutputsError(
+            f"{folder}: no outputs for language {lang!r} (expected {lang}.json or {lang}/model_outputs.json)"
+        )
     by_id = index_outputs(_read_records(path), items, path)
     return {rid: r["output"] for rid, r in by_id.items()}

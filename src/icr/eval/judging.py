@@ -53,8 +53,14 @@ class PairResult:
     rule: str  # 'logprobs', 'sampled', 'mixed', 'identical' or 'none'
 
 
-def judge_pairs(judge: Judge, cache: JudgementCache, items: list[PairItem], order: str = "random", seed: int = 0,
-                estimate_only: bool = False) -> tuple[dict[tuple[str, str, str], PairResult], dict[str, Any]]:
+def judge_pairs(
+    judge: Judge,
+    cache: JudgementCache,
+    items: list[PairItem],
+    order: str = "random",
+    seed: int = 0,
+    estimate_only: bool = False,
+) -> tuple[dict[tuple[str, str, str], PairResult], dict[str, Any]]:
     """Judge every item (cache first), returning the results keyed by `PairItem.key` (model,
     language, id) and the run's statistics.
 
@@ -77,12 +83,22 @@ def judge_pairs(judge: Judge, cache: JudgementCache, items: list[PairItem], orde
         plans.append(plan)
     found = {key: j for key in requests if (j := cache.get(key)) is not None}
     todo = [key for key in requests if key not in found]
-    stats = {"judgements": len(requests), "cached": len(found), "requested": len(todo),
-             "estimated_prompt_tokens": sum(estimate_tokens(judge.messages(requests[k])) for k in todo),
-             "estimated_completion_tokens": len(todo)}
-    log.info("judging %d pairs: %d judgements, %d cached, %d to request (≈%d prompt tokens, %d completion tokens)",
-             len(items), stats["judgements"], stats["cached"], stats["requested"],
-             stats["estimated_prompt_tokens"], stats["estimated_completion_tokens"])
+    stats = {
+        "judgements": len(requests),
+        "cached": len(found),
+        "requested": len(todo),
+        "estimated_prompt_tokens": sum(estimate_tokens(judge.messages(requests[k])) for k in todo),
+        "estimated_completion_tokens": len(todo),
+    }
+    log.info(
+        "judging %d pairs: %d judgements, %d cached, %d to request (≈%d prompt tokens, %d completion tokens)",
+        len(items),
+        stats["judgements"],
+        stats["cached"],
+        stats["requested"],
+        stats["estimated_prompt_tokens"],
+        stats["estimated_completion_tokens"],
+    )
     if todo and not estimate_only:
         stats["rule"] = judge.preflight()
 

@@ -59,21 +59,29 @@ def leaderboard_markdown(table: pd.DataFrame, meta: dict[str, Any]) -> str:
         "length-controlled win rate.",
     ]
     if judge["backend"] != "alpaca_eval":
-        notes.append(f"The {judge['backend']} judge uses icr's own A/B prompt: these numbers are not comparable "
-                     "with the paper's Table 2 (alpaca_eval's weighted_alpaca_eval_gpt4_turbo annotator; "
-                     "`--judge alpaca_eval`).")
+        notes.append(
+            f"The {judge['backend']} judge uses icr's own A/B prompt: these numbers are not comparable "
+            "with the paper's Table 2 (alpaca_eval's weighted_alpaca_eval_gpt4_turbo annotator; "
+            "`--judge alpaca_eval`)."
+        )
     if subset:
-        notes.append("\\* LC computed on a subset of the 805 instructions (--limit): the GLM is alpaca_eval's, "
-                     "but the numbers are not comparable with full-benchmark LC.")
+        notes.append(
+            "\\* LC computed on a subset of the 805 instructions (--limit): the GLM is alpaca_eval's, "
+            "but the numbers are not comparable with full-benchmark LC."
+        )
     if meta.get("lc_unavailable"):
         notes.append(f"LC n/a: {meta['lc_unavailable']}")
-    detail = ["| Model | Lang | n | W/L/T | invalid | WR ± SE | LC ± SE | LC scope | avg len | ref len | fidelity |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    detail = [
+        "| Model | Lang | n | W/L/T | invalid | WR ± SE | LC ± SE | LC scope | avg len | ref len | fidelity |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in table.itertuples():
-        detail.append(f"| {r.model} | {r.lang} | {r.n_pairs} | {r.n_wins}/{r.n_losses}/{r.n_draws} | {r.n_invalid} | "
-                      f"{_fmt(r.win_rate)} ± {_fmt(r.standard_error)} | {_fmt(r.lc_win_rate)} ± "
-                      f"{_fmt(r.lc_standard_error)} | {r.lc_scope} | {r.avg_length:.0f} | {r.ref_avg_length:.0f} | "
-                      f"{_fmt(r.language_fidelity, '%')} |")
+        detail.append(
+            f"| {r.model} | {r.lang} | {r.n_pairs} | {r.n_wins}/{r.n_losses}/{r.n_draws} | {r.n_invalid} | "
+            f"{_fmt(r.win_rate)} ± {_fmt(r.standard_error)} | {_fmt(r.lc_win_rate)} ± "
+            f"{_fmt(r.lc_standard_error)} | {r.lc_scope} | {r.avg_length:.0f} | {r.ref_avg_length:.0f} | "
+            f"{_fmt(r.language_fidelity, '%')} |"
+        )
     return "\n".join(["# X-AlpacaEval leaderboard", "", *lines, "", *notes, "", "## Details", "", *detail, ""])
 
 
@@ -107,8 +115,10 @@ def plot_leaderboard(table: pd.DataFrame, languages: list[str], path: Path) -> N
 
 def write_results(table: pd.DataFrame, meta: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    records = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}  # NaN -> null
-               for r in table.to_dict(orient="records")]
+    records = [
+        {k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}  # NaN -> null
+        for r in table.to_dict(orient="records")
+    ]
     write_json_atomic(out / "results.json", {**meta, "results": records})
     table.to_csv(out / "results.csv", index=False)
     leaderboard_frame(table, meta["languages"]).round(4).to_csv(out / "leaderboard.csv")

@@ -122,8 +122,10 @@ def _lc_ids(df: pd.DataFrame) -> np.ndarray:
     except (KeyError, ValueError, TypeError):
         raise LCUnavailable("length control needs integer AlpacaEval ids 1..805 in column 'id'") from None
     if len(set(ids)) != len(ids) or ids.min() < 1 or ids.max() > ALPACA_EVAL_SIZE:
-        raise LCUnavailable("length control needs unique AlpacaEval ids within 1..805 (the GLM's instruction "
-                            "difficulty is looked up by id)")
+        raise LCUnavailable(
+            "length control needs unique AlpacaEval ids within 1..805 (the GLM's instruction "
+            "difficulty is looked up by id)"
+        )
     if not np.all(np.diff(ids) > 0):
         raise LCUnavailable("length control needs the annotations in canonical id order")
     return ids
@@ -143,13 +145,15 @@ def length_controlled(annotations, gamed: pd.DataFrame, glm_name: str = GLM_NAME
     delta = df["output_1"].str.len() - df["output_2"].str.len()
     if not delta.std() > 0:
         raise LCUnavailable("length control needs output length differences that vary between instructions")
-    feats = pd.DataFrame({
-        "preference": model_preference(df["preference"]),
-        "index": ids - 1,
-        "std_delta_len": delta / delta.std(),
-        "instruction_difficulty": [difficulty[i] for i in ids - 1],
-        "not_gamed_baseline": True,
-    })
+    feats = pd.DataFrame(
+        {
+            "preference": model_preference(df["preference"]),
+            "index": ids - 1,
+            "std_delta_len": delta / delta.std(),
+            "instruction_difficulty": [difficulty[i] for i in ids - 1],
+            "not_gamed_baseline": True,
+        }
+    )
     test = feats[["instruction_difficulty", "not_gamed_baseline"]].copy()
     test["std_delta_len"] = 0
     lam = info["regularize_to_baseline_lambda"]
@@ -165,8 +169,9 @@ def length_controlled(annotations, gamed: pd.DataFrame, glm_name: str = GLM_NAME
         x_train = x_train[keep]
         if weight is not None:
             weight = weight[keep]
-        model = glm.fit_LogisticRegressionCV(x_train, "preference", is_ytrue_proba=True, sample_weight=weight,
-                                             **info["kwargs"])
+        model = glm.fit_LogisticRegressionCV(
+            x_train, "preference", is_ytrue_proba=True, sample_weight=weight, **info["kwargs"]
+        )
         predicted = model.predict_proba(x_test)[:, 1]
     return {
         "lc_win_rate": float(predicted.mean() * 100),
@@ -182,8 +187,9 @@ def _scope(ids: np.ndarray) -> str:
 # ---------------------------------------------------------------- one (model, language) cell
 
 
-def summarize(annotations, lang: str, gamed: pd.DataFrame | None = None,
-              lc_unavailable: str | None = None) -> dict[str, Any]:
+def summarize(
+    annotations, lang: str, gamed: pd.DataFrame | None = None, lc_unavailable: str | None = None
+) -> dict[str, Any]:
     """All metrics of one model in one language. `gamed` None (or `lc_unavailable` set) leaves the
     LC fields NaN with `lc_scope` = 'n/a: <reason>'."""
     df = as_frame(annotations)

@@ -62,21 +62,36 @@ def safe_name(name: str) -> str:
 
 def decoding_record(sampling: SamplingConfig, seed: int) -> dict[str, Any]:
     """The decoding settings an output depends on (batch size and parallelism are speed only)."""
-    return {"temperature": sampling.temperature, "top_p": sampling.top_p, "max_new_tokens": sampling.max_new_tokens,
-            "seed": seed, "backend": sampling.backend}
+    return {
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "max_new_tokens": sampling.max_new_tokens,
+        "seed": seed,
+        "backend": sampling.backend,
+    }
 
 
 def _check_meta(folder: Path, meta: dict[str, Any], shard: Shard) -> None:
     meta_path = folder / "generation.json"
     if meta_path.exists() and read_json(meta_path) != meta:
-        raise OutputsError(f"{folder}: outputs were generated with {read_json(meta_path)}, not {meta}; "
-                           "use another --output folder or delete this one")
+        raise OutputsError(
+            f"{folder}: outputs were generated with {read_json(meta_path)}, not {meta}; "
+            "use another --output folder or delete this one"
+        )
     if shard.is_main:
         write_json_atomic(meta_path, meta)
 
 
-def generate_outputs(generator: Generator, model: EvalModel, lang: str, items: list[dict], folder: Path,
-                     sampling: SamplingConfig, seed: int, shard: Shard = Shard()) -> dict[str, str]:
+def generate_outputs(
+    generator: Generator,
+    model: EvalModel,
+    lang: str,
+    items: list[dict],
+    folder: Path,
+    sampling: SamplingConfig,
+    seed: int,
+    shard: Shard = Shard(),
+) -> dict[str, str]:
     """Answer every item not yet in `folder/generations.jsonl` (one sample, per-id seed), then write
     `model_outputs.json` in benchmark order. A folder generated with another model or decoding is
     an error, never silently mixed."""
@@ -85,19 +100,39 @@ def generate_outputs(generator: Generator, model: EvalModel, lang: str, items: l
     def process(chunk: list[dict]) -> list[dict]:
         seeds = [prompt_seed(seed, 0, lang, str(it["id"])) for it in chunk]
         samples = generator.sample_batch([it["instruction"] for it in chunk], 1, seeds)
-        return [{"id": it["id"], "instruction": it["instruction"], "output": s[0].text, "n_tokens": s[0].n_tokens,
-                 "truncated": s[0].truncated, "seed": row_seed} for it, row_seed, s in zip(chunk, seeds, samples)]
+        return [
+            {
+                "id": it["id"],
+                "instruction": it["instruction"],
+                "output": s[0].text,
+                "n_tokens": s[0].n_tokens,
+                "truncated": s[0].truncated,
+                "seed": row_seed,
+            }
+            for it, row_seed, s in zip(chunk, seeds, samples)
+        ]
 
     log_path = folder / "generations.jsonl"
-    merged = run_job(log_path, items, lambda it: str(it["id"]), sampling.batch_prompts, process, shard,
-                     f"eval {model.name}/{lang}")
+    merged = run_job(
+        log_path, items, lambda it: str(it["id"]), sampling.batch_prompts, process, shard, f"eval {model.name}/{lang}"
+    )
     done = {str(r["id"]): r for r in merged}
     for it in items:  # a resume log written for other prompts must not be passed off as answers to these
         if done[str(it["id"])]["instruction"].strip() != it["instruction"].strip():
             raise OutputsError(f"{log_path}: id {it['id']}: instruction differs from the benchmark's")
     ordered = [done[str(it["id"])] for it in items]
     if shard.is_main:
-        write_json_atomic(folder / "model_outputs.json", [
-            {"generator": model.name, "dataset": it["dataset"], "id": r["id"], "instruction": r["instruction"],
-             "output": r["output"]} for it, r in zip(items, ordered)])
+        write_json_atomic(
+            folder / "model_outputs.json",
+            [
+                {
+                    "generator": model.name,
+                    "dataset": it["dataset"],
+                    "id": r["id"],
+                    "instruction": r["instruction"],
+                    "output": r["output"],
+                }
+                for it, r in zip(items, ordered)
+            ],
+        )
     return {str(r["id"]): r["output"] for r in ordered}

@@ -1,11 +1,11 @@
 """`icr eval`: X-AlpacaEval outputs (generated or read), judgements (cached), metrics, leaderboard.
 
-    OUT/
-      outputs/{model}/{lang}/...                  the models' answers (`icr.eval.outputs`)
-      annotations/{model}/{lang}.json             alpaca_eval annotations: output_1 = reference, output_2 = model,
-                                                  preference in [1, 2] (2 = model better)
-      results.json, results.csv                   every metric per model and language, judge and settings
-      leaderboard.md, leaderboard.csv, leaderboard.png   the paper's Table 2 layout (`icr.eval.leaderboard`)
+OUT/
+  outputs/{model}/{lang}/...                  the models' answers (`icr.eval.outputs`)
+  annotations/{model}/{lang}.json             alpaca_eval annotations: output_1 = reference, output_2 = model,
+                                              preference in [1, 2] (2 = model better)
+  results.json, results.csv                   every metric per model and language, judge and settings
+  leaderboard.md, leaderboard.csv, leaderboard.png   the paper's Table 2 layout (`icr.eval.leaderboard`)
 """
 
 from __future__ import annotations
@@ -65,27 +65,48 @@ def collect_outputs(config: EvalConfig, models: list[EvalModel], bench: dict[str
                 folder = Path(config.output) / "outputs" / safe_name(model.name) / lang
                 done = {str(r.get("id")) for r in read_jsonl(folder / "generations.jsonl", repair=True)}
                 if generator is None and any(str(it["id"]) not in done for it in bench[lang]):
-                    generator = opened.enter_context(open_generator(
-                        model.spec, config.sampling, loading,
-                        lambda spec: load_model(spec, device=config.device, dtype=config.dtype)))
-                outputs[model.name, lang] = generate_outputs(generator, model, lang, bench[lang], folder,
-                                                             config.sampling, config.seed, shard)
+                    generator = opened.enter_context(
+                        open_generator(
+                            model.spec,
+                            config.sampling,
+                            loading,
+                            lambda spec: load_model(spec, device=config.device, dtype=config.dtype),
+                        )
+                    )
+                outputs[model.name, lang] = generate_outputs(
+                    generator, model, lang, bench[lang], folder, config.sampling, config.seed, shard
+                )
         del generator
         _free_memory()
     return outputs
 
 
-def annotations(model: EvalModel, lang: str, items: list[dict], outputs: Outputs, judge_id: str,
-                results: dict[tuple[str, str, str], PairResult]) -> list[dict[str, Any]]:
+def annotations(
+    model: EvalModel,
+    lang: str,
+    items: list[dict],
+    outputs: Outputs,
+    judge_id: str,
+    results: dict[tuple[str, str, str], PairResult],
+) -> list[dict[str, Any]]:
     """alpaca_eval's annotation rows of one model in one language."""
     rows = []
     for it in items:
         res = results[model.name, lang, str(it["id"])]
-        rows.append({"id": it["id"], "instruction": it["instruction"], "output_1": it["reference"],
-                     "output_2": outputs[model.name, lang][str(it["id"])], "generator_1": it["reference_generator"],
-                     "generator_2": model.name, "annotator": judge_id,
-                     "preference": None if res.p_model is None else 1.0 + res.p_model,
-                     "n_judgements": res.n_judgements, "rule": res.rule})
+        rows.append(
+            {
+                "id": it["id"],
+                "instruction": it["instruction"],
+                "output_1": it["reference"],
+                "output_2": outputs[model.name, lang][str(it["id"])],
+                "generator_1": it["reference_generator"],
+                "generator_2": model.name,
+                "annotator": judge_id,
+                "preference": None if res.p_model is None else 1.0 + res.p_model,
+                "n_judgements": res.n_judgements,
+                "rule": res.rule,
+            }
+        )
     return rows
 
 
@@ -100,8 +121,9 @@ def _gamed_table(config: EvalConfig) -> tuple[pd.DataFrame | None, str | None]:
         return None, str(err)
 
 
-def evaluate(config: EvalConfig, models: list[EvalModel], judge_factory: Callable[[], Judge] | None = None
-             ) -> pd.DataFrame:
+def evaluate(
+    config: EvalConfig, models: list[EvalModel], judge_factory: Callable[[], Judge] | None = None
+) -> pd.DataFrame:
     """Outputs, judgements, metrics and leaderboard files (see the module docstring). Returns the
     long results table (one row per model and language); empty on processes other than the main one."""
     out = Path(config.output)
@@ -113,8 +135,12 @@ def evaluate(config: EvalConfig, models: list[EvalModel], judge_factory: Callabl
     outputs = collect_outputs(config, models, bench)
     if not current_shard().is_main:  # judging and metrics: the main process alone
         return pd.DataFrame()
-    items = [PairItem(m.name, lang, it["id"], it["instruction"], outputs[m.name, lang][str(it["id"])], it["reference"])
-             for m in models for lang in config.languages for it in bench[lang]]
+    items = [
+        PairItem(m.name, lang, it["id"], it["instruction"], outputs[m.name, lang][str(it["id"])], it["reference"])
+        for m in models
+        for lang in config.languages
+        for it in bench[lang]
+    ]
     judge = (judge_factory or (lambda: make_judge(config.judge, config.device, config.dtype)))()
     cache = JudgementCache(config.judge.cache or cache_root() / "judgements")
     results, stats = judge_pairs(judge, cache, items, config.judge.order, config.seed, config.estimate_only)
@@ -129,12 +155,20 @@ def evaluate(config: EvalConfig, models: list[EvalModel], judge_factory: Callabl
             frame = pd.DataFrame(anns).astype({"preference": float})
             rows.append({"model": m.name, "lang": lang, **summarize(frame, lang, gamed, lc_reason)})
     table = pd.DataFrame(rows)
-    meta = {"judge": judge.describe(), "judging": {**stats, "order": config.judge.order, "seed": config.seed},
-            "reference": sorted({it["reference_generator"] for b in bench.values() for it in b}),
-            "prompts": str(prompt_dir), "reference_outputs": str(reference_dir), "languages": list(config.languages),
-            "limit": config.limit, "n_instructions": {lang: len(b) for lang, b in bench.items()},
-            "decoding": {**decoding_record(config.sampling, config.seed), "batch_size": config.sampling.batch_prompts},
-            "models": [asdict(m) for m in models], "lc_data": config.lc_data, "lc_unavailable": lc_reason,
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    meta = {
+        "judge": judge.describe(),
+        "judging": {**stats, "order": config.judge.order, "seed": config.seed},
+        "reference": sorted({it["reference_generator"] for b in bench.values() for it in b}),
+        "prompts": str(prompt_dir),
+        "reference_outputs": str(reference_dir),
+        "languages": list(config.languages),
+        "limit": config.limit,
+        "n_instructions": {lang: len(b) for lang, b in bench.items()},
+        "decoding": {**decoding_record(config.sampling, config.seed), "batch_size": config.sampling.batch_prompts},
+        "models": [asdict(m) for m in models],
+        "lc_data": config.lc_data,
+        "lc_unavailable": lc_reason,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     write_results(table, meta, out)
     return table

@@ -20,14 +20,29 @@ from icr.stages.base import Stage, StageContext, language_files
 log = logging.getLogger(__name__)
 
 
-def generation_record(prompt: Prompt, samples: list[Sample], seed: int, skipped: str | None = None
-                      ) -> GenerationRecord:
-    return GenerationRecord(prompt.id, prompt.lang, prompt.text, [s.text for s in samples],
-                            [s.n_tokens for s in samples], [s.truncated for s in samples], seed, skipped)
+def generation_record(prompt: Prompt, samples: list[Sample], seed: int, skipped: str | None = None) -> GenerationRecord:
+    return GenerationRecord(
+        prompt.id,
+        prompt.lang,
+        prompt.text,
+        [s.text for s in samples],
+        [s.n_tokens for s in samples],
+        [s.truncated for s in samples],
+        seed,
+        skipped,
+    )
 
 
-def generate_language(generator: Generator, prompts: list[Prompt], out_file: Path, config: GenerateConfig,
-                      seed: int, iteration: int, max_prompt_tokens: int, shard: Shard = Shard()) -> list[dict]:
+def generate_language(
+    generator: Generator,
+    prompts: list[Prompt],
+    out_file: Path,
+    config: GenerateConfig,
+    seed: int,
+    iteration: int,
+    max_prompt_tokens: int,
+    shard: Shard = Shard(),
+) -> list[dict]:
     """Sample for every prompt not yet in `out_file` (`icr.jobs.run_job`: fixed chunks of
     `config.batch_prompts`, resumable, sharded). A prompt longer than `max_prompt_tokens` is not
     truncated: it gets a record with no responses and a `skipped` reason, never silently lost."""
@@ -36,31 +51,45 @@ def generate_language(generator: Generator, prompts: list[Prompt], out_file: Pat
         seeds = [prompt_seed(seed, iteration, p.lang, p.id) for p in chunk]
         lengths = [generator.prompt_length(p.text) for p in chunk]
         fits = [i for i, length in enumerate(lengths) if length <= max_prompt_tokens]
-        samples = dict(zip(fits, generator.sample_batch([chunk[i].text for i in fits], config.n,
-                                                        [seeds[i] for i in fits]))) if fits else {}
+        samples = (
+            dict(zip(fits, generator.sample_batch([chunk[i].text for i in fits], config.n, [seeds[i] for i in fits])))
+            if fits
+            else {}
+        )
         records = []
         for i, prompt in enumerate(chunk):
             skipped = None
             if i not in samples:
-                log.warning("%s/%s: prompt has %d tokens > %d: skipped", prompt.lang, prompt.id, lengths[i],
-                            max_prompt_tokens)
+                log.warning(
+                    "%s/%s: prompt has %d tokens > %d: skipped", prompt.lang, prompt.id, lengths[i], max_prompt_tokens
+                )
                 skipped = f"prompt has {lengths[i]} tokens > data.max_prompt_tokens={max_prompt_tokens}"
             records.append(generation_record(prompt, samples.get(i, []), seeds[i], skipped).to_json())
         return records
 
     lang = prompts[0].lang if prompts else ""
-    return run_job(out_file, prompts, lambda p: p.id, config.batch_prompts, process, shard, f"generate {lang}",
-                   "prompt")
+    return run_job(
+        out_file, prompts, lambda p: p.id, config.batch_prompts, process, shard, f"generate {lang}", "prompt"
+    )
 
 
 def run_generate(ctx: StageContext) -> dict:
     run, config = ctx.run, ctx.run.config
     spec = run.policy_spec(ctx.t)
     with open_generator(spec, config.generate, config.models, ctx.pool.get) as generator:
-        records = {lang: generate_language(generator, prompts, run.generations_dir(ctx.t) / f"{lang}.jsonl",
-                                           config.generate, config.seed, ctx.t, config.data.max_prompt_tokens,
-                                           run.shard)
-                   for lang, prompts in ctx.prompts.by_lang.items()}
+        records = {
+            lang: generate_language(
+                generator,
+                prompts,
+                run.generations_dir(ctx.t) / f"{lang}.jsonl",
+                config.generate,
+                config.seed,
+                ctx.t,
+                config.data.max_prompt_tokens,
+                run.shard,
+            )
+            for lang, prompts in ctx.prompts.by_lang.items()
+        }
     return {"policy": spec, "records": {lang: len(v) for lang, v in records.items()}}
 
 

@@ -15,9 +15,16 @@ from icr.rewarding import STRATEGIES, RewardingStrategy, make_strategy, reward_r
 from icr.stages.base import Stage, StageContext, language_files
 
 
-def reward_language(generations: list[dict], english: dict[str, str], out_file: Path, policy: LoadedModel,
-                    reference: LoadedModel, config: RewardConfig, strategy: RewardingStrategy,
-                    shard: Shard = Shard()) -> list[dict]:
+def reward_language(
+    generations: list[dict],
+    english: dict[str, str],
+    out_file: Path,
+    policy: LoadedModel,
+    reference: LoadedModel,
+    config: RewardConfig,
+    strategy: RewardingStrategy,
+    shard: Shard = Shard(),
+) -> list[dict]:
     """Score every generation record not yet in `out_file`, in fixed chunks of
     `config.batch_prompts` (`icr.jobs.run_job`: resumable, sharded, in generation order)."""
     records = [GenerationRecord.from_json(g) for g in generations]
@@ -27,8 +34,16 @@ def reward_language(generations: list[dict], english: dict[str, str], out_file: 
         return [record.to_json() for record in scored]
 
     lang = records[0].lang if records else ""
-    return run_job(out_file, records, lambda g: g.id, config.batch_prompts, process, shard,
-                   f"reward {lang} ({config.mode})", "prompt")
+    return run_job(
+        out_file,
+        records,
+        lambda g: g.id,
+        config.batch_prompts,
+        process,
+        shard,
+        f"reward {lang} ({config.mode})",
+        "prompt",
+    )
 
 
 def run_reward(ctx: StageContext) -> dict:
@@ -41,8 +56,16 @@ def run_reward(ctx: StageContext) -> dict:
     counts = {}
     for lang in ctx.prompts.languages:
         generations = read_jsonl(run.generations_dir(t) / f"{lang}.jsonl")
-        done = reward_language(generations, ctx.prompts.english, run.rewards_dir(t) / f"{lang}.jsonl",
-                               ctx.pool.get(policy), ctx.pool.get(reference), config.reward, strategy, run.shard)
+        done = reward_language(
+            generations,
+            ctx.prompts.english,
+            run.rewards_dir(t) / f"{lang}.jsonl",
+            ctx.pool.get(policy),
+            ctx.pool.get(reference),
+            config.reward,
+            strategy,
+            run.shard,
+        )
         counts[lang] = len(done)
     return {"policy": policy, "reference": reference, "mode": config.reward.mode, "records": counts}
 

@@ -20,11 +20,20 @@ def run_train(ctx: StageContext) -> dict:
     stats_file = run.pairs_stats_file(t)  # for the trackers only: not an input the stage needs
     pair_stats = read_json(stats_file) if stats_file.exists() else None
     try:
-        metrics = train_dpo(spec, run.pairs_file(t), run.model_dir(t), config.train, config.reward.token_budget,
-                            models.device, models.trust_remote_code, models.allow_pickle,
-                            run_name=tracked_run_name(config.train.run_name, config.name, t),
-                            tracking_dir=run.tracking_dir(t), pair_stats=pair_stats,
-                            callbacks=(train_status_callback(run.root, t),))
+        metrics = train_dpo(
+            spec,
+            run.pairs_file(t),
+            run.model_dir(t),
+            config.train,
+            config.reward.token_budget,
+            models.device,
+            models.trust_remote_code,
+            models.allow_pickle,
+            run_name=tracked_run_name(config.train.run_name, config.name, t),
+            tracking_dir=run.tracking_dir(t),
+            pair_stats=pair_stats,
+            callbacks=(train_status_callback(run.root, t),),
+        )
     except (TrainingDiverged, OutOfMemory) as err:  # nothing promoted; the user changes train.* and resumes
         run.record_failure(t, STAGE, err)
         raise

@@ -27,8 +27,9 @@ def _hf(config: JudgeConfig, device: str, dtype: str) -> Judge:
     from icr.eval.judges.hf import HFJudge
     from icr.models import load_model
 
-    return HFJudge(load_model(config.model or DEFAULT_JUDGE_MODELS["hf"], device=device, dtype=dtype),
-                   config.batch_size)
+    return HFJudge(
+        load_model(config.model or DEFAULT_JUDGE_MODELS["hf"], device=device, dtype=dtype), config.batch_size
+    )
 
 
 def _alpaca_eval(config: JudgeConfig, device: str, dtype: str) -> Judge:
@@ -37,8 +38,11 @@ def _alpaca_eval(config: JudgeConfig, device: str, dtype: str) -> Judge:
     return AlpacaEvalJudge(config)  # the annotator's config names its model when judge.model is not set
 
 
-JUDGES: dict[str, Callable[[JudgeConfig, str, str], Judge]] = {"alpaca_eval": _alpaca_eval, "openai": _openai,
-                                                                 "hf": _hf}
+JUDGES: dict[str, Callable[[JudgeConfig, str, str], Judge]] = {
+    "alpaca_eval": _alpaca_eval,
+    "openai": _openai,
+    "hf": _hf,
+}
 
 
 def make_judge(config: JudgeConfig, device: str, dtype: str) -> Judge:

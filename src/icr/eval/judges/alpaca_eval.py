@@ -61,15 +61,21 @@ def annotator_config(annotator: str = ANNOTATOR, config_dir: str | None = None) 
         raise JudgeError(f"alpaca_eval {package.__version__} has no annotator {annotator!r} ({path} missing)")
     config = yaml.safe_load(path.read_text(encoding="utf-8"))[annotator]
     template = root / config["prompt_template"]
-    return {**config, "prompt_text": template.read_text(encoding="utf-8"), "prompt_path": str(template),
-            "version": package.__version__}
+    return {
+        **config,
+        "prompt_text": template.read_text(encoding="utf-8"),
+        "prompt_path": str(template),
+        "version": package.__version__,
+    }
 
 
 def with_language_requirement(template: str) -> str:
     """The template with LANGUAGE_REQUIREMENT (and a space) at the start of its `## Task` section."""
     if template.count(TASK_HEADING) != 1:
-        raise JudgeError("the alpaca_eval prompt template has no single '## Task' section to add the language "
-                         "requirement to: was the package changed?")
+        raise JudgeError(
+            "the alpaca_eval prompt template has no single '## Task' section to add the language "
+            "requirement to: was the package changed?"
+        )
     return template.replace(TASK_HEADING, f"{TASK_HEADING}{LANGUAGE_REQUIREMENT} ", 1)
 
 
@@ -77,8 +83,9 @@ class AlpacaEvalJudge(OpenAIJudge):
     """alpaca_eval's annotator (installed package) with the paper's language sentence, on any
     OpenAI-compatible endpoint. `first` of a request is alpaca_eval's output_1 (label m)."""
 
-    def __init__(self, config: JudgeConfig, annotator: str = ANNOTATOR, config_dir: str | None = None,
-                 backoff: float = 1.0):
+    def __init__(
+        self, config: JudgeConfig, annotator: str = ANNOTATOR, config_dir: str | None = None, backoff: float = 1.0
+    ):
         self.annotator = annotator_config(annotator, config_dir)
         kwargs = self.annotator["completions_kwargs"]
         super().__init__(config.model_copy(update={"model": config.model or kwargs["model_name"]}), backoff)
@@ -102,8 +109,12 @@ class AlpacaEvalJudge(OpenAIJudge):
     def _payload(self, messages: list[dict[str, str]], logprobs: bool) -> dict[str, Any]:
         """The annotator's decoding arguments (one token, its temperature, top log-probabilities)."""
         kwargs = self.annotator["completions_kwargs"]
-        payload = {"model": self.model, "messages": messages, "max_tokens": kwargs.get("max_tokens", 1),
-                   "temperature": kwargs.get("temperature", 1)}
+        payload = {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": kwargs.get("max_tokens", 1),
+            "temperature": kwargs.get("temperature", 1),
+        }
         if logprobs and kwargs.get("logprobs", True):
             payload.update(logprobs=True, top_logprobs=self.top_logprobs)
         return payload
@@ -124,7 +135,13 @@ class AlpacaEvalJudge(OpenAIJudge):
         return 1.0 if label == self.labels[0] else 0.0 if label in self.labels[1:] else None
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "backend": "alpaca_eval", "annotator": ANNOTATOR,
-                "alpaca_eval_version": self.annotator["version"], "prompt_template": self.annotator["prompt_path"],
-                "language_requirement": LANGUAGE_REQUIREMENT, "prompt_version": self.prompt_version,
-                "verdict_labels": "/".join(self.labels)}
+        return {
+            **super().describe(),
+            "backend": "alpaca_eval",
+            "annotator": ANNOTATOR,
+            "alpaca_eval_version": self.annotator["version"],
+            "prompt_template": self.annotator["prompt_path"],
+            "language_requirement": LANGUAGE_REQUIREMENT,
+            "prompt_version": self.prompt_version,
+            "verdict_labels": "/".join(self.labels),
+        }

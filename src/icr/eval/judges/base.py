@@ -66,8 +66,12 @@ class Judgement:
 
 
 def judge_messages(req: JudgeRequest) -> list[dict[str, str]]:
-    user = USER_TEMPLATE.format(language=language_name(req.lang), instruction=req.instruction.strip(),
-                                first=req.first.strip(), second=req.second.strip())
+    user = USER_TEMPLATE.format(
+        language=language_name(req.lang),
+        instruction=req.instruction.strip(),
+        first=req.first.strip(),
+        second=req.second.strip(),
+    )
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 

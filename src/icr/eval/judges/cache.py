@@ -27,8 +27,11 @@ class JudgementCache:
 
     @staticmethod
     def key(judge_id: str, messages: list[dict[str, str]]) -> str:
-        payload = json.dumps({"judge": judge_id, "prompt_version": PROMPT_VERSION, "messages": messages},
-                             ensure_ascii=False, sort_keys=True)
+        payload = json.dumps(
+            {"judge": judge_id, "prompt_version": PROMPT_VERSION, "messages": messages},
+            ensure_ascii=False,
+            sort_keys=True,
+        )
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
     def _path(self, key: str) -> Path:
@@ -46,5 +49,6 @@ class JudgementCache:
             return None
 
     def put(self, key: str, judge_id: str, judgement: Judgement) -> None:
-        write_json_atomic(self._path(key), {"judge": judge_id, **asdict(judgement),
-                                            "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        write_json_atomic(
+            self._path(key), {"judge": judge_id, **asdict(judgement), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        )

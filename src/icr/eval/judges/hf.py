@@ -21,8 +21,9 @@ class HFJudge:
     def __init__(self, lm: LoadedModel, batch_size: int):
         self.lm, self.batch_size = lm, max(1, batch_size)
         tok = lm.tokenizer
-        self.verdict_ids = {v: sorted({tok.encode(s, add_special_tokens=False)[0] for s in (v, f" {v}")})
-                            for v in VERDICTS}
+        self.verdict_ids = {
+            v: sorted({tok.encode(s, add_special_tokens=False)[0] for s in (v, f" {v}")}) for v in VERDICTS
+        }
         if set(self.verdict_ids["A"]) & set(self.verdict_ids["B"]):
             raise JudgeError(f"{lm.spec}: the tokenizer does not tell the verdict tokens 'A' and 'B' apart")
         self.fingerprint = fingerprint(lm.path)
@@ -33,8 +34,13 @@ class HFJudge:
         return judge_messages(req)
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": "hf", "model": self.lm.spec, "served_model": f"{self.lm.path}@{self.fingerprint}",
-                "rule": self.rule, "prompt_version": PROMPT_VERSION}
+        return {
+            "backend": "hf",
+            "model": self.lm.spec,
+            "served_model": f"{self.lm.path}@{self.fingerprint}",
+            "rule": self.rule,
+            "prompt_version": PROMPT_VERSION,
+        }
 
     def preflight(self) -> str:
         log.info("judge %s (local): log-probabilities of 'A'/'B' (weighted)", self.lm.spec)
@@ -66,11 +72,27 @@ class HFJudge:
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             device = self.lm.device
             with torch.no_grad():
-                logits = self.lm.model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                       position_ids=positions.to(device), logits_to_keep=1).logits[:, -1].float()
+                logits = (
+                    self.lm.model(
+                        input_ids=ids.to(device),
+                        attention_mask=mask.to(device),
+                        position_ids=positions.to(device),
+                        logits_to_keep=1,
+                    )
+                    .logits[:, -1]
+                    .float()
+                )
             logp = torch.log_softmax(logits, dim=-1)
             for row, i in enumerate(batch):
                 lp = {v: torch.logsumexp(logp[row, self.verdict_ids[v]], dim=0).item() for v in VERDICTS}
                 p_first = 1.0 / (1.0 + math.exp(lp["B"] - lp["A"]))
-                on_done(i, Judgement(p_first, "logprobs", "A" if p_first >= 0.5 else "B", self.fingerprint,
-                                     {"prompt_tokens": len(encoded[i])}))
+                on_done(
+                    i,
+                    Judgement(
+                        p_first,
+                        "logprobs",
+                        "A" if p_first >= 0.5 else "B",
+                        self.fingerprint,
+                        {"prompt_tokens": len(encoded[i])},
+                    ),
+                )

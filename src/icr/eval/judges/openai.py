@@ -61,7 +61,9 @@ class OpenAIJudge:
     def __init__(self, config: JudgeConfig, backoff: float = 1.0):
         """`backoff`: seconds before the first retry, doubled at each next one."""
         self.model = config.model
-        self.base_url = (config.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip("/")
+        self.base_url = (config.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip(
+            "/"
+        )
         self.api_key_env = config.api_key_env
         self.concurrency, self.max_retries, self.timeout = config.concurrency, config.max_retries, config.timeout
         self.backoff = backoff
@@ -82,8 +84,14 @@ class OpenAIJudge:
         return sampled_verdict(text)
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": "openai", "model": self.model, "served_model": self.served_model,
-                "base_url": self.base_url, "rule": self.rule, "prompt_version": PROMPT_VERSION}
+        return {
+            "backend": "openai",
+            "model": self.model,
+            "served_model": self.served_model,
+            "base_url": self.base_url,
+            "rule": self.rule,
+            "prompt_version": PROMPT_VERSION,
+        }
 
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
@@ -103,8 +111,9 @@ class OpenAIJudge:
         data = json.dumps(payload).encode("utf-8")
         for attempt in range(self.max_retries + 1):
             self.limiter.wait()
-            request = urllib.request.Request(f"{self.base_url}/chat/completions", data=data,
-                                             headers=self._headers(), method="POST")
+            request = urllib.request.Request(
+                f"{self.base_url}/chat/completions", data=data, headers=self._headers(), method="POST"
+            )
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
                     return json.loads(response.read().decode("utf-8"))
@@ -121,8 +130,9 @@ class OpenAIJudge:
                 if attempt == self.max_retries:
                     raise JudgeError(self._redact(f"{self.base_url}: {type(err).__name__}: {err}")) from None
                 delay = self.backoff * 2**attempt
-            log.info("judge request failed (attempt %d/%d); retrying in %.1fs", attempt + 1, self.max_retries + 1,
-                     delay)
+            log.info(
+                "judge request failed (attempt %d/%d); retrying in %.1fs", attempt + 1, self.max_retries + 1, delay
+            )
             time.sleep(min(delay, 60.0))
         raise JudgeError("unreachable")
 
@@ -145,9 +155,14 @@ class OpenAIJudge:
             reply, has = self._post(self._payload(probe, logprobs=False)), False
         self.served_model = str(reply.get("model") or self.model)
         self.rule = "logprobs" if has else "sampled"
-        log.info("judge %s (served: %s): %s", self.model, self.served_model,
-                 "log-probabilities of 'A'/'B' (weighted)" if has else
-                 "sampled verdict (the endpoint returns no log-probabilities)")
+        log.info(
+            "judge %s (served: %s): %s",
+            self.model,
+            self.served_model,
+            "log-probabilities of 'A'/'B' (weighted)"
+            if has
+            else "sampled verdict (the endpoint returns no log-probabilities)",
+        )
         return self.rule
 
     def judge_one(self, req: JudgeRequest) -> Judgement:
