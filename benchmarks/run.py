@@ -256,7 +256,8 @@ def part_training(args) -> dict:
     `icr train` batches them: grouped by length (ours) or in TRL's default random order (baseline)."""
     from icr.config import TrainConfig
     from icr.models import load_model
-    from icr.training import dpo_trainer, preference_dataset, reference_logps
+    from icr.reference_logps import reference_logps
+    from icr.training import dpo_trainer, preference_dataset
 
     lm = load_model(MODEL, device="cpu")
     work = json.loads(workload_file(args).read_text())

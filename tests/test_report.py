@@ -14,9 +14,10 @@ from helpers import run_config
 from icr.cli import main
 from icr.config import dump_config
 from icr.data import read_json, write_json_atomic
+from icr.demo_report import write_report
 from icr.pipeline import write_summary
 from icr.plan import training_steps
-from icr.report import collect, write_report
+from icr.report import collect
 from icr.rundir import RunDir
 from test_judges import write_benchmark
 from test_run import _config

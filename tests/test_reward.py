@@ -8,12 +8,12 @@ import pytest
 from icr.config import RewardConfig
 from icr.models import common_prefix_length, load_model, prompt_ids, tokenize_exchange
 from icr.records import GenerationRecord
+from icr.reference_logps import reference_logps
 from icr.rewarding import STRATEGIES, RewardInput, implicit_rewards, make_strategy
 from icr.rewarding import reward_records as engine_reward_records
 from icr.scoring import reference_logprobs
 from icr.scoring import score_responses as engine_score_responses
 from icr.stages.reward import reward_language
-from icr.training import reference_logps
 
 BUDGET = RewardConfig().token_budget
 

@@ -11,14 +11,8 @@ from safetensors.torch import load_file
 from icr.config import RewardConfig, TrainConfig, load_config
 from icr.data import read_json, read_jsonl, write_jsonl_atomic
 from icr.models import load_model
-from icr.training import (
-    StaleReferenceError,
-    _spot_check,
-    dpo_trainer,
-    preference_dataset,
-    reference_logps,
-    train_dpo,
-)
+from icr.reference_logps import StaleReferenceError, reference_logps, spot_check
+from icr.training import dpo_trainer, preference_dataset, train_dpo
 
 BUDGET = RewardConfig().token_budget
 PAIRS = [
@@ -115,11 +109,11 @@ def test_nll_weight_adds_lambda_times_token_mean_nll(tiny_dir, tmp_path):
     nll = sum(r["chosen_nll"] for r in reference_logps(lm, pairs, 64, BUDGET, per_token_nll=True))
     # TRL's sft term is a token mean over the whole batch; recompute it that way.
     per_token = []
+    from icr.reference_logps import pair_tokens
     from icr.scoring import ScoreGroup, score_group
-    from icr.training import _pair_tokens
 
     for p in pairs:
-        prompt, chosen, rejected, starts = _pair_tokens(lm.tokenizer, p, 64)
+        prompt, chosen, rejected, starts = pair_tokens(lm.tokenizer, p, 64)
         per_token += score_group(lm.model, ScoreGroup(prompt, [chosen]), per_token=True)[0]
     token_mean_nll = -sum(per_token) / len(per_token)
     assert nll > 0
@@ -131,10 +125,10 @@ def test_nll_weight_adds_lambda_times_token_mean_nll(tiny_dir, tmp_path):
 def test_stale_reference_logps_are_refused(tiny_dir, tmp_path):
     lm = load_model(str(tiny_dir), device="cpu")
     trainer = _trainer(lm, _pairs_file(tmp_path / "p.jsonl"), _config(), tmp_path)
-    _spot_check(trainer, trainer.train_dataset)  # fresh values pass
+    spot_check(trainer, trainer.train_dataset)  # fresh values pass
     stale = trainer.train_dataset.map(lambda r: {"ref_chosen_logps": r["ref_chosen_logps"] - 3.0})
     with pytest.raises(StaleReferenceError):
-        _spot_check(trainer, stale)
+        spot_check(trainer, stale)
 
 
 @pytest.mark.parametrize("lora", [False, True])

@@ -105,7 +105,7 @@ def measure_rewards(policy_path: str, reference: str, size: DemoSize, beta: floa
 
 def run_demo(output_dir: Path, quick: bool = False) -> Path:
     """Run the demo into `output_dir`; return the report path. Resumes: finished parts are kept."""
-    from icr.report import write_report
+    from icr.demo_report import write_report
 
     size = QUICK if quick else FULL
     output_dir = Path(output_dir)

@@ -5,14 +5,12 @@
 
 TRL's DPOTrainer does the optimisation (`loss_type=["sigmoid", "sft"]`, `loss_weights=[1, λ]`).
 The policy starts from the current model, which is also the reference. Reference log-probs are
-computed once, before training, by our scorer on exactly the tokens TRL trains on (same template,
-same end-of-turn, same `max_length` truncation) and stored keyed by the content they depend on; a
-spot check against TRL's own reference forward refuses stale or misaligned values.
+computed once, before training, on exactly the tokens TRL trains on, cached, and spot-checked
+against TRL's own reference forward (`icr.reference_logps`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -24,61 +22,20 @@ import torch
 import torch.nn.functional as F
 
 from icr.config import TrainConfig
-from icr.data import read_json, read_jsonl, write_json_atomic
+from icr.data import read_jsonl, write_json_atomic
 from icr.distributed import current_shard
-from icr.errors import ConfigError, DataError, IcrError
+from icr.errors import ConfigError, DataError
 from icr.faults import OutOfMemory, TrainingOutOfMemory, disk_errors, divergence_guard, write_section
-from icr.models import LoadedModel, fingerprint, load_model, tokenize_exchange
+from icr.models import LoadedModel, load_model
 from icr.oom import free_accelerator_memory, out_of_memory_errors
-from icr.scoring import ScoreGroup, score_groups
+from icr.reference_logps import cached_reference_logps, pair_tokens, reference_logps, spot_check
 
 log = logging.getLogger(__name__)
-REFERENCE_PAIRS_PER_PASS = 8  # pairs whose responses share the reference's forward passes
-
-
-class StaleReferenceError(IcrError, RuntimeError):
-    """Precomputed reference log-probs that disagree with the reference model."""
-
-
-def _pair_tokens(tokenizer, pair: dict, max_length: int):
-    """(prompt ids, chosen ids, rejected ids) as TRL builds them, after keep_start truncation."""
-    instruction = pair["prompt"][0]["content"]
-    p_c, chosen = tokenize_exchange(tokenizer, instruction, pair["chosen"][0]["content"])
-    p_r, rejected = tokenize_exchange(tokenizer, instruction, pair["rejected"][0]["content"])
-    shared = min(len(p_c), len(p_r))
-    prompt = p_c[:shared]
-    room = max_length - shared
-    return (
-        prompt,
-        (p_c[shared:] + chosen)[:room],
-        (p_r[shared:] + rejected)[:room],
-        (len(p_c) - shared, len(p_r) - shared),
-    )
-
-
-def reference_logps(
-    reference: LoadedModel, pairs: list[dict], max_length: int, token_budget: int | str, per_token_nll: bool = False
-) -> list[dict]:
-    """ref_chosen_logps / ref_rejected_logps per pair (our scorer, TRL's tokens and truncation).
-    With `per_token_nll`, also the token-mean NLL of the chosen response."""
-    out = []
-    for k in range(0, len(pairs), REFERENCE_PAIRS_PER_PASS):
-        # Every token after the shared prompt counts, as in TRL's completion mask (which also covers
-        # a prompt tail that merged with the response, see `tokenize_exchange`).
-        chunk = pairs[k : k + REFERENCE_PAIRS_PER_PASS]
-        tokens = [_pair_tokens(reference.tokenizer, pair, max_length) for pair in chunk]
-        groups = [ScoreGroup(prompt, [chosen, rejected]) for prompt, chosen, rejected, _ in tokens]
-        for chosen, rejected in score_groups(reference.model, groups, token_budget, per_token=True):
-            row = {"ref_chosen_logps": float(sum(chosen)), "ref_rejected_logps": float(sum(rejected))}
-            if per_token_nll:
-                row["chosen_nll"] = -sum(chosen) / max(len(chosen), 1)
-            out.append(row)
-    return out
 
 
 def pair_length(tokenizer, pair: dict, config: TrainConfig) -> int:
     """Token slots the pair's longer sequence takes in a batch (what length grouping sorts by)."""
-    prompt, chosen, rejected, _ = _pair_tokens(tokenizer, pair, config.max_length)
+    prompt, chosen, rejected, _ = pair_tokens(tokenizer, pair, config.max_length)
     return len(prompt) + max(len(chosen), len(rejected))
 
 
@@ -97,30 +54,10 @@ def preference_dataset(tokenizer, pairs: list[dict], ref: list[dict], config: Tr
 
 def usable_pairs(tokenizer, pairs: list[dict], max_length: int) -> list[dict]:
     """Pairs TRL keeps: those whose prompt alone is shorter than max_length (it drops the others)."""
-    kept = [p for p in pairs if len(_pair_tokens(tokenizer, p, max_length)[0]) < max_length]
+    kept = [p for p in pairs if len(pair_tokens(tokenizer, p, max_length)[0]) < max_length]
     if len(kept) < len(pairs):
         log.warning("%d pairs dropped: prompt alone reaches train.max_length=%d", len(pairs) - len(kept), max_length)
     return kept
-
-
-def cached_reference_logps(
-    reference: LoadedModel,
-    pairs_file: Path,
-    pairs: list[dict],
-    config: TrainConfig,
-    cache_dir: Path,
-    token_budget: int | str,
-) -> list[dict]:
-    """Reference log-probs keyed by (pairs content, reference model fingerprint, max_length)."""
-    key = hashlib.sha256(
-        pairs_file.read_bytes() + fingerprint(reference.path).encode() + f"{config.max_length}|nll".encode()
-    ).hexdigest()[:20]
-    cache = cache_dir / f"ref_logps-{key}.json"
-    if cache.exists():
-        return read_json(cache)
-    values = reference_logps(reference, pairs, config.max_length, token_budget, per_token_nll=True)
-    write_json_atomic(cache, values)
-    return values
 
 
 def dpo_terms(current: list[dict], ref: list[dict], beta: float) -> dict:
@@ -184,21 +121,6 @@ def _make_trainer_class():
             return super()._precompute_ref_logps(dataset, name, batch_size)
 
     return ICRDPOTrainer
-
-
-def _spot_check(trainer, dataset, tolerance: float = 1e-2) -> None:
-    """Refuse precomputed reference log-probs that disagree with TRL's own reference forward."""
-    batch = trainer.data_collator([dataset[i] for i in range(min(2, len(dataset)))])
-    batch = {k: v.to(trainer.model.device) if hasattr(v, "to") else v for k, v in batch.items()}
-    chosen, rejected = trainer.compute_ref_log_probs(trainer.model, batch)
-    want = torch.cat([chosen, rejected]).float().cpu()
-    have = torch.cat([batch["ref_chosen_logps"], batch["ref_rejected_logps"]]).float().cpu()
-    gap = float((want - have).abs().max())
-    if gap > tolerance + 1e-4 * float(want.abs().max()):
-        raise StaleReferenceError(
-            f"precomputed reference log-probs differ from the reference model by {gap:.4g} nats: stale or "
-            "misaligned cache; delete it and train again"
-        )
 
 
 def gradient_accumulation(config: TrainConfig, processes: int) -> int:
@@ -315,18 +237,7 @@ def train_dpo(
     `out_dir/train_metrics.json`: TRL's log history plus the DPO and NLL terms before and after.
     Trackers (`config.report_to`) log under `tracking_dir` as `run_name`, with `pair_stats` (the
     iteration's `pairs_stats.json`) at step 0; `callbacks` are extra transformers callbacks."""
-    pairs = read_jsonl(pairs_file)
-    if not pairs:
-        raise DataError(f"{pairs_file}: no preference pairs to train on")
-    gradient_accumulation(config, current_shard().world)  # an indivisible global batch fails before loading
-    lm = load_model(
-        model_spec,
-        device=device,
-        dtype="float32" if device == "cpu" else "auto",
-        trust_remote_code=trust_remote_code,
-        allow_pickle=allow_pickle,
-    )
-    pairs = usable_pairs(lm.tokenizer, pairs, config.max_length)
+    lm, pairs = _model_and_pairs(model_spec, pairs_file, config, device, trust_remote_code, allow_pickle)
     shard = current_shard()
     # One scratch folder, the same on every process (a sharded save writes into it from all of them);
     # what a killed run left there is discarded.
@@ -343,7 +254,7 @@ def train_dpo(
     trainer.add_callback(divergence_guard(config.max_loss_ratio, f"{out_dir} (from {model_spec})"))
     with training_memory(config):
         if config.precompute_ref:
-            _spot_check(trainer, trainer.train_dataset)
+            spot_check(trainer, trainer.train_dataset)
         result = trainer.train()
     try:
         # a stop signal lets the model be saved and renamed, and acts once the stage is recorded
@@ -358,6 +269,25 @@ def train_dpo(
         if shard.is_main:
             shutil.rmtree(work, ignore_errors=True)
     return metrics
+
+
+def _model_and_pairs(
+    model_spec: str, pairs_file: Path, config: TrainConfig, device: str, trust_remote_code: bool, allow_pickle: bool
+) -> tuple[LoadedModel, list[dict]]:
+    """The model to train and the file's pairs that TRL keeps (`usable_pairs`); an empty pairs file
+    or an indivisible global batch fails before any weights load."""
+    pairs = read_jsonl(pairs_file)
+    if not pairs:
+        raise DataError(f"{pairs_file}: no preference pairs to train on")
+    gradient_accumulation(config, current_shard().world)  # an indivisible global batch fails before loading
+    lm = load_model(
+        model_spec,
+        device=device,
+        dtype="float32" if device == "cpu" else "auto",
+        trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle,
+    )
+    return lm, usable_pairs(lm.tokenizer, pairs, config.max_length)
 
 
 @contextmanager

@@ -20,7 +20,8 @@ def plan_command(config_path, **options):
     generate and score, training steps, disk, a time estimate from the latest benchmark results
     for the same kind of device, and `icr eval`'s judge calls and cost. Prints it and writes JSON."""
     from icr.data import write_json_atomic
-    from icr.plan import format_plan, make_plan
+    from icr.plan import make_plan
+    from icr.plan_text import format_plan
 
     config, plan_config = resolve(RunConfig, config_path, options), resolve(PlanConfig, None, options)
     plan = make_plan(config, plan_config)
