@@ -60,6 +60,19 @@ def test_counts_are_the_prompts_times_languages_times_n(tiny_dir, tiny_ref_dir, 
     assert json.dumps(plan)  # the JSON the command writes
 
 
+def test_translate_mode_bounds_the_translated_tokens_and_other_modes_translate_nothing(
+    tiny_dir, tiny_ref_dir, tmp_path
+):
+    common = {"reward.translate_max_new_tokens": 7}
+    crosslingual = make_plan(run_config(tmp_path, tiny_dir, tiny_ref_dir, "c", **common), roots=[tmp_path])
+    translate = make_plan(
+        run_config(tmp_path, tiny_dir, tiny_ref_dir, "t", **common, **{"reward.mode": "translate"}), roots=[tmp_path]
+    )
+    assert "translated_tokens_max" not in crosslingual["per_iteration"]
+    it = translate["per_iteration"]
+    assert it["translated_tokens_max"] == it["samples"] * 7
+
+
 def _tiny_params(folder):
     from safetensors.torch import load_file
 

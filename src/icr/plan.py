@@ -29,6 +29,7 @@ from typing import Any
 
 from icr.config import JudgeConfig, PlanConfig, PlanEvalConfig, RunConfig
 from icr.errors import IcrError, ModelLoadError
+from icr.rewarding import STRATEGIES
 
 BENCHMARK_FILES = ("benchmarks/results/gpu-latest.json", "benchmarks/results/latest.json")
 RECORD_OVERHEAD_BYTES = 300  # ids, keys, seeds and flags of one JSON line
@@ -108,7 +109,7 @@ def iteration_counts(config: RunConfig, measured: dict[str, dict], processes: in
         "training_steps_max": training_steps(pairs, config, processes),
         "training_token_slots_max": pairs * 2 * config.train.max_length,
     }
-    if config.reward.mode == "translate":
+    if STRATEGIES[config.reward.mode].needs_translator:
         counts["translated_tokens_max"] = samples * config.reward.translate_max_new_tokens
     return counts
 
