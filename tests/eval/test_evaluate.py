@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from helpers import eval_config
+from helpers import EMBEDDED, REFERENCE, X_ALPACAEVAL, eval_config, needs_shared, write_benchmark, write_outputs
 from icr.config import SamplingConfig
 from icr.config.commands import PAPER_EVAL_DECODING
 from icr.eval.benchmark import OutputsError, load_benchmark, read_outputs, resolve_sources
@@ -18,12 +18,7 @@ from icr.eval.outputs import EvalModel, generate_outputs, parse_model_option
 from icr.eval.run import evaluate
 from icr.rundir import run_models
 from icr.sampling import Sample
-from test_judges import REFERENCE, write_benchmark, write_outputs
-from test_metrics import gamed_csv  # noqa: F401  (fixture)
 
-X_ALPACAEVAL = Path(__file__).parents[2] / "shared" / "data" / "x-alpacaeval"
-needs_shared = pytest.mark.skipif(not X_ALPACAEVAL.exists(), reason="../shared/data is not available")
-EMBEDDED = "embedded:smollm2-135m-instruct"
 FIELDS = {"generator", "dataset", "id", "instruction", "output"}
 
 
@@ -131,7 +126,7 @@ def test_generation_resumes_and_refuses_mixed_settings(tmp_path):
         generate_outputs(CountingBatchGenerator(), model, "fr", items, folder, decoding(temperature=1.0), 0)
 
 
-def test_offline_judge_builds_the_leaderboard_and_resumes(tmp_path, tiny_lm, gamed_csv, monkeypatch):  # noqa: F811
+def test_offline_judge_builds_the_leaderboard_and_resumes(tmp_path, tiny_lm, gamed_csv, monkeypatch):
     bench = write_benchmark(tmp_path / "bench", langs=("en", "de"), n=6)
     judges = []
 
