@@ -120,6 +120,18 @@ def two_iteration_config(out, name, policy, reference):
     )
 
 
+# ---------------------------------------------------------------- sampling
+
+MAX_NEW = 6
+
+
+def generate_config(n=4, max_new_tokens=MAX_NEW, **kw):
+    """A GenerateConfig of `n` short samples (test_sampling, test_stages)."""
+    from icr.config import GenerateConfig
+
+    return GenerateConfig(n=n, max_new_tokens=max_new_tokens, **kw)
+
+
 # ---------------------------------------------------------------- training
 
 
@@ -212,6 +224,17 @@ def write_outputs(folder: Path, bench: Path, text, langs=("en", "de"), name: str
 def good_or_poor(i: int) -> str:
     """The model's output: 'excellent' (the fake endpoint prefers it) for ids 1..7, 'poor' after."""
     return f"{'excellent' if i <= 7 else 'poor'} answer {i}" + "!" * (2 * i)
+
+
+OUTPUT_FIELDS = {"generator", "dataset", "id", "instruction", "output"}  # an alpaca_eval model_outputs record
+
+
+def eval_decoding(**fields):
+    """`icr eval`'s paper decoding with `fields` changed."""
+    from icr.config import SamplingConfig
+    from icr.config.commands import PAPER_EVAL_DECODING
+
+    return SamplingConfig(**{**PAPER_EVAL_DECODING, **fields})
 
 
 # ---------------------------------------------------------------- scoring
