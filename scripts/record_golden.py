@@ -118,7 +118,7 @@ def environment() -> dict[str, str]:
 
 
 def _tiny_model(tokenizer, seed: int, folder: Path) -> None:
-    """The tests' tiny model (tests/conftest.py): 2 layers, hidden 64, random weights from `seed`."""
+    """The tests' tiny model (tests/helpers.py): 2 layers, hidden 64, random weights from `seed`."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -16,38 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle threads sleep, not spin
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-EMBEDDED = "embedded:smollm2-135m-instruct"
-
-
-def tiny_model(tokenizer, seed: int = 0, layers: int = 2):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return LlamaForCausalLM(config).eval()
-
-
-def save_tiny(tokenizer, folder: Path, seed: int = 0) -> Path:
-    model = tiny_model(tokenizer, seed)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
-    return folder
+from helpers import EMBEDDED, save_tiny  # noqa: E402  (after the environment above: helpers imports icr)
 
 
 @pytest.fixture(scope="session")
@@ -103,3 +72,34 @@ def _one_thread_for_tiny_models(request):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def gamed_csv(tmp_path_factory):
+    """A stand-in for alpaca_eval's df_gamed.csv (same columns): two length-gamed baselines over the
+    805 instructions, with a per-instruction difficulty (tests/eval: metrics and the leaderboard)."""
+    import numpy as np
+    import pandas as pd
+
+    from icr.eval.metrics import ALPACA_EVAL_SIZE as N
+
+    rng = np.random.default_rng(0)
+    difficulty = rng.normal(size=N)
+    rows = []
+    for model, shift in (("gpt4_1106_preview_verbose", 1.0), ("gpt4_1106_preview_concise", -1.0)):
+        for i in range(N):
+            delta = rng.normal() + shift
+            logit = 0.8 * np.tanh(delta) + difficulty[i] + 0.3 * rng.normal()
+            rows.append(
+                {
+                    "model": model,
+                    "index": i,
+                    "preference": 1 / (1 + np.exp(-logit)),
+                    "std_delta_len": delta,
+                    "instruction_difficulty": difficulty[i],
+                    "not_gamed_baseline": False,
+                }
+            )
+    path = tmp_path_factory.mktemp("gamed") / "df_gamed.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, SHARED_DATA
+from helpers import REPO, SHARED_DATA
 
 BENCH = REPO / "benchmarks"
 TOP_KEYS = {

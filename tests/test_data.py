@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SHARED_DATA
+from helpers import SHARED_DATA
 from icr.data import (
     JsonlAppender,
     load_prompt_set,

@@ -207,7 +207,7 @@ def test_shipped_accelerate_configs_load(name, kind):
 
 @pytest.mark.distributed
 def test_eval_outputs_from_two_processes_match_one(tiny_dir, tmp_path):
-    from test_judges import write_benchmark
+    from helpers import write_benchmark
 
     bench = write_benchmark(tmp_path / "bench", langs=("es",), n=5)
     files = {}

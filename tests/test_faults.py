@@ -116,11 +116,11 @@ def test_out_of_memory_in_scoring_gives_identical_log_probs_under_each_device_pr
     """The CUDA profile (run here on CPU tensors) prefills many prompts per forward and rounds widths
     up: a prefill batch and a sub-batch that run out of memory are split, each part at the widths of
     the whole, and the numbers are those of the unfaulted run (CPU profile: bit for bit)."""
-    from test_scoring_device import _cuda_profile_on_cpu, _groups
+    from helpers import cuda_profile_on_cpu, random_score_groups
 
     if profile == "cuda":
-        _cuda_profile_on_cpu(monkeypatch, tiny_lm.model.config.vocab_size)
-    groups = _groups(len(tiny_lm.tokenizer))
+        cuda_profile_on_cpu(monkeypatch, tiny_lm.model.config.vocab_size)
+    groups = random_score_groups(len(tiny_lm.tokenizer))
     clean = score_groups(tiny_lm.model, groups, token_budget=10**6, per_token=True)
     # forwards on several rows: CUDA, the prefill of all 5 prompts, then of the second half (3 prompts);
     # CPU, the one sub-batch of all 16 completions, then its second half

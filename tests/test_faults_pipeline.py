@@ -14,21 +14,21 @@ from safetensors.torch import load_file
 
 import icr.faults
 import icr.training
+from helpers import ITERATION_FILES, two_iteration_config
 from icr.data import read_json
 from icr.faults import DiskWriteError, TrainingDiverged, TrainingOutOfMemory
 from icr.pipeline import run_iterations
 from icr.stages import STAGES
-from test_run import FILES, _config
 
 
 def one_iteration(out, name, tiny_dir, tiny_ref_dir):
-    config = _config(out, name, tiny_dir, tiny_ref_dir)
+    config = two_iteration_config(out, name, tiny_dir, tiny_ref_dir)
     config.iterations = 1
     return config
 
 
 def run_files(root, iterations=1) -> dict[str, bytes]:
-    return {f.format(t=t): (root / f.format(t=t)).read_bytes() for t in range(iterations) for f in FILES}
+    return {f.format(t=t): (root / f.format(t=t)).read_bytes() for t in range(iterations) for f in ITERATION_FILES}
 
 
 def same_weights(a, b) -> bool:
@@ -136,7 +136,7 @@ def failing_loss(monkeypatch, when, fault):
 def test_nan_loss_promotes_no_model_and_the_run_resumes_after_the_setting_changes(
     tiny_dir, tiny_ref_dir, tmp_path, monkeypatch, caplog
 ):
-    config = _config(tmp_path, "nan", tiny_dir, tiny_ref_dir)  # 2 iterations at learning rate 1e-3
+    config = two_iteration_config(tmp_path, "nan", tiny_dir, tiny_ref_dir)  # 2 iterations at learning rate 1e-3
     root = config.run_dir
     # as a learning rate too high for iteration 1 would: its loss is NaN at step 2, at 1e-3 only
     failing_loss(
@@ -192,7 +192,7 @@ def test_changed_train_settings_are_refused_unless_a_later_training_failed(tiny_
     from icr.rundir import RunDir
 
     train = STAGES["train"]
-    before = _config(tmp_path, "hash", tiny_dir, tiny_ref_dir)
+    before = two_iteration_config(tmp_path, "hash", tiny_dir, tiny_ref_dir)
     RunDir(before).mark_done(0, train)
     after = before.model_copy(deep=True)
     after.train.learning_rate = 5e-4

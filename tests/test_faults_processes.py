@@ -19,9 +19,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import test_crash
+import process_harness
 from icr.data import read_json, read_jsonl
-from test_crash import (
+from process_harness import (
     ENV,
     STAGES,
     TIME_LIMIT_S,
@@ -47,7 +47,7 @@ def unbuffered_logs():
     """The processes' stdout unbuffered, so that a stage's log line is in the log file when the stage
     starts, and a signal aimed at it lands in it."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(test_crash.ENV, "PYTHONUNBUFFERED", "1")
+        patch.setitem(process_harness.ENV, "PYTHONUNBUFFERED", "1")
         yield
 
 

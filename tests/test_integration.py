@@ -6,8 +6,7 @@ import math
 
 import pytest
 
-from conftest import EMBEDDED, SHARED_DATA
-from helpers import run_config
+from helpers import EMBEDDED, SHARED_DATA, run_config
 from icr.config import GenerateConfig
 from icr.data import load_prompt_set, read_json, read_jsonl
 from icr.pipeline import run_stage

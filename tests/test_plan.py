@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import icr.models
-from helpers import run_config
+from helpers import X_ALPACAEVAL, needs_shared, run_config
 from icr.cli import main
 from icr.config import PlanEvalConfig, dump_config
 from icr.models import load_tokenizer, prompt_ids
@@ -23,7 +23,6 @@ from icr.plan import (
     time_estimate,
     weights_info,
 )
-from test_evaluate import X_ALPACAEVAL, needs_shared
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 import icr.plots
-from helpers import run_config
+from helpers import run_config, two_iteration_config, write_benchmark
 from icr.cli import main
 from icr.config import dump_config
 from icr.data import read_json, write_json_atomic
@@ -19,15 +19,13 @@ from icr.pipeline import write_summary
 from icr.plan import training_steps
 from icr.report import collect
 from icr.rundir import RunDir
-from test_judges import write_benchmark
-from test_run import _config
 
 
 @pytest.fixture(scope="module")
 def finished_run(tiny_dir, tiny_ref_dir, tmp_path_factory):
     """`icr run` (which writes the report at the end), then `icr eval` of π0, π1, π2 into <run>/eval."""
     out = tmp_path_factory.mktemp("runs")
-    config = _config(out, "rep", tiny_dir, tiny_ref_dir)
+    config = two_iteration_config(out, "rep", tiny_dir, tiny_ref_dir)
     config.train.report_to = ["tensorboard"]
     (out / "rep.yaml").write_text(dump_config(config))
     result = CliRunner().invoke(main, ["--quiet", "run", "--config", str(out / "rep.yaml")], catch_exceptions=False)

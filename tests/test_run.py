@@ -10,38 +10,9 @@ from safetensors.torch import load_file
 import icr.data
 import icr.stages.train
 import icr.training
-from helpers import run_config
+from helpers import ITERATION_FILES, two_iteration_config
 from icr.pipeline import run_iterations
 from icr.stages import STAGES
-
-FILES = [
-    "iter_{t}/generations/en.jsonl",
-    "iter_{t}/generations/es.jsonl",
-    "iter_{t}/rewards/en.jsonl",
-    "iter_{t}/rewards/es.jsonl",
-    "iter_{t}/pairs.jsonl",
-    "iter_{t}/pairs_stats.json",
-]
-
-
-def _config(out, name, policy, reference):
-    return run_config(
-        out,
-        policy,
-        reference,
-        name,
-        **{
-            "iterations": 2,
-            "generate.n": 3,
-            "generate.batch_prompts": 2,
-            "reward.batch_prompts": 8,
-            "train.batch_size": 2,
-            "train.grad_accum": 1,
-            "train.learning_rate": 1e-3,
-            "train.max_length": 96,
-            "train.warmup_ratio": 0.0,
-        },
-    )
 
 
 class Crash(RuntimeError):
@@ -51,13 +22,13 @@ class Crash(RuntimeError):
 @pytest.fixture(scope="module")
 def clean_run(tiny_dir, tiny_ref_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    return run_iterations(_config(out, "clean", tiny_dir, tiny_ref_dir))
+    return run_iterations(two_iteration_config(out, "clean", tiny_dir, tiny_ref_dir))
 
 
 def test_two_iterations_complete(clean_run):
     root = clean_run.root
     for t in (0, 1):
-        for f in FILES:
+        for f in ITERATION_FILES:
             assert (root / f.format(t=t)).exists()
         assert (root / f"iter_{t}/model/model.safetensors").exists()
     stages = clean_run.manifest["stages"]
@@ -103,7 +74,7 @@ def _crash_before_model_rename(monkeypatch):
     ],
 )
 def test_interrupted_run_resumes_to_identical_files(clean_run, tiny_dir, tiny_ref_dir, tmp_path, monkeypatch, crashes):
-    config = _config(tmp_path, "crashy", tiny_dir, tiny_ref_dir)
+    config = two_iteration_config(tmp_path, "crashy", tiny_dir, tiny_ref_dir)
     for kind, k in crashes:
         with monkeypatch.context() as patch:
             if kind == "append":
@@ -114,7 +85,7 @@ def test_interrupted_run_resumes_to_identical_files(clean_run, tiny_dir, tiny_re
                 run_iterations(config)
     resumed = run_iterations(config)
     for t in (0, 1):
-        for f in FILES:
+        for f in ITERATION_FILES:
             name = f.format(t=t)
             assert (resumed.root / name).read_bytes() == (clean_run.root / name).read_bytes(), name
         a = load_file(resumed.root / f"iter_{t}/model/model.safetensors")

@@ -3,7 +3,7 @@ checkpoints are refused unless the config opts in, and run names cannot escape o
 
 Already covered elsewhere (not repeated here): a pickle-only folder refused by `load_model`
 (test_models.py::test_pickle_only_checkpoints_refused); the key absent from outputs, cache and CLI
-output on a successful run and on a plain 401 (test_judges.py::test_openai_judge_*); the run names
+output on a successful run and on a plain 401 (eval/test_judges.py::test_openai_judge_*); the run names
 'a/b', '..', '.', '../x', 'a\\b', '' (test_config.py::test_unsafe_run_names_refused)."""
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from click.testing import CliRunner
 
 import icr.pipeline
 import icr.training
+from helpers import write_benchmark, write_outputs
 from icr.config import ConfigError, JudgeConfig, ModelsConfig, SamplingConfig, load_config
 from icr.eval.judges.base import JudgeError, JudgeRequest
 from icr.eval.judges.openai import OpenAIJudge
@@ -28,7 +29,6 @@ from icr.models import ModelLoadError, load_model, load_tokenizer
 from icr.rundir import ModelPool, RunDir
 from icr.stages import StageContext
 from icr.stages.train import run_train
-from test_judges import write_benchmark, write_outputs
 
 SECRET = "sk-test-SECRET-123"
 KEY_ENV = "ICR_SAFETY_TEST_KEY"
@@ -209,7 +209,7 @@ def pickle_dir(tokenizer, tmp_path_factory):
     """A tiny model whose weights are only a pickle (pytorch_model.bin)."""
     import torch
 
-    from conftest import tiny_model
+    from helpers import tiny_model
 
     folder = tmp_path_factory.mktemp("pickled")
     model = tiny_model(tokenizer)

@@ -10,15 +10,13 @@ spread over tens of nats, and a wrong position or target would be off by far mor
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-
 import numpy as np
 import pytest
 import torch
 
-from icr import scoring, scoring_device
-from icr.scoring import ScoreGroup, reference_logprobs, score_groups
+from helpers import cuda_profile_on_cpu, random_score_groups
+from icr import scoring_device
+from icr.scoring import reference_logprobs, score_groups
 from icr.scoring_device import (
     PROFILES,
     bytes_per_scored_token,
@@ -31,18 +29,6 @@ FP32_TOL = 1e-4
 BF16_TOL = 0.15  # nats per token (0.0 seen on this CPU); log-probs of this model span about -68..0
 
 
-def _groups(vocab: int, seed: int = 1) -> list[ScoreGroup]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for k, (prompt_len, lengths) in enumerate(
-        [(40, [3, 12, 0, 7]), (1, [5, 1, 20]), (17, [9, 9, 2, 30, 4]), (6, [11]), (70, [2, 66])]
-    ):
-        prompt = rng.integers(0, vocab, size=prompt_len).tolist()
-        completions = [rng.integers(0, vocab, size=n).tolist() for n in lengths]
-        out.append(ScoreGroup(prompt, completions, [min(n, (k + i) % 3) for i, n in enumerate(lengths)]))
-    return out
-
-
 def _expected(model, groups):
     return [
         [reference_logprobs(model, g.prompt_ids, c)[s:] if c else [] for c, s in zip(g.completions, g.score_from)]
@@ -50,19 +36,10 @@ def _expected(model, groups):
     ]
 
 
-def _cuda_profile_on_cpu(monkeypatch, vocab: int, rows_per_chunk: int = 7):
-    """The CUDA profile, applied to a CPU model; the output layer's chunks made small so there are many."""
-    profile = dataclasses.replace(
-        PROFILES["cuda"], output_layer=functools.partial(row_chunked_logprobs, logit_elements=rows_per_chunk * vocab)
-    )
-    monkeypatch.setattr(scoring, "profile_for", lambda device: profile)
-    return profile
-
-
 @pytest.fixture(scope="module")
 def sharp_model(tokenizer):
     """The tiny model with its embeddings (tied head) scaled up, so log-probabilities spread widely."""
-    from conftest import tiny_model
+    from helpers import tiny_model
 
     model = tiny_model(tokenizer, seed=3)
     with torch.no_grad():
@@ -72,9 +49,9 @@ def sharp_model(tokenizer):
 
 @pytest.mark.parametrize("budget", [1, 40, 200, 10**6])
 def test_cuda_profile_matches_plain_computation_fp32(tiny_lm, monkeypatch, budget):
-    groups = _groups(len(tiny_lm.tokenizer))
+    groups = random_score_groups(len(tiny_lm.tokenizer))
     want = _expected(tiny_lm.model, groups)
-    _cuda_profile_on_cpu(monkeypatch, tiny_lm.model.config.vocab_size)
+    cuda_profile_on_cpu(monkeypatch, tiny_lm.model.config.vocab_size)
     got = score_groups(tiny_lm.model, groups, token_budget=budget, per_token=True)
     for g, w in zip(got, want):
         for a, b in zip(g, w):
@@ -85,12 +62,12 @@ def test_cuda_profile_matches_plain_computation_fp32(tiny_lm, monkeypatch, budge
 def test_profiles_match_plain_computation_bf16(sharp_model, tokenizer, monkeypatch, profile_name):
     model = sharp_model.to(torch.bfloat16)
     try:
-        groups = _groups(len(tokenizer), seed=2)
+        groups = random_score_groups(len(tokenizer), seed=2)
         want = _expected(model, groups)
         spread = [x for g in want for row in g for x in row]
         assert min(spread) < -20  # the test can tell a wrong target from a right one
         if profile_name == "cuda":
-            _cuda_profile_on_cpu(monkeypatch, model.config.vocab_size)
+            cuda_profile_on_cpu(monkeypatch, model.config.vocab_size)
         got = score_groups(model, groups, token_budget=90, per_token=True)
         for g, w in zip(got, want):
             for a, b in zip(g, w):
@@ -100,8 +77,8 @@ def test_profiles_match_plain_computation_bf16(sharp_model, tokenizer, monkeypat
 
 
 def test_cuda_profile_prefills_many_prompts_per_forward_in_bucketed_shapes(tiny_lm, monkeypatch):
-    groups = _groups(len(tiny_lm.tokenizer))
-    _cuda_profile_on_cpu(monkeypatch, tiny_lm.model.config.vocab_size)
+    groups = random_score_groups(len(tiny_lm.tokenizer))
+    cuda_profile_on_cpu(monkeypatch, tiny_lm.model.config.vocab_size)
     decoder = tiny_lm.model.get_decoder()
     shapes = []
     real = decoder.forward
@@ -118,7 +95,7 @@ def test_cuda_profile_prefills_many_prompts_per_forward_in_bucketed_shapes(tiny_
 
 def test_scorer_reads_back_from_the_device_once(tiny_lm, monkeypatch):
     """No `.item()`, `nonzero()` or per-sub-batch `.tolist()`: the host waits for the device once."""
-    groups = _groups(len(tiny_lm.tokenizer))
+    groups = random_score_groups(len(tiny_lm.tokenizer))
     calls = {"tolist": 0}
     real_tolist = torch.Tensor.tolist
 
@@ -133,7 +110,7 @@ def test_scorer_reads_back_from_the_device_once(tiny_lm, monkeypatch):
         calls["tolist"] = 0
         with monkeypatch.context() as patch:
             if profile_name == "cuda":
-                _cuda_profile_on_cpu(patch, tiny_lm.model.config.vocab_size)
+                cuda_profile_on_cpu(patch, tiny_lm.model.config.vocab_size)
             patch.setattr(torch.Tensor, "tolist", counting_tolist)
             patch.setattr(torch.Tensor, "item", refuse)
             patch.setattr(torch.Tensor, "nonzero", refuse)

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
+from helpers import TOKEN_BUDGET, train_config, write_train_pairs
 from icr.config import ConfigError, load_config
 from icr.data import read_json
 from icr.training import train_dpo
-from test_train import BUDGET, _config, _pairs_file
 
 PAIR_STATS = {
     "en": {
@@ -66,14 +66,14 @@ def _scalars(folder):
 
 
 def test_tensorboard_holds_loss_terms_reward_metrics_and_pair_statistics(tiny_dir, tmp_path):
-    config = _config(report_to=["tensorboard"], nll_weight=0.5, batch_size=1, epochs=1)
+    config = train_config(report_to=["tensorboard"], nll_weight=0.5, batch_size=1, epochs=1)
     tracking = tmp_path / "tracking" / "iter_0"
     metrics = train_dpo(
         str(tiny_dir),
-        _pairs_file(tmp_path / "p.jsonl"),
+        write_train_pairs(tmp_path / "p.jsonl"),
         tmp_path / "model",
         config,
-        BUDGET,
+        TOKEN_BUDGET,
         "cpu",
         run_name="t/iter_0",
         tracking_dir=tracking,

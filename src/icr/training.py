@@ -89,7 +89,7 @@ def compact_trl_lm_head_on_cpu() -> None:
     elsewhere (fixed tile shapes for compilers such as Neuron's). On CPU that sends the prompt and
     the padding through the vocabulary projection as well: in our benchmark's step (8 pairs,
     max_length 256) 4,080 positions instead of 760, a third of the step's time. The log-probs
-    are the same either way (unlabelled positions are zero); `test_train` checks it."""
+    are the same either way (unlabelled positions are zero); `test_training` checks it."""
     import trl.trainer.utils as trl_utils
 
     original = getattr(trl_utils, "_use_triton", None)

@@ -14,7 +14,7 @@ verdict (dropped, and counted as invalid). Judges that give probabilities give a
   AlpacaEval instructions, looked up by position). This module takes that table as an argument
   instead of downloading it inside the computation, and looks the difficulty up by instruction id
   (id k ↔ position k − 1), which equals alpaca_eval's position lookup when the annotations cover the
-  805 ids in order; `tests/test_metrics.py` holds it to `get_length_controlled_winrate` within 1e-6.
+  805 ids in order; `tests/eval/test_metrics.py` holds it to `get_length_controlled_winrate` within 1e-6.
 """
 
 from __future__ import annotations

@@ -8,12 +8,12 @@ import math
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from helpers import good_or_poor, write_benchmark, write_outputs
 from icr.eval.judges.base import Judgement, JudgeRequest, judge_messages, sampled_verdict, verdict_probability
 from icr.eval.judges.cache import JudgementCache
 from icr.eval.judges.hf import HFJudge
@@ -21,58 +21,6 @@ from icr.eval.judging import PairItem
 from icr.eval.judging import judge_pairs as keyed_judge_pairs
 
 SECRET = "sk-test-DO-NOT-LEAK-7f3a9c"
-REFERENCE = "gpt-4-turbo-2024-04-09"
-
-
-# ---------------------------------------------------------------- synthetic benchmark (also used by test_evaluate)
-
-
-def write_benchmark(root: Path, langs=("en", "de"), n: int = 10) -> Path:
-    """root/prompts/{lang}.json and root/reference/<REFERENCE>/{lang}.json, X-AlpacaEval's layout.
-    The English reference has no ids, like alpaca_eval's own file."""
-    for lang in langs:
-        prompts = [
-            {"id": i, "dataset": "synthetic", "instruction": f"[{lang}] Question {i}: name a colour."}
-            for i in range(1, n + 1)
-        ]
-        refs = [
-            {
-                "generator": REFERENCE,
-                "dataset": "synthetic",
-                "instruction": p["instruction"],
-                "output": f"Reference answer {p['id']}: blue" + "." * p["id"],
-                **({} if lang == "en" else {"id": p["id"]}),
-            }
-            for p in prompts
-        ]
-        for sub, records in (("prompts", prompts), (f"reference/{REFERENCE}", refs)):
-            (root / sub).mkdir(parents=True, exist_ok=True)
-            (root / sub / f"{lang}.json").write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
-    return root
-
-
-def write_outputs(folder: Path, bench: Path, text, langs=("en", "de"), name: str = "model") -> Path:
-    """alpaca_eval model_outputs files {lang}.json with output = text(id)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for lang in langs:
-        prompts = json.loads((bench / "prompts" / f"{lang}.json").read_text(encoding="utf-8"))
-        records = [
-            {
-                "generator": name,
-                "dataset": p["dataset"],
-                "id": p["id"],
-                "instruction": p["instruction"],
-                "output": text(p["id"]),
-            }
-            for p in prompts
-        ]
-        (folder / f"{lang}.json").write_text(json.dumps(records), encoding="utf-8")
-    return folder
-
-
-def good_or_poor(i: int) -> str:
-    """The model's output: 'excellent' (the fake endpoint prefers it) for ids 1..7, 'poor' after."""
-    return f"{'excellent' if i <= 7 else 'poor'} answer {i}" + "!" * (2 * i)
 
 
 # ---------------------------------------------------------------- verdict rule and cache

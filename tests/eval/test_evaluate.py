@@ -1,5 +1,6 @@
-"""Evaluation harness: benchmark loading, outputs validation, resumable generation, the leaderboard
-with the offline (hf) judge, swap symmetry, and one run of the real SmolLM2 model."""
+"""The evaluation run (`icr.eval.run`, `icr.eval.leaderboard`) and `icr eval`: the leaderboard with the
+offline (hf) judge, swap symmetry, every iteration of a run in one table, and one run of the real
+SmolLM2 model."""
 
 from __future__ import annotations
 
@@ -9,129 +10,23 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from helpers import eval_config
-from icr.config import SamplingConfig
-from icr.config.commands import PAPER_EVAL_DECODING
-from icr.eval.benchmark import OutputsError, load_benchmark, read_outputs, resolve_sources
-from icr.eval.judges.hf import HFJudge
-from icr.eval.outputs import EvalModel, generate_outputs, parse_model_option
-from icr.eval.run import evaluate
-from icr.rundir import run_models
-from icr.sampling import Sample
-from test_judges import REFERENCE, write_benchmark, write_outputs
-from test_metrics import gamed_csv  # noqa: F401  (fixture)
-
-X_ALPACAEVAL = Path(__file__).parents[2] / "shared" / "data" / "x-alpacaeval"
-needs_shared = pytest.mark.skipif(not X_ALPACAEVAL.exists(), reason="../shared/data is not available")
-EMBEDDED = "embedded:smollm2-135m-instruct"
-FIELDS = {"generator", "dataset", "id", "instruction", "output"}
-
-
-def test_model_options_and_run_dir(tmp_path):
-    assert parse_model_option("base=org/model-7b") == EvalModel("base", "org/model-7b")
-    assert parse_model_option("runs/x/iter_0/model") == EvalModel("model", "runs/x/iter_0/model")
-    run = tmp_path / "run"
-    (run / "iter_0" / "model").mkdir(parents=True)
-    (run / "iter_0" / "model" / "config.json").write_text("{}")
-    (run / "iter_1" / "generations").mkdir(parents=True)  # unfinished iteration: no model yet
-    (run / "config.yaml").write_text("models:\n  policy: org/dpo-model\n")
-    assert run_models(run) == [("pi0", "org/dpo-model"), ("pi1", str(run / "iter_0" / "model"))]
-
-
-@needs_shared
-def test_loads_x_alpacaeval_from_the_shared_folder():
-    prompt_dir, ref_dir = resolve_sources(str(X_ALPACAEVAL), None)
-    assert prompt_dir == X_ALPACAEVAL / "prompts" and ref_dir.name == REFERENCE
-    ref_en = json.loads((ref_dir / "en.json").read_text(encoding="utf-8"))  # alpaca_eval's file: no ids
-    for lang in ("en", "de"):
-        items = load_benchmark(prompt_dir, ref_dir, lang, limit=5)
-        assert [it["id"] for it in items] == [1, 2, 3, 4, 5]
-        assert all(it["reference"] and it["reference_generator"] == REFERENCE for it in items)
-    assert load_benchmark(prompt_dir, ref_dir, "en", limit=3)[2]["reference"] == ref_en[2]["output"]
-
-
-@pytest.mark.parametrize(
-    "edit, message",
-    [
-        (lambda recs: recs.pop(3), "no output for id 4"),
-        (lambda recs: recs.append(dict(recs[1])), "id 2: duplicate id"),
-        (lambda recs: recs[2].update(instruction="Something else entirely"), "id 3: instruction differs"),
-        (lambda recs: recs[0].update(id=99), "id 99: not an id of the benchmark"),
-    ],
+from helpers import (
+    EMBEDDED,
+    OUTPUT_FIELDS,
+    REFERENCE,
+    X_ALPACAEVAL,
+    eval_config,
+    eval_decoding,
+    needs_shared,
+    write_benchmark,
+    write_outputs,
 )
-def test_bad_outputs_are_errors_naming_the_id(tmp_path, edit, message):
-    bench = write_benchmark(tmp_path / "bench", langs=("de",), n=6)
-    outs = write_outputs(tmp_path / "outs", bench, lambda i: f"Antwort {i}", langs=("de",))
-    records = json.loads((outs / "de.json").read_text())
-    edit(records)
-    (outs / "de.json").write_text(json.dumps(records))
-    items = load_benchmark(bench / "prompts", bench / "reference" / REFERENCE, "de")
-    with pytest.raises(OutputsError, match=message):
-        read_outputs(outs, "de", items)
-
-    def no_judge():
-        raise AssertionError("outputs must be validated before any judging")
-
-    with pytest.raises(OutputsError, match=message):
-        evaluate(eval_config(bench, tmp_path / "out", languages=["de"]), [EvalModel("m", outputs=str(outs))], no_judge)
+from icr.eval.judges.hf import HFJudge
+from icr.eval.outputs import EvalModel
+from icr.eval.run import evaluate
 
 
-def decoding(**fields) -> SamplingConfig:
-    return SamplingConfig(**{**PAPER_EVAL_DECODING, **fields})
-
-
-class CountingBatchGenerator:
-    def __init__(self):
-        self.calls = []
-
-    def sample_batch(self, instructions, n, seeds):
-        self.calls += list(zip(instructions, seeds))
-        return [[Sample(f"answer to {text}", 3, False) for _ in range(n)] for text in instructions]
-
-
-def test_batched_generation_decodes_an_incomplete_chunk_whole_but_keeps_what_was_written(tmp_path):
-    bench = write_benchmark(tmp_path / "bench", langs=("fr",), n=5)
-    items = load_benchmark(bench / "prompts", bench / "reference" / REFERENCE, "fr")
-    folder, model = tmp_path / "out", EvalModel("m", "some/model")
-    generate_outputs(CountingBatchGenerator(), model, "fr", items[:2], folder, decoding(batch_prompts=4), 0)
-    lines = (folder / "generations.jsonl").read_text()
-    resumed = CountingBatchGenerator()
-    outputs = generate_outputs(resumed, model, "fr", items, folder, decoding(batch_prompts=4), 0)
-    assert [c[0] for c in resumed.calls] == [it["instruction"] for it in items]  # chunks [1-4] and [5]
-    assert (folder / "generations.jsonl").read_text().startswith(lines) and len(outputs) == 5
-    assert len((folder / "generations.jsonl").read_text().splitlines()) == 5
-
-
-def test_generation_resumes_and_refuses_mixed_settings(tmp_path):
-    bench = write_benchmark(tmp_path / "bench", langs=("fr",), n=6)
-    items = load_benchmark(bench / "prompts", bench / "reference" / REFERENCE, "fr")
-    folder = tmp_path / "outputs" / "m" / "fr"
-    model, sampling = EvalModel("m", "some/model"), decoding(max_new_tokens=8)
-    first = CountingBatchGenerator()
-    generate_outputs(first, model, "fr", items[:2], folder, sampling, 0)
-    with open(folder / "generations.jsonl", "a") as f:
-        f.write('{"id": 5, "instr')  # a write cut by a kill
-    resumed = CountingBatchGenerator()
-    outputs = generate_outputs(resumed, model, "fr", items, folder, sampling, 0)
-    # the chunk (the 6 items) is decoded again whole, as an uninterrupted run decodes it; 4 are written
-    assert len(first.calls) == 2 and len(resumed.calls) == 6
-    assert sorted(outputs) == [str(i) for i in range(1, 7)]
-    written = json.loads((folder / "model_outputs.json").read_text())
-    assert [r["id"] for r in written] == [1, 2, 3, 4, 5, 6] and all(set(r) == FIELDS for r in written)
-    assert written[0] == {
-        "generator": "m",
-        "dataset": "synthetic",
-        "id": 1,
-        "instruction": items[0]["instruction"],
-        "output": f"answer to {items[0]['instruction']}",
-    }
-    seeds = {json.loads(line)["id"]: json.loads(line)["seed"] for line in (folder / "generations.jsonl").open()}
-    assert len(set(seeds.values())) == 6  # one seed per instruction
-    with pytest.raises(OutputsError, match="generated with"):
-        generate_outputs(CountingBatchGenerator(), model, "fr", items, folder, decoding(temperature=1.0), 0)
-
-
-def test_offline_judge_builds_the_leaderboard_and_resumes(tmp_path, tiny_lm, gamed_csv, monkeypatch):  # noqa: F811
+def test_offline_judge_builds_the_leaderboard_and_resumes(tmp_path, tiny_lm, gamed_csv, monkeypatch):
     bench = write_benchmark(tmp_path / "bench", langs=("en", "de"), n=6)
     judges = []
 
@@ -144,7 +39,7 @@ def test_offline_judge_builds_the_leaderboard_and_resumes(tmp_path, tiny_lm, gam
         tmp_path / "out",
         languages=["en", "de"],
         judge={"cache": str(tmp_path / "cache")},
-        sampling=decoding(max_new_tokens=4),
+        sampling=eval_decoding(max_new_tokens=4),
         lc_data=str(gamed_csv),
         device="cpu",
     )
@@ -163,7 +58,7 @@ def test_offline_judge_builds_the_leaderboard_and_resumes(tmp_path, tiny_lm, gam
     assert (out / "leaderboard.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for lang in ("en", "de"):
         written = json.loads((out / "outputs" / "tiny" / lang / "model_outputs.json").read_text())
-        assert len(written) == 6 and all(set(r) == FIELDS and r["generator"] == "tiny" for r in written)
+        assert len(written) == 6 and all(set(r) == OUTPUT_FIELDS and r["generator"] == "tiny" for r in written)
         anns = json.loads((out / "annotations" / "tiny" / f"{lang}.json").read_text())
         assert [a["id"] for a in anns] == [1, 2, 3, 4, 5, 6] and all(1 <= a["preference"] <= 2 for a in anns)
     results = json.loads((out / "results.json").read_text())
@@ -292,7 +187,7 @@ def test_real_smollm2_on_x_alpacaeval_with_the_offline_judge(tmp_path):
         lc=False,
         device="cpu",
         judge={"cache": str(tmp_path / "cache")},
-        sampling=decoding(max_new_tokens=16),
+        sampling=eval_decoding(max_new_tokens=16),
     )
     table = evaluate(
         config, [EvalModel("smollm2", EMBEDDED)], lambda: HFJudge(load_model(EMBEDDED, device="cpu"), batch_size=1)

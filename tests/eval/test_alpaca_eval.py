@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from helpers import good_or_poor, write_benchmark, write_outputs
 from icr.config import JudgeConfig
 from icr.eval.judges import JUDGES, make_judge
 from icr.eval.judges.alpaca_eval import (
@@ -24,7 +25,6 @@ from icr.eval.judges.alpaca_eval import (
     with_language_requirement,
 )
 from icr.eval.judges.base import JudgeError, JudgeRequest
-from test_judges import good_or_poor, write_benchmark, write_outputs
 
 alpaca_eval = pytest.importorskip("alpaca_eval")
 from alpaca_eval import constants, utils  # noqa: E402  (after the importorskip)

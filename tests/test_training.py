@@ -8,53 +8,19 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from icr.config import RewardConfig, TrainConfig, load_config
-from icr.data import read_json, read_jsonl, write_jsonl_atomic
+from helpers import TOKEN_BUDGET, TRAIN_PAIRS, train_config, write_train_pairs
+from icr.config import load_config
+from icr.data import read_json, read_jsonl
 from icr.models import load_model
 from icr.reference_logps import StaleReferenceError, reference_logps, spot_check
 from icr.training import dpo_trainer, preference_dataset, train_dpo
 
-BUDGET = RewardConfig().token_budget
-PAIRS = [
-    ("Name a fruit.", "An apple is a fruit.", "Cars are fast."),
-    ("What is 2 + 2?", "2 + 2 equals 4.", "It is 5, obviously."),
-    ("Nombra un color.", "El azul es un color.", "No sé nada, búscalo."),
-    ("Say hello.", "Hello! Nice to meet you.", "hello hello hello hello"),
-]
-
-
-def _pairs_file(path):
-    rows = [
-        {
-            "id": str(i),
-            "lang": "en",
-            "prompt": [{"role": "user", "content": p}],
-            "chosen": [{"role": "assistant", "content": c}],
-            "rejected": [{"role": "assistant", "content": r}],
-        }
-        for i, (p, c, r) in enumerate(PAIRS)
-    ]
-    write_jsonl_atomic(path, rows)
-    return path
-
-
-def _config(**kw):
-    base = dict(
-        learning_rate=5e-3,
-        batch_size=4,
-        grad_accum=1,
-        epochs=1,
-        max_length=64,
-        warmup_ratio=0.0,
-        lr_scheduler="constant",
-        nll_weight=0.0,
-    )
-    return TrainConfig(**{**base, **kw})
-
 
 def _trainer(lm, pairs_path, config, tmp_path):
     pairs = read_jsonl(pairs_path)
-    dataset = preference_dataset(lm.tokenizer, pairs, reference_logps(lm, pairs, config.max_length, BUDGET), config)
+    dataset = preference_dataset(
+        lm.tokenizer, pairs, reference_logps(lm, pairs, config.max_length, TOKEN_BUDGET), config
+    )
     return dpo_trainer(lm, dataset, config, str(tmp_path / "t"))
 
 
@@ -66,7 +32,7 @@ def _batch_loss(trainer):
 
 def test_training_step_lowers_dpo_loss_and_starts_at_log2(tiny_dir, tmp_path):
     lm = load_model(str(tiny_dir), device="cpu")
-    trainer = _trainer(lm, _pairs_file(tmp_path / "p.jsonl"), _config(), tmp_path)
+    trainer = _trainer(lm, write_train_pairs(tmp_path / "p.jsonl"), train_config(), tmp_path)
     start = _batch_loss(trainer)
     assert start == pytest.approx(math.log(2), abs=1e-4)  # policy == reference at the start
     trainer.train()
@@ -90,7 +56,7 @@ def test_length_grouping_batches_pairs_of_similar_length(tiny_dir, tmp_path):
     ]
     slots, mixed = {}, {}
     for grouped in (True, False):
-        config = _config(batch_size=2, max_length=256, group_by_length=grouped)
+        config = train_config(batch_size=2, max_length=256, group_by_length=grouped)
         ref = [{"ref_chosen_logps": 0.0, "ref_rejected_logps": 0.0}] * len(rows)
         trainer = dpo_trainer(lm, preference_dataset(lm.tokenizer, rows, ref, config), config, str(tmp_path / "t"))
         batches = list(trainer.get_train_dataloader())
@@ -104,9 +70,9 @@ def test_length_grouping_batches_pairs_of_similar_length(tiny_dir, tmp_path):
 
 def test_nll_weight_adds_lambda_times_token_mean_nll(tiny_dir, tmp_path):
     lm = load_model(str(tiny_dir), device="cpu")
-    pairs_path = _pairs_file(tmp_path / "p.jsonl")
+    pairs_path = write_train_pairs(tmp_path / "p.jsonl")
     pairs = read_jsonl(pairs_path)
-    nll = sum(r["chosen_nll"] for r in reference_logps(lm, pairs, 64, BUDGET, per_token_nll=True))
+    nll = sum(r["chosen_nll"] for r in reference_logps(lm, pairs, 64, TOKEN_BUDGET, per_token_nll=True))
     # TRL's sft term is a token mean over the whole batch; recompute it that way.
     per_token = []
     from icr.reference_logps import pair_tokens
@@ -117,14 +83,14 @@ def test_nll_weight_adds_lambda_times_token_mean_nll(tiny_dir, tmp_path):
         per_token += score_group(lm.model, ScoreGroup(prompt, [chosen]), per_token=True)[0]
     token_mean_nll = -sum(per_token) / len(per_token)
     assert nll > 0
-    loss0 = _batch_loss(_trainer(lm, pairs_path, _config(nll_weight=0.0), tmp_path))
-    loss2 = _batch_loss(_trainer(lm, pairs_path, _config(nll_weight=2.0), tmp_path))
+    loss0 = _batch_loss(_trainer(lm, pairs_path, train_config(nll_weight=0.0), tmp_path))
+    loss2 = _batch_loss(_trainer(lm, pairs_path, train_config(nll_weight=2.0), tmp_path))
     assert loss2 - loss0 == pytest.approx(2.0 * token_mean_nll, rel=1e-4)
 
 
 def test_stale_reference_logps_are_refused(tiny_dir, tmp_path):
     lm = load_model(str(tiny_dir), device="cpu")
-    trainer = _trainer(lm, _pairs_file(tmp_path / "p.jsonl"), _config(), tmp_path)
+    trainer = _trainer(lm, write_train_pairs(tmp_path / "p.jsonl"), train_config(), tmp_path)
     spot_check(trainer, trainer.train_dataset)  # fresh values pass
     stale = trainer.train_dataset.map(lambda r: {"ref_chosen_logps": r["ref_chosen_logps"] - 3.0})
     with pytest.raises(StaleReferenceError):
@@ -133,10 +99,10 @@ def test_stale_reference_logps_are_refused(tiny_dir, tmp_path):
 
 @pytest.mark.parametrize("lora", [False, True])
 def test_train_dpo_saves_a_loadable_model_with_metrics(tiny_dir, tmp_path, lora):
-    pairs_path = _pairs_file(tmp_path / "p.jsonl")
+    pairs_path = write_train_pairs(tmp_path / "p.jsonl")
     out = tmp_path / "model"
-    config = _config(nll_weight=1.0, lora={"enabled": lora, "r": 4, "alpha": 8})
-    metrics = train_dpo(str(tiny_dir), pairs_path, out, config, BUDGET, device="cpu")
+    config = train_config(nll_weight=1.0, lora={"enabled": lora, "r": 4, "alpha": 8})
+    metrics = train_dpo(str(tiny_dir), pairs_path, out, config, TOKEN_BUDGET, device="cpu")
     reloaded = load_model(str(out), device="cpu")
     assert reloaded.tokenizer.chat_template  # template travels with the model
     before = load_file(tiny_dir / "model.safetensors")
@@ -145,7 +111,7 @@ def test_train_dpo_saves_a_loadable_model_with_metrics(tiny_dir, tmp_path, lora)
     changed = [k for k in before if k in after and not torch.equal(before[k], after[k])]
     assert changed, "training changed no weight"
     saved = read_json(out / "train_metrics.json")
-    assert saved["pairs"] == len(PAIRS) and saved["steps"] >= 1
+    assert saved["pairs"] == len(TRAIN_PAIRS) and saved["steps"] >= 1
     assert saved["before"]["dpo_loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert saved["after"]["dpo_loss"] < saved["before"]["dpo_loss"]
     assert metrics["after"]["reward_margin"] > 0
@@ -210,11 +176,11 @@ def test_compacted_lm_head_on_cpu_gives_the_same_log_probs_and_gradients(tiny_di
 def test_global_batch_size_fixes_the_batch_whatever_the_process_count(processes, accumulation, tmp_path):
     from icr.training import dpo_config, gradient_accumulation
 
-    config = _config(batch_size=2, grad_accum=5, global_batch_size=32)
+    config = train_config(batch_size=2, grad_accum=5, global_batch_size=32)
     assert gradient_accumulation(config, processes) == accumulation
     args = dpo_config(config, str(tmp_path), 100, processes)
     assert args.gradient_accumulation_steps * args.per_device_train_batch_size * processes == 32
-    assert gradient_accumulation(_config(batch_size=2, grad_accum=5), processes) == 5  # unset: grad_accum as given
+    assert gradient_accumulation(train_config(batch_size=2, grad_accum=5), processes) == 5  # unset: grad_accum as given
 
 
 @pytest.mark.parametrize("processes", [3, 32])
@@ -223,14 +189,14 @@ def test_indivisible_global_batch_is_a_clear_error(processes):
     from icr.training import gradient_accumulation
 
     with pytest.raises(ConfigError, match=rf"global_batch_size=32 .* 2 × {processes}"):
-        gradient_accumulation(_config(batch_size=2, global_batch_size=32), processes)
+        gradient_accumulation(train_config(batch_size=2, global_batch_size=32), processes)
 
 
 def test_global_batch_not_a_multiple_of_batch_size_is_refused_by_the_config():
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError, match="global_batch_size=10 is not a multiple of batch_size=4"):
-        _config(batch_size=4, global_batch_size=10)
+        train_config(batch_size=4, global_batch_size=10)
 
 
 def test_indivisible_global_batch_fails_before_any_model_loads(tmp_path, monkeypatch):
@@ -241,9 +207,9 @@ def test_indivisible_global_batch_fails_before_any_model_loads(tmp_path, monkeyp
     with pytest.raises(ConfigError, match="global_batch_size"):  # not a model-loading error
         train_dpo(
             "no/such-model",
-            _pairs_file(tmp_path / "p.jsonl"),
+            write_train_pairs(tmp_path / "p.jsonl"),
             tmp_path / "out",
-            _config(batch_size=2, global_batch_size=32),
-            BUDGET,
+            train_config(batch_size=2, global_batch_size=32),
+            TOKEN_BUDGET,
             device="cpu",
         )

@@ -15,32 +15,6 @@ from icr.eval.metrics import ALPACA_EVAL_SIZE, LCUnavailable
 N = ALPACA_EVAL_SIZE
 
 
-@pytest.fixture(scope="module")
-def gamed_csv(tmp_path_factory):
-    """A stand-in for alpaca_eval's df_gamed.csv (same columns): two length-gamed baselines over the
-    805 instructions, with a per-instruction difficulty."""
-    rng = np.random.default_rng(0)
-    difficulty = rng.normal(size=N)
-    rows = []
-    for model, shift in (("gpt4_1106_preview_verbose", 1.0), ("gpt4_1106_preview_concise", -1.0)):
-        for i in range(N):
-            delta = rng.normal() + shift
-            logit = 0.8 * np.tanh(delta) + difficulty[i] + 0.3 * rng.normal()
-            rows.append(
-                {
-                    "model": model,
-                    "index": i,
-                    "preference": 1 / (1 + np.exp(-logit)),
-                    "std_delta_len": delta,
-                    "instruction_difficulty": difficulty[i],
-                    "not_gamed_baseline": False,
-                }
-            )
-    path = tmp_path_factory.mktemp("gamed") / "df_gamed.csv"
-    pd.DataFrame(rows).to_csv(path, index=False)
-    return path
-
-
 def make_annotations(n: int = N, seed: int = 1) -> pd.DataFrame:
     """Annotations where longer model outputs tend to win, with ties and one missing verdict."""
     rng = np.random.default_rng(seed)

@@ -1,0 +1,142 @@
+"""TRL-exact tokenization (`icr.models.tokenize_exchange`) and the training reference log-probs
+(`icr.reference_logps`), held to a real TRL DPOTrainer's own tokenization and `compute_ref_log_probs`."""
+
+from __future__ import annotations
+
+import pytest
+
+from icr.config import RewardConfig
+from icr.models import common_prefix_length, load_model, prompt_ids, tokenize_exchange
+from icr.reference_logps import reference_logps
+
+BUDGET = RewardConfig().token_budget
+ENGLISH = "Name two colours of the rainbow."
+
+
+def conv(prompt: str, chosen: str, rejected: str) -> dict:
+    return {
+        "prompt": [{"role": "user", "content": prompt}],
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+    }
+
+
+PAIRS = [
+    conv("Hi there", "Hello!", "Go away, please"),
+    conv("Name a fruit.", "An apple is a fruit that grows on trees.", "No."),
+    conv(ENGLISH + "\n\nPlease answer only in Spanish.", "Rojo y azul.", "El arcoíris tiene muchos colores."),
+    conv(
+        "Write a story about dragons", "Once upon a time a dragon lived in a cave and ate sheep every day.", "Dragons."
+    ),
+]
+# responses whose first characters merge with the template's last token: TRL then cuts the
+# prompt earlier, and the completion starts with a token of the prompt
+DIVERGING_PAIRS = [conv("Hi", "\n\nHello", "Bye"), conv("Hi", "Bye", "  x")]
+
+
+@pytest.fixture(scope="module")
+def trl_trainer(tiny_ref_dir, tmp_path_factory):
+    """A real TRL DPOTrainer on a fresh copy of the reference model (TRL patches its forward)."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    lm = load_model(str(tiny_ref_dir), device="cpu", dtype="float32")
+    args = DPOConfig(
+        output_dir=str(tmp_path_factory.mktemp("trl")),
+        use_cpu=True,
+        report_to=[],
+        precompute_ref_log_probs=False,
+        max_length=256,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    trainer = DPOTrainer(
+        model=lm.model,
+        args=args,
+        train_dataset=Dataset.from_list(PAIRS + DIVERGING_PAIRS),
+        processing_class=lm.tokenizer,
+    )
+    return trainer
+
+
+def trl_rows(trainer, indices):
+    return [trainer.train_dataset[i] for i in indices]
+
+
+def test_tokenize_exchange_equals_trl_tokenization(tokenizer, trl_trainer):
+    for k, pair in enumerate(PAIRS):
+        row = trl_rows(trl_trainer, [k])[0]
+        instruction = pair["prompt"][0]["content"]
+        p_c, c = tokenize_exchange(tokenizer, instruction, pair["chosen"][0]["content"])
+        p_r, r = tokenize_exchange(tokenizer, instruction, pair["rejected"][0]["content"])
+        assert p_c == row["prompt_ids"] and p_r == row["prompt_ids"]
+        assert c == row["chosen_ids"] and r == row["rejected_ids"]
+        end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        assert end in c and end in r
+        assert "<|im_end|>" in tokenizer.decode(c)
+    # diverging prompts: the full sequence is TRL's, the prompt is a prefix of TRL's rendering
+    for k, pair in enumerate(DIVERGING_PAIRS, start=len(PAIRS)):
+        row = trl_rows(trl_trainer, [k])[0]
+        instruction = pair["prompt"][0]["content"]
+        for side in ("chosen", "rejected"):
+            p, c = tokenize_exchange(tokenizer, instruction, pair[side][0]["content"])
+            assert p + c == row["prompt_ids"] + row[f"{side}_ids"]
+            assert row["prompt_ids"] == p[: len(row["prompt_ids"])]
+
+
+@pytest.mark.parametrize("response", ["Hello!", "\n\nHello", "  x", " leading space", "Línea\ncon ñ", ""])
+def test_tokenize_exchange_reproduces_trl_rule(tokenizer, response):
+    """TRL's rule: the completion starts where apply_chat_template(prompt, add_generation_prompt=True)
+    and apply_chat_template(prompt + answer) diverge."""
+    msgs = [{"role": "user", "content": "Say something."}]
+    prompt = tokenizer.apply_chat_template(msgs, tokenize=True, return_dict=True, add_generation_prompt=True)[
+        "input_ids"
+    ]
+    full = tokenizer.apply_chat_template(
+        msgs + [{"role": "assistant", "content": response}], tokenize=True, return_dict=True
+    )["input_ids"]
+    cut = common_prefix_length(list(prompt), list(full))
+    p, c = tokenize_exchange(tokenizer, "Say something.", response)
+    assert p == list(prompt)[:cut] and c == list(full)[cut:]
+    assert c[-2:] == tokenizer.encode("<|im_end|>\n")  # the end-of-turn is part of the completion
+    assert p == prompt_ids(tokenizer, "Say something.")[: len(p)]
+
+
+def _trl_ref_logps(trainer, rows, max_length):
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    collator = DataCollatorForPreference(pad_token_id=trainer.processing_class.pad_token_id, max_length=max_length)
+    batch = collator(rows)
+    chosen, rejected = trainer.compute_ref_log_probs(trainer.model, batch)
+    return chosen.tolist(), rejected.tolist()
+
+
+@pytest.mark.parametrize("truncate", [False, True])
+def test_reference_logps_match_trl_compute_ref_log_probs(tiny_ref_lm, trl_trainer, truncate):
+    """Score exactly what training optimises: our reference log-probs equal TRL's own, on TRL's
+    collated batch (right padding, keep_start truncation at max_length)."""
+    rows = trl_rows(trl_trainer, range(len(PAIRS)))
+    max_length = max(len(r["prompt_ids"]) for r in rows) + 3 if truncate else 256
+    assert all(len(r["prompt_ids"]) < max_length for r in rows)
+    if truncate:  # the short limit really truncates completions
+        cut = [
+            len(r["prompt_ids"]) + len(r[side]) > max_length for r in rows for side in ("chosen_ids", "rejected_ids")
+        ]
+        assert sum(cut) >= 3
+    want_c, want_r = _trl_ref_logps(trl_trainer, rows, max_length)
+    ours = reference_logps(tiny_ref_lm, PAIRS, max_length, BUDGET)
+    for k in range(len(PAIRS)):
+        assert ours[k]["ref_chosen_logps"] == pytest.approx(want_c[k], abs=1e-2)
+        assert ours[k]["ref_rejected_logps"] == pytest.approx(want_r[k], abs=1e-2)
+
+
+def test_reference_logps_match_trl_when_prompt_tokenization_diverges(tiny_ref_lm, trl_trainer):
+    """A response starting with blank lines merges with the template's last '\\n': TRL cuts the
+    prompt of *both* sides there and scores the '\\n' as part of the other side's completion."""
+    rows = trl_rows(trl_trainer, range(len(PAIRS), len(PAIRS) + len(DIVERGING_PAIRS)))
+    want_c, want_r = _trl_ref_logps(trl_trainer, rows, 256)
+    ours = reference_logps(tiny_ref_lm, DIVERGING_PAIRS, 256, BUDGET)
+    for k in range(len(DIVERGING_PAIRS)):
+        assert ours[k]["ref_chosen_logps"] == pytest.approx(want_c[k], abs=1e-2)
+        assert ours[k]["ref_rejected_logps"] == pytest.approx(want_r[k], abs=1e-2)

@@ -1,0 +1,99 @@
+"""Stage drivers (`icr.stages`): the generate stage's records (n responses, token counts, seeds),
+skipped long prompts kept in order, and resuming a generation file byte for byte."""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers import MAX_NEW, generate_config
+from icr.data import Prompt, read_jsonl
+from icr.models import load_model
+from icr.sampling import HFGenerator, prompt_seed
+from icr.stages.generate import generate_language
+
+
+@pytest.fixture(scope="module")
+def eos_prone_lm(tiny_dir):
+    """A tiny model that ends its turn with probability ~0.15 per token, so that some samples stop
+    early and some hit max_new_tokens."""
+    lm = load_model(str(tiny_dir), device="cpu")
+    eos = lm.tokenizer.eos_token_id
+
+    def bias(module, inputs, output):
+        output = output.clone()
+        output[..., eos] += 8.0
+        return output
+
+    lm.model.get_output_embeddings().register_forward_hook(bias)
+    return lm
+
+
+def test_records_have_n_responses_and_consistent_token_counts(eos_prone_lm, tmp_path):
+    prompts = [Prompt(f"p{k}", "en", f"Question {k}: what is {k} plus {k}?") for k in range(4)]
+    cfg = generate_config(n=6)
+    recs = generate_language(
+        HFGenerator(eos_prone_lm, cfg), prompts, tmp_path / "en.jsonl", cfg, seed=0, iteration=0, max_prompt_tokens=1024
+    )
+    assert [r["id"] for r in recs] == ["p0", "p1", "p2", "p3"]
+    flags = []
+    for r, p in zip(recs, prompts):
+        assert r["lang"] == "en" and r["prompt"] == p.text and r["seed"] == prompt_seed(0, 0, "en", p.id)
+        assert len(r["responses"]) == len(r["n_tokens"]) == len(r["truncated"]) == 6
+        assert all(isinstance(t, str) for t in r["responses"])
+        for n_tok, trunc in zip(r["n_tokens"], r["truncated"]):
+            assert 0 <= n_tok <= MAX_NEW
+            assert trunc == (n_tok == MAX_NEW)  # truncated exactly when the limit was hit
+            flags.append(trunc)
+    assert any(flags) and not all(flags)  # both kinds occurred
+    assert read_jsonl(tmp_path / "en.jsonl") == recs
+
+
+def test_long_prompt_gets_a_skipped_record(tiny_lm, tmp_path):
+    short = Prompt("short", "es", "Hola")
+    long = Prompt("long", "es", "palabra " * 200)
+    gen = HFGenerator(tiny_lm, generate_config(n=2))
+    limit = gen.prompt_length("Hola") + 5
+    assert gen.prompt_length(long.text) > limit
+    recs = generate_language(
+        gen, [short, long], tmp_path / "es.jsonl", generate_config(n=2), 0, 0, max_prompt_tokens=limit
+    )
+    assert [r["id"] for r in recs] == ["short", "long"]  # not dropped, kept in order
+    assert "skipped" not in recs[0] and len(recs[0]["responses"]) == 2
+    assert recs[1]["responses"] == [] and recs[1]["n_tokens"] == [] and recs[1]["truncated"] == []
+    assert str(limit) in recs[1]["skipped"] and "max_prompt_tokens" in recs[1]["skipped"]
+
+
+@pytest.mark.parametrize("cut", [1, 2, 3])
+def test_resumed_generation_is_byte_identical(tiny_lm, tmp_path, cut):
+    """A crash after `cut` records (plus half a line): the rest is generated, the chunk it fell in
+    decoded again whole, and the file ends byte-identical to an uninterrupted run's."""
+    prompts = [Prompt(f"id{k}", "de", f"Frage {k}" + "?" * k) for k in range(5)]
+    cfg = generate_config(n=2, batch_prompts=2)
+    gen = HFGenerator(tiny_lm, cfg)
+    full_file = tmp_path / "full.jsonl"
+    full = generate_language(gen, prompts, full_file, cfg, 5, 1, 1024)
+    lines = full_file.read_text(encoding="utf-8").splitlines(keepends=True)
+    partial = tmp_path / "partial.jsonl"
+    partial.write_text("".join(lines[:cut]) + lines[cut][: len(lines[cut]) // 2], encoding="utf-8")
+    resumed = generate_language(gen, prompts, partial, cfg, 5, 1, 1024)
+    assert resumed == full
+    assert partial.read_bytes() == full_file.read_bytes()
+
+
+def test_prompts_already_done_are_not_sampled_again(tiny_lm, tmp_path):
+    prompts = [Prompt("a", "en", "One?"), Prompt("b", "en", "Two?")]
+    cfg = generate_config(n=2)
+    gen = HFGenerator(tiny_lm, cfg)
+    generate_language(gen, prompts, tmp_path / "en.jsonl", cfg, 0, 0, 1024)
+    calls = []
+
+    class Spy:
+        def prompt_length(self, text):
+            calls.append(text)
+            return 1
+
+        def sample_batch(self, *a):
+            raise AssertionError("sampled again")
+
+    assert len(generate_language(Spy(), prompts, tmp_path / "en.jsonl", cfg, 0, 0, 1024)) == 2
+    assert calls == []
