@@ -1,6 +1,6 @@
 # make demo   set up .venv, then run the embedded default (ICR on SmolLM2-135M, offline, CPU)
 # make test   set up .venv, then lint (ruff, import contracts) and run the whole test suite (offline)
-# make test-fast   the suite without the tests marked slow (real models, kills, launches, demo, golden)
+# make test-fast   the suite without the tests marked slow or processes (real models, kills, launches, demo, golden)
 #                  or processes (real `icr run` processes signalled again and again)
 # make lint   ruff check, ruff format --check and the import-layer contracts (lint-imports)
 # make bench  set up .venv, then run the benchmarks into benchmarks/results/

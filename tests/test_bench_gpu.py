@@ -67,6 +67,7 @@ def _check_schema(doc: dict) -> None:
     assert {r["stage"] for r in doc["projection"]["rows"]} == {"generate", "reward", "train", "total"}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (SHARED_DATA / "x-alpacaeval").exists(), reason="needs ../shared/data")
 def test_tiny_dry_run_writes_results_with_the_schema(bench, tmp_path):
     doc = bench.main(["--shape", "tiny", "--out", str(tmp_path)])

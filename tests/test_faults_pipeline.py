@@ -74,6 +74,7 @@ FULL_DISK_AT = [
 ]
 
 
+@pytest.mark.slow
 def test_full_disk_at_the_nth_write_of_every_stage_then_restart_gives_identical_files(
     clean, tiny_dir, tiny_ref_dir, tmp_path, monkeypatch
 ):

@@ -65,6 +65,7 @@ def _crash_before_model_rename(monkeypatch):
     monkeypatch.setattr(icr.training, "_finite", finite)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "crashes",
     [

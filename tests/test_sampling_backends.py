@@ -90,6 +90,7 @@ def test_vllm_one_call_per_chunk_seed_per_prompt_same_files_whatever_the_chunkin
     assert engine["enable_prefix_caching"] is True and engine["gpu_memory_utilization"] == 0.55
 
 
+@pytest.mark.slow
 def test_generation_in_a_child_process_writes_the_same_bytes(tiny_lm, tiny_dir, tmp_path):
     """The path `icr run` takes with vLLM (a child process that exits with the stage), here with the
     HF backend: its file is byte-identical to the in-process one's."""
@@ -115,6 +116,7 @@ def _refused_factory():
     raise ModelLoadError("weights refused")
 
 
+@pytest.mark.slow
 def test_child_process_reports_the_failure_and_is_gone():
     with pytest.raises(ChildProcessError, match="no such model"):
         InChildProcess(_broken_factory)
