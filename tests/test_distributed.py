@@ -50,12 +50,16 @@ def test_sequential_shards_write_the_single_process_file(tiny_lm, tmp_path):
     prompts = [Prompt(f"s{k}", "en", f"Question number {k}?") for k in range(5)]
     cfg = GenerateConfig(n=2, max_new_tokens=5, batch_prompts=2)
     gen = HFGenerator(tiny_lm, cfg)
-    single = generate_language(gen, prompts, tmp_path / "one" / "en.jsonl", cfg, 0, 0, 1024)
+    single = generate_language(
+        gen, prompts, tmp_path / "one" / "en.jsonl", cfg, seed=0, iteration=0, max_prompt_tokens=1024
+    )
     out = tmp_path / "two" / "en.jsonl"
     # process 1 finishes first: it must not merge, and leaves only its part (chunk 1: s2, s3)
-    generate_language(gen, prompts, out, cfg, 0, 0, 1024, shard=LocalShard(1, 2))
+    generate_language(gen, prompts, out, cfg, seed=0, iteration=0, max_prompt_tokens=1024, shard=LocalShard(1, 2))
     assert [r["id"] for r in read_jsonl(part_path(out, Shard(1, 2)))] == ["s2", "s3"]
-    merged = generate_language(gen, prompts, out, cfg, 0, 0, 1024, shard=LocalShard(0, 2))
+    merged = generate_language(
+        gen, prompts, out, cfg, seed=0, iteration=0, max_prompt_tokens=1024, shard=LocalShard(0, 2)
+    )
     assert merged == single
     assert out.read_bytes() == (tmp_path / "one" / "en.jsonl").read_bytes()
     assert not leftover_parts(out)

@@ -92,7 +92,9 @@ def test_out_of_memory_in_scoring_halves_sub_batches_and_writes_identical_record
 ):
     cfg = RewardConfig(batch_prompts=3)
     clean = tmp_path / "clean.jsonl"
-    reward_language(GENERATIONS, ENGLISH, clean, tiny_lm, tiny_ref_lm, cfg, make_strategy(cfg))
+    reward_language(
+        GENERATIONS, ENGLISH, clean, policy=tiny_lm, reference=tiny_ref_lm, config=cfg, strategy=make_strategy(cfg)
+    )
     # sub-batches (calls on several rows; prompt passes are one row each): the policy's first one
     # fails, then the first half of it; the reference's third one fails too
     faulted = tmp_path / "faulted.jsonl"
@@ -101,7 +103,15 @@ def test_out_of_memory_in_scoring_halves_sub_batches_and_writes_identical_record
         oom_at(tiny_lm.model.get_decoder(), {1, 2}, min_rows=2) as pol,
         oom_at(tiny_ref_lm.model.get_decoder(), {3}, min_rows=2) as ref,
     ):
-        reward_language(GENERATIONS, ENGLISH, faulted, tiny_lm, tiny_ref_lm, cfg, make_strategy(cfg))
+        reward_language(
+            GENERATIONS,
+            ENGLISH,
+            faulted,
+            policy=tiny_lm,
+            reference=tiny_ref_lm,
+            config=cfg,
+            strategy=make_strategy(cfg),
+        )
     assert (pol.hits, ref.hits) == (2, 1)
     assert faulted.read_bytes() == clean.read_bytes()
     assert _SCORING_OOM.retries == 3
@@ -148,10 +158,10 @@ def test_out_of_memory_on_one_row_is_a_clear_error(tiny_lm, tiny_ref_lm, tmp_pat
             GENERATIONS[:1],
             ENGLISH,
             tmp_path / "r.jsonl",
-            tiny_lm,
-            tiny_ref_lm,
-            RewardConfig(),
-            make_strategy(RewardConfig()),
+            policy=tiny_lm,
+            reference=tiny_ref_lm,
+            config=RewardConfig(),
+            strategy=make_strategy(RewardConfig()),
         )
     assert read_jsonl(tmp_path / "r.jsonl") == []
 

@@ -264,7 +264,13 @@ def test_reward_language_writes_in_generation_order(tiny_lm, tiny_ref_lm, tmp_pa
     gens = [generation("es", SPANISH, RESPONSES_ES[:2], pid="b"), generation("es", SPANISH, RESPONSES_ES[1:], pid="a")]
     out = tmp_path / "es.jsonl"
     recs = reward_language(
-        gens, {"a": ENGLISH, "b": ENGLISH}, out, tiny_lm, tiny_ref_lm, RewardConfig(), make_strategy(RewardConfig())
+        gens,
+        {"a": ENGLISH, "b": ENGLISH},
+        out,
+        policy=tiny_lm,
+        reference=tiny_ref_lm,
+        config=RewardConfig(),
+        strategy=make_strategy(RewardConfig()),
     )
     assert [r["id"] for r in recs] == ["b", "a"]
     from icr.data import read_jsonl

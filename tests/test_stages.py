@@ -55,7 +55,7 @@ def test_long_prompt_gets_a_skipped_record(tiny_lm, tmp_path):
     limit = gen.prompt_length("Hola") + 5
     assert gen.prompt_length(long.text) > limit
     recs = generate_language(
-        gen, [short, long], tmp_path / "es.jsonl", generate_config(n=2), 0, 0, max_prompt_tokens=limit
+        gen, [short, long], tmp_path / "es.jsonl", generate_config(n=2), seed=0, iteration=0, max_prompt_tokens=limit
     )
     assert [r["id"] for r in recs] == ["short", "long"]  # not dropped, kept in order
     assert "skipped" not in recs[0] and len(recs[0]["responses"]) == 2
@@ -71,11 +71,11 @@ def test_resumed_generation_is_byte_identical(tiny_lm, tmp_path, cut):
     cfg = generate_config(n=2, batch_prompts=2)
     gen = HFGenerator(tiny_lm, cfg)
     full_file = tmp_path / "full.jsonl"
-    full = generate_language(gen, prompts, full_file, cfg, 5, 1, 1024)
+    full = generate_language(gen, prompts, full_file, cfg, seed=5, iteration=1, max_prompt_tokens=1024)
     lines = full_file.read_text(encoding="utf-8").splitlines(keepends=True)
     partial = tmp_path / "partial.jsonl"
     partial.write_text("".join(lines[:cut]) + lines[cut][: len(lines[cut]) // 2], encoding="utf-8")
-    resumed = generate_language(gen, prompts, partial, cfg, 5, 1, 1024)
+    resumed = generate_language(gen, prompts, partial, cfg, seed=5, iteration=1, max_prompt_tokens=1024)
     assert resumed == full
     assert partial.read_bytes() == full_file.read_bytes()
 
@@ -84,7 +84,7 @@ def test_prompts_already_done_are_not_sampled_again(tiny_lm, tmp_path):
     prompts = [Prompt("a", "en", "One?"), Prompt("b", "en", "Two?")]
     cfg = generate_config(n=2)
     gen = HFGenerator(tiny_lm, cfg)
-    generate_language(gen, prompts, tmp_path / "en.jsonl", cfg, 0, 0, 1024)
+    generate_language(gen, prompts, tmp_path / "en.jsonl", cfg, seed=0, iteration=0, max_prompt_tokens=1024)
     calls = []
 
     class Spy:
@@ -95,5 +95,8 @@ def test_prompts_already_done_are_not_sampled_again(tiny_lm, tmp_path):
         def sample_batch(self, *a):
             raise AssertionError("sampled again")
 
-    assert len(generate_language(Spy(), prompts, tmp_path / "en.jsonl", cfg, 0, 0, 1024)) == 2
+    assert (
+        len(generate_language(Spy(), prompts, tmp_path / "en.jsonl", cfg, seed=0, iteration=0, max_prompt_tokens=1024))
+        == 2
+    )
     assert calls == []

@@ -106,9 +106,8 @@ class EvalConfig(StrictModel):
     )
     reference_outputs: str | None = Field(
         None,
-        description="Folder or Hub dataset id with the reference's "
-        "{lang}.json (alpaca_eval format) [default: <prompts root>/reference/"
-        "gpt-4-turbo-2024-04-09].",
+        description="Folder or Hub dataset id with the reference's {lang}.json (alpaca_eval format) "
+        "[default: <prompts root>/reference/gpt-4-turbo-2024-04-09].",
     )
     limit: int | None = Field(
         None,

@@ -265,9 +265,7 @@ class TrainConfig(StrictModel):
     seed: int = Field(0, description="Training seed.")
     precompute_ref: bool = Field(True, description="Compute reference log-probs once before training.")
     group_by_length: bool = Field(
-        True,
-        description="Batch pairs of similar length together (less padding; "
-        "transformers' LengthGroupedSampler: random groups, sorted within).",
+        True, description="Pairs of similar length share a step (LengthGroupedSampler: random groups, sorted within)."
     )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory (large models).")
     max_loss_ratio: float | None = Field(

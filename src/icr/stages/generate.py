@@ -38,6 +38,7 @@ def generate_language(
     prompts: list[Prompt],
     out_file: Path,
     config: GenerateConfig,
+    *,
     seed: int,
     iteration: int,
     max_prompt_tokens: int,
@@ -83,10 +84,10 @@ def run_generate(ctx: StageContext) -> dict:
                 prompts,
                 run.generations_dir(ctx.t) / f"{lang}.jsonl",
                 config.generate,
-                config.seed,
-                ctx.t,
-                config.data.max_prompt_tokens,
-                run.shard,
+                seed=config.seed,
+                iteration=ctx.t,
+                max_prompt_tokens=config.data.max_prompt_tokens,
+                shard=run.shard,
             )
             for lang, prompts in ctx.prompts.by_lang.items()
         }

@@ -19,6 +19,7 @@ def reward_language(
     generations: list[dict],
     english: dict[str, str],
     out_file: Path,
+    *,
     policy: LoadedModel,
     reference: LoadedModel,
     config: RewardConfig,
@@ -60,11 +61,11 @@ def run_reward(ctx: StageContext) -> dict:
             generations,
             ctx.prompts.english,
             run.rewards_dir(t) / f"{lang}.jsonl",
-            ctx.pool.get(policy),
-            ctx.pool.get(reference),
-            config.reward,
-            strategy,
-            run.shard,
+            policy=ctx.pool.get(policy),
+            reference=ctx.pool.get(reference),
+            config=config.reward,
+            strategy=strategy,
+            shard=run.shard,
         )
         counts[lang] = len(done)
     return {"policy": policy, "reference": reference, "mode": config.reward.mode, "records": counts}
