@@ -45,6 +45,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers import save_tiny  # noqa: E402  (the tests' tiny model, one definition)
+
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "tests" / "golden" / "run_and_eval.json"
 X_ALPACAEVAL = REPO.parent / "shared" / "data" / "x-alpacaeval"
@@ -118,28 +121,8 @@ def environment() -> dict[str, str]:
 
 
 def _tiny_model(tokenizer, seed: int, folder: Path) -> None:
-    """The tests' tiny model (tests/helpers.py): 2 layers, hidden 64, random weights from `seed`."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    model = LlamaForCausalLM(config).eval()
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
+    """The tests' tiny model (`tests/helpers.save_tiny`), with fixed file times."""
+    save_tiny(tokenizer, folder, seed)
     for file in folder.iterdir():
         os.utime(file, (FIXED_MTIME, FIXED_MTIME))
 
