@@ -4,9 +4,13 @@ X-AlpacaEval's layout, and random scoring groups."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
+import threading
+from collections.abc import Iterator
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -267,3 +271,22 @@ def cuda_profile_on_cpu(monkeypatch, vocab: int, rows_per_chunk: int = 7):
     )
     monkeypatch.setattr(scoring, "profile_for", lambda device: profile)
     return profile
+
+
+# ---------------------------------------------------------------- a local OpenAI-compatible endpoint
+
+
+@contextlib.contextmanager
+def local_endpoint(handler) -> Iterator[str]:
+    """Serve `handler` on 127.0.0.1 (a free port) and yield its `/v1` base URL. The server stops by
+    itself after 120 s even if a test hangs, and always at the end of the block."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    guard = threading.Timer(120, server.shutdown)
+    guard.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        guard.cancel()
+        server.shutdown()
+        server.server_close()

@@ -11,9 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 import traceback
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from click.testing import CliRunner
 
 import icr.pipeline
 import icr.training
-from helpers import write_benchmark, write_outputs
+from helpers import local_endpoint, write_benchmark, write_outputs
 from icr.config import ConfigError, JudgeConfig, ModelsConfig, SamplingConfig, load_config
 from icr.eval.judges.base import JudgeError, JudgeRequest
 from icr.eval.judges.openai import OpenAIJudge
@@ -66,15 +65,8 @@ class EchoingEndpoint(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def echoing():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), EchoingEndpoint)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    guard = threading.Timer(120, server.shutdown)
-    guard.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    guard.cancel()
-    server.shutdown()
-    server.server_close()
+    with local_endpoint(EchoingEndpoint) as url:
+        yield url
 
 
 def assert_no_secret(*texts: str, folders=()) -> None:

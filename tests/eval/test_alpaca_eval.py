@@ -7,15 +7,14 @@ import json
 import math
 import re
 import shutil
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import ClassVar
 
 import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from helpers import good_or_poor, write_benchmark, write_outputs
+from helpers import good_or_poor, local_endpoint, write_benchmark, write_outputs
 from icr.config import JudgeConfig
 from icr.eval.judges import JUDGES, make_judge
 from icr.eval.judges.alpaca_eval import (
@@ -132,15 +131,8 @@ class AlpacaEndpoint(BaseHTTPRequestHandler):
 @pytest.fixture
 def alpaca_endpoint():
     AlpacaEndpoint.received = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), AlpacaEndpoint)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    guard = threading.Timer(120, server.shutdown)
-    guard.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    guard.cancel()
-    server.shutdown()
-    server.server_close()
+    with local_endpoint(AlpacaEndpoint) as url:
+        yield url
 
 
 def test_icr_eval_judges_with_alpaca_evals_annotator_by_default(tmp_path, alpaca_endpoint):

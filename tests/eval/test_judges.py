@@ -7,13 +7,13 @@ import json
 import math
 import re
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from helpers import good_or_poor, write_benchmark, write_outputs
+from helpers import good_or_poor, local_endpoint, write_benchmark, write_outputs
 from icr.eval.judges.base import Judgement, JudgeRequest, judge_messages, sampled_verdict, verdict_probability
 from icr.eval.judges.cache import JudgementCache
 from icr.eval.judges.hf import HFJudge
@@ -209,15 +209,8 @@ class FakeEndpoint(BaseHTTPRequestHandler):
 def endpoint():
     FakeEndpoint.received = []
     FakeEndpoint.mode = {"logprobs": True, "refuse_logprobs": False, "fail_first": 0, "status": 200}
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeEndpoint)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    guard = threading.Timer(120, server.shutdown)  # stops by itself even if a test hangs
-    guard.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    guard.cancel()
-    server.shutdown()
-    server.server_close()
+    with local_endpoint(FakeEndpoint) as url:
+        yield url
 
 
 def run_eval(tmp_path, url, *extra):
