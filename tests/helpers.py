@@ -273,6 +273,15 @@ def cuda_profile_on_cpu(monkeypatch, vocab: int, rows_per_chunk: int = 7):
     return profile
 
 
+def offline_eval_flags(bench: Path, judge_model: Any, cache: Path, max_new_tokens: int = 3) -> list[str]:
+    """`icr eval` flags of the offline smoke evaluation: Spanish, judged by a local model (`hf`) on the
+    CPU, no length control (it needs all 805 instructions)."""
+    return [
+        "--languages", "es", "--prompts", str(bench), "--judge", "hf", "--judge-model", str(judge_model),
+        "--judge-cache", str(cache), "--no-lc", "--max-new-tokens", str(max_new_tokens), "--device", "cpu",
+    ]  # fmt: skip
+
+
 # ---------------------------------------------------------------- a local OpenAI-compatible endpoint
 
 

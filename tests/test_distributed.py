@@ -211,7 +211,7 @@ def test_shipped_accelerate_configs_load(name, kind):
 
 @pytest.mark.distributed
 def test_eval_outputs_from_two_processes_match_one(tiny_dir, tmp_path):
-    from helpers import write_benchmark
+    from helpers import offline_eval_flags, write_benchmark
 
     bench = write_benchmark(tmp_path / "bench", langs=("es",), n=5)
     files = {}
@@ -223,23 +223,9 @@ def test_eval_outputs_from_two_processes_match_one(tiny_dir, tmp_path):
                 "eval",
                 "--model",
                 f"tiny={tiny_dir}",
-                "--languages",
-                "es",
-                "--prompts",
-                str(bench),
-                "--judge",
-                "hf",
-                "--judge-model",
-                str(tiny_dir),
-                "--judge-cache",
-                str(tmp_path / "cache"),
-                "--no-lc",
-                "--max-new-tokens",
-                "4",
+                *offline_eval_flags(bench, tiny_dir, tmp_path / "cache", max_new_tokens=4),
                 "--batch-size",
                 "2",
-                "--device",
-                "cpu",
                 "--output",
                 str(out),
             ],

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 import icr.plots
-from helpers import run_config, two_iteration_config, write_benchmark
+from helpers import offline_eval_flags, run_config, two_iteration_config, write_benchmark
 from icr.cli import main
 from icr.config import dump_config
 from icr.data import read_json, write_json_atomic
@@ -39,21 +39,7 @@ def finished_run(tiny_dir, tiny_ref_dir, tmp_path_factory):
             "eval",
             "--run-dir",
             str(root),
-            "--languages",
-            "es",
-            "--prompts",
-            str(bench),
-            "--judge",
-            "hf",
-            "--judge-model",
-            str(tiny_ref_dir),
-            "--judge-cache",
-            str(out / "cache"),
-            "--no-lc",
-            "--max-new-tokens",
-            "3",
-            "--device",
-            "cpu",
+            *offline_eval_flags(bench, tiny_ref_dir, out / "cache"),
             "--output",
             str(root / "eval"),
         ],
