@@ -154,16 +154,21 @@ def log_ratio(rec) -> list[float]:
 NO_FILTER = dict(language_filter="off")
 
 
-def test_select_pairs_picks_argmax_and_argmin_of_length_controlled_score():
-    rng = np.random.default_rng(7)
-    records = [
+def random_records(seed: int, prompts: int, responses: int, max_chars: int, label: str, filler: str) -> list[dict]:
+    """`prompts` reward records of `responses` N(0, 1) rewards each, with texts of random length."""
+    rng = np.random.default_rng(seed)
+    return [
         record(
             str(k),
-            rng.normal(0, 1, 5).tolist(),
-            texts=[f"answer {k}.{i} " + "y" * int(rng.integers(1, 200)) for i in range(5)],
+            rng.normal(0, 1, responses).tolist(),
+            texts=[f"{label}{k}.{i} " + filler * int(rng.integers(1, max_chars)) for i in range(responses)],
         )
-        for k in range(12)
+        for k in range(prompts)
     ]
+
+
+def test_select_pairs_picks_argmax_and_argmin_of_length_controlled_score():
+    records = random_records(seed=7, prompts=12, responses=5, max_chars=200, label="answer ", filler="y")
     cfg = PairsConfig(**NO_FILTER)
     pairs, stats = select_pairs(records, cfg)
     alpha = stats["alpha"]
@@ -327,15 +332,7 @@ def test_language_filter_chosen_drops_prompts_with_nothing_in_language():
 
 
 def test_statistics_are_consistent_with_the_pairs():
-    rng = np.random.default_rng(11)
-    recs = [
-        record(
-            str(k),
-            rng.normal(0, 1, 4).tolist(),
-            texts=[f"r{k}.{i} " + "z" * int(rng.integers(1, 60)) for i in range(4)],
-        )
-        for k in range(9)
-    ]
+    recs = random_records(seed=11, prompts=9, responses=4, max_chars=60, label="r", filler="z")
     recs.append({**record("skip", []), "responses": [], "reward": [], "skipped": "prompt too long"})
     recs.append(record("same", [0.0, 1.0], texts=["dup", "dup"]))
     cfg = PairsConfig(**NO_FILTER)
