@@ -23,7 +23,7 @@ Parts (each after an untimed warm-up; CUDA timings synchronise before reading th
   generation.hf   the HF backend at defaults (one chunk of generate.batch_prompts prompts × n).
   generation.vllm the vLLM backend (random weights: load_format dummy), in its child process, when
                   vLLM is importable.
-  training.lora / training.full  one DPO+NLL step (icr.training.dpo_trainer) of train.batch_size pairs:
+  training.lora / training.full  one DPO+NLL step (icr.training.trainer.dpo_trainer) of train.batch_size pairs:
                   LoRA on the main shape, full fine-tuning on llama3.2-1b (tiny: on tiny). Needs trl
                   and datasets; without them the part is skipped with the reason.
 
@@ -155,16 +155,16 @@ def build_model(shape: str, vocab: int, device: str, dtype: torch.dtype):
 
 
 def load_tokenizer(folder: str | None):
-    from icr.models import load_tokenizer as load
-    from icr.models import resolve_model_path
+    from icr.core.models import load_tokenizer as load
+    from icr.core.models import resolve_model_path
 
     return load(folder or resolve_model_path("embedded:smollm2-135m-instruct"))
 
 
 def load_workload(tokenizer, prompts: int, n: int, max_response_tokens: int, template: str) -> list[dict]:
     """Per prompt: lang, instruction (English, crosslingual), prompt ids, n response token lists."""
-    from icr.languages import language_name
-    from icr.models import tokenize_exchange
+    from icr.core.chat import tokenize_exchange
+    from icr.core.languages import language_name
 
     lines = (DATA / "ultrafeedback-multilingual" / "random_1000" / "en.jsonl").read_text(encoding="utf-8")
     english = [json.loads(line)["instruction"] for line in lines.splitlines()[:prompts]]

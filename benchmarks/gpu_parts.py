@@ -146,8 +146,8 @@ def reference_scoring(model, batches: list[list[tuple[list[int], list[int]]]], d
 @guarded
 def score_ours(model, work, device) -> dict:
     from icr.config import RewardConfig
-    from icr.scoring import ScoreGroup, score_groups
-    from icr.scoring_device import profile_for, resolve_token_budget
+    from icr.engines.scoring.device import profile_for, resolve_token_budget
+    from icr.engines.scoring.scorer import ScoreGroup, score_groups
 
     defaults = RewardConfig()
     groups = [ScoreGroup(w["prompt_ids"], w["response_ids"]) for w in work]
@@ -201,8 +201,8 @@ def run_scoring(model, work, device, ceiling_shape) -> dict:
 @guarded
 def generate_hf(model, tokenizer, work, device, new_tokens) -> dict:
     from icr.config import GenerateConfig
-    from icr.models import LoadedModel
-    from icr.sampling import HFGenerator
+    from icr.core.models import LoadedModel
+    from icr.engines.sampling.hf import HFGenerator
 
     config = GenerateConfig(max_new_tokens=new_tokens)
     generator = HFGenerator(LoadedModel(model, tokenizer, "random", "random"), config)
@@ -222,9 +222,9 @@ def generate_vllm(model, tokenizer, work, device, new_tokens) -> dict:
         return skipped("vLLM is not installed")
     if device != "cuda":
         return skipped("vLLM needs a GPU")
-    from icr.child_process import InChildProcess
     from icr.config import GenerateConfig
-    from icr.sampling import VLLMGenerator
+    from icr.engines.sampling.vllm import VLLMGenerator
+    from icr.runtime.child_process import InChildProcess
 
     config = GenerateConfig(max_new_tokens=new_tokens, backend="vllm")
     texts = [w["instruction"] for w in work[: config.batch_prompts]]
@@ -265,8 +265,8 @@ def train_step(model, tokenizer, work, device, lora: bool, max_length: int) -> d
     if missing:
         return skipped(f"needs {', '.join(sorted(set(missing)))} (not installed)")
     from icr.config import LoraConfig, TrainConfig
-    from icr.models import LoadedModel
-    from icr.training import dpo_trainer, preference_dataset
+    from icr.core.models import LoadedModel
+    from icr.training.trainer import dpo_trainer, preference_dataset
 
     config = TrainConfig(lora=LoraConfig(enabled=lora), grad_accum=1, max_length=max_length)
     pairs = []

@@ -58,7 +58,7 @@ def matmul_gflops(size: int = 1024, repeats: int = 20) -> float:
 
 
 def load_prompts(n_prompts: int, langs=("en", "es")) -> list[tuple[str, str]]:
-    from icr.data import load_prompt_set
+    from icr.core.prompts import load_prompt_set
 
     prompts = load_prompt_set(str(UF), list(langs), limit=n_prompts)
     out = []
@@ -73,7 +73,7 @@ def sampled_workload(lm, n_prompts: int, n: int, max_new_tokens: int, cache: Pat
     if cache.exists():
         return json.loads(cache.read_text())
     from icr.config import GenerateConfig
-    from icr.sampling import HFGenerator
+    from icr.engines.sampling.hf import HFGenerator
 
     gen = HFGenerator(lm, GenerateConfig(n=n, max_new_tokens=max_new_tokens, batch_prompts=n_prompts))
     prompts = load_prompts(n_prompts)
@@ -108,8 +108,9 @@ def n_params(model) -> int:
 
 
 def part_scoring(args) -> dict:
-    from icr.models import load_model, tokenize_exchange
-    from icr.scoring import score_responses
+    from icr.core.chat import tokenize_exchange
+    from icr.core.models import load_model
+    from icr.engines.scoring.scorer import score_responses
 
     lm = load_model(MODEL, device="cpu")
     work = sampled_workload(lm, args.prompts, WORKLOAD_N, args.max_new_tokens, workload_file(args))
@@ -199,7 +200,8 @@ def part_plain_forward(args, tokens: int = 960) -> dict:
     """The share of the matmul peak a plain forward of the model reaches on this machine: one
     sequence of `tokens` real workload tokens, logits at every position (what the model's own
     arithmetic allows here, before any scorer overhead)."""
-    from icr.models import load_model, tokenize_exchange
+    from icr.core.chat import tokenize_exchange
+    from icr.core.models import load_model
 
     lm = load_model(MODEL, device="cpu")
     work = sampled_workload(lm, args.prompts, WORKLOAD_N, args.max_new_tokens, workload_file(args))
@@ -217,8 +219,9 @@ def part_plain_forward(args, tokens: int = 960) -> dict:
 
 def part_generation(args) -> dict:
     from icr.config import GenerateConfig
-    from icr.models import end_of_turn_ids, load_model, prompt_ids
-    from icr.sampling import HFGenerator
+    from icr.core.chat import end_of_turn_ids, prompt_ids
+    from icr.core.models import load_model
+    from icr.engines.sampling.hf import HFGenerator
 
     lm = load_model(MODEL, device="cpu")
     prompts = [p for _, p in load_prompts(args.prompts)]
@@ -255,9 +258,9 @@ def part_training(args) -> dict:
     """One epoch of DPO steps (`args.pairs` pairs a step) over the workload's pairs, batched as
     `icr train` batches them: grouped by length (ours) or in TRL's default random order (baseline)."""
     from icr.config import TrainConfig
-    from icr.models import load_model
-    from icr.reference_logps import reference_logps
-    from icr.training import dpo_trainer, preference_dataset
+    from icr.core.models import load_model
+    from icr.training.reference_logps import reference_logps
+    from icr.training.trainer import dpo_trainer, preference_dataset
 
     lm = load_model(MODEL, device="cpu")
     work = json.loads(workload_file(args).read_text())
@@ -314,8 +317,8 @@ def part_padding(args) -> dict:
     pairs with real lengths: X-AlpacaEval instructions (en, es) with gpt-4-turbo's answers to that
     instruction (chosen) and to the next one (rejected). Collation only, no training."""
     from icr.config import TrainConfig
-    from icr.models import load_model
-    from icr.training import dpo_trainer, preference_dataset
+    from icr.core.models import load_model
+    from icr.training.trainer import dpo_trainer, preference_dataset
 
     lm = load_model(MODEL, device="cpu")
     pairs = []
@@ -338,10 +341,11 @@ def part_languages(args) -> dict:
     """Generate and score `args.per_language` prompts in each of `args.langs`, one language after
     another as the pipeline does; the same UltraFeedback ids in every language."""
     from icr.config import GenerateConfig
-    from icr.data import load_prompt_set
-    from icr.models import load_model, prompt_ids
-    from icr.sampling import HFGenerator
-    from icr.scoring import score_responses
+    from icr.core.chat import prompt_ids
+    from icr.core.models import load_model
+    from icr.core.prompts import load_prompt_set
+    from icr.engines.sampling.hf import HFGenerator
+    from icr.engines.scoring.scorer import score_responses
 
     langs = args.langs.split(",")
     lm = load_model(MODEL, device="cpu")
@@ -434,7 +438,7 @@ def main() -> None:
         return
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    from icr.models import resolve_model_path
+    from icr.core.models import resolve_model_path
 
     resolve_model_path(MODEL)  # dequantize once, outside the timings
     gflops = matmul_gflops()

@@ -152,7 +152,7 @@ def _icr(args: list[str], cwd: Path) -> None:
 
 def run_fixed(workdir: Path) -> None:
     """Build the models and the benchmark in `workdir`, then `icr run` and `icr eval` there."""
-    from icr.models import load_tokenizer, resolve_model_path
+    from icr.core.models import load_tokenizer, resolve_model_path
 
     tokenizer = load_tokenizer(resolve_model_path("embedded:smollm2-135m-instruct"))
     _tiny_model(tokenizer, 0, workdir / "models" / "policy")

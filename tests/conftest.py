@@ -21,14 +21,14 @@ from helpers import EMBEDDED, save_tiny  # noqa: E402  (after the environment ab
 
 @pytest.fixture(scope="session")
 def smollm_path() -> str:
-    from icr.models import resolve_model_path
+    from icr.core.models import resolve_model_path
 
     return resolve_model_path(EMBEDDED)
 
 
 @pytest.fixture(scope="session")
 def tokenizer(smollm_path):
-    from icr.models import load_tokenizer
+    from icr.core.models import load_tokenizer
 
     return load_tokenizer(smollm_path)
 
@@ -47,14 +47,14 @@ def tiny_ref_dir(tokenizer, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_lm(tiny_dir):
-    from icr.models import load_model
+    from icr.core.models import load_model
 
     return load_model(str(tiny_dir), device="cpu")
 
 
 @pytest.fixture(scope="session")
 def tiny_ref_lm(tiny_ref_dir):
-    from icr.models import load_model
+    from icr.core.models import load_model
 
     return load_model(str(tiny_ref_dir), device="cpu")
 

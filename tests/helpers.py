@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from icr.config import RewardConfig, RunConfig, TrainConfig, load_config
-from icr.data import write_jsonl_atomic
+from icr.core.io import write_jsonl_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -247,7 +247,7 @@ def eval_decoding(**fields):
 def random_score_groups(vocab: int, seed: int = 1) -> list:
     """Five `ScoreGroup`s of random tokens: long and one-token prompts, an empty completion, scoring
     from inside a completion."""
-    from icr.scoring import ScoreGroup
+    from icr.engines.scoring.scorer import ScoreGroup
 
     rng = np.random.default_rng(seed)
     out = []
@@ -262,9 +262,9 @@ def random_score_groups(vocab: int, seed: int = 1) -> list:
 
 def cuda_profile_on_cpu(monkeypatch, vocab: int, rows_per_chunk: int = 7):
     """The CUDA profile, applied to a CPU model; the output layer's chunks made small so there are many."""
-    from icr import scoring
-    from icr.scoring_device import PROFILES
-    from icr.scoring_head import row_chunked_logprobs
+    from icr.engines.scoring import scorer as scoring
+    from icr.engines.scoring.device import PROFILES
+    from icr.engines.scoring.head import row_chunked_logprobs
 
     profile = dataclasses.replace(
         PROFILES["cuda"], output_layer=functools.partial(row_chunked_logprobs, logit_elements=rows_per_chunk * vocab)

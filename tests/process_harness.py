@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from helpers import LANGS, run_config
 from icr.config import dump_config, load_config
-from icr.data import read_json, read_jsonl
+from icr.core.io import read_json, read_jsonl
 from icr.stages import STAGES as STAGE_TABLE
 
 STAGES = list(STAGE_TABLE)

@@ -18,9 +18,9 @@ from icr.accuracy import (
     wilson_interval,
 )
 from icr.config import AccuracyConfig, RewardConfig
-from icr.errors import DataError
-from icr.records import PreferencePair
-from icr.rewarding import implicit_rewards
+from icr.core.errors import DataError
+from icr.core.records import PreferencePair
+from icr.engines.rewarding import implicit_rewards
 
 
 def pair(chosen: str, rejected: str, lang: str = "en", pid: str = "1") -> PreferencePair:

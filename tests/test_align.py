@@ -8,8 +8,8 @@ import pytest
 
 from icr.align import align_english, load_english_preferences
 from icr.config import AlignConfig
-from icr.data import read_json
-from icr.errors import DataError
+from icr.core.errors import DataError
+from icr.core.io import read_json
 
 
 def test_embedded_preferences_split_into_disjoint_train_and_heldout():

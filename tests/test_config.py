@@ -7,11 +7,11 @@ import json
 import pytest
 import yaml
 
-import icr.models
+import icr.core.models
 import icr.pipeline
-import icr.rundir
+import icr.runtime.rundir
 from icr.config import ConfigError, RunConfig, dump_config, iter_fields, load_config, set_dotted
-from icr.errors import DataError
+from icr.core.errors import DataError
 
 
 def test_defaults_follow_the_paper():
@@ -163,8 +163,8 @@ def _forbid_model_loading(monkeypatch):
         calls.append(args)
         raise AssertionError("a model was loaded before the config/data were checked")
 
-    monkeypatch.setattr(icr.models, "load_model", boom)
-    monkeypatch.setattr(icr.rundir, "load_model", boom)
+    monkeypatch.setattr(icr.core.models, "load_model", boom)
+    monkeypatch.setattr(icr.runtime.rundir, "load_model", boom)
     return calls
 
 
@@ -221,12 +221,12 @@ def test_literal_choices_are_the_registries():
     from typing import get_args
 
     from icr.config.base import JudgeBackend, JudgeOrder, LanguageFilter, RewardMode, SamplingBackend, ScoreTokens
+    from icr.engines.rewarding import STRATEGIES
+    from icr.engines.sampling import BACKENDS
+    from icr.engines.scoring.scorer import SKIPPED_RESPONSE_TOKENS
+    from icr.engines.selection import LANGUAGE_FILTERS
     from icr.eval.judges import JUDGES
     from icr.eval.judging import ORDERS
-    from icr.rewarding import STRATEGIES
-    from icr.sampling import BACKENDS
-    from icr.scoring import SKIPPED_RESPONSE_TOKENS
-    from icr.selection import LANGUAGE_FILTERS
 
     for literal, registry in (
         (SamplingBackend, BACKENDS),

@@ -32,8 +32,8 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import LANGS
-from icr.data import read_jsonl
-from icr.errors import DataError
+from icr.core.errors import DataError
+from icr.core.io import read_jsonl
 from process_harness import (
     STAGES,
     TIME_LIMIT_S,
@@ -121,7 +121,7 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_files(tin
 def test_truncated_last_line_is_repaired_with_a_warning(tmp_path, caplog):
     path = tmp_path / "out.jsonl"
     path.write_text('{"id": "1"}\n{"id": "2", "resp', encoding="utf-8")
-    with caplog.at_level(logging.WARNING, logger="icr.data"):
+    with caplog.at_level(logging.WARNING, logger="icr.core.io"):
         assert read_jsonl(path, repair=True) == [{"id": "1"}]
     assert any(
         r.levelno == logging.WARNING and f"{path}:2" in r.getMessage() and "truncated" in r.getMessage()

@@ -9,15 +9,9 @@ from pathlib import Path
 import pytest
 
 from helpers import SHARED_DATA
-from icr.data import (
-    JsonlAppender,
-    load_prompt_set,
-    read_jsonl,
-    resolve_prompt_source,
-    write_json_atomic,
-    write_jsonl_atomic,
-)
-from icr.errors import DataError
+from icr.core.errors import DataError
+from icr.core.io import JsonlAppender, read_jsonl, write_json_atomic, write_jsonl_atomic
+from icr.core.prompts import load_prompt_set, resolve_prompt_source
 
 UF = SHARED_DATA / "ultrafeedback-multilingual"
 XA = SHARED_DATA / "x-alpacaeval" / "prompts"
@@ -301,7 +295,7 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path):
     import os
     import stat
 
-    from icr.data import write_json_atomic
+    from icr.core.io import write_json_atomic
 
     umask = os.umask(0)
     os.umask(umask)

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from icr.cli import main
-from icr.data import read_jsonl
+from icr.core.io import read_jsonl
 
 pytestmark = pytest.mark.slow  # minutes on a 2-core CPU: `make test-fast` skips this file
 

@@ -14,10 +14,11 @@ import pytest
 import yaml
 
 from icr.config import GenerateConfig
-from icr.data import Prompt, read_jsonl, write_jsonl_atomic
-from icr.distributed import Shard
-from icr.jobs import leftover_parts, merge_parts, part_path
-from icr.sampling import HFGenerator
+from icr.core.distributed import Shard
+from icr.core.io import read_jsonl, write_jsonl_atomic
+from icr.core.prompts import Prompt
+from icr.engines.sampling.hf import HFGenerator
+from icr.runtime.jobs import leftover_parts, merge_parts, part_path
 from icr.stages.generate import generate_language
 
 pytestmark = pytest.mark.slow  # minutes on a 2-core CPU: `make test-fast` skips this file

@@ -1,5 +1,5 @@
-"""Faults inside one process: out of memory at chosen sub-batches (`icr.oom`), a disk that fills
-up mid-write, a stop signal during a write, a diverging loss (`icr.faults`), and the exit code the
+"""Faults inside one process: out of memory at chosen sub-batches (`icr.core.oom`), a disk that fills
+up mid-write, a stop signal during a write, a diverging loss (`icr.core.faults`), and the exit code the
 CLI gives each (`icr.cli.FAULT_EXIT_CODES`)."""
 
 from __future__ import annotations
@@ -17,12 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-import icr.data
-import icr.faults
+import icr.core.faults
+import icr.core.io
 from icr.config import GenerateConfig, RewardConfig, SamplingConfig
-from icr.data import JsonlAppender, Prompt, read_jsonl, write_json_atomic
-from icr.eval.outputs import EvalModel, generate_outputs
-from icr.faults import (
+from icr.core.faults import (
     DiskWriteError,
     OutOfMemory,
     Preempted,
@@ -33,10 +31,13 @@ from icr.faults import (
     stop_on_signals,
     write_section,
 )
-from icr.oom import OomBackoff
-from icr.rewarding import make_strategy
-from icr.sampling import HFGenerator
-from icr.scoring import _SCORING_OOM, score_groups
+from icr.core.io import JsonlAppender, read_jsonl, write_json_atomic
+from icr.core.oom import OomBackoff
+from icr.core.prompts import Prompt
+from icr.engines.rewarding import make_strategy
+from icr.engines.sampling.hf import HFGenerator
+from icr.engines.scoring.scorer import _SCORING_OOM, score_groups
+from icr.eval.outputs import EvalModel, generate_outputs
 from icr.stages.generate import generate_language
 from icr.stages.reward import reward_language
 
@@ -99,7 +100,7 @@ def test_out_of_memory_in_scoring_halves_sub_batches_and_writes_identical_record
     # fails, then the first half of it; the reference's third one fails too
     faulted = tmp_path / "faulted.jsonl"
     with (
-        caplog.at_level(logging.WARNING, logger="icr.oom"),
+        caplog.at_level(logging.WARNING, logger="icr.core.oom"),
         oom_at(tiny_lm.model.get_decoder(), {1, 2}, min_rows=2) as pol,
         oom_at(tiny_ref_lm.model.get_decoder(), {3}, min_rows=2) as ref,
     ):
@@ -212,10 +213,11 @@ def test_out_of_memory_in_generation_halves_rows_and_writes_identical_records(ti
 
 
 def test_out_of_memory_in_a_call_sized_to_free_gpu_memory_writes_identical_records(tiny_lm, tmp_path, monkeypatch):
-    import icr.sampling
+    import icr.engines.sampling.hf
 
     cfg = GenerateConfig(n=3, max_new_tokens=6, batch_prompts=5)
-    monkeypatch.setattr(icr.sampling, "rows_that_fit", lambda model, tokens: 7)  # as on a GPU: 2 prompts a call
+    # as on a GPU: 2 prompts a call
+    monkeypatch.setattr(icr.engines.sampling.hf, "rows_that_fit", lambda model, tokens: 7)
     clean = tmp_path / "clean.jsonl"
     generate_language(HFGenerator(tiny_lm, cfg), PROMPTS, clean, cfg, seed=0, iteration=0, max_prompt_tokens=512)
     generator = HFGenerator(tiny_lm, cfg)
@@ -257,7 +259,7 @@ def enospc_after(monkeypatch, nth: int, partial: bool = True):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real(fd, data)
 
-    monkeypatch.setattr(icr.faults.os, "write", write)
+    monkeypatch.setattr(icr.core.faults.os, "write", write)
 
 
 def test_full_disk_mid_line_leaves_the_earlier_lines_whole(tmp_path, monkeypatch):

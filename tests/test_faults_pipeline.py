@@ -12,11 +12,11 @@ import torch
 import transformers.modeling_utils
 from safetensors.torch import load_file
 
-import icr.faults
-import icr.training
+import icr.core.faults
+import icr.training.trainer
 from helpers import ITERATION_FILES, two_iteration_config
-from icr.data import read_json
-from icr.faults import DiskWriteError, TrainingDiverged, TrainingOutOfMemory
+from icr.core.faults import DiskWriteError, TrainingDiverged, TrainingOutOfMemory
+from icr.core.io import read_json
 from icr.pipeline import run_iterations
 from icr.stages import STAGES
 
@@ -55,7 +55,7 @@ def enospc_at(monkeypatch, match: str, nth: int):
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real(fd, data)
 
-    monkeypatch.setattr(icr.faults.os, "write", write)
+    monkeypatch.setattr(icr.core.faults.os, "write", write)
 
 
 # In run order: an append in the middle of a generation file, the first of another, the manifest
@@ -117,7 +117,7 @@ def test_full_disk_while_saving_the_model_promotes_nothing(clean, tiny_dir, tiny
 def failing_loss(monkeypatch, when, fault):
     """The training loss of the step for which `when(trainer)` holds is made NaN (fault="nan"), or
     the step runs out of memory (fault="oom")."""
-    real = icr.training._make_trainer_class
+    real = icr.training.trainer._make_trainer_class
 
     def make():
         class Faulty(real()):
@@ -131,7 +131,7 @@ def failing_loss(monkeypatch, when, fault):
 
         return Faulty
 
-    monkeypatch.setattr(icr.training, "_make_trainer_class", make)
+    monkeypatch.setattr(icr.training.trainer, "_make_trainer_class", make)
 
 
 def test_nan_loss_promotes_no_model_and_the_run_resumes_after_the_setting_changes(
@@ -172,7 +172,7 @@ def test_training_out_of_memory_names_the_settings_to_lower(clean, tiny_dir, tmp
     config = one_iteration(tmp_path, "oom", tiny_dir, tiny_dir).train
     failing_loss(monkeypatch, lambda trainer: True, "oom")
     with pytest.raises(TrainingOutOfMemory) as err:
-        icr.training.train_dpo(
+        icr.training.trainer.train_dpo(
             str(tiny_dir), root / "iter_0/pairs.jsonl", tmp_path / "model", config, 4096, device="cpu"
         )
     message = str(err.value)
@@ -189,8 +189,8 @@ def test_training_out_of_memory_names_the_settings_to_lower(clean, tiny_dir, tmp
 
 
 def test_changed_train_settings_are_refused_unless_a_later_training_failed(tiny_dir, tiny_ref_dir, tmp_path):
-    from icr.errors import ConfigError
-    from icr.rundir import RunDir
+    from icr.core.errors import ConfigError
+    from icr.runtime.rundir import RunDir
 
     train = STAGES["train"]
     before = two_iteration_config(tmp_path, "hash", tiny_dir, tiny_ref_dir)
@@ -206,7 +206,7 @@ def test_changed_train_settings_are_refused_unless_a_later_training_failed(tiny_
     run.record_failure(1, STAGES["generate"], TrainingDiverged("another stage's failure"))  # not this stage's
     with pytest.raises(ConfigError):
         run.is_done(0, train)
-    run.record_failure(1, train, icr.faults.Preempted("SIGTERM"))  # a stop asks for no change of settings
+    run.record_failure(1, train, icr.core.faults.Preempted("SIGTERM"))  # a stop asks for no change of settings
     with pytest.raises(ConfigError):
         run.is_done(0, train)
     run.record_failure(1, train, TrainingDiverged("loss is nan at step 2"))

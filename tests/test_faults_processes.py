@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 import process_harness
-from icr.data import read_json, read_jsonl
+from icr.core.io import read_json, read_jsonl
 from process_harness import (
     ENV,
     STAGES,

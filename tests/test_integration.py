@@ -8,9 +8,10 @@ import pytest
 
 from helpers import EMBEDDED, SHARED_DATA, run_config
 from icr.config import GenerateConfig
-from icr.data import load_prompt_set, read_json, read_jsonl
+from icr.core.io import read_json, read_jsonl
+from icr.core.prompts import load_prompt_set
+from icr.engines.sampling.hf import HFGenerator
 from icr.pipeline import run_stage
-from icr.sampling import HFGenerator
 from icr.stages.generate import generate_language
 
 pytestmark = pytest.mark.slow  # minutes on a 2-core CPU: `make test-fast` skips this file

@@ -1,4 +1,4 @@
-"""The resumable, sharded JSON Lines job (`icr.jobs.run_job`) on plain items, no model: fixed chunks
+"""The resumable, sharded JSON Lines job (`icr.runtime.jobs.run_job`) on plain items, no model: fixed chunks
 whatever is already done, a chunk processed whole, a truncated last line cut off, and the part files
 of two processes (played one after the other here) merged in item order."""
 
@@ -8,9 +8,9 @@ import logging
 
 import pytest
 
-from icr.data import read_jsonl
-from icr.distributed import Shard
-from icr.jobs import leftover_parts, part_path, run_job
+from icr.core.distributed import Shard
+from icr.core.io import read_jsonl
+from icr.runtime.jobs import leftover_parts, part_path, run_job
 
 ITEMS = list("abcdefg")  # chunk_size 3: chunks [a b c] [d e f] [g]
 CHUNKS = [ITEMS[0:3], ITEMS[3:6], ITEMS[6:]]
@@ -60,7 +60,7 @@ def test_truncated_last_line_is_cut_off_and_its_record_redone(uninterrupted, tmp
     lines = uninterrupted.read_text(encoding="utf-8").splitlines(keepends=True)
     path = tmp_path / "job.jsonl"
     path.write_text("".join(lines[:4]) + lines[4][: len(lines[4]) // 2], encoding="utf-8")  # killed writing "e"
-    with caplog.at_level(logging.WARNING, logger="icr.data"):
+    with caplog.at_level(logging.WARNING, logger="icr.core.io"):
         records, process = job(path)
     assert any("truncated last line" in r.getMessage() for r in caplog.records)
     assert process.chunks == [CHUNKS[1], CHUNKS[2]]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from icr.errors import DataError
-from icr.languages import LANGUAGE_NAMES, UnknownLanguageError, check_language, detect_language, is_in_language
+from icr.core.errors import DataError
+from icr.core.languages import LANGUAGE_NAMES, UnknownLanguageError, check_language, detect_language, is_in_language
 
 SPANISH = "El perro de mi vecino ladra todas las noches y no nos deja dormir tranquilos."
 GERMAN = "Der Hund meines Nachbarn bellt jede Nacht und lässt uns nicht ruhig schlafen."

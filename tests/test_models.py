@@ -8,20 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from icr.models import (
+from icr.core.chat import (
     PLAIN_CHAT_TEMPLATE,
-    ModelLoadError,
     common_prefix_length,
     end_of_turn_ids,
     ensure_chat_template,
-    load_model,
-    pick_device,
-    pick_dtype,
     prompt_ids,
-    resolve_embedded,
-    resolve_model_path,
     tokenize_exchange,
 )
+from icr.core.models import ModelLoadError, load_model, pick_device, pick_dtype, resolve_embedded, resolve_model_path
 
 
 def test_resolve_model_path_kinds(tmp_path, tiny_dir):

@@ -8,17 +8,17 @@ from pathlib import Path
 
 import pytest
 
-import icr.models
-import icr.rundir
-import icr.sampling
+import icr.core.models
+import icr.engines.sampling.hf
+import icr.runtime.rundir
 import icr.stages.generate
 import icr.stages.reward
 from helpers import LANGS, run_config
 from icr.config import ConfigError, load_config
 from icr.config.run import RUN_SECTIONS
-from icr.data import read_json, read_jsonl
+from icr.core.io import read_json, read_jsonl
 from icr.pipeline import run_stage
-from icr.rundir import RunDir
+from icr.runtime.rundir import RunDir
 from icr.stages import STAGES
 
 
@@ -95,7 +95,8 @@ def test_interrupted_and_resumed_run_is_byte_identical(reference_run, tiny_dir, 
     _, _, want = reference_run
     cfg = run_config(tmp_path, tiny_dir, tiny_ref_dir, "resumed")
     # generation crashes after 4 of the 6 prompts (en done, es one of three)
-    monkeypatch.setattr(icr.sampling.HFGenerator, "sample_batch", fail_after(4, icr.sampling.HFGenerator.sample_batch))
+    hf_generator = icr.engines.sampling.hf.HFGenerator
+    monkeypatch.setattr(hf_generator, "sample_batch", fail_after(4, hf_generator.sample_batch))
     with pytest.raises(KeyboardInterrupt):
         run_stage(cfg, "generate")
     root = cfg.run_dir
@@ -148,8 +149,8 @@ def test_rerunning_a_finished_stage_does_nothing(reference_run, tmp_path, monkey
     def boom(*args, **kwargs):
         raise AssertionError("a finished stage loaded a model")
 
-    monkeypatch.setattr(icr.models, "load_model", boom)
-    monkeypatch.setattr(icr.rundir, "load_model", boom)
+    monkeypatch.setattr(icr.core.models, "load_model", boom)
+    monkeypatch.setattr(icr.runtime.rundir, "load_model", boom)
     monkeypatch.setattr(icr.stages.generate, "generate_language", boom)
     monkeypatch.setattr(icr.stages.reward, "reward_language", boom)
     for stage in ("generate", "reward", "pairs"):

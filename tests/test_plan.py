@@ -11,18 +11,19 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import icr.models
+import icr.core.models
 from helpers import X_ALPACAEVAL, needs_shared, run_config
 from icr.cli import main
 from icr.config import PlanEvalConfig, dump_config
-from icr.models import load_tokenizer, prompt_ids
-from icr.pipeline import load_prompts
-from icr.plan import (
+from icr.core.chat import prompt_ids
+from icr.core.models import load_tokenizer
+from icr.observe.plan import (
     eval_estimate,
     make_plan,
     time_estimate,
     weights_info,
 )
+from icr.pipeline import load_prompts
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,7 +33,7 @@ def no_model_loads(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("icr plan loaded a model")
 
-    monkeypatch.setattr(icr.models, "load_model", refuse)
+    monkeypatch.setattr(icr.core.models, "load_model", refuse)
     monkeypatch.setattr("transformers.AutoModelForCausalLM.from_pretrained", refuse)
 
 

@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-import icr.progress
-from icr.progress import (
+import icr.core.progress
+from icr.core.progress import (
     LogProgress,
     configure,
     format_duration,
@@ -19,14 +19,14 @@ from icr.progress import (
 
 @pytest.fixture(autouse=True)
 def _restore_settings():
-    before = (icr.progress.SETTINGS.mode, icr.progress.SETTINGS.interval_s)
+    before = (icr.core.progress.SETTINGS.mode, icr.core.progress.SETTINGS.interval_s)
     yield
     configure(*before)
 
 
 def test_log_lines_come_every_interval_with_rate_and_eta(caplog):
     clock = iter([0.0, 10.0, 31.0, 45.0, 62.0, 70.0]).__next__
-    caplog.set_level(logging.INFO, logger="icr.progress")
+    caplog.set_level(logging.INFO, logger="icr.core.progress")
     bar = LogProgress(100, "generate es", "prompt", interval_s=30.0, clock=clock)
     for _ in range(4):  # at t = 10, 31, 45, 62: lines at 31 and 62 only
         bar.update(10)
@@ -57,7 +57,7 @@ def test_configured_mode_picks_the_reporter(mode, kind):
 
 def test_auto_writes_lines_when_stderr_is_not_a_terminal(caplog, capsys):
     configure("auto", 0.0)
-    caplog.set_level(logging.INFO, logger="icr.progress")
+    caplog.set_level(logging.INFO, logger="icr.core.progress")
     with progress(2, "pairs", "lang") as bar:  # pytest's captured stderr is not a TTY
         bar.update(2)
     assert type(bar.reporter).__name__ == "LogProgress"
@@ -71,6 +71,6 @@ def test_quiet_cli_flag_turns_progress_off(monkeypatch):
     from icr.cli import main
 
     result = CliRunner().invoke(main, ["--quiet", "config"], catch_exceptions=False)
-    assert result.exit_code == 0 and icr.progress.SETTINGS.mode == "none"
+    assert result.exit_code == 0 and icr.core.progress.SETTINGS.mode == "none"
     result = CliRunner().invoke(main, ["--progress", "log", "--log-every", "5", "config"], catch_exceptions=False)
-    assert (icr.progress.SETTINGS.mode, icr.progress.SETTINGS.interval_s) == ("log", 5.0)
+    assert (icr.core.progress.SETTINGS.mode, icr.core.progress.SETTINGS.interval_s) == ("log", 5.0)

@@ -15,10 +15,11 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from icr.config import ConfigError, PairsConfig, RunConfig, dump_config, iter_fields, load_config
-from icr.data import JsonlAppender, load_prompt_set, read_json, read_jsonl, write_jsonl_atomic
-from icr.errors import DataError
+from icr.core.errors import DataError
+from icr.core.io import JsonlAppender, read_json, read_jsonl, write_jsonl_atomic
+from icr.core.prompts import load_prompt_set
+from icr.engines.selection import select_pairs
 from icr.pipeline import run_stage
-from icr.selection import select_pairs
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -333,7 +334,7 @@ pairs_configs = st.builds(
 )  # a tie of different texts: not 'identical'
 @given(records=reward_records(), config=pairs_configs)
 def test_select_pairs_chooses_extremes_and_accounts_for_every_prompt(records, config):
-    from icr.languages import is_in_language
+    from icr.core.languages import is_in_language
 
     pairs, stats = select_pairs(records, config)
     assert stats["prompts"] == len(records) and stats["pairs"] == len(pairs)

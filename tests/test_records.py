@@ -1,4 +1,4 @@
-"""Typed records (`icr.records`): each reads its on-disk JSON and writes it back unchanged, keys in
+"""Typed records (`icr.core.records`): each reads its on-disk JSON and writes it back unchanged, keys in
 the files' order; `TrainingPair.preference_pair` is the one conversion between the pair formats."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import json
 import pytest
 
 from icr.config import PairsConfig
-from icr.records import GenerationRecord, PreferencePair, RewardRecord, TrainingPair
-from icr.selection import select_pairs
+from icr.core.records import GenerationRecord, PreferencePair, RewardRecord, TrainingPair
+from icr.engines.selection import select_pairs
 
 GENERATION = {
     "id": "p1",

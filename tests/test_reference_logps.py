@@ -1,13 +1,15 @@
-"""TRL-exact tokenization (`icr.models.tokenize_exchange`) and the training reference log-probs
-(`icr.reference_logps`), held to a real TRL DPOTrainer's own tokenization and `compute_ref_log_probs`."""
+"""TRL-exact tokenization (`icr.core.models.tokenize_exchange`) and the training reference log-probs
+(`icr.training.reference_logps`), held to a real TRL DPOTrainer's own tokenization and
+`compute_ref_log_probs`."""
 
 from __future__ import annotations
 
 import pytest
 
 from icr.config import RewardConfig
-from icr.models import common_prefix_length, load_model, prompt_ids, tokenize_exchange
-from icr.reference_logps import reference_logps
+from icr.core.chat import common_prefix_length, prompt_ids, tokenize_exchange
+from icr.core.models import load_model
+from icr.training.reference_logps import reference_logps
 
 BUDGET = RewardConfig().token_budget
 ENGLISH = "Name two colours of the rainbow."

@@ -9,16 +9,16 @@ import json
 import pytest
 from click.testing import CliRunner
 
-import icr.plots
+import icr.observe.plots
 from helpers import offline_eval_flags, run_config, two_iteration_config, write_benchmark
 from icr.cli import main
 from icr.config import dump_config
-from icr.data import read_json, write_json_atomic
-from icr.demo_report import write_report
+from icr.core.io import read_json, write_json_atomic
+from icr.demo.report import write_report
+from icr.observe.plan import training_steps
+from icr.observe.report import collect
 from icr.pipeline import write_summary
-from icr.plan import training_steps
-from icr.report import collect
-from icr.rundir import RunDir
+from icr.runtime.rundir import RunDir
 
 
 @pytest.fixture(scope="module")
@@ -86,12 +86,12 @@ def _config_of(root):
 
 def test_figures_count_iterations_and_steps_in_whole_numbers(finished_run, monkeypatch):
     figures = []
-    monkeypatch.setattr(icr.plots, "_save", lambda fig, path: figures.append(fig))
+    monkeypatch.setattr(icr.observe.plots, "_save", lambda fig, path: figures.append(fig))
     data = collect(finished_run)
-    icr.plots.plot_iterations(data["iterations"], finished_run / "x.png")
-    icr.plots.plot_training({t: m["curve"] for t, m in data["training"].items()}, finished_run / "y.png")
-    icr.plots.plot_training({0: data["training"][0]["curve"][:1]}, finished_run / "z.png")  # one step only
-    icr.plots.plot_iterations([r for r in data["iterations"] if r["iteration"] == 0], finished_run / "w.png")
+    icr.observe.plots.plot_iterations(data["iterations"], finished_run / "x.png")
+    icr.observe.plots.plot_training({t: m["curve"] for t, m in data["training"].items()}, finished_run / "y.png")
+    icr.observe.plots.plot_training({0: data["training"][0]["curve"][:1]}, finished_run / "z.png")  # one step only
+    icr.observe.plots.plot_iterations([r for r in data["iterations"] if r["iteration"] == 0], finished_run / "w.png")
     for fig in figures:
         for ax in fig.axes:
             ticks = [x for x in ax.get_xticks() if ax.get_xlim()[0] <= x <= ax.get_xlim()[1]]

@@ -1,4 +1,4 @@
-"""The implicit reward (`icr.rewarding`): r = β·(log π(y|x) − log π_ref(y|x)), the rewarding modes and
+"""The implicit reward (`icr.engines.rewarding`): r = β·(log π(y|x) − log π_ref(y|x)), the rewarding modes and
 their prompts as released, skipped generations, and the reward stage writing in generation order."""
 
 from __future__ import annotations
@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from icr.config import RewardConfig
-from icr.models import tokenize_exchange
-from icr.records import GenerationRecord
-from icr.rewarding import STRATEGIES, RewardInput, implicit_rewards, make_strategy
-from icr.rewarding import reward_records as engine_reward_records
-from icr.scoring import reference_logprobs
-from icr.scoring import score_responses as engine_score_responses
+from icr.core.chat import tokenize_exchange
+from icr.core.records import GenerationRecord
+from icr.engines.rewarding import STRATEGIES, RewardInput, implicit_rewards, make_strategy
+from icr.engines.rewarding import reward_records as engine_reward_records
+from icr.engines.scoring.scorer import reference_logprobs
+from icr.engines.scoring.scorer import score_responses as engine_score_responses
 from icr.stages.reward import reward_language
 
 BUDGET = RewardConfig().token_budget
@@ -148,7 +148,7 @@ LLAMA3_CHAT_TEMPLATE = (
 
 
 def test_crosslingual_prompt_renders_as_released_under_llama3_template(smollm_path):
-    from icr.models import load_tokenizer
+    from icr.core.models import load_tokenizer
 
     tok = load_tokenizer(smollm_path)
     tok.add_special_tokens({"bos_token": "<|begin_of_text|>"})
@@ -197,7 +197,7 @@ def test_skip_first_leaves_out_exactly_the_first_response_tokens_log_ratio(tiny_
 
 
 def test_translation_is_read_between_the_released_tags():
-    from icr.rewarding import TRANSLATE_PROMPT, parse_translation
+    from icr.engines.rewarding import TRANSLATE_PROMPT, parse_translation
 
     assert parse_translation("Red and blue.\n</translated>\nmore") == "Red and blue."
     assert parse_translation("Red and blue.") == "Red and blue."  # no closing tag: the whole generation
@@ -273,7 +273,7 @@ def test_reward_language_writes_in_generation_order(tiny_lm, tiny_ref_lm, tmp_pa
         strategy=make_strategy(RewardConfig()),
     )
     assert [r["id"] for r in recs] == ["b", "a"]
-    from icr.data import read_jsonl
+    from icr.core.io import read_jsonl
 
     assert read_jsonl(out) == recs
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import icr.data
+import icr.core.io
 import icr.stages.train
-import icr.training
+import icr.training.trainer
 from helpers import ITERATION_FILES, two_iteration_config
 from icr.pipeline import run_iterations
 from icr.stages import STAGES
@@ -43,7 +43,7 @@ def test_two_iterations_complete(clean_run):
 
 
 def _crash_after_appends(monkeypatch, k):
-    original = icr.data.JsonlAppender.write
+    original = icr.core.io.JsonlAppender.write
     count = {"n": 0}
 
     def write(self, record):
@@ -55,14 +55,14 @@ def _crash_after_appends(monkeypatch, k):
         count["n"] += 1
         original(self, record)
 
-    monkeypatch.setattr(icr.data.JsonlAppender, "write", write)
+    monkeypatch.setattr(icr.core.io.JsonlAppender, "write", write)
 
 
 def _crash_before_model_rename(monkeypatch):
     def finite(obj):  # called after training, just before the model folder is renamed into place
         raise Crash("simulated kill after training")
 
-    monkeypatch.setattr(icr.training, "_finite", finite)
+    monkeypatch.setattr(icr.training.trainer, "_finite", finite)
 
 
 @pytest.mark.slow
@@ -97,12 +97,12 @@ def test_interrupted_run_resumes_to_identical_files(clean_run, tiny_dir, tiny_re
 
 
 def test_finished_run_is_not_redone(clean_run, monkeypatch):
-    import icr.rundir
+    import icr.runtime.rundir
 
     def boom(*a, **k):
         raise AssertionError("a finished stage ran again")
 
-    monkeypatch.setattr(icr.rundir, "load_model", boom)
+    monkeypatch.setattr(icr.runtime.rundir, "load_model", boom)
     monkeypatch.setattr(icr.stages.train, "train_dpo", boom)
     before = (clean_run.root / "iter_1/pairs.jsonl").stat().st_mtime_ns
     run_iterations(clean_run.config)

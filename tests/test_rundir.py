@@ -1,4 +1,4 @@
-"""The run directory (`icr.rundir`) without running anything: which model each iteration uses, the
+"""The run directory (`icr.runtime.rundir`) without running anything: which model each iteration uses, the
 models of a run folder and what is not one, and the temporary files a killed run leaves. (Stages
 recorded as finished, and refused when their config changed, are tested on real runs in test_pipeline.)"""
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from helpers import run_config
-from icr.errors import DataError
-from icr.rundir import RunDir, run_models
+from icr.core.errors import DataError
+from icr.runtime.rundir import RunDir, run_models
 
 
 @pytest.mark.parametrize("reference", ["original", "previous"])

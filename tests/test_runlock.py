@@ -1,4 +1,4 @@
-"""One writer per run directory (`icr.runlock`): a live holder refuses a second writer, naming it;
+"""One writer per run directory (`icr.runtime.runlock`): a live holder refuses a second writer, naming it;
 the lock of a killed holder is taken over with a warning; without flock the holder line decides."""
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import sys
 
 import pytest
 
-import icr.runlock
-from icr.faults import RunDirInUse
-from icr.runlock import LOCK_NAME, run_lock
+import icr.runtime.runlock
+from icr.core.faults import RunDirInUse
+from icr.runtime.runlock import LOCK_NAME, run_lock
 
 HOLD = (
-    "import sys, time; from pathlib import Path; from icr.runlock import RunLock; "
+    "import sys, time; from pathlib import Path; from icr.runtime.runlock import RunLock; "
     "RunLock(Path(sys.argv[1])).acquire(); print('held', flush=True); time.sleep(600)"
 )
 
@@ -51,7 +51,7 @@ def test_second_writer_is_refused_naming_the_holder(tmp_path, holder):
 def test_lock_of_a_killed_holder_is_taken_over_with_a_warning(tmp_path, holder, caplog):
     os.kill(holder.pid, signal.SIGKILL)
     holder.wait()
-    with caplog.at_level(logging.WARNING, logger="icr.runlock"), run_lock(tmp_path / "run") as lock:
+    with caplog.at_level(logging.WARNING, logger="icr.runtime.runlock"), run_lock(tmp_path / "run") as lock:
         record = json.loads((tmp_path / "run" / LOCK_NAME).read_text())
         assert record["pid"] == os.getpid() and lock.fd is not None
     assert any(f"taking over the lock left by pid {holder.pid}" in r.getMessage() for r in caplog.records)
@@ -82,7 +82,7 @@ def test_without_flock_the_holder_line_decides(tmp_path, monkeypatch, caplog):
     def no_flock(fd, op):
         raise OSError(errno.ENOLCK, "no locks available")
 
-    monkeypatch.setattr(icr.runlock.fcntl, "flock", no_flock)
+    monkeypatch.setattr(icr.runtime.runlock.fcntl, "flock", no_flock)
     root = tmp_path / "run"
     root.mkdir()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -96,6 +96,6 @@ def test_without_flock_the_holder_line_decides(tmp_path, monkeypatch, caplog):
         with pytest.raises(RunDirInUse, match=refused), run_lock(root):
             pass
     lock_file.write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid, "started": "then"}))
-    with caplog.at_level(logging.WARNING, logger="icr.runlock"), run_lock(root):
+    with caplog.at_level(logging.WARNING, logger="icr.runtime.runlock"), run_lock(root):
         assert json.loads(lock_file.read_text())["pid"] == os.getpid()
     assert any(f"left by pid {dead.pid}" in r.getMessage() for r in caplog.records)

@@ -19,13 +19,13 @@ import pytest
 from click.testing import CliRunner
 
 import icr.pipeline
-import icr.training
+import icr.training.trainer
 from helpers import local_endpoint, write_benchmark, write_outputs
 from icr.config import ConfigError, JudgeConfig, ModelsConfig, SamplingConfig, load_config
+from icr.core.models import ModelLoadError, load_model, load_tokenizer
 from icr.eval.judges.base import JudgeError, JudgeRequest
 from icr.eval.judges.openai import OpenAIJudge
-from icr.models import ModelLoadError, load_model, load_tokenizer
-from icr.rundir import ModelPool, RunDir
+from icr.runtime.rundir import ModelPool, RunDir
 from icr.stages import StageContext
 from icr.stages.train import run_train
 
@@ -222,7 +222,7 @@ def test_pickle_checkpoint_loads_only_with_allow_pickle(pickle_dir, tmp_path):
 def test_vllm_generation_refuses_a_pickle_checkpoint_before_loading_it(pickle_dir, tmp_path):
     """vLLM loads weights itself: the folder is refused before vLLM is even imported (here, where
     vLLM is not installed, the error would otherwise be 'needs vLLM')."""
-    from icr.sampling import make_generator
+    from icr.engines.sampling import make_generator
 
     cfg = load_config(
         overrides={
@@ -250,7 +250,7 @@ def test_training_loads_the_policy_under_the_configured_safety_settings(tmp_path
         seen.update(kwargs, spec=spec)
         raise Stop
 
-    monkeypatch.setattr(icr.training, "load_model", fake_load_model)
+    monkeypatch.setattr(icr.training.trainer, "load_model", fake_load_model)
     cfg = load_config(
         overrides={
             "output_dir": str(tmp_path),

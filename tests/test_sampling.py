@@ -1,4 +1,4 @@
-"""The sampling engine (`icr.sampling`): per-row seeds, per-prompt seeds, samples independent of the
+"""The sampling engine (`icr.engines.sampling`): per-row seeds, per-prompt seeds, samples independent of the
 prompt cache, padding and batch partners, decoding up to the end of turn."""
 
 from __future__ import annotations
@@ -7,7 +7,9 @@ import torch
 
 from helpers import MAX_NEW, generate_config
 from icr.config import ModelsConfig
-from icr.sampling import HFGenerator, RowSeededSampler, make_generator, prompt_seed
+from icr.engines.sampling import make_generator
+from icr.engines.sampling.base import prompt_seed
+from icr.engines.sampling.hf import HFGenerator, RowSeededSampler
 
 
 def test_same_seed_same_responses_other_seed_other_responses(tiny_lm):
@@ -24,7 +26,7 @@ def test_prompt_cache_and_left_padding_do_not_change_samples(tiny_lm):
     generate() over the full prompts gives with the same per-row streams."""
     from transformers import LogitsProcessorList
 
-    from icr.models import prompt_ids
+    from icr.core.chat import prompt_ids
 
     cfg = generate_config(n=2)
     gen = HFGenerator(tiny_lm, cfg)

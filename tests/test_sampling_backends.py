@@ -1,5 +1,5 @@
 """Generation backends on a GPU's terms, tested on CPU: the vLLM backend's call shape (a fake `vllm`
-module), generation in a child process (`icr.child_process.open_generator`, as vLLM runs inside
+module), generation in a child process (`icr.runtime.child_process.open_generator`, as vLLM runs inside
 `icr run` and `icr eval`), and the HF backend's chunk split by free memory."""
 
 from __future__ import annotations
@@ -9,13 +9,16 @@ import types
 
 import pytest
 
-from icr import sampling
-from icr.child_process import ChildProcessError, InChildProcess, open_generator
 from icr.config import GenerateConfig, ModelsConfig
-from icr.data import Prompt
-from icr.errors import ModelLoadError
-from icr.models import load_model
-from icr.sampling import BACKENDS, HFGenerator, VLLMGenerator, prompt_seed
+from icr.core.errors import ModelLoadError
+from icr.core.models import load_model
+from icr.core.prompts import Prompt
+from icr.engines.sampling import BACKENDS
+from icr.engines.sampling import hf as hf_sampling
+from icr.engines.sampling.base import prompt_seed
+from icr.engines.sampling.hf import HFGenerator
+from icr.engines.sampling.vllm import VLLMGenerator
+from icr.runtime.child_process import ChildProcessError, InChildProcess, open_generator
 from icr.stages.generate import generate_language
 
 
@@ -138,13 +141,13 @@ def test_hf_chunk_split_by_free_memory_gives_the_same_samples(tiny_lm, monkeypat
         "_sample_rows",  # prompts per call
         lambda enc, rows, **kw: calls.append(len({i for i, _ in rows})) or real(enc, rows, **kw),
     )
-    monkeypatch.setattr(sampling, "rows_that_fit", lambda model, tokens: 5)  # 2 prompts × n = 2 a call
+    monkeypatch.setattr(hf_sampling, "rows_that_fit", lambda model, tokens: 5)  # 2 prompts × n = 2 a call
     assert generator.sample_batch(texts, 2, seeds) == whole
     assert calls == [2, 2, 1]
 
 
 def test_rows_that_fit_is_no_limit_off_cuda(tiny_lm):
-    assert sampling.rows_that_fit(tiny_lm.model, 1000) is None
+    assert hf_sampling.rows_that_fit(tiny_lm.model, 1000) is None
 
 
 def test_only_isolated_backends_get_a_child_process(tiny_lm):

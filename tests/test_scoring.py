@@ -1,4 +1,4 @@
-"""The scorer (`icr.scoring.score_groups`) against the plain full-softmax computation."""
+"""The scorer (`icr.engines.scoring.scorer.score_groups`) against the plain full-softmax computation."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from icr import scoring, scoring_head
-from icr.models import prompt_ids, tokenize_exchange
-from icr.scoring import (
+from icr.core.chat import prompt_ids, tokenize_exchange
+from icr.engines.scoring import head as scoring_head
+from icr.engines.scoring import scorer as scoring
+from icr.engines.scoring.scorer import (
     ScoreGroup,
     _logit_transform,
     _sub_batches,

@@ -1,4 +1,4 @@
-"""The scorer's device profiles (`icr.scoring_device`) and output layers (`icr.scoring_head`).
+"""The scorer's device profiles (`icr.engines.scoring.device`) and output layers (`icr.engines.scoring.head`).
 
 The CUDA profile's code paths (many prompts per prefill forward, row-chunked full-vocabulary output
 layer, widths bucketed to 64, one read-back from the device) are run here on CPU tensors and held to
@@ -15,15 +15,15 @@ import pytest
 import torch
 
 from helpers import cuda_profile_on_cpu, random_score_groups
-from icr import scoring_device
-from icr.scoring import reference_logprobs, score_groups
-from icr.scoring_device import (
+from icr.engines.scoring import device as scoring_device
+from icr.engines.scoring.device import (
     PROFILES,
     bytes_per_scored_token,
     cuda_token_budget,
     resolve_token_budget,
 )
-from icr.scoring_head import row_chunked_logprobs, vocab_sliced_logprobs
+from icr.engines.scoring.head import row_chunked_logprobs, vocab_sliced_logprobs
+from icr.engines.scoring.scorer import reference_logprobs, score_groups
 
 FP32_TOL = 1e-4
 BF16_TOL = 0.15  # nats per token (0.0 seen on this CPU); log-probs of this model span about -68..0

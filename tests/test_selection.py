@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from icr.config import PairsConfig
-from icr.selection import PAPER_ALPHA_STEP, Candidates, fit_alpha, select_pairs
+from icr.engines.selection import PAPER_ALPHA_STEP, Candidates, fit_alpha, select_pairs
 
 
 def make_groups(rng: np.random.Generator, n_prompts: int, sizes=(2, 8), reward_scale=1.0, max_len=400):

@@ -6,9 +6,11 @@ from __future__ import annotations
 import pytest
 
 from helpers import MAX_NEW, generate_config
-from icr.data import Prompt, read_jsonl
-from icr.models import load_model
-from icr.sampling import HFGenerator, prompt_seed
+from icr.core.io import read_jsonl
+from icr.core.models import load_model
+from icr.core.prompts import Prompt
+from icr.engines.sampling.base import prompt_seed
+from icr.engines.sampling.hf import HFGenerator
 from icr.stages.generate import generate_language
 
 

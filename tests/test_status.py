@@ -12,10 +12,11 @@ from click.testing import CliRunner
 
 from helpers import run_config
 from icr.cli import main
-from icr.data import read_jsonl
+from icr.core.io import read_jsonl
+from icr.observe.status import run_status
 from icr.pipeline import run_stage
+from icr.runtime.status import stage_started, status_file
 from icr.stages import STAGES
-from icr.status import run_status, stage_started, status_file
 
 
 @pytest.fixture(scope="module")

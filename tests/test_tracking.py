@@ -8,8 +8,8 @@ import pytest
 
 from helpers import TOKEN_BUDGET, train_config, write_train_pairs
 from icr.config import ConfigError, load_config
-from icr.data import read_json
-from icr.training import train_dpo
+from icr.core.io import read_json
+from icr.training.trainer import train_dpo
 
 PAIR_STATS = {
     "en": {

@@ -10,10 +10,10 @@ from safetensors.torch import load_file
 
 from helpers import TOKEN_BUDGET, TRAIN_PAIRS, train_config, write_train_pairs
 from icr.config import load_config
-from icr.data import read_json, read_jsonl
-from icr.models import load_model
-from icr.reference_logps import StaleReferenceError, reference_logps, spot_check
-from icr.training import dpo_trainer, preference_dataset, train_dpo
+from icr.core.io import read_json, read_jsonl
+from icr.core.models import load_model
+from icr.training.reference_logps import StaleReferenceError, reference_logps, spot_check
+from icr.training.trainer import dpo_trainer, preference_dataset, train_dpo
 
 
 def _trainer(lm, pairs_path, config, tmp_path):
@@ -75,8 +75,8 @@ def test_nll_weight_adds_lambda_times_token_mean_nll(tiny_dir, tmp_path):
     nll = sum(r["chosen_nll"] for r in reference_logps(lm, pairs, 64, TOKEN_BUDGET, per_token_nll=True))
     # TRL's sft term is a token mean over the whole batch; recompute it that way.
     per_token = []
-    from icr.reference_logps import pair_tokens
-    from icr.scoring import ScoreGroup, score_group
+    from icr.engines.scoring.scorer import ScoreGroup, score_group
+    from icr.training.reference_logps import pair_tokens
 
     for p in pairs:
         prompt, chosen, rejected, starts = pair_tokens(lm.tokenizer, p, 64)
@@ -119,12 +119,12 @@ def test_train_dpo_saves_a_loadable_model_with_metrics(tiny_dir, tmp_path, lora)
 
 
 def test_config_errors_fail_before_any_model_loads(monkeypatch, tmp_path):
-    import icr.models
+    import icr.core.models
 
     def boom(*a, **k):
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr(icr.models, "load_model", boom)
+    monkeypatch.setattr(icr.core.models, "load_model", boom)
     for override, field in [
         ({"reward.beta": 0}, "reward.beta"),
         ({"generate.n": 1}, "generate.n"),
@@ -142,7 +142,7 @@ def test_compacted_lm_head_on_cpu_gives_the_same_log_probs_and_gradients(tiny_di
     from trl.kernels.chunked_logprob import _use_triton as trl_use_triton
     from trl.trainer.utils import add_fused_lm_head
 
-    from icr.training import compact_trl_lm_head_on_cpu
+    from icr.training.trainer import compact_trl_lm_head_on_cpu
 
     monkeypatch.setattr(trl_utils, "_use_triton", trl_use_triton)  # TRL as shipped (restored afterwards)
     lm = load_model(str(tiny_dir), device="cpu")
@@ -174,7 +174,7 @@ def test_compacted_lm_head_on_cpu_gives_the_same_log_probs_and_gradients(tiny_di
 
 @pytest.mark.parametrize("processes, accumulation", [(1, 16), (2, 8), (8, 2), (16, 1)])
 def test_global_batch_size_fixes_the_batch_whatever_the_process_count(processes, accumulation, tmp_path):
-    from icr.training import dpo_config, gradient_accumulation
+    from icr.training.trainer import dpo_config, gradient_accumulation
 
     config = train_config(batch_size=2, grad_accum=5, global_batch_size=32)
     assert gradient_accumulation(config, processes) == accumulation
@@ -186,7 +186,7 @@ def test_global_batch_size_fixes_the_batch_whatever_the_process_count(processes,
 @pytest.mark.parametrize("processes", [3, 32])
 def test_indivisible_global_batch_is_a_clear_error(processes):
     from icr.config import ConfigError
-    from icr.training import gradient_accumulation
+    from icr.training.trainer import gradient_accumulation
 
     with pytest.raises(ConfigError, match=rf"global_batch_size=32 .* 2 × {processes}"):
         gradient_accumulation(train_config(batch_size=2, global_batch_size=32), processes)
@@ -201,9 +201,9 @@ def test_global_batch_not_a_multiple_of_batch_size_is_refused_by_the_config():
 
 def test_indivisible_global_batch_fails_before_any_model_loads(tmp_path, monkeypatch):
     from icr.config import ConfigError
-    from icr.distributed import Shard
+    from icr.core.distributed import Shard
 
-    monkeypatch.setattr("icr.training.current_shard", lambda: Shard(0, 3))
+    monkeypatch.setattr("icr.training.trainer.current_shard", lambda: Shard(0, 3))
     with pytest.raises(ConfigError, match="global_batch_size"):  # not a model-loading error
         train_dpo(
             "no/such-model",

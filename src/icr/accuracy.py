@@ -1,7 +1,7 @@
 """Implicit-reward accuracy on held-out preference pairs, per language and rewarding mode.
 
 Accuracy = share of pairs with r(x, chosen) > r(x, rejected), where r = β·log π_dpo/π_ref and x is
-the instruction the rewarding mode shows (`icr.rewarding.STRATEGIES`). A tie counts as half. The
+the instruction the rewarding mode shows (`icr.engines.rewarding.STRATEGIES`). A tie counts as half. The
 interval is Wilson's 95% score interval. This is the paper's Figure 3 measurement: does the English
 DPO model judge answers in language l better against the English or the native instruction?
 
@@ -19,12 +19,12 @@ from collections import defaultdict
 from pathlib import Path
 
 from icr.config import AccuracyConfig, RewardConfig
-from icr.data import read_jsonl
-from icr.errors import DataError
-from icr.models import LoadedModel
-from icr.progress import progress
-from icr.records import PreferencePair
-from icr.rewarding import RewardInput, make_strategy, reward_inputs
+from icr.core.errors import DataError
+from icr.core.io import read_jsonl
+from icr.core.models import LoadedModel
+from icr.core.progress import progress
+from icr.core.records import PreferencePair
+from icr.engines.rewarding import RewardInput, make_strategy, reward_inputs
 
 
 def load_preference_pairs(source: str | Path) -> list[PreferencePair]:

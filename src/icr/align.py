@@ -1,8 +1,8 @@
 """Stage 0, for users without an English DPO model: English DPO from a reference/SFT model.
 
 The English preference data (TRL's format: `prompt`, `chosen`, `rejected`, as strings or as
-messages) is converted to the conversational pairs format of `icr.records.TrainingPair` and trained
-with the same `icr.training.train_dpo` as the ICR iterations, so stage 0 and stage 4 cannot drift apart.
+messages) is converted to the conversational pairs format of `icr.core.records.TrainingPair` and trained
+with the same `icr.training.trainer.train_dpo` as the ICR iterations, so stage 0 and stage 4 cannot drift apart.
 """
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from icr.config import AlignConfig, RewardConfig
-from icr.data import embedded_path, read_json, read_jsonl, write_jsonl_atomic
-from icr.errors import DataError
-from icr.training import train_dpo
+from icr.core.errors import DataError
+from icr.core.io import read_json, read_jsonl, write_jsonl_atomic
+from icr.core.prompts import embedded_path
+from icr.training.trainer import train_dpo
 
 
 def _as_messages(value, role: str) -> list[dict]:

@@ -1,9 +1,9 @@
 """`icr run`: T iterations of the stages in `icr.stages.STAGES`, resuming where a run stopped.
 
 A stage runs only if the manifest does not record it as finished (under the same config
-sections); it is recorded once its outputs are complete (`icr.rundir`). `icr run` and every stage
-command hold the run directory's lock (`icr.runlock`: one writer per run), and a stage stopped by
-a signal is recorded in the manifest's `failures` (`icr.faults`).
+sections); it is recorded once its outputs are complete (`icr.runtime.rundir`). `icr run` and every stage
+command hold the run directory's lock (`icr.runtime.runlock`: one writer per run), and a stage stopped by
+a signal is recorded in the manifest's `failures` (`icr.core.faults`).
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from icr.config import RunConfig
-from icr.data import PromptSet, load_prompt_set, read_json, write_text_atomic
-from icr.errors import ConfigError
-from icr.faults import Preempted, acknowledge_stop
-from icr.rundir import ModelPool, RunDir
-from icr.runlock import run_lock
+from icr.core.errors import ConfigError
+from icr.core.faults import Preempted, acknowledge_stop
+from icr.core.io import read_json, write_text_atomic
+from icr.core.prompts import PromptSet, load_prompt_set
+from icr.runtime.rundir import ModelPool, RunDir
+from icr.runtime.runlock import run_lock
 from icr.stages import STAGES, Stage, StageContext
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def run_once(stage: Stage, ctx: StageContext) -> None:
 
 @contextmanager
 def open_run(config: RunConfig) -> Iterator[RunDir]:
-    """The run directory of `config`, locked for this process (`icr.runlock`) during the block.
+    """The run directory of `config`, locked for this process (`icr.runtime.runlock`) during the block.
     The lock comes first: opening a RunDir clears what an earlier writer left."""
     with run_lock(config.run_dir):
         yield RunDir(config)

@@ -164,7 +164,7 @@ def test_eval_command_documents_every_option():
 @pytest.mark.slow
 @needs_shared
 def test_real_smollm2_on_x_alpacaeval_with_the_offline_judge(tmp_path):
-    from icr.models import load_model
+    from icr.core.models import load_model
 
     config = eval_config(
         X_ALPACAEVAL,

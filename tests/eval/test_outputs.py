@@ -8,10 +8,10 @@ import json
 import pytest
 
 from helpers import OUTPUT_FIELDS, REFERENCE, eval_decoding, write_benchmark
+from icr.engines.sampling.base import Sample
 from icr.eval.benchmark import OutputsError, load_benchmark
 from icr.eval.outputs import EvalModel, generate_outputs, parse_model_option
-from icr.rundir import run_models
-from icr.sampling import Sample
+from icr.runtime.rundir import run_models
 
 
 def test_model_options_and_run_dir(tmp_path):

@@ -1,7 +1,7 @@
 """The `icr` command line: a thin layer over `icr.pipeline`, `icr.stages` and the commands.
 
 Each command's options are generated from its config model (`icr.cli.options`); every command
-runs with the stop signals handled (`icr.faults.stop_on_signals`) and turns the project's errors
+runs with the stop signals handled (`icr.core.faults.stop_on_signals`) and turns the project's errors
 into one clean line: exit code 2 for a config error, the code of `FAULT_EXIT_CODES` for a fault of
 a long run, 1 for the others.
 """
@@ -14,8 +14,8 @@ import click
 
 from icr.cli.options import config_options, resolve
 from icr.config import RunConfig, dump_config
-from icr.errors import ConfigError, IcrError
-from icr.faults import (
+from icr.core.errors import ConfigError, IcrError
+from icr.core.faults import (
     DiskWriteError,
     OutOfMemory,
     Preempted,
@@ -24,7 +24,7 @@ from icr.faults import (
     acknowledge_stop,
     stop_on_signals,
 )
-from icr.progress import MODES, configure
+from icr.core.progress import MODES, configure
 from icr.stages import STAGES
 
 # The faults of long runs (README: Failures and recovery): exception type -> (exit code, meaning).
@@ -140,7 +140,7 @@ def run_command(config_path, **options):
 
     run = run_iterations(resolve(RunConfig, config_path, options))
     if run.shard.is_main:  # under `accelerate launch`, the main process writes and prints the summary
-        from icr.report import write_run_report
+        from icr.observe.report import write_run_report
 
         click.echo((run.root / "summary.md").read_text())
         click.echo(f"run finished: {run.root}; report: {write_run_report(run.root)}")

@@ -28,8 +28,8 @@ def reward_accuracy_command(config_path, **options):
     """Accuracy of the implicit reward on held-out preference pairs, per language and mode
     (Wilson 95% interval): the measurement behind the paper's Figure 3."""
     from icr.accuracy import format_accuracy_table, load_preference_pairs, reward_accuracy_table
-    from icr.data import write_json_atomic
-    from icr.models import load_model
+    from icr.core.io import write_json_atomic
+    from icr.core.models import load_model
 
     config = resolve(AccuracyConfig, config_path, options)
     pairs = load_preference_pairs(config.pairs)
@@ -47,7 +47,7 @@ def eval_command(config_path, **options):
     """X-AlpacaEval: answer the instructions of each language with every model (paper decoding),
     judge each output against the reference output pairwise, and write the leaderboard (LC and WR
     per language and on average) as Markdown, CSV and PNG. See docs/eval.md."""
-    from icr.distributed import current_shard
+    from icr.core.distributed import current_shard
     from icr.eval.outputs import eval_models
     from icr.eval.run import evaluate
 
@@ -79,7 +79,7 @@ def eval_command(config_path, **options):
 def demo_command(quick, output_dir):
     """The whole method offline on SmolLM2-135M-Instruct: English DPO (stage 0), 2 ICR iterations,
     reward accuracy in 5 languages, and a Markdown report with plots."""
-    from icr.demo import run_demo
+    from icr.demo.run import run_demo
 
     report = run_demo(Path(output_dir), quick=quick)
     click.echo(f"report: {report}")

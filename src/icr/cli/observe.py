@@ -19,9 +19,9 @@ def plan_command(config_path, **options):
     """Before a run, without loading a model: prompts × languages × N, upper bounds on tokens to
     generate and score, training steps, disk, a time estimate from the latest benchmark results
     for the same kind of device, and `icr eval`'s judge calls and cost. Prints it and writes JSON."""
-    from icr.data import write_json_atomic
-    from icr.plan import make_plan
-    from icr.plan_text import format_plan
+    from icr.core.io import write_json_atomic
+    from icr.observe.plan import make_plan
+    from icr.observe.plan_text import format_plan
 
     config, plan_config = resolve(RunConfig, config_path, options), resolve(PlanConfig, None, options)
     plan = make_plan(config, plan_config)
@@ -37,8 +37,8 @@ def plan_command(config_path, **options):
 def status_command(run_dir, as_json):
     """Where a run stands, per iteration and stage: done, running (records written / expected, rate,
     ETA), interrupted, or not started. Reads only RUN_DIR: safe from another shell while the run goes."""
+    from icr.observe.status import format_status, run_status, status_json
     from icr.stages import STAGES
-    from icr.status import format_status, run_status, status_json
 
     rows = run_status(run_dir, list(STAGES))
     click.echo(json.dumps(status_json(rows), indent=2) if as_json else format_status(run_dir, rows))
@@ -65,6 +65,6 @@ def report_command(run_dir, eval_dir, output_dir):
     """Markdown + PNG report of a run (finished or not): per iteration and language prompts, pairs
     kept, drops by reason, α, lengths, margin, target-language share; training curves; the
     X-AlpacaEval table when eval results exist."""
-    from icr.report import write_run_report
+    from icr.observe.report import write_run_report
 
     click.echo(f"report: {write_run_report(run_dir, output_dir, eval_dir)}")

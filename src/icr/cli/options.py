@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel
 
 from icr.config import build_config, iter_fields
-from icr.errors import ConfigError
+from icr.core.errors import ConfigError
 
 
 def option_name(dotted: str) -> str:

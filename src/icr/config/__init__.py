@@ -30,7 +30,7 @@ from icr.config.run import (
     TrainConfig,
     load_config,
 )
-from icr.errors import ConfigError
+from icr.core.errors import ConfigError
 
 __all__ = [
     "DEFAULT_MODEL",

@@ -13,8 +13,8 @@ from typing import Annotated, Any, Literal, TypeVar
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from icr.errors import ConfigError
-from icr.languages import check_language
+from icr.core.errors import ConfigError
+from icr.core.languages import check_language
 
 DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
 
@@ -23,12 +23,12 @@ Dtype = Annotated[
     Literal["auto", "float32", "bfloat16", "float16"],
     Field(description="Weights dtype: auto = bfloat16 on a GPU, float32 on a CPU."),
 ]
-RewardMode = Literal["crosslingual", "multilingual", "translate"]  # keys of icr.rewarding.STRATEGIES
-SamplingBackend = Literal["hf", "vllm"]  # keys of icr.sampling.BACKENDS
+RewardMode = Literal["crosslingual", "multilingual", "translate"]  # keys of icr.engines.rewarding.STRATEGIES
+SamplingBackend = Literal["hf", "vllm"]  # keys of icr.engines.sampling.BACKENDS
 JudgeBackend = Literal["alpaca_eval", "openai", "hf"]  # keys of icr.eval.judges.JUDGES
 JudgeOrder = Literal["random", "both"]  # keys of icr.eval.judging.ORDERS
-ScoreTokens = Literal["all", "skip_first"]  # keys of icr.scoring.SKIPPED_RESPONSE_TOKENS
-LanguageFilter = Literal["off", "chosen", "all"]  # keys of icr.selection.LANGUAGE_FILTERS
+ScoreTokens = Literal["all", "skip_first"]  # keys of icr.engines.scoring.scorer.SKIPPED_RESPONSE_TOKENS
+LanguageFilter = Literal["off", "chosen", "all"]  # keys of icr.engines.selection.LANGUAGE_FILTERS
 
 
 def _known_languages(value: list[str]) -> list[str]:

@@ -136,7 +136,7 @@ class RewardConfig(StrictModel):
     token_budget: int | Literal["auto"] = Field(
         "auto",
         description="Max tokens per scoring forward pass; auto = 4096 on a CPU, sized from free "
-        "memory on a GPU (icr.scoring_device; give a number for identical sub-batches across machines). "
+        "memory on a GPU (icr.engines.scoring.device; give a number for identical sub-batches across machines). "
         "Also the budget of the reference scoring before training.",
     )
     batch_prompts: int = Field(

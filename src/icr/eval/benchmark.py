@@ -9,9 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from icr.data import read_json, read_jsonl, resolve_prompt_source
-from icr.errors import DataError
-from icr.languages import check_language
+from icr.core.errors import DataError
+from icr.core.io import read_json, read_jsonl
+from icr.core.languages import check_language
+from icr.core.prompts import resolve_prompt_source
 
 DEFAULT_REFERENCE = "gpt-4-turbo-2024-04-09"
 

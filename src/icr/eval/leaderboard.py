@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from icr.data import write_json_atomic
+from icr.core.io import write_json_atomic
 
 
 def leaderboard_frame(table: pd.DataFrame, languages: list[str]) -> pd.DataFrame:

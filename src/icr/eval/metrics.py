@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from icr.languages import detect_language
+from icr.core.languages import detect_language
 
 log = logging.getLogger(__name__)
 

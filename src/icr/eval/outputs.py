@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from icr.config import EvalConfig, SamplingConfig
-from icr.data import read_json, write_json_atomic
-from icr.distributed import Shard
+from icr.core.distributed import Shard
+from icr.core.io import read_json, write_json_atomic
+from icr.engines.sampling.base import Generator, prompt_seed
 from icr.eval.benchmark import OutputsError
-from icr.jobs import run_job
-from icr.rundir import run_models
-from icr.sampling import Generator, prompt_seed
+from icr.runtime.jobs import run_job
+from icr.runtime.rundir import run_models
 
 
 @dataclass(frozen=True)

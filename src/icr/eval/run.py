@@ -21,11 +21,11 @@ from typing import Any
 
 import pandas as pd
 
-from icr.child_process import open_generator
 from icr.config import EvalConfig, ModelsConfig
-from icr.data import read_jsonl, write_json_atomic
-from icr.distributed import current_shard
-from icr.errors import DataError
+from icr.core.distributed import current_shard
+from icr.core.errors import DataError
+from icr.core.io import read_jsonl, write_json_atomic
+from icr.core.models import cache_root, load_model
 from icr.eval.benchmark import load_benchmark, read_outputs, resolve_sources
 from icr.eval.judges import make_judge
 from icr.eval.judges.base import Judge
@@ -34,7 +34,7 @@ from icr.eval.judging import PairItem, PairResult, judge_pairs
 from icr.eval.leaderboard import write_results
 from icr.eval.metrics import LCUnavailable, load_gamed_table, summarize
 from icr.eval.outputs import EvalModel, decoding_record, generate_outputs, safe_name
-from icr.models import cache_root, load_model
+from icr.runtime.child_process import open_generator
 
 log = logging.getLogger(__name__)
 

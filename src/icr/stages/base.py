@@ -1,6 +1,6 @@
 """What a stage is: a name, the config sections its outputs depend on, its inputs and outputs in
 the run directory, and a driver that reads the inputs, calls an engine and writes the outputs.
-Every stage, when it starts, writes its status file (`icr.status`), which `icr status` reads."""
+Every stage, when it starts, writes its status file (`icr.runtime.status`), which `icr status` reads."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from icr.data import PromptSet
-from icr.rundir import ModelPool, RunDir
-from icr.status import stage_started
+from icr.core.prompts import PromptSet
+from icr.runtime.rundir import ModelPool, RunDir
+from icr.runtime.status import stage_started
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class Stage:
     counts_records: bool = False  # its .jsonl outputs hold one record per unit (status counts their lines)
 
     def execute(self, ctx: StageContext) -> dict[str, Any]:
-        """Run the driver, after writing the stage's status file for `icr status` (`icr.status`)."""
+        """Run the driver, after writing the stage's status file for `icr status` (`icr.runtime.status`)."""
         run = ctx.run
         if run.shard.is_main:
             counted = [p for p in self.outputs(run, ctx.t) if p.suffix == ".jsonl"] if self.counts_records else []

@@ -1,20 +1,20 @@
 """Stage 1, generate: the policy π^t samples generate.n responses to every prompt, in its own
-language (`icr.sampling` samples; this driver feeds it the prompts and writes the records). An
+language (`icr.engines.sampling` samples; this driver feeds it the prompts and writes the records). An
 isolated backend (vLLM) runs in a child process that exits with the stage
-(`icr.child_process.open_generator`), so the reward stage's two models find the GPU memory free."""
+(`icr.runtime.child_process.open_generator`), so the reward stage's two models find the GPU memory free."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-from icr.child_process import open_generator
 from icr.config import GenerateConfig
-from icr.data import Prompt
-from icr.distributed import Shard
-from icr.jobs import run_job
-from icr.records import GenerationRecord
-from icr.sampling import Generator, Sample, prompt_seed
+from icr.core.distributed import Shard
+from icr.core.prompts import Prompt
+from icr.core.records import GenerationRecord
+from icr.engines.sampling.base import Generator, Sample, prompt_seed
+from icr.runtime.child_process import open_generator
+from icr.runtime.jobs import run_job
 from icr.stages.base import Stage, StageContext, language_files
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def generate_language(
     max_prompt_tokens: int,
     shard: Shard = Shard(),
 ) -> list[dict]:
-    """Sample for every prompt not yet in `out_file` (`icr.jobs.run_job`: fixed chunks of
+    """Sample for every prompt not yet in `out_file` (`icr.runtime.jobs.run_job`: fixed chunks of
     `config.batch_prompts`, resumable, sharded). A prompt longer than `max_prompt_tokens` is not
     truncated: it gets a record with no responses and a `skipped` reason, never silently lost."""
 

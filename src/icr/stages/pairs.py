@@ -1,10 +1,10 @@
 """Stage 3, pairs: chosen and rejected response per prompt with length control
-(`icr.selection` selects; this driver reads the rewards of every language and writes the pairs)."""
+(`icr.engines.selection` selects; this driver reads the rewards of every language and writes the pairs)."""
 
 from __future__ import annotations
 
-from icr.data import read_jsonl, write_json_atomic, write_jsonl_atomic
-from icr.selection import select_pairs
+from icr.core.io import read_jsonl, write_json_atomic, write_jsonl_atomic
+from icr.engines.selection import select_pairs
 from icr.stages.base import Stage, StageContext, language_files
 
 

@@ -1,17 +1,17 @@
 """Stage 2, reward: every response scored with the implicit reward β·log π^t/π_ref under the
-rewarding mode (`icr.rewarding` scores; this driver reads the generations and writes the records)."""
+rewarding mode (`icr.engines.rewarding` scores; this driver reads the generations and writes the records)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from icr.config import RewardConfig
-from icr.data import read_jsonl
-from icr.distributed import Shard
-from icr.jobs import run_job
-from icr.models import LoadedModel
-from icr.records import GenerationRecord
-from icr.rewarding import STRATEGIES, RewardingStrategy, make_strategy, reward_records
+from icr.core.distributed import Shard
+from icr.core.io import read_jsonl
+from icr.core.models import LoadedModel
+from icr.core.records import GenerationRecord
+from icr.engines.rewarding import STRATEGIES, RewardingStrategy, make_strategy, reward_records
+from icr.runtime.jobs import run_job
 from icr.stages.base import Stage, StageContext, language_files
 
 
@@ -27,7 +27,7 @@ def reward_language(
     shard: Shard = Shard(),
 ) -> list[dict]:
     """Score every generation record not yet in `out_file`, in fixed chunks of
-    `config.batch_prompts` (`icr.jobs.run_job`: resumable, sharded, in generation order)."""
+    `config.batch_prompts` (`icr.runtime.jobs.run_job`: resumable, sharded, in generation order)."""
     records = [GenerationRecord.from_json(g) for g in generations]
 
     def process(chunk: list[GenerationRecord]) -> list[dict]:

@@ -1,15 +1,15 @@
-"""Stage 4, train: DPO + λ·NLL on the pairs, from π^t to π^{t+1} (`icr.training` trains). Trackers
+"""Stage 4, train: DPO + λ·NLL on the pairs, from π^t to π^{t+1} (`icr.training.trainer` trains). Trackers
 (`train.report_to`) log under `<run>/tracking/iter_<t>` as `<run_name>/iter_<t>`, with the
 iteration's pair statistics; `icr status` sees the optimizer steps."""
 
 from __future__ import annotations
 
-from icr.data import read_json
-from icr.faults import OutOfMemory, TrainingDiverged
+from icr.core.faults import OutOfMemory, TrainingDiverged
+from icr.core.io import read_json
+from icr.runtime.status import train_status_callback
 from icr.stages.base import Stage, StageContext
-from icr.status import train_status_callback
-from icr.tracking import tracked_run_name
-from icr.training import train_dpo
+from icr.training.tracking import tracked_run_name
+from icr.training.trainer import train_dpo
 
 
 def run_train(ctx: StageContext) -> dict:

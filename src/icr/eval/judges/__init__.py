@@ -24,8 +24,8 @@ def _openai(config: JudgeConfig, device: str, dtype: str) -> Judge:
 
 
 def _hf(config: JudgeConfig, device: str, dtype: str) -> Judge:
+    from icr.core.models import load_model
     from icr.eval.judges.hf import HFJudge
-    from icr.models import load_model
 
     return HFJudge(
         load_model(config.model or DEFAULT_JUDGE_MODELS["hf"], device=device, dtype=dtype), config.batch_size

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from icr.errors import IcrError
-from icr.languages import language_name
+from icr.core.errors import IcrError
+from icr.core.languages import language_name
 
 PROMPT_VERSION = "icr-pairwise-v1"
 VERDICTS = ("A", "B")

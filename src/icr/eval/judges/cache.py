@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from icr.data import read_json, write_json_atomic
+from icr.core.io import read_json, write_json_atomic
 from icr.eval.judges.base import PROMPT_VERSION, Judgement
 
 log = logging.getLogger(__name__)

@@ -8,8 +8,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from icr.core.models import LoadedModel, fingerprint
 from icr.eval.judges.base import PROMPT_VERSION, VERDICTS, JudgeError, Judgement, JudgeRequest, judge_messages
-from icr.models import LoadedModel, fingerprint
 
 log = logging.getLogger(__name__)
 

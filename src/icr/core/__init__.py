@@ -1,0 +1,1 @@
+"""Foundation: errors and faults, languages, typed records, files, prompts, models and chat rendering."""

@@ -1,0 +1,78 @@
+"""Rendering prompts and exchanges with the tokenizer's own chat template.
+
+Prompts are always rendered by the tokenizer's chat template. A tokenizer without one gets
+`PLAIN_CHAT_TEMPLATE`, set on the tokenizer so that training (TRL), generation and scoring all see
+the same text.
+"""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger(__name__)
+
+PLAIN_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] + '\n\n' }}"
+    "{% elif message['role'] == 'user' %}{{ '### Instruction:\n' + message['content'] + '\n\n' }}"
+    "{% else %}{{ '### Response:\n' + message['content'] + eos_token + '\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '### Response:\n' }}{% endif %}"
+)
+
+
+def ensure_chat_template(tokenizer) -> None:
+    """Give a template-less tokenizer the documented plain template; make sure it can pad."""
+    if not getattr(tokenizer, "chat_template", None):
+        log.warning("tokenizer has no chat template: using the plain '### Instruction/### Response' template")
+        tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def user_messages(instruction: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": instruction}]
+
+
+def _chat_ids(tokenizer, messages, add_generation_prompt: bool) -> list[int]:
+    out = tokenizer.apply_chat_template(
+        messages, tokenize=True, return_dict=True, add_generation_prompt=add_generation_prompt
+    )
+    return list(out["input_ids"])
+
+
+def prompt_ids(tokenizer, instruction: str) -> list[int]:
+    return _chat_ids(tokenizer, user_messages(instruction), add_generation_prompt=True)
+
+
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def tokenize_exchange(tokenizer, instruction: str, response: str) -> tuple[list[int], list[int]]:
+    """(prompt ids, completion ids) exactly as TRL's DPOTrainer tokenizes a conversational pair.
+
+    The completion is the rendered [user, assistant] conversation minus its common prefix with the
+    rendered prompt, so it includes the template's end-of-turn token(s). Scoring and training use
+    this one function, so the implicit reward is computed on exactly what DPO optimises.
+    """
+    p_ids = prompt_ids(tokenizer, instruction)
+    full = _chat_ids(tokenizer, user_messages(instruction) + [{"role": "assistant", "content": response}], False)
+    cut = common_prefix_length(p_ids, full)
+    return p_ids[:cut], full[cut:]
+
+
+def end_of_turn_ids(tokenizer, model=None) -> list[int]:
+    """Token ids that end an assistant turn: the generation config's EOS ids plus the tokenizer's."""
+    ids: list[int] = []
+    if model is not None and getattr(model, "generation_config", None) is not None:
+        eos = model.generation_config.eos_token_id
+        ids += eos if isinstance(eos, list) else ([eos] if eos is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return list(dict.fromkeys(ids))

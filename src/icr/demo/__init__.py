@@ -1,0 +1,1 @@
+"""The embedded demo and its report."""

@@ -1,0 +1,1 @@
+"""The fast scorer: log pi(y|x) of many completions that share prompts."""

@@ -1,0 +1,1 @@
+"""Readers of a run: report, plots, plan, status."""

@@ -1,0 +1,235 @@
+"""The run directory: its layout, its manifest, and the models of a run.
+
+    runs/NAME/
+      config.yaml, manifest.json         resolved config; finished stages, versions, config hashes,
+                                          failures (preemptions, diverged or out-of-memory trainings)
+      .icr.lock                           while a command writes the run: its holder (`icr.runtime.runlock`)
+      iter_0/generations/{lang}.jsonl     N responses per prompt from π^0
+      iter_0/rewards/{lang}.jsonl         logp_policy, logp_ref, n_tokens, reward per response
+      iter_0/pairs.jsonl, pairs_stats.json
+      iter_0/model/                       π^1 (+ train_metrics.json)
+      iter_1/...
+
+A stage is recorded as finished in the manifest only after its outputs are complete, together with
+a hash of the config sections it depends on. Re-running a finished stage does nothing; an
+interrupted stage resumes from its partial output; a finished stage whose config changed is an
+error (start a new run name instead of mixing results).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import platform
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Protocol
+
+import yaml
+
+from icr.config import RunConfig, dump_config
+from icr.config.run import RUN_SECTIONS
+from icr.core.distributed import current_shard
+from icr.core.errors import ConfigError, DataError
+from icr.core.faults import SETTINGS_FAULTS, RunFault, write_section
+from icr.core.io import read_json, write_json_atomic, write_text_atomic
+from icr.core.models import LoadedModel, load_model
+
+log = logging.getLogger(__name__)
+
+LIBRARIES = ("icr", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "pydantic", "py3langid")
+
+
+class StageName(Protocol):
+    name: str
+    sections: tuple[str, ...]
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def iter_dir(root: Path, t: int) -> Path:
+    return root / f"iter_{t}"
+
+
+def model_dir(root: Path, t: int) -> Path:
+    """Where π^{t+1}, trained in iteration t, is saved."""
+    return iter_dir(root, t) / "model"
+
+
+def run_models(root: str | Path) -> list[tuple[str, str]]:
+    """(name, model spec) of a run folder's models: 'pi0' = models.policy of its config.yaml, then
+    'pi{t+1}' = iter_t/model for each trained iteration."""
+    root = Path(root)
+    config_file = root / "config.yaml"
+    if not config_file.exists():
+        raise DataError(f"{root}: not a run folder (no config.yaml)")
+    config = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+    policy = (config.get("models") or {}).get("policy")
+    if not policy:
+        raise DataError(f"{config_file}: no models.policy")
+    iterations = sorted(int(p.name[5:]) for p in root.glob("iter_*") if p.name[5:].isdigit())
+    return [("pi0", str(policy))] + [
+        (f"pi{t + 1}", str(model_dir(root, t))) for t in iterations if (model_dir(root, t) / "config.json").exists()
+    ]
+
+
+class RunDir:
+    """A run folder and its manifest."""
+
+    def __init__(self, config: RunConfig):
+        self.config = config
+        self.shard = current_shard()  # under `accelerate launch`, only the main process writes the manifest
+        self.root = config.run_dir
+        self.manifest_path = self.root / "manifest.json"
+        self.root.mkdir(parents=True, exist_ok=True)
+        if self.shard.is_main:  # temporary files of atomic writes that a killed run left unfinished
+            for stale in self.root.rglob(".*.tmp"):
+                stale.unlink(missing_ok=True)
+        self.manifest = (
+            read_json(self.manifest_path)
+            if self.manifest_path.exists()
+            else {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "stages": {}}
+        )
+
+    def _save(self) -> None:
+        """Record the config and versions that produced the finished stages (only when one finishes,
+        so a refused config never overwrites the description of a run)."""
+        if not self.shard.is_main:
+            return
+        self.manifest["versions"] = library_versions()
+        self.manifest["config_hash"] = self.config.section_hash(*RUN_SECTIONS)
+        with write_section():  # a stop signal waits for both files
+            write_text_atomic(self.root / "config.yaml", dump_config(self.config))
+            write_json_atomic(self.manifest_path, self.manifest)
+
+    def record_failure(self, t: int, stage: StageName, err: BaseException) -> None:
+        """Keep a stage's failure (a diverged or out-of-memory training, a preemption) in the
+        manifest's `failures` list; a failed training lets earlier iterations keep other train settings
+        (`is_done`)."""
+        if not self.shard.is_main:
+            return
+        self.manifest.setdefault("failures", []).append(
+            {
+                "stage": stage.name,
+                "iteration": t,
+                "kind": type(err).__name__,
+                "message": str(err),
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "config_hash": self.config.section_hash(*stage.sections),
+            }
+        )
+        try:
+            write_json_atomic(self.manifest_path, self.manifest)
+        except RunFault as write_err:  # e.g. the disk is full too: the stop itself matters more
+            log.error("%s", write_err)
+
+    def settings_failure_after(self, t: int, stage: StageName) -> dict | None:
+        """The recorded failure of `stage` in a later iteration than t that asked the user to change
+        its settings (`icr.core.faults.SETTINGS_FAULTS`: a diverged or out-of-memory training), if any.
+        (The other sections stage t depends on are checked by its own iteration's earlier stages.)"""
+        kinds = {fault.__name__ for fault in SETTINGS_FAULTS}
+        return next(
+            (
+                f
+                for f in self.manifest.get("failures", [])
+                if f["stage"] == stage.name and f["iteration"] > t and f["kind"] in kinds
+            ),
+            None,
+        )
+
+    def iter_dir(self, t: int) -> Path:
+        return iter_dir(self.root, t)
+
+    def generations_dir(self, t: int) -> Path:
+        return self.iter_dir(t) / "generations"
+
+    def rewards_dir(self, t: int) -> Path:
+        return self.iter_dir(t) / "rewards"
+
+    def pairs_file(self, t: int) -> Path:
+        return self.iter_dir(t) / "pairs.jsonl"
+
+    def pairs_stats_file(self, t: int) -> Path:
+        return self.iter_dir(t) / "pairs_stats.json"
+
+    def tracking_dir(self, t: int) -> Path:
+        """Where the experiment trackers of iteration t's training log (`train.report_to`)."""
+        return self.root / "tracking" / f"iter_{t}"
+
+    def model_dir(self, t: int) -> Path:
+        """Where π^{t+1}, trained in iteration t, is saved."""
+        return model_dir(self.root, t)
+
+    def policy_spec(self, t: int) -> str:
+        """π^t: the configured DPO model at t = 0, then the model trained in iteration t − 1."""
+        return self.config.models.policy if t == 0 else str(self.model_dir(t - 1))
+
+    def reward_reference_spec(self, t: int) -> str:
+        """The reference of iteration t's reward: π_ref ('original') or π^{t−1} ('previous')."""
+        if self.config.reward.reference == "original" or t == 0:
+            return self.config.models.reference
+        return self.policy_spec(t - 1)
+
+    def translator_spec(self, t: int) -> str:
+        """Who translates responses in `reward.mode: translate`: `models.translator`, else π^t, as the
+        released scripts do (scripts/batch_translate.sh runs the policy checkpoint)."""
+        return self.config.models.translator or self.policy_spec(t)
+
+    def is_done(self, t: int, stage: StageName) -> bool:
+        entry = self.manifest["stages"].get(f"iter_{t}/{stage.name}")
+        if not entry or entry.get("status") != "done":
+            return False
+        if entry["config_hash"] != self.config.section_hash(*stage.sections):
+            failure = self.settings_failure_after(t, stage)
+            if failure is None:
+                raise ConfigError(
+                    f"{self.root}: stage iter_{t}/{stage.name} finished under a different config (sections "
+                    f"{', '.join(stage.sections)}); use a new run name, or delete iter_{t} onwards to redo it"
+                )
+            # the user changed the settings as the failure's message asked
+            log.warning(
+                "iter_%d/%s finished under other settings; kept, because iter_%d/%s failed (%s) and the "
+                "new settings apply from there on",
+                t,
+                stage.name,
+                failure["iteration"],
+                stage.name,
+                failure["kind"],
+            )
+        return True
+
+    def mark_done(self, t: int, stage: StageName, **info) -> None:
+        self.manifest["stages"][f"iter_{t}/{stage.name}"] = {
+            "status": "done",
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "config_hash": self.config.section_hash(*stage.sections),
+            **info,
+        }
+        self._save()
+
+
+class ModelPool:
+    """Models loaded once and shared by the stages of an iteration."""
+
+    def __init__(self, config: RunConfig):
+        self.config = config
+        self.models: dict[str, LoadedModel] = {}
+
+    def get(self, spec: str) -> LoadedModel:
+        if spec not in self.models:
+            m = self.config.models
+            self.models[spec] = load_model(spec, m.device, m.dtype, m.trust_remote_code, m.allow_pickle)
+        return self.models[spec]
+
+    def clear(self) -> None:
+        self.models.clear()
+        gc.collect()

@@ -1,0 +1,1 @@
+"""Training: the TRL trainer with DPO + NLL, reference log-probs, tracked loss terms."""

@@ -1,0 +1,98 @@
+"""Reference log-probs for DPO (paper §3.3): the tokens TRL trains on for a pair, the reference
+model's log-probs on them, their cache, and a spot check against TRL's own reference forward.
+
+They are computed once, before training, by our scorer on exactly the tokens TRL trains on (same
+template, same end-of-turn, same `max_length` truncation) and stored keyed by the content they
+depend on; the spot check refuses stale or misaligned values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from icr.config import TrainConfig
+from icr.core.chat import tokenize_exchange
+from icr.core.errors import IcrError
+from icr.core.io import read_json, write_json_atomic
+from icr.core.models import LoadedModel, fingerprint
+from icr.engines.scoring.scorer import ScoreGroup, score_groups
+
+REFERENCE_PAIRS_PER_PASS = 8  # pairs whose responses share the reference's forward passes
+
+
+class StaleReferenceError(IcrError, RuntimeError):
+    """Precomputed reference log-probs that disagree with the reference model."""
+
+
+def pair_tokens(tokenizer, pair: dict, max_length: int):
+    """(prompt ids, chosen ids, rejected ids) as TRL builds them, after keep_start truncation."""
+    instruction = pair["prompt"][0]["content"]
+    p_c, chosen = tokenize_exchange(tokenizer, instruction, pair["chosen"][0]["content"])
+    p_r, rejected = tokenize_exchange(tokenizer, instruction, pair["rejected"][0]["content"])
+    shared = min(len(p_c), len(p_r))
+    prompt = p_c[:shared]
+    room = max_length - shared
+    return (
+        prompt,
+        (p_c[shared:] + chosen)[:room],
+        (p_r[shared:] + rejected)[:room],
+        (len(p_c) - shared, len(p_r) - shared),
+    )
+
+
+def reference_logps(
+    reference: LoadedModel, pairs: list[dict], max_length: int, token_budget: int | str, per_token_nll: bool = False
+) -> list[dict]:
+    """ref_chosen_logps / ref_rejected_logps per pair (our scorer, TRL's tokens and truncation).
+    With `per_token_nll`, also the token-mean NLL of the chosen response."""
+    out = []
+    for k in range(0, len(pairs), REFERENCE_PAIRS_PER_PASS):
+        # Every token after the shared prompt counts, as in TRL's completion mask (which also covers
+        # a prompt tail that merged with the response, see `tokenize_exchange`).
+        chunk = pairs[k : k + REFERENCE_PAIRS_PER_PASS]
+        tokens = [pair_tokens(reference.tokenizer, pair, max_length) for pair in chunk]
+        groups = [ScoreGroup(prompt, [chosen, rejected]) for prompt, chosen, rejected, _ in tokens]
+        for chosen, rejected in score_groups(reference.model, groups, token_budget, per_token=True):
+            row = {"ref_chosen_logps": float(sum(chosen)), "ref_rejected_logps": float(sum(rejected))}
+            if per_token_nll:
+                row["chosen_nll"] = -sum(chosen) / max(len(chosen), 1)
+            out.append(row)
+    return out
+
+
+def cached_reference_logps(
+    reference: LoadedModel,
+    pairs_file: Path,
+    pairs: list[dict],
+    config: TrainConfig,
+    cache_dir: Path,
+    token_budget: int | str,
+) -> list[dict]:
+    """Reference log-probs keyed by (pairs content, reference model fingerprint, max_length)."""
+    key = hashlib.sha256(
+        pairs_file.read_bytes() + fingerprint(reference.path).encode() + f"{config.max_length}|nll".encode()
+    ).hexdigest()[:20]
+    cache = cache_dir / f"ref_logps-{key}.json"
+    if cache.exists():
+        return read_json(cache)
+    values = reference_logps(reference, pairs, config.max_length, token_budget, per_token_nll=True)
+    write_json_atomic(cache, values)
+    return values
+
+
+def spot_check(trainer, dataset, tolerance: float = 1e-2) -> None:
+    """Refuse precomputed reference log-probs that disagree with TRL's own reference forward."""
+    batch = trainer.data_collator([dataset[i] for i in range(min(2, len(dataset)))])
+    batch = {k: v.to(trainer.model.device) if hasattr(v, "to") else v for k, v in batch.items()}
+    chosen, rejected = trainer.compute_ref_log_probs(trainer.model, batch)
+    want = torch.cat([chosen, rejected]).float().cpu()
+    have = torch.cat([batch["ref_chosen_logps"], batch["ref_rejected_logps"]]).float().cpu()
+    gap = float((want - have).abs().max())
+    if gap > tolerance + 1e-4 * float(want.abs().max()):
+        raise StaleReferenceError(
+            f"precomputed reference log-probs differ from the reference model by {gap:.4g} nats: stale or "
+            "misaligned cache; delete it and train again"
+        )

@@ -1,0 +1,388 @@
+"""Training engine: preference transfer with DPO + NLL on the chosen response (paper §3.3).
+
+    loss = −log σ(β·[(log π(y_c|x) − log π_ref(y_c|x)) − (log π(y_r|x) − log π_ref(y_r|x))])
+           + λ · NLL(y_c | x)                    (NLL = token-mean cross-entropy of the chosen response)
+
+TRL's DPOTrainer does the optimisation (`loss_type=["sigmoid", "sft"]`, `loss_weights=[1, λ]`).
+The policy starts from the current model, which is also the reference. Reference log-probs are
+computed once, before training, on exactly the tokens TRL trains on, cached, and spot-checked
+against TRL's own reference forward (`icr.training.reference_logps`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from icr.config import TrainConfig
+from icr.core.distributed import current_shard
+from icr.core.errors import ConfigError, DataError
+from icr.core.faults import OutOfMemory, TrainingOutOfMemory, disk_errors, divergence_guard, write_section
+from icr.core.io import read_jsonl, write_json_atomic
+from icr.core.models import LoadedModel, load_model
+from icr.core.oom import free_accelerator_memory, out_of_memory_errors
+from icr.training.reference_logps import cached_reference_logps, pair_tokens, reference_logps, spot_check
+
+log = logging.getLogger(__name__)
+
+
+def pair_length(tokenizer, pair: dict, config: TrainConfig) -> int:
+    """Token slots the pair's longer sequence takes in a batch (what length grouping sorts by)."""
+    prompt, chosen, rejected, _ = pair_tokens(tokenizer, pair, config.max_length)
+    return len(prompt) + max(len(chosen), len(rejected))
+
+
+def preference_dataset(tokenizer, pairs: list[dict], ref: list[dict], config: TrainConfig):
+    """TRL's preference columns (prompt, chosen, rejected, and ref_*_logps when precomputed) plus
+    the `length` that transformers' length-grouped sampler reads."""
+    from datasets import Dataset
+
+    keep = ("prompt", "chosen", "rejected") + (
+        ("ref_chosen_logps", "ref_rejected_logps") if config.precompute_ref else ()
+    )
+    return Dataset.from_list(
+        [{**{k: {**p, **r}[k] for k in keep}, "length": pair_length(tokenizer, p, config)} for p, r in zip(pairs, ref)]
+    )
+
+
+def usable_pairs(tokenizer, pairs: list[dict], max_length: int) -> list[dict]:
+    """Pairs TRL keeps: those whose prompt alone is shorter than max_length (it drops the others)."""
+    kept = [p for p in pairs if len(pair_tokens(tokenizer, p, max_length)[0]) < max_length]
+    if len(kept) < len(pairs):
+        log.warning("%d pairs dropped: prompt alone reaches train.max_length=%d", len(pairs) - len(kept), max_length)
+    return kept
+
+
+def dpo_terms(current: list[dict], ref: list[dict], beta: float) -> dict:
+    """The DPO term, NLL term and reward margin/accuracy, from the policy's log-probs (`current`,
+    with `chosen_nll`) and the reference's. Logged separately: a large NLL weight can make the
+    combined loss and the reward metrics look better than they are."""
+    margins = torch.tensor(
+        [
+            beta
+            * ((c["ref_chosen_logps"] - r["ref_chosen_logps"]) - (c["ref_rejected_logps"] - r["ref_rejected_logps"]))
+            for c, r in zip(current, ref)
+        ]
+    )
+    return {
+        "dpo_loss": float(-F.logsigmoid(margins).mean()),
+        "nll_loss": float(sum(c["chosen_nll"] for c in current) / len(current)),
+        "reward_margin": float(margins.mean()),
+        "reward_accuracy": float((margins > 0).float().mean()),
+    }
+
+
+def compact_trl_lm_head_on_cpu() -> None:
+    """Make TRL's fused LM head project only the positions that carry a label, on CPU too.
+
+    Replaces `trl.trainer.utils._use_triton`, a private function of TRL 1.16.0 (the version
+    pyproject.toml pins): check it on any TRL upgrade.
+
+    TRL compacts to the labelled positions on Triton devices and projects every position
+    elsewhere (fixed tile shapes for compilers such as Neuron's). On CPU that sends the prompt and
+    the padding through the vocabulary projection as well: in our benchmark's step (8 pairs,
+    max_length 256) 4,080 positions instead of 760, a third of the step's time. The log-probs
+    are the same either way (unlabelled positions are zero); `test_training` checks it."""
+    import trl.trainer.utils as trl_utils
+
+    original = getattr(trl_utils, "_use_triton", None)
+    if original is None or getattr(original, "icr_compact_on_cpu", False):
+        return
+
+    def compact(device) -> bool:
+        return device.type == "cpu" or original(device)
+
+    compact.icr_compact_on_cpu = True
+    trl_utils._use_triton = compact
+
+
+def _make_trainer_class():
+    from trl import DPOTrainer
+
+    from icr.training.tracking import LossTermsMixin
+
+    compact_trl_lm_head_on_cpu()
+
+    class ICRDPOTrainer(LossTermsMixin, DPOTrainer):
+        """DPOTrainer that uses reference log-probs already present in the dataset, and logs the
+        DPO and NLL terms of its loss separately (`icr.training.tracking`)."""
+
+        def _precompute_ref_logps(self, dataset, name, batch_size):
+            # overrides a private method of TRL 1.16.0 (pinned in pyproject.toml): check on upgrade
+            if "ref_chosen_logps" in dataset.column_names:
+                return dataset
+            return super()._precompute_ref_logps(dataset, name, batch_size)
+
+    return ICRDPOTrainer
+
+
+def gradient_accumulation(config: TrainConfig, processes: int) -> int:
+    """Accumulation steps per optimizer step. With `global_batch_size` G set: G / (batch_size × P)
+    for P processes, so the global batch is G whatever the launch; otherwise `grad_accum` (the
+    global batch is then batch_size × grad_accum × P)."""
+    if config.global_batch_size is None:
+        return config.grad_accum
+    per_pass = config.batch_size * processes
+    if config.global_batch_size % per_pass:
+        raise ConfigError(
+            f"train.global_batch_size={config.global_batch_size} is not divisible by train.batch_size × processes "
+            f"= {config.batch_size} × {processes} = {per_pass}: change batch_size or the number of processes"
+        )
+    return config.global_batch_size // per_pass
+
+
+def dpo_config(config: TrainConfig, output_dir: str, n_pairs: int, processes: int = 1, run_name: str | None = None):
+    from trl import DPOConfig
+
+    use_cpu = not torch.cuda.is_available()
+    return DPOConfig(
+        output_dir=output_dir,
+        beta=config.beta,
+        loss_type=["sigmoid", "sft"] if config.nll_weight > 0 else ["sigmoid"],
+        loss_weights=[1.0, config.nll_weight] if config.nll_weight > 0 else None,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_ratio,  # transformers 5: a float < 1 is a share of the steps
+        num_train_epochs=config.epochs,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=gradient_accumulation(config, processes),
+        max_length=config.max_length,
+        seed=config.seed,
+        data_seed=config.seed,
+        precompute_ref_log_probs=config.precompute_ref,
+        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
+        **({"gradient_checkpointing": True} if config.gradient_checkpointing else {}),
+        bf16=not use_cpu and torch.cuda.is_bf16_supported(),
+        use_cpu=use_cpu,
+        logging_steps=1,
+        logging_nan_inf_filter=False,  # transformers would log a NaN/inf loss as the mean of the earlier ones
+        save_strategy="no",
+        report_to=config.report_to,
+        run_name=run_name,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=True,  # `icr.core.progress` reports the steps (a bar on a terminal, log lines otherwise)
+    )
+
+
+def dpo_trainer(
+    lm: LoadedModel,
+    dataset,
+    config: TrainConfig,
+    output_dir: str,
+    run_name: str | None = None,
+    tracking_dir: Path | None = None,
+    pair_stats: dict | None = None,
+    callbacks: tuple = (),
+):
+    """Our DPOTrainer on `dataset` (see `preference_dataset`) with `config`'s arguments and LoRA;
+    tracker logs (`train.report_to`) under `tracking_dir` as `run_name`, with `pair_stats` logged at
+    step 0 (`icr.training.tracking`); progress through `icr.core.progress`; `callbacks`: extra
+    transformers callbacks."""
+    from transformers import PrinterCallback
+
+    from icr.core.progress import trainer_callback
+    from icr.training.tracking import pair_statistics_callback, tensorboard_dir
+
+    args = dpo_config(config, output_dir, len(dataset), current_shard().world, run_name)
+    with tensorboard_dir(tracking_dir):
+        trainer = _make_trainer_class()(
+            model=lm.model, args=args, train_dataset=dataset, processing_class=lm.tokenizer, peft_config=_lora(config)
+        )
+    trainer.remove_callback(PrinterCallback)  # it prints every log dict; the step progress replaces it
+    for callback in (trainer_callback(), pair_statistics_callback(trainer, pair_stats), *callbacks):
+        trainer.add_callback(callback)
+    return trainer
+
+
+def _lora(config: TrainConfig):
+    if not config.lora.enabled:
+        return None
+    from peft import LoraConfig as PeftLoraConfig
+
+    lora = config.lora
+    return PeftLoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+
+
+def train_dpo(
+    model_spec: str,
+    pairs_file: Path,
+    out_dir: Path,
+    config: TrainConfig,
+    token_budget: int | str,
+    device: str,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    *,
+    run_name: str | None = None,
+    tracking_dir: Path | None = None,
+    pair_stats: dict | None = None,
+    callbacks: tuple = (),
+) -> dict:
+    """Train π^{t+1} from π^t (= reference) on a pairs file; save a model folder at `out_dir`.
+
+    The folder appears complete or not at all (written beside it, then renamed). Metrics go to
+    `out_dir/train_metrics.json`: TRL's log history plus the DPO and NLL terms before and after.
+    Trackers (`config.report_to`) log under `tracking_dir` as `run_name`, with `pair_stats` (the
+    iteration's `pairs_stats.json`) at step 0; `callbacks` are extra transformers callbacks."""
+    lm, pairs = _model_and_pairs(model_spec, pairs_file, config, device, trust_remote_code, allow_pickle)
+    shard = current_shard()
+    # One scratch folder, the same on every process (a sharded save writes into it from all of them);
+    # what a killed run left there is discarded.
+    work = out_dir.parent / f".{out_dir.name}.partial"
+    if shard.is_main:
+        shutil.rmtree(work, ignore_errors=True)
+    shard.wait()
+    with training_memory(config):
+        ref = cached_reference_logps(lm, pairs_file, pairs, config, out_dir.parent / "cache", token_budget)
+    dataset = preference_dataset(lm.tokenizer, pairs, ref, config)
+    lm.model.train()
+    trainer = dpo_trainer(lm, dataset, config, str(work / "trainer"), run_name, tracking_dir, pair_stats, callbacks)
+    # a NaN/inf or exploding loss stops training: nothing below runs, no model is promoted
+    trainer.add_callback(divergence_guard(config.max_loss_ratio, f"{out_dir} (from {model_spec})"))
+    with training_memory(config):
+        if config.precompute_ref:
+            spot_check(trainer, trainer.train_dataset)
+        result = trainer.train()
+    try:
+        # a stop signal lets the model be saved and renamed, and acts once the stage is recorded
+        with write_section(completes_record=False), disk_errors(out_dir):
+            metrics = _save_and_measure(trainer, result, lm, pairs, ref, config, token_budget, work / "model")
+            if shard.is_main:
+                if out_dir.exists():  # moved aside in one step: out_dir is never a half-deleted model
+                    os.replace(out_dir, work / "previous")
+                os.replace(work / "model", out_dir)
+    finally:
+        shard.wait()
+        if shard.is_main:
+            shutil.rmtree(work, ignore_errors=True)
+    return metrics
+
+
+def _model_and_pairs(
+    model_spec: str, pairs_file: Path, config: TrainConfig, device: str, trust_remote_code: bool, allow_pickle: bool
+) -> tuple[LoadedModel, list[dict]]:
+    """The model to train and the file's pairs that TRL keeps (`usable_pairs`); an empty pairs file
+    or an indivisible global batch fails before any weights load."""
+    pairs = read_jsonl(pairs_file)
+    if not pairs:
+        raise DataError(f"{pairs_file}: no preference pairs to train on")
+    gradient_accumulation(config, current_shard().world)  # an indivisible global batch fails before loading
+    lm = load_model(
+        model_spec,
+        device=device,
+        dtype="float32" if device == "cpu" else "auto",
+        trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle,
+    )
+    return lm, usable_pairs(lm.tokenizer, pairs, config.max_length)
+
+
+@contextmanager
+def training_memory(config: TrainConfig):
+    """Out of memory in training (or in its reference log-probs): a `TrainingOutOfMemory` naming the
+    settings to lower, after freeing the memory."""
+    advice = (
+        f"training ran out of memory; no model was saved. Lower one of: train.batch_size (now "
+        f"{config.batch_size}; raise train.grad_accum, now {config.grad_accum}, to keep the effective "
+        f"batch), train.max_length (now {config.max_length}), or set train.gradient_checkpointing: true "
+        "or train.lora.enabled: true; then run the same command again: the run resumes at this training stage"
+    )
+    try:
+        yield
+    except OutOfMemory as err:
+        raise TrainingOutOfMemory(f"{err}; {advice}") from err
+    except out_of_memory_errors() as err:
+        message = str(err).split("\n")[0]
+    else:
+        return
+    free_accelerator_memory()  # out of the except block: the traceback no longer pins the tensors
+    raise TrainingOutOfMemory(f"{advice} ({message})")
+
+
+def _save_and_measure(
+    trainer,
+    result,
+    lm: LoadedModel,
+    pairs: list[dict],
+    ref: list[dict],
+    config: TrainConfig,
+    token_budget: int | str,
+    folder: Path,
+) -> dict:
+    """Save the trained model to `folder` with its train_metrics.json: TRL's log history and the DPO
+    and NLL terms before (the policy starts as the reference) and after training."""
+    shard = current_shard()
+    model = _save_trained(trainer, config, folder, lm.tokenizer, shard)
+    metrics = {
+        "pairs": len(pairs),
+        "steps": trainer.state.global_step,
+        "before": dpo_terms(ref, ref, config.beta),
+        "after": None,
+    }
+    if not shard.is_main:
+        return metrics
+    if model is not None:  # weights whole in this process: measure the DPO and NLL terms after training
+        model.eval()
+        trained = LoadedModel(model=model, tokenizer=lm.tokenizer, spec=str(folder), path=str(folder))
+        metrics["after"] = dpo_terms(
+            reference_logps(trained, pairs, config.max_length, token_budget, per_token_nll=True), ref, config.beta
+        )
+    metrics.update(
+        {
+            "train_runtime_s": result.metrics.get("train_runtime"),
+            "log_history": trainer.state.log_history,
+            "loss_definition": "sigmoid DPO + nll_weight * token-mean NLL of the chosen response",
+            "config": config.model_dump(),
+            "processes": shard.world,
+            "global_batch": config.batch_size * gradient_accumulation(config, shard.world) * shard.world,
+        }
+    )
+    write_json_atomic(folder / "train_metrics.json", _finite(metrics))
+    return metrics
+
+
+def _save_trained(trainer, config: TrainConfig, folder: Path, tokenizer, shard):
+    """Write the trained model (LoRA merged unless `lora.merge` is false) as a safetensors model
+    folder. Returns the model when its weights are whole in this process (None under ZeRO-3/FSDP,
+    whose shards `trainer.save_model` gathers from every process)."""
+    sharded = bool(getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False))
+    if config.lora.enabled and config.lora.merge:
+        if sharded:
+            raise ValueError(
+                "train.lora.merge under DeepSpeed ZeRO-3 or FSDP is not supported: set "
+                "train.lora.merge: false and merge the saved adapter afterwards"
+            )
+        model = trainer.model.merge_and_unload()
+        if shard.is_main:
+            model.save_pretrained(folder, safe_serialization=True)
+            tokenizer.save_pretrained(folder)
+        return model
+    trainer.save_model(str(folder))  # every process takes part; the main one writes
+    if shard.is_main:
+        (folder / "training_args.bin").unlink(missing_ok=True)  # a pickle: nothing a model folder needs
+    return None if sharded else trainer.model
+
+
+def _finite(obj):
+    """JSON-safe copy: NaN/inf become None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
