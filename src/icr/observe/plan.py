@@ -245,7 +245,7 @@ def benchmark_rates(path: Path, config: RunConfig) -> dict[str, Any]:
 
 def benchmark_roots() -> list[Path]:
     """Where `benchmarks/results` is looked for: the working directory, then this source checkout."""
-    here = Path(__file__).resolve().parents[2]
+    here = Path(__file__).resolve().parents[3]
     return list(dict.fromkeys([Path("."), here]))
 
 

@@ -25,7 +25,7 @@ from icr.observe.plan import (
 )
 from icr.pipeline import load_prompts
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
