@@ -20,7 +20,9 @@ Parts (each after an untimed warm-up; CUDA timings synchronise before reading th
   scoring.reference  the reference approach: right-padded batches of 3, full forward, full-vocabulary
                   log_softmax over every position.
   scoring.ceiling a plain forward of the decoder over 4 × 4096 tokens, no mask.
-  generation.hf   the HF backend at defaults (one chunk of generate.batch_prompts prompts × n).
+  generation.hf   the HF backend at defaults (one chunk of generate.batch_prompts prompts × n = 80 rows);
+                  hf_320 the same with 32 prompts (320 rows); hf_paged / hf_paged_320: transformers'
+                  continuous batching (generate.backend hf-paged) on the same chunks.
   generation.vllm the vLLM backend (random weights: load_format dummy), in its child process, when
                   vLLM is importable.
   training.lora / training.full  one DPO+NLL step (icr.training.trainer.dpo_trainer) of train.batch_size pairs:
@@ -252,7 +254,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--placeholder",
         action="store_true",
-        help="Write result files that say the GPU part is not yet measured, and stop.",
+        help="Write result files that say the GPU part is not measured, and stop.",
     )
     args = parser.parse_args(argv)
     from gpu_report import projection, write_results
@@ -260,7 +262,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.placeholder:
         doc = skeleton(
             "not-measured",
-            "No NVIDIA GPU was available to the session that wrote this file; run `make bench-gpu` on one",
+            "not measured: no NVIDIA GPU was found when this file was written; `make bench-gpu` on one fills it",
             args.shape,
         )
         doc["projection"] = projection(doc)

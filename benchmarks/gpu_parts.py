@@ -12,7 +12,12 @@ from pathlib import Path
 
 import torch
 
-PART_KEYS = {"scoring": ("ours", "reference", "ceiling"), "generation": ("hf", "vllm"), "training": ("lora", "full")}
+PART_KEYS = {
+    "scoring": ("ours", "reference", "ceiling"),
+    # hf / hf_paged: at the default chunk (8 prompts × N = 10 = 80 rows); *_320: 32 prompts × 10 rows
+    "generation": ("hf", "hf_320", "hf_paged", "hf_paged_320", "vllm"),
+    "training": ("lora", "full"),
+}
 
 
 def not_measured_part(reason: str) -> dict:
@@ -199,19 +204,23 @@ def run_scoring(model, work, device, ceiling_shape) -> dict:
 
 
 @guarded
-def generate_hf(model, tokenizer, work, device, new_tokens) -> dict:
+def generate_local(model, tokenizer, work, device, new_tokens, backend: str = "hf", prompts: int | None = None) -> dict:
+    """One chunk of `prompts` prompts × N samples (default: the config's chunk) with an in-process backend."""
     from icr.config import GenerateConfig
     from icr.core.models import LoadedModel
-    from icr.engines.sampling.hf import HFGenerator
+    from icr.engines.sampling import make_generator
 
-    config = GenerateConfig(max_new_tokens=new_tokens)
-    generator = HFGenerator(LoadedModel(model, tokenizer, "random", "random"), config)
-    texts = [w["instruction"] for w in work[: config.batch_prompts]]
+    config = GenerateConfig(max_new_tokens=new_tokens, backend=backend)
+    lm = LoadedModel(model, tokenizer, "random", "random")
+    generator = make_generator("random", config, models=None, load=lambda spec: lm)
+    texts = [w["instruction"] for w in work[: prompts or config.batch_prompts]]
     generator.sample_batch(texts[:1], 2, [0])  # warm-up
     out = []
     seconds, peak = timed(device, lambda: out.extend(generator.sample_batch(texts, config.n, list(range(len(texts))))))
     tokens = sum(s.n_tokens + (0 if s.truncated else 1) for rows in out for s in rows)
-    return measured(seconds, peak, tokens, None, prompts=len(texts), n=config.n, max_new_tokens=new_tokens)
+    return measured(
+        seconds, peak, tokens, None, backend=backend, prompts=len(texts), n=config.n, max_new_tokens=new_tokens
+    )
 
 
 @guarded
@@ -253,8 +262,13 @@ def generate_vllm(model, tokenizer, work, device, new_tokens) -> dict:
 
 
 def run_generation(model, tokenizer, work, device, new_tokens, shape) -> dict:
-    hf = generate_hf(model, tokenizer, work, device, new_tokens)
-    return {"hf": hf, "vllm": generate_vllm(model, tokenizer, work, device, new_tokens)}
+    """HF `generate` and continuous batching (hf-paged) at 80 and 320 rows, then vLLM, in one run."""
+    parts = {}
+    for backend in ("hf", "hf-paged"):
+        key = backend.replace("-", "_")
+        parts[key] = generate_local(model, tokenizer, work, device, new_tokens, backend)
+        parts[f"{key}_320"] = generate_local(model, tokenizer, work, device, new_tokens, backend, prompts=32)
+    return {**parts, "vllm": generate_vllm(model, tokenizer, work, device, new_tokens)}
 
 
 @guarded

@@ -68,7 +68,7 @@ def markdown(doc: dict) -> str:
     lines = [f"# GPU benchmark ({doc['schema']}): {doc['status']}", ""]
     if doc["status"] == "not-measured":
         lines += [
-            f"**The GPU part is not yet measured.** {doc['reason']}.",
+            f"**{doc['reason'][0].upper() + doc['reason'][1:]}.**",
             "",
             (
                 "`make bench-gpu` (= `python benchmarks/gpu.py --shape llama3-8b`) on an NVIDIA GPU fills "

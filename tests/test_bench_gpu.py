@@ -58,7 +58,7 @@ def _check_schema(doc: dict) -> None:
     assert set(doc) == TOP_KEYS and doc["schema"] == "icr-bench-gpu/1"
     for group, keys in {
         "scoring": {"ours", "reference", "ceiling"},
-        "generation": {"hf", "vllm"},
+        "generation": {"hf", "hf_320", "hf_paged", "hf_paged_320", "vllm"},
         "training": {"lora", "full"},
     }.items():
         assert set(doc[group]) == keys
@@ -79,7 +79,10 @@ def test_tiny_dry_run_writes_results_with_the_schema(bench, tmp_path):
     assert ours["tokens"] == ref["tokens"] == doc["workload"]["response_tokens"]
     assert ours["tokens"] > 0
     assert ours["share_of_matmul"] > 0 and doc["speedup_vs_reference"] > 0
-    assert doc["generation"]["hf"]["status"] == "measured" and doc["generation"]["hf"]["tokens"] > 0
+    for key, prompts in {"hf": 8, "hf_320": 32, "hf_paged": 8, "hf_paged_320": 32}.items():
+        part = doc["generation"][key]
+        assert part["status"] == "measured" and part["tokens"] > 0, (key, part)
+        assert part["settings"]["prompts"] == min(prompts, doc["workload"]["prompts"])
     assert doc["generation"]["vllm"]["status"] == "skipped" and doc["generation"]["vllm"]["reason"]
     for part in doc["training"].values():  # measured where trl is installed, else skipped with the reason
         assert part["status"] == "measured" or "not installed" in part["reason"]
@@ -97,7 +100,9 @@ def test_placeholder_says_not_yet_measured(bench, tmp_path):
     doc = bench.main(["--placeholder", "--out", str(tmp_path)])
     _check_schema(doc)
     assert doc["status"] == "not-measured"
-    assert "not yet measured" in (tmp_path / "gpu-latest.md").read_text()
+    text = (tmp_path / "gpu-latest.md").read_text()
+    assert "Not measured: no NVIDIA GPU was found when this file was written" in text
+    assert "session" not in text
 
 
 def test_projection_formula_from_measured_rates(bench):

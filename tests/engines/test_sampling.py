@@ -8,7 +8,7 @@ import torch
 from helpers import MAX_NEW, generate_config
 from icr.config import ModelsConfig
 from icr.engines.sampling import make_generator
-from icr.engines.sampling.base import prompt_seed
+from icr.engines.sampling.base import decode_generated, prompt_seed
 from icr.engines.sampling.hf import HFGenerator, RowSeededSampler
 
 
@@ -47,7 +47,7 @@ def test_prompt_cache_and_left_padding_do_not_change_samples(tiny_lm):
                 eos_token_id=gen.stop_ids,
                 pad_token_id=tok.pad_token_id,
             )
-        plain = [gen._decode(row) for row in out[:, ids.shape[1] :].tolist()]
+        plain = [decode_generated(gen.lm.tokenizer, row, gen.stop_ids) for row in out[:, ids.shape[1] :].tolist()]
         assert [s.text for s in got] == [s.text for s in plain]
 
 
@@ -80,11 +80,11 @@ def test_decode_stops_at_the_first_end_of_turn(tiny_lm):
     gen = HFGenerator(tiny_lm, generate_config())
     eos = tiny_lm.tokenizer.eos_token_id
     hello = tiny_lm.tokenizer.encode("Hello world")
-    s = gen._decode(hello + [eos, eos, eos])
+    s = decode_generated(gen.lm.tokenizer, hello + [eos, eos, eos], gen.stop_ids)
     assert s.text == "Hello world" and s.n_tokens == len(hello) and not s.truncated
-    s = gen._decode(hello)
+    s = decode_generated(gen.lm.tokenizer, hello, gen.stop_ids)
     assert s.truncated and s.n_tokens == len(hello)
-    s = gen._decode([eos] + hello)
+    s = decode_generated(gen.lm.tokenizer, [eos] + hello, gen.stop_ids)
     assert s.text == "" and s.n_tokens == 0 and not s.truncated
 
 

@@ -24,7 +24,7 @@ Dtype = Annotated[
     Field(description="Weights dtype: auto = bfloat16 on a GPU, float32 on a CPU."),
 ]
 RewardMode = Literal["crosslingual", "multilingual", "translate"]  # keys of icr.engines.rewarding.STRATEGIES
-SamplingBackend = Literal["hf", "vllm"]  # keys of icr.engines.sampling.BACKENDS
+SamplingBackend = Literal["hf", "hf-paged", "vllm"]  # keys of icr.engines.sampling.BACKENDS
 JudgeBackend = Literal["alpaca_eval", "openai", "hf"]  # keys of icr.eval.judges.JUDGES
 JudgeOrder = Literal["random", "both"]  # keys of icr.eval.judging.ORDERS
 ScoreTokens = Literal["all", "skip_first"]  # keys of icr.engines.scoring.scorer.SKIPPED_RESPONSE_TOKENS

@@ -26,3 +26,12 @@ class Generator(Protocol):
         ...
 
     def prompt_length(self, instruction: str) -> int: ...
+
+
+def decode_generated(tokenizer, tokens: list[int], stop_ids: list[int]) -> Sample:
+    """The sample of one row's generated tokens: cut at the first end-of-turn token (excluded from the
+    count); no end-of-turn token means the row hit the token limit (`truncated`)."""
+    stops = set(stop_ids)
+    end = next((k for k, t in enumerate(tokens) if t in stops), None)
+    kept = tokens if end is None else tokens[:end]
+    return Sample(tokenizer.decode(kept, skip_special_tokens=True).strip(), len(kept), end is None)

@@ -12,7 +12,7 @@ from icr.config import ModelsConfig, SamplingConfig
 from icr.core.chat import end_of_turn_ids, prompt_ids
 from icr.core.models import LoadedModel
 from icr.core.oom import OomBackoff
-from icr.engines.sampling.base import Generator, Sample
+from icr.engines.sampling.base import Generator, Sample, decode_generated
 
 
 class RowSeededSampler:
@@ -109,14 +109,7 @@ class HFGenerator:
             pad_token_id=pad,
             **kwargs,
         )
-        return [self._decode(row) for row in out[:, width:].tolist()]
-
-    def _decode(self, tokens: list[int]) -> Sample:
-        stops = set(self.stop_ids)
-        end = next((k for k, t in enumerate(tokens) if t in stops), None)
-        kept = tokens if end is None else tokens[:end]
-        text = self.lm.tokenizer.decode(kept, skip_special_tokens=True).strip()
-        return Sample(text=text, n_tokens=len(kept), truncated=end is None)
+        return [decode_generated(self.lm.tokenizer, row, self.stop_ids) for row in out[:, width:].tolist()]
 
 
 GENERATION_MEMORY_SHARE = 0.8  # of the free GPU memory, for one generate call's cache and logits
