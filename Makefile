@@ -70,6 +70,7 @@ plan-paper: setup
 
 docs: setup
 	$(PY) scripts/gen_cli_docs.py > docs/cli.md
+	$(PY) scripts/gen_config_docs.py > docs/configuration.md
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache
