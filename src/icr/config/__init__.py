@@ -17,6 +17,7 @@ from icr.config.commands import (
     JudgeConfig,
     PlanConfig,
     PlanEvalConfig,
+    ScoreConfig,
 )
 from icr.config.run import (
     DataConfig,
@@ -46,6 +47,7 @@ __all__ = [
     "JudgeConfig",
     "PlanConfig",
     "PlanEvalConfig",
+    "ScoreConfig",
     "DataConfig",
     "GenerateConfig",
     "LoraConfig",
