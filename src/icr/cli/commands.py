@@ -1,4 +1,4 @@
-"""The commands beside the run: align-english, reward-accuracy, score, eval and demo."""
+"""The commands beside the run: align-english, reward-accuracy, score, export, eval and demo."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import click
 
 from icr.cli import main
 from icr.cli.options import config_options, resolve
-from icr.config import AccuracyConfig, AlignConfig, EvalConfig, ScoreConfig
+from icr.config import AccuracyConfig, AlignConfig, EvalConfig, ExportConfig, ScoreConfig
 
 
 @main.command(name="align-english")
@@ -51,6 +51,21 @@ def score_command(config_path, **options):
     config = resolve(ScoreConfig, config_path, options)
     records = score_file(config)
     click.echo(f"{len(records)} rows scored ({config.mode}): {config.output}")
+
+
+@main.command(name="export")
+@click.argument("run_folder", required=False, metavar="RUN_DIR")
+@config_options(ExportConfig)
+def export_command(run_folder, config_path, **options):
+    """A run's pairs, generations or rewards of one iteration as a Hugging Face dataset folder (one
+    config per language, a dataset card), or its trained model with a model card; optionally pushed
+    to the Hub. See docs/hub.md."""
+    from icr.export import export
+
+    if run_folder is not None:
+        options["run_dir"] = run_folder
+    folder, url = export(resolve(ExportConfig, config_path, options))
+    click.echo(f"exported to {folder}" + (f"; pushed: {url}" if url else ""))
 
 
 @main.command(name="eval")

@@ -8,7 +8,7 @@ its short flag names (`--judge-model`, `--temperature`), declared in `EvalConfig
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -241,6 +241,27 @@ class ScoreConfig(WithModels):
     @property
     def source(self) -> str:
         return self.pairs if self.pairs is not None else str(self.responses)
+
+
+ExportWhat = Literal["pairs", "generations", "rewards", "model"]
+
+
+class ExportConfig(StrictModel):
+    """`icr export`: one output of a run's iteration as a Hugging Face dataset or model folder."""
+
+    cli_flags: ClassVar[dict[str, str]] = {}  # dashed: --push-to-hub, --run-dir (or RUN_DIR)
+
+    run_dir: str = Field(description="The run folder (<output_dir>/<name>); also the command's argument RUN_DIR.")
+    what: ExportWhat = Field("pairs", description="What to export.")
+    iteration: int = Field(0, ge=0, description="Iteration t (model: π^{t+1}, trained in iteration t).")
+    to: str = Field(description="Folder to write (created; an existing non-empty folder is refused).")
+    eval: str | None = Field(
+        None, description="An `icr eval` output folder whose results.json adds the model's win rates to its card."
+    )
+    push_to_hub: str | None = Field(
+        None, description="Also upload the folder to this Hub repo (org/name) with huggingface_hub.upload_folder."
+    )
+    private: bool = Field(False, description="Create the Hub repo private (with --push-to-hub).")
 
 
 class PlanEvalConfig(StrictModel):
