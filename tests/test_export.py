@@ -71,3 +71,15 @@ def test_exported_model_has_a_card_with_eval_results(trained_run, tmp_path):
     assert values == {("es", "win_rate"): 12.5, ("es", "lc_win_rate"): 20.0}
     with pytest.raises(DataError, match="not empty"):
         export(config)
+
+
+def test_the_train_stage_writes_the_models_card(trained_run):
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(trained_run / "iter_0" / "model" / "README.md")
+    pairs = read_jsonl(trained_run / "iter_0" / "pairs.jsonl")
+    assert card.data.library_name == "transformers" and card.data.language == ["en", "es"]
+    assert "trl" in card.data.tags and card.data.model_name == "exported-pi1"
+    for lang in ("en", "es"):
+        assert f"| {lang} | {sum(p['lang'] == lang for p in pairs)} |" in card.text
+    assert "nll_weight" in card.text  # the training settings
