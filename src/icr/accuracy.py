@@ -24,7 +24,8 @@ from icr.core.io import read_jsonl
 from icr.core.models import LoadedModel
 from icr.core.progress import progress
 from icr.core.records import PreferencePair
-from icr.engines.rewarding import RewardInput, make_strategy, reward_inputs
+from icr.engines.rewarding import make_strategy
+from icr.score import ScoreItem, score_items
 
 
 def load_preference_pairs(source: str | Path) -> list[PreferencePair]:
@@ -61,10 +62,10 @@ def pair_rewards(
     translator: LoadedModel | None = None,
 ) -> list[dict]:
     """For each pair: `reward` and `n_tokens` (scored tokens) of (chosen, rejected) under
-    `config.mode`, the pairs scored together."""
-    inputs = [RewardInput(p.lang, p.prompt, p.prompt_en, [p.chosen, p.rejected]) for p in pairs]
-    scored = reward_inputs(inputs, policy, reference, config, make_strategy(config, translator))
-    return [{"reward": reward["reward"], "n_tokens": reward["n_tokens"]} for _, reward in scored]
+    `config.mode`, the pairs scored together by `icr score`'s scorer."""
+    items = [ScoreItem(p.id, p.lang, p.prompt, p.prompt_en, [p.chosen, p.rejected]) for p in pairs]
+    scored = score_items(items, policy, reference, config, make_strategy(config, translator))
+    return [{"reward": record["reward"], "n_tokens": record["n_tokens"]} for record in scored]
 
 
 def _win(chosen: float, rejected: float) -> float:

@@ -16,7 +16,7 @@ from icr.config import RunConfig
 from icr.core.errors import ConfigError
 from icr.core.faults import Preempted, acknowledge_stop
 from icr.core.io import read_json, write_text_atomic
-from icr.core.prompts import PromptSet, load_prompt_set
+from icr.core.prompts import PromptSet, PromptSource, load_prompt_set
 from icr.runtime.rundir import ModelPool, RunDir
 from icr.runtime.runlock import run_lock
 from icr.stages import STAGES, Stage, StageContext
@@ -35,7 +35,8 @@ SUMMARY_FIELDS = (
 
 def load_prompts(config: RunConfig) -> PromptSet:
     d = config.data
-    return load_prompt_set(d.prompts, d.languages, d.id_field, d.text_field, d.limit)
+    source = PromptSource(d.prompts, d.id_field, d.text_field, d.split, d.config, d.language_field)
+    return load_prompt_set(source, d.languages, limit=d.limit)
 
 
 def run_once(stage: Stage, ctx: StageContext) -> None:

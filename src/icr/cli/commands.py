@@ -1,4 +1,4 @@
-"""The commands beside the run: align-english, reward-accuracy, eval and demo."""
+"""The commands beside the run: align-english, reward-accuracy, score, export, eval and demo."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import click
 
 from icr.cli import main
 from icr.cli.options import config_options, resolve
-from icr.config import AccuracyConfig, AlignConfig, EvalConfig
+from icr.config import AccuracyConfig, AlignConfig, EvalConfig, ExportConfig, ScoreConfig
 
 
 @main.command(name="align-english")
@@ -29,16 +29,43 @@ def reward_accuracy_command(config_path, **options):
     (Wilson 95% interval): the measurement behind the paper's Figure 3."""
     from icr.accuracy import format_accuracy_table, load_preference_pairs, reward_accuracy_table
     from icr.core.io import write_json_atomic
-    from icr.core.models import load_model
+    from icr.score import load_scoring_models
 
     config = resolve(AccuracyConfig, config_path, options)
     pairs = load_preference_pairs(config.pairs)
-    policy, reference = load_model(config.policy, config.device), load_model(config.reference, config.device)
-    translator = load_model(config.translator, config.device) if config.translator else policy
+    policy, reference, translator = load_scoring_models(config.models, needs_translator=True)
     table = reward_accuracy_table(policy, reference, pairs, config, translator)
     click.echo(format_accuracy_table(table))
     if config.output:
         write_json_atomic(config.output, table)
+
+
+@main.command(name="score")
+@config_options(ScoreConfig)
+def score_command(config_path, **options):
+    """log π, log π_ref and the implicit reward β·log π/π_ref of every response of a preference
+    (prompt, chosen, rejected) or completion (prompt, completion) dataset, in TRL's format, with the
+    run's scorer; resumable and sharded like every job. See docs/hub.md."""
+    from icr.score import score_file
+
+    config = resolve(ScoreConfig, config_path, options)
+    records = score_file(config)
+    click.echo(f"{len(records)} rows scored ({config.mode}): {config.output}")
+
+
+@main.command(name="export")
+@click.argument("run_folder", required=False, metavar="RUN_DIR")
+@config_options(ExportConfig)
+def export_command(run_folder, config_path, **options):
+    """A run's pairs, generations or rewards of one iteration as a Hugging Face dataset folder (one
+    config per language, a dataset card), or its trained model with a model card; optionally pushed
+    to the Hub. See docs/hub.md."""
+    from icr.export import export
+
+    if run_folder is not None:
+        options["run_dir"] = run_folder
+    folder, url = export(resolve(ExportConfig, config_path, options))
+    click.echo(f"exported to {folder}" + (f"; pushed: {url}" if url else ""))
 
 
 @main.command(name="eval")

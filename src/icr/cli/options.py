@@ -28,14 +28,13 @@ def option_name(dotted: str) -> str:
 def flag_name(model: type[BaseModel], dotted: str) -> str:
     """`--generate.n` for the run's models; a model with `cli_flags` gets dashed short names."""
     flags = getattr(model, "cli_flags", None)
+    section, _, field = dotted.rpartition(".")
+    flat = section in getattr(model, "cli_flat_sections", ())  # --policy, not --models.policy
     if flags is None:
-        return dotted
+        return field if flat else dotted
     if dotted in flags:
         return flags[dotted]
-    section, _, field = dotted.rpartition(".")
-    if section in getattr(model, "cli_flat_sections", ()):
-        dotted = field
-    return dotted.replace(".", "-").replace("_", "-")
+    return (field if flat else dotted).replace(".", "-").replace("_", "-")
 
 
 def _accepted_types(annotation) -> tuple:

@@ -14,9 +14,11 @@ from icr.config.commands import (
     AccuracyConfig,
     AlignConfig,
     EvalConfig,
+    ExportConfig,
     JudgeConfig,
     PlanConfig,
     PlanEvalConfig,
+    ScoreConfig,
 )
 from icr.config.run import (
     DataConfig,
@@ -43,9 +45,11 @@ __all__ = [
     "AccuracyConfig",
     "AlignConfig",
     "EvalConfig",
+    "ExportConfig",
     "JudgeConfig",
     "PlanConfig",
     "PlanEvalConfig",
+    "ScoreConfig",
     "DataConfig",
     "GenerateConfig",
     "LoraConfig",

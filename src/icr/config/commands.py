@@ -1,4 +1,5 @@
-"""Configs of the commands that are not a run: `icr eval`, `icr align-english`, `icr reward-accuracy`.
+"""Configs of the commands that are not a run: `icr eval`, `icr align-english`, `icr reward-accuracy`,
+`icr score`.
 
 Their flags are generated from these models like the run's (`icr.cli.options`); `icr eval` keeps
 its short flag names (`--judge-model`, `--temperature`), declared in `EvalConfig.cli_flags`.
@@ -7,12 +8,13 @@ its short flag names (`--judge-model`, `--temperature`), declared in `EvalConfig
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from icr.config.base import Device, Dtype, JudgeBackend, JudgeOrder, Languages, RewardMode, StrictModel
-from icr.config.run import RewardConfig, SamplingConfig, TrainConfig
+from icr.config.run import ModelsConfig, RewardConfig, SamplingConfig, TrainConfig
+from icr.core.languages import check_language
 
 EVAL_LANGUAGES = ["en", "es", "de", "fr", "ru", "zh", "th", "sw", "bn"]  # the paper's Table 2
 
@@ -162,7 +164,28 @@ class AlignConfig(StrictModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
 
 
-class AccuracyConfig(StrictModel):
+class WithModels(StrictModel):
+    """A command that loads its models through `ModelsConfig` (dtype, device, remote code, pickle),
+    flagged flat (`--policy`, `--dtype`); top-level YAML keys policy/reference/translator/device/...
+    (what `icr reward-accuracy` configs have always held) are read into `models`."""
+
+    cli_flat_sections: ClassVar[tuple[str, ...]] = ("models",)
+
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _models_from_top_level(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        moved = {k: data[k] for k in ModelsConfig.model_fields if k in data}
+        if not moved:
+            return data
+        rest = {k: v for k, v in data.items() if k not in moved}
+        return {**rest, "models": {**moved, **(rest.get("models") or {})}}
+
+
+class AccuracyConfig(WithModels):
     """`icr reward-accuracy`: the implicit reward's accuracy on held-out preference pairs."""
 
     cli_exclude: ClassVar[tuple[str, ...]] = ("reward.mode", "reward.reference")  # `modes`; a run's concern
@@ -170,15 +193,75 @@ class AccuracyConfig(StrictModel):
     pairs: str = Field(
         description="Folder of {lang}.jsonl or one .jsonl file with prompt, prompt_en, chosen, rejected, lang."
     )
-    policy: str = Field(description="π_dpo (the DPO model).")
-    reference: str = Field(description="π_ref (its reference).")
     modes: list[RewardMode] = Field(
         ["crosslingual", "multilingual"], min_length=1, description="Comma-separated rewarding modes."
     )
-    translator: str | None = Field(None, description="Model for translate mode (default: the policy, as released).")
-    device: Device = "auto"
     reward: RewardConfig = Field(default_factory=RewardConfig)
     output: str | None = Field(None, description="Write the table as JSON.")
+
+
+class ScoreConfig(WithModels):
+    """`icr score`: log π, log π_ref and the implicit reward of every response of a preference or
+    completion dataset (`icr.score`)."""
+
+    cli_exclude: ClassVar[tuple[str, ...]] = ("reward.mode", "reward.reference")  # `mode`; a run's concern
+
+    pairs: str | None = Field(
+        None,
+        description="Preference data in TRL's format (prompt, chosen, rejected; strings or messages): a "
+        ".jsonl/.json/.parquet/.csv/.arrow file, a folder datasets reads, or a Hub dataset id (local cache).",
+    )
+    responses: str | None = Field(
+        None, description="Completion data in TRL's format (prompt, completion), from the same kinds of sources."
+    )
+    split: str = Field("train", description="Split of a folder or Hub dataset.")
+    dataset_config: str | None = Field(None, description="Config (subset) of a folder or Hub dataset.")
+    mode: RewardMode = Field(
+        RewardConfig.model_fields["mode"].default,
+        description="Rewarding mode (as reward.mode of a run): crosslingual needs the English instruction "
+        "(a prompt_en column) for non-English rows.",
+    )
+    language: str | None = Field(
+        None, description="Language of every row when the data has no language column (ISO 639-1)."
+    )
+    language_field: str = Field("lang", description="Column holding each row's language.")
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    output: str = Field(description="JSON Lines file of scores (re-running resumes; sharded under accelerate).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ScoreConfig:
+        if (self.pairs is None) == (self.responses is None):
+            raise ValueError("give exactly one of pairs or responses")
+        if self.language is not None:
+            check_language(self.language)
+        if not self.output.endswith(".jsonl"):
+            raise ValueError("output must be a .jsonl file")
+        return self
+
+    @property
+    def source(self) -> str:
+        return self.pairs if self.pairs is not None else str(self.responses)
+
+
+ExportWhat = Literal["pairs", "generations", "rewards", "model"]
+
+
+class ExportConfig(StrictModel):
+    """`icr export`: one output of a run's iteration as a Hugging Face dataset or model folder."""
+
+    cli_flags: ClassVar[dict[str, str]] = {}  # dashed: --push-to-hub, --run-dir (or RUN_DIR)
+
+    run_dir: str = Field(description="The run folder (<output_dir>/<name>); also the command's argument RUN_DIR.")
+    what: ExportWhat = Field("pairs", description="What to export.")
+    iteration: int = Field(0, ge=0, description="Iteration t (model: π^{t+1}, trained in iteration t).")
+    to: str = Field(description="Folder to write (created; an existing non-empty folder is refused).")
+    eval: str | None = Field(
+        None, description="An `icr eval` output folder whose results.json adds the model's win rates to its card."
+    )
+    push_to_hub: str | None = Field(
+        None, description="Also upload the folder to this Hub repo (org/name) with huggingface_hub.upload_folder."
+    )
+    private: bool = Field(False, description="Create the Hub repo private (with --push-to-hub).")
 
 
 class PlanEvalConfig(StrictModel):

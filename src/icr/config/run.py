@@ -56,7 +56,20 @@ class ModelsConfig(StrictModel):
 class DataConfig(StrictModel):
     prompts: str = Field(
         "embedded:demo",
-        description="Folder with one {lang}.jsonl/.json per language, a Hub dataset id, or 'embedded:demo'.",
+        description="Folder with one {lang}.jsonl/.json per language, 'embedded:demo', or a table datasets "
+        "reads: a .parquet/.csv/.arrow/.jsonl file, a folder laid out as a Hub dataset, or a Hub dataset id "
+        "(from the local cache offline); see docs/hub.md.",
+    )
+    config: str | None = Field(
+        None,
+        description="datasets config (subset) of a table source with a language column; without "
+        "data.language_field, each language is read from the config named by its code.",
+    )
+    split: str = Field("train", description="Split of a folder or Hub dataset source.")
+    language_field: str | None = Field(
+        None,
+        description="Column holding each row's language in one table with all languages "
+        "[default: 'lang' for a single file; per-language configs for a folder or Hub dataset].",
     )
     languages: Languages = Field(["en", "es", "de", "fr", "ru"], description="ISO 639-1 codes to align.")
     id_field: str | None = Field(

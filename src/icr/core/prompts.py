@@ -10,6 +10,7 @@ from typing import Any
 
 from icr.core.errors import DataError
 from icr.core.languages import check_language
+from icr.core.tables import load_table, require_columns
 
 # ---------------------------------------------------------------- prompt sets
 
@@ -115,10 +116,23 @@ def _is_unicode(text: str) -> bool:
     return True
 
 
-def load_language_file(path: Path, lang: str, id_field: str | None, text_field: str) -> list[Prompt]:
-    """Read and validate one language's prompts: objects, unique ids, non-empty text, no NUL."""
-    records = _read_records(path)
-    key = _pick_id_field(path, records, id_field)
+def _check_text_column(records: list[tuple[str, Any]], label: str, text_field: str, id_field: str | None) -> None:
+    """A column name that no record has is a wrong setting, not a bad row: list the columns."""
+    rows = [r for _, r in records if isinstance(r, dict)]
+    if rows and all(text_field not in r for r in rows):
+        require_columns(rows, [text_field], label, "data.text_field")
+    if rows and id_field and all(id_field not in r for r in rows):
+        require_columns(rows, [id_field], label, "data.id_field")
+
+
+def language_prompts(
+    records: list[tuple[str, Any]], label: str | Path, lang: str, id_field: str | None, text_field: str
+) -> list[Prompt]:
+    """Validate one language's records (`(where, record)` pairs from `label`): objects, unique ids,
+    non-empty text, no NUL."""
+    _check_text_column(records, str(label), text_field, id_field)
+    path = label
+    key = _pick_id_field(Path(label), records, id_field)
     prompts, seen = [], {}
     for where, record in records:
         if not isinstance(record, dict):
@@ -142,24 +156,95 @@ def load_language_file(path: Path, lang: str, id_field: str | None, text_field: 
     return prompts
 
 
+def load_language_file(path: Path, lang: str, id_field: str | None, text_field: str) -> list[Prompt]:
+    """Read and validate one language's prompts file (see `language_prompts`)."""
+    return language_prompts(_read_records(path), path, lang, id_field, text_field)
+
+
+@dataclass(frozen=True)
+class PromptSource:
+    """Where a run's prompts are and how to read them (`data.*` of the run config)."""
+
+    source: str
+    id_field: str | None = None
+    text_field: str = "instruction"
+    split: str = "train"
+    config: str | None = None
+    language_field: str | None = None
+
+
+def _folder_of_language_files(source: str, languages: list[str]) -> Path | None:
+    """The folder of {lang}.jsonl/.json files behind `source` (embedded data, a local folder, a Hub
+    dataset's JSON files), or None where `source` is a table for `datasets` to read."""
+    if source.startswith("embedded:"):
+        return resolve_prompt_source(source)
+    path = Path(source).expanduser()
+    if path.is_file():
+        return None
+    if not path.is_dir():
+        try:  # a Hub dataset of {lang}.jsonl files (snapshot from the local cache offline)
+            path = resolve_prompt_source(source)
+        except DataError:
+            return None
+    return path if any(_find_language_file(path, lang) for lang in languages) else None
+
+
+def _table_records(spec: PromptSource, languages: list[str]) -> dict[str, tuple[str, list[tuple[str, Any]]]]:
+    """{lang: (label, records)} from one table with a language column (`language_field`, default
+    'lang'), or, without one, from one `datasets` config per language named by its code."""
+    field = spec.language_field
+    if field is None and Path(spec.source).is_file():
+        field = "lang"
+    if field is None:
+        out = {}
+        for lang in languages:
+            rows = load_table(spec.source, split=spec.split, config=lang)
+            out[lang] = (f"{spec.source}[{lang}]", [(f"row {i}", r) for i, r in enumerate(rows, start=1)])
+        return out
+    rows = load_table(spec.source, split=spec.split, config=spec.config)
+    require_columns(rows, [field], spec.source, "data.language_field")
+    by_lang: dict[str, list[tuple[str, Any]]] = {}
+    for i, row in enumerate(rows, start=1):
+        by_lang.setdefault(str(row[field]), []).append((f"row {i}", row))
+    missing = [lang for lang in languages if lang not in by_lang]
+    if missing:
+        raise DataError(
+            f"{spec.source}: no prompts for language(s) {', '.join(missing)} in column {field!r} "
+            f"(it holds {', '.join(sorted(by_lang))})"
+        )
+    return {lang: (f"{spec.source}[{field}={lang}]", by_lang[lang]) for lang in languages}
+
+
+def _language_records(spec: PromptSource, languages: list[str]) -> dict[str, tuple[str | Path, list]]:
+    """{lang: (label for messages, [(where, record)])} for every language of `languages`."""
+    folder = None if spec.language_field else _folder_of_language_files(spec.source, languages)
+    if folder is None:
+        return _table_records(spec, languages)
+    files = {}
+    for lang in languages:
+        found = _find_language_file(folder, lang)
+        if found is None:
+            raise DataError(f"{folder}: no prompts for language {lang!r} (expected {lang}.jsonl or {lang}.json)")
+        files[lang] = (found, _read_records(found))
+    return files
+
+
 def load_prompt_set(
-    source: str,
+    source: str | PromptSource,
     languages: list[str],
     id_field: str | None = None,
     text_field: str = "instruction",
     limit: int | None = None,
 ) -> PromptSet:
-    """Load parallel prompts for `languages` (plus English, which every id must have)."""
-    folder = resolve_prompt_source(source)
+    """Load parallel prompts for `languages` (plus English, which every id must have) from a
+    folder of {lang}.jsonl/.json files, or a table `datasets` reads (`PromptSource`)."""
+    spec = source if isinstance(source, PromptSource) else PromptSource(source, id_field, text_field)
     for lang in languages:
         check_language(lang)
-    files: dict[str, Path] = {}
-    for lang in dict.fromkeys(["en", *languages]):
-        found = _find_language_file(folder, lang)
-        if found is None:
-            raise DataError(f"{folder}: no prompts for language {lang!r} (expected {lang}.jsonl or {lang}.json)")
-        files[lang] = found
-    english_prompts = load_language_file(files["en"], "en", id_field, text_field)
+    wanted = list(dict.fromkeys(["en", *languages]))
+    records = _language_records(spec, wanted)
+    label = {lang: records[lang][0] for lang in wanted}
+    english_prompts = language_prompts(records["en"][1], label["en"], "en", spec.id_field, spec.text_field)
     order = [p.id for p in english_prompts]
     if limit is not None:
         order = order[:limit]
@@ -169,9 +254,13 @@ def load_prompt_set(
     rank = {pid: i for i, pid in enumerate(order)}
     by_lang: dict[str, list[Prompt]] = {}
     for lang in languages:
-        prompts = english_prompts if lang == "en" else load_language_file(files[lang], lang, id_field, text_field)
+        prompts = (
+            english_prompts
+            if lang == "en"
+            else language_prompts(records[lang][1], label[lang], lang, spec.id_field, spec.text_field)
+        )
         for p in prompts:
             if p.id not in all_english_ids:
-                raise DataError(f"{files[lang]}:{p.where}: id {p.id}: no English counterpart in {files['en']}")
+                raise DataError(f"{label[lang]}:{p.where}: id {p.id}: no English counterpart in {label['en']}")
         by_lang[lang] = sorted((p for p in prompts if p.id in keep), key=lambda p: rank[p.id])
     return PromptSet(by_lang=by_lang, english=english)

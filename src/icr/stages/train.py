@@ -1,11 +1,13 @@
 """Stage 4, train: DPO + λ·NLL on the pairs, from π^t to π^{t+1} (`icr.training.trainer` trains). Trackers
 (`train.report_to`) log under `<run>/tracking/iter_<t>` as `<run_name>/iter_<t>`, with the
-iteration's pair statistics; `icr status` sees the optimizer steps."""
+iteration's pair statistics; `icr status` sees the optimizer steps. The saved model folder gets
+its model card, README.md (`icr.runtime.cards.model_card`)."""
 
 from __future__ import annotations
 
 from icr.core.faults import OutOfMemory, TrainingDiverged
-from icr.core.io import read_json
+from icr.core.io import read_json, read_jsonl, write_text_atomic
+from icr.runtime.cards import count_by_language, model_card
 from icr.runtime.status import train_status_callback
 from icr.stages.base import Stage, StageContext
 from icr.training.tracking import tracked_run_name
@@ -37,6 +39,9 @@ def run_train(ctx: StageContext) -> dict:
     except (TrainingDiverged, OutOfMemory) as err:  # nothing promoted; the user changes train.* and resumes
         run.record_failure(t, STAGE, err)
         raise
+    if run.shard.is_main:
+        pairs = count_by_language(read_jsonl(run.pairs_file(t)), list(config.data.languages))
+        write_text_atomic(run.model_dir(t) / "README.md", str(model_card(config, t, spec, pairs)))
     return {"init": spec, "output": str(run.model_dir(t)), "steps": metrics["steps"], "after": metrics["after"]}
 
 
