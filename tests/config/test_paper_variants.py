@@ -53,3 +53,14 @@ def test_variant_is_the_paper_config_with_its_iteration_1_settings(path: Path):
         for name in type(field(second, section)).model_fields:
             if f"{section}.{name}" not in changed:
                 assert field(second, f"{section}.{name}") == field(first, f"{section}.{name}"), f"{section}.{name}"
+
+
+def test_the_kto_config_is_the_paper_config_with_the_kto_source_model():
+    path = REPO / "configs" / "paper-kto.yaml"
+    config = load_config(path)
+    assert config.models.policy == "princeton-nlp/Llama-3-Base-8B-SFT-KTO"
+    assert "only that a KTO-trained source model was used" in path.read_text(encoding="utf-8")
+    ignore = {"name": True, "iteration_overrides": True, "models": {"policy"}}
+    assert config.model_dump(exclude=ignore) == PAPER.model_dump(exclude=ignore)
+    assert config.at_iteration(1).pairs.max_chosen_score == 200
+    assert config.at_iteration(0).pairs.max_chosen_score is None

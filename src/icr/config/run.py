@@ -274,7 +274,13 @@ def check_report_to(values: list[str]) -> list[str]:
 
 
 class TrainConfig(StrictModel):
-    beta: float = Field(0.1, gt=0, description="DPO β.")
+    loss: Literal["dpo", "kto"] = Field(
+        "dpo",
+        description="Preference loss: 'dpo' = DPO + λ·NLL(chosen) (the paper); 'kto' = TRL's KTO, each pair's "
+        "chosen a desirable and its rejected an undesirable example, no NLL term (needs nll_weight: 0) "
+        "(icr.training.kto).",
+    )
+    beta: float = Field(0.1, gt=0, description="DPO β (KTO's β under loss: kto).")
     nll_weight: float = Field(1.0, ge=0, description="λ of loss = DPO + λ·NLL(chosen) (token-mean).")
     learning_rate: float = Field(5e-7, gt=0, description="Peak learning rate.")
     lr_scheduler: str = Field("cosine", description="transformers scheduler name.")
@@ -334,6 +340,12 @@ class TrainConfig(StrictModel):
     @classmethod
     def _known_trackers(cls, value: list[str]) -> list[str]:
         return check_report_to(value)
+
+    @model_validator(mode="after")
+    def _kto_has_no_nll(self) -> TrainConfig:
+        if self.loss == "kto" and self.nll_weight > 0:
+            raise ValueError("loss: kto has no NLL term (TRL's KTOTrainer): set nll_weight: 0")
+        return self
 
     @model_validator(mode="after")
     def _global_batch_divisible(self) -> TrainConfig:
