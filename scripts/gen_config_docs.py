@@ -99,12 +99,15 @@ def escape(text: str) -> str:
     return "`".join(pieces)
 
 
+def _item_model(annotation: Any) -> type[BaseModel] | None:
+    """The model of a section field, or of the items of a list of sections (`iteration_overrides`)."""
+    if get_origin(annotation) is list:
+        annotation = get_args(annotation)[0]
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
 def _section_models(model: type[BaseModel]) -> list[type[BaseModel]]:
-    return [
-        info.annotation
-        for info in model.model_fields.values()
-        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel)
-    ]
+    return [m for info in model.model_fields.values() if (m := _item_model(info.annotation)) is not None]
 
 
 def collect(models: list[type[BaseModel]]) -> list[type[BaseModel]]:
@@ -129,10 +132,13 @@ def used_as(models: list[type[BaseModel]]) -> dict[type[BaseModel], list[str]]:
 
     def visit(model: type[BaseModel], top: type[BaseModel], prefix: str) -> None:
         for name, info in model.model_fields.items():
-            section = info.annotation
-            if isinstance(section, type) and issubclass(section, BaseModel):
-                where.setdefault(section, []).append(f"`{prefix}{name}` of [{top.__name__}](#{top.__name__.lower()})")
-                visit(section, top, f"{prefix}{name}.")
+            section = _item_model(info.annotation)
+            if section is not None:
+                items = "[]" if get_origin(info.annotation) is list else ""  # each item of a list of sections
+                where.setdefault(section, []).append(
+                    f"`{prefix}{name}{items}` of [{top.__name__}](#{top.__name__.lower()})"
+                )
+                visit(section, top, f"{prefix}{name}{items}.")
 
     for model in models:
         visit(model, model, "")

@@ -103,7 +103,7 @@ def test_finished_run_is_not_redone(clean_run, monkeypatch):
         raise AssertionError("a finished stage ran again")
 
     monkeypatch.setattr(icr.runtime.rundir, "load_model", boom)
-    monkeypatch.setattr(icr.stages.train, "train_dpo", boom)
+    monkeypatch.setattr(icr.training.trainer, "train_dpo", boom)
     before = (clean_run.root / "iter_1/pairs.jsonl").stat().st_mtime_ns
     run_iterations(clean_run.config)
     assert (clean_run.root / "iter_1/pairs.jsonl").stat().st_mtime_ns == before

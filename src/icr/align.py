@@ -2,7 +2,8 @@
 
 The English preference data (TRL's format: `prompt`, `chosen`, `rejected`, as strings or as
 messages) is converted to the conversational pairs format of `icr.core.records.TrainingPair` and trained
-with the same `icr.training.trainer.train_dpo` as the ICR iterations, so stage 0 and stage 4 cannot drift apart.
+with the same training function (`icr.training.registry`, by `train.loss`) as the ICR iterations, so
+stage 0 and stage 4 cannot drift apart.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from icr.config import AlignConfig, RewardConfig
 from icr.core.errors import DataError
 from icr.core.io import read_json, read_jsonl, write_jsonl_atomic
 from icr.core.prompts import embedded_path
-from icr.training.trainer import train_dpo
+from icr.training.registry import trainer_for
 
 
 def _as_messages(value, role: str) -> list[dict]:
@@ -68,7 +69,7 @@ def align_english(config: AlignConfig) -> dict:
     pairs_file = out_dir.parent / f"{out_dir.name}-english-pairs.jsonl"
     write_jsonl_atomic(pairs_file, load_english_preferences(config.data, config.split))
     # the reward's scoring budget: stage 0 scores the reference log-probs as the iterations do
-    return train_dpo(
+    return trainer_for(config.train.loss)(
         config.model,
         pairs_file,
         out_dir,

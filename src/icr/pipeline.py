@@ -36,7 +36,7 @@ SUMMARY_FIELDS = (
 def load_prompts(config: RunConfig) -> PromptSet:
     d = config.data
     source = PromptSource(d.prompts, d.id_field, d.text_field, d.split, d.config, d.language_field)
-    return load_prompt_set(source, d.languages, limit=d.limit)
+    return load_prompt_set(source, d.languages, limit=d.limit, rows=d.rows)
 
 
 def run_once(stage: Stage, ctx: StageContext) -> None:
@@ -68,16 +68,22 @@ def run_stage(config: RunConfig, name: str, iteration: int = 0) -> RunDir:
                 raise ConfigError(f"stage iter_{iteration}/{name} needs iter_{iteration}/{earlier} first")
         if iteration > 0 and not run.is_done(iteration - 1, STAGES["train"]):
             raise ConfigError(f"iteration {iteration} needs the model trained in iteration {iteration - 1}")
-        run_once(STAGES[name], StageContext(run, iteration, ModelPool(config), load_prompts(config)))
+        prompts = load_prompts(config.at_iteration(iteration))
+        run_once(STAGES[name], StageContext(run, iteration, ModelPool(config), prompts))
     return run
 
 
 def run_iterations(config: RunConfig) -> RunDir:
     """The whole loop: T iterations of generate → reward → pairs → train, resuming where it stopped."""
     with open_run(config) as run:
-        prompts = load_prompts(config)
+        loaded: dict[str, PromptSet] = {}  # by the data section: iterations with the same prompts share them
         pool = ModelPool(config)
         for t in range(config.iterations):
+            data = config.at_iteration(t).data
+            key = data.model_dump_json()
+            if key not in loaded:
+                loaded[key] = load_prompts(config.at_iteration(t))
+            prompts = loaded[key]
             for stage in STAGES.values():
                 run_once(stage, StageContext(run, t, pool, prompts))
             pool.clear()

@@ -213,3 +213,19 @@ def test_an_unloadable_tokenizer_is_a_clear_error(tmp_path):
         main, ["plan", "--models.policy", "no-such-org/no-such-model", "--output_dir", str(tmp_path)]
     )
     assert result.exit_code != 0 and "pass --tokenizer" in result.output
+
+
+def test_plan_shows_the_per_iteration_settings(tiny_dir, tiny_ref_dir, tmp_path, no_model_loads):
+    config = run_config(tmp_path, tiny_dir, tiny_ref_dir, "p", iterations=2)
+    (tmp_path / "c.yaml").write_text(dump_config(config))
+    entries = "[{iteration: 1, set: {pairs.max_chosen_score: 500, train.replay: 0.5}}]"
+    args = ["plan", "--config", str(tmp_path / "c.yaml"), "--iteration_overrides", entries]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "iteration 1: pairs.max_chosen_score=500, train.replay=0.5" in result.output
+    plan = json.loads((tmp_path / "p" / "plan.json").read_text())
+    assert plan["iteration_overrides"] == [
+        {"iteration": 1, "set": {"pairs.max_chosen_score": 500, "train.replay": 0.5}}
+    ]
+    plain = CliRunner().invoke(main, ["plan", "--config", str(tmp_path / "c.yaml")], catch_exceptions=False)
+    assert "per-iteration settings" not in plain.output

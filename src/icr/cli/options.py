@@ -4,8 +4,8 @@ Every field of a command's config model is a flag: `--section.field` (the run's 
 `align-english`, `reward-accuracy`), or, for `icr eval`, the short names its model declares
 (`EvalConfig.cli_flags`: `--judge-model`, `--temperature`). Help text, default and choices come
 from the field; values are read as YAML scalars (`true`, `null`, `1e-6`), lists also as `a,b,c`,
-strings verbatim. Flags override the YAML file given with `--config`. The model validates the
-result before anything runs.
+a list of sections as a YAML flow list, strings verbatim. Flags override the YAML file given with
+`--config`. The model validates the result before anything runs.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel
 
 from icr.config import build_config, iter_fields
+from icr.config.base import is_section
 from icr.core.errors import ConfigError
 
 
@@ -57,6 +58,8 @@ def parse_value(raw: str, annotation) -> Any:
     is_list = any(get_origin(t) is list for t in accepted)
     if type(None) in accepted and raw.strip().lower() in ("null", "none", "~"):
         return None
+    if any(is_section(next(iter(get_args(t)), None)) for t in accepted if get_origin(t) is list):
+        return _yaml_value(raw)  # a list of sections (iteration_overrides): a YAML flow list
     if is_list:
         text = raw.strip()
         if text.startswith("[") and text.endswith("]"):
@@ -66,6 +69,10 @@ def parse_value(raw: str, annotation) -> Any:
         return [v.strip().strip("'\"") for v in text.split(",") if v.strip()]
     if str in accepted:
         return raw
+    return _yaml_value(raw)
+
+
+def _yaml_value(raw: str) -> Any:
     try:
         return yaml.safe_load(raw)
     except yaml.YAMLError as err:

@@ -24,6 +24,7 @@ from icr.config.base import (
     build_config,
     hashed_fields,
 )
+from icr.config.iterations import IterationOverride, check_overrides, iteration_config
 
 # The released scripts' prefix (utils/inference.py, PREFIX), put before the English instruction
 # inside the user turn (utils/compute_reward_score.py, cross_implicit_reward_prompt).
@@ -76,7 +77,20 @@ class DataConfig(StrictModel):
         None, description="Field aligning prompts across languages (default: 'instruction_id' if present, else 'id')."
     )
     text_field: str = Field("instruction", description="Field holding the prompt text.")
+    rows: list[int] | None = Field(
+        None,
+        description="[start, end]: only the prompt ids at positions start..end−1 of the English file order "
+        "(0-based, end excluded), e.g. [3000, 6000]; data.limit then counts from start.",
+    )
     limit: int | None = Field(None, ge=1, description="Use only the first N prompt ids (in English file order).")
+
+    @field_validator("rows")
+    @classmethod
+    def _row_block(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (len(value) != 2 or not 0 <= value[0] < value[1]):
+            raise ValueError(f"rows must be [start, end] with 0 <= start < end, got {value}")
+        return value
+
     max_prompt_tokens: int = Field(
         1024,
         ge=8,
@@ -260,7 +274,13 @@ def check_report_to(values: list[str]) -> list[str]:
 
 
 class TrainConfig(StrictModel):
-    beta: float = Field(0.1, gt=0, description="DPO β.")
+    loss: Literal["dpo", "kto"] = Field(
+        "dpo",
+        description="Preference loss: 'dpo' = DPO + λ·NLL(chosen) (the paper); 'kto' = TRL's KTO, each pair's "
+        "chosen a desirable and its rejected an undesirable example, no NLL term (needs nll_weight: 0) "
+        "(icr.training.kto).",
+    )
+    beta: float = Field(0.1, gt=0, description="DPO β (KTO's β under loss: kto).")
     nll_weight: float = Field(1.0, ge=0, description="λ of loss = DPO + λ·NLL(chosen) (token-mean).")
     learning_rate: float = Field(5e-7, gt=0, description="Peak learning rate.")
     lr_scheduler: str = Field("cosine", description="transformers scheduler name.")
@@ -301,6 +321,14 @@ class TrainConfig(StrictModel):
         "(default: the run's `name`).",
         json_schema_extra=NOT_HASHED,
     )
+    replay: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Iteration t ≥ 1 also trains on ⌊replay × |pairs of iteration t−1|⌋ of the previous "
+        "iteration's pairs, drawn without replacement by train.seed and t (icr.training.replay); "
+        "null or iteration 0: only the iteration's own pairs.",
+    )
     lora: LoraConfig = Field(default_factory=LoraConfig)
 
     @field_validator("report_to", mode="before")
@@ -314,6 +342,12 @@ class TrainConfig(StrictModel):
         return check_report_to(value)
 
     @model_validator(mode="after")
+    def _kto_has_no_nll(self) -> TrainConfig:
+        if self.loss == "kto" and self.nll_weight > 0:
+            raise ValueError("loss: kto has no NLL term (TRL's KTOTrainer): set nll_weight: 0")
+        return self
+
+    @model_validator(mode="after")
     def _global_batch_divisible(self) -> TrainConfig:
         batch = self.global_batch_size
         if batch is not None and batch % self.batch_size:
@@ -322,6 +356,9 @@ class TrainConfig(StrictModel):
 
 
 RUN_SECTIONS = ("seed", "models", "data", "generate", "reward", "pairs", "train")  # what a run's results depend on
+# The manifest's hash of the whole run: the sections and the per-iteration settings. A stage's own hash
+# is taken from its iteration's config (`RunConfig.at_iteration`), which has the settings applied.
+RUN_HASHED = (*RUN_SECTIONS, "iteration_overrides")
 
 
 class RunConfig(StrictModel):
@@ -335,6 +372,12 @@ class RunConfig(StrictModel):
     reward: RewardConfig = Field(default_factory=RewardConfig)
     pairs: PairsConfig = Field(default_factory=PairsConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    iteration_overrides: list[IterationOverride] = Field(
+        [],
+        description="Per-iteration settings: entries {iteration: t, set: {field: value}} that change "
+        "data.rows, data.limit, pairs.* or train.* for iteration t only (icr.config.iterations). "
+        "On the command line: a YAML list, e.g. '[{iteration: 1, set: {pairs.max_chosen_score: 500}}]'.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -349,13 +392,28 @@ class RunConfig(StrictModel):
             raise ValueError(f"reward.mode={self.reward.mode} needs the English prompts: add 'en' to data.languages")
         return self
 
+    @model_validator(mode="after")
+    def _overrides_valid(self) -> RunConfig:
+        check_overrides(self)
+        return self
+
+    def at_iteration(self, t: int) -> RunConfig:
+        """The config iteration t runs under (`icr.config.iterations.iteration_config`)."""
+        return iteration_config(self, t)
+
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
 
     def section_hash(self, *sections: str) -> str:
         """Stable hash of the named sections (plus the seed), to detect a changed config on resume."""
-        payload = {s: hashed_fields(getattr(self, s)) if s != "seed" else self.seed for s in sections}
+        payload: dict[str, Any] = {}
+        for s in sections:
+            if s == "iteration_overrides":  # absent when empty: hashes of configs without it stay as they were
+                if self.iteration_overrides:
+                    payload[s] = [o.model_dump(mode="json") for o in self.iteration_overrides]
+            else:
+                payload[s] = hashed_fields(getattr(self, s)) if s != "seed" else self.seed
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

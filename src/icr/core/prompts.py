@@ -235,9 +235,11 @@ def load_prompt_set(
     id_field: str | None = None,
     text_field: str = "instruction",
     limit: int | None = None,
+    rows: list[int] | tuple[int, int] | None = None,
 ) -> PromptSet:
     """Load parallel prompts for `languages` (plus English, which every id must have) from a
-    folder of {lang}.jsonl/.json files, or a table `datasets` reads (`PromptSource`)."""
+    folder of {lang}.jsonl/.json files, or a table `datasets` reads (`PromptSource`). `rows` = [start,
+    end) keeps the ids at those positions of the English order; `limit` then keeps the first N of them."""
     spec = source if isinstance(source, PromptSource) else PromptSource(source, id_field, text_field)
     for lang in languages:
         check_language(lang)
@@ -246,6 +248,10 @@ def load_prompt_set(
     label = {lang: records[lang][0] for lang in wanted}
     english_prompts = language_prompts(records["en"][1], label["en"], "en", spec.id_field, spec.text_field)
     order = [p.id for p in english_prompts]
+    if rows is not None:  # a block [start, end) of the English file order, before the limit
+        if rows[0] >= len(order):
+            raise DataError(f"{label['en']}: rows {list(rows)} start past its {len(order)} prompts")
+        order = order[rows[0] : rows[1]]
     if limit is not None:
         order = order[:limit]
     keep = set(order)

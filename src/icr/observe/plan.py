@@ -362,7 +362,7 @@ def make_plan(config: RunConfig, options: PlanConfig = PlanConfig(), roots: list
     measured = measure_prompts(config, tokenizer)
     counts = iteration_counts(config, measured, options.processes)
     model = weights_info(config.models.policy)
-    return {
+    plan = {
         "config": {
             "name": config.name,
             "policy": config.models.policy,
@@ -382,3 +382,6 @@ def make_plan(config: RunConfig, options: PlanConfig = PlanConfig(), roots: list
         "time": time_estimate(config, counts, model, roots),
         "eval": eval_estimate(options.eval, config.iterations),
     }
+    if config.iteration_overrides:  # the counts above are of the run's own settings, not of these
+        plan["iteration_overrides"] = [{"iteration": o.iteration, "set": o.set} for o in config.iteration_overrides]
+    return plan

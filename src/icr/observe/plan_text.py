@@ -92,7 +92,19 @@ def _eval_lines(e: dict[str, Any]) -> list[str]:
     ]
 
 
+def _override_lines(plan: dict[str, Any]) -> list[str]:
+    """The per-iteration settings (`iteration_overrides`); the bounds above use the run's own."""
+    entries = plan.get("iteration_overrides", [])
+    if not entries:
+        return []
+    lines = ["per-iteration settings (the bounds above are computed with the run's own settings):"]
+    for entry in entries:
+        fields = ", ".join(f"{k}={v!r}" for k, v in entry["set"].items())
+        lines.append(f"  iteration {entry['iteration']}: {fields}")
+    return lines
+
+
 def format_plan(plan: dict[str, Any]) -> str:
     """The plan as text for the terminal (every number is in the JSON too)."""
-    lines = _work_lines(plan) + _disk_lines(plan["disk"]) + _time_lines(plan["time"])
+    lines = _work_lines(plan) + _override_lines(plan) + _disk_lines(plan["disk"]) + _time_lines(plan["time"])
     return "\n".join([*lines, "", *_eval_lines(plan["eval"])])

@@ -29,7 +29,7 @@ from typing import Protocol
 import yaml
 
 from icr.config import RunConfig, dump_config
-from icr.config.run import RUN_SECTIONS
+from icr.config.run import RUN_HASHED
 from icr.core.distributed import current_shard
 from icr.core.errors import ConfigError, DataError
 from icr.core.faults import SETTINGS_FAULTS, RunFault, write_section
@@ -106,7 +106,7 @@ class RunDir:
         if not self.shard.is_main:
             return
         self.manifest["versions"] = library_versions()
-        self.manifest["config_hash"] = self.config.section_hash(*RUN_SECTIONS)
+        self.manifest["config_hash"] = self.config.section_hash(*RUN_HASHED)
         with write_section():  # a stop signal waits for both files
             write_text_atomic(self.root / "config.yaml", dump_config(self.config))
             write_json_atomic(self.manifest_path, self.manifest)
@@ -124,7 +124,7 @@ class RunDir:
                 "kind": type(err).__name__,
                 "message": str(err),
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "config_hash": self.config.section_hash(*stage.sections),
+                "config_hash": self.config.at_iteration(t).section_hash(*stage.sections),
             }
         )
         try:
@@ -188,7 +188,7 @@ class RunDir:
         entry = self.manifest["stages"].get(f"iter_{t}/{stage.name}")
         if not entry or entry.get("status") != "done":
             return False
-        if entry["config_hash"] != self.config.section_hash(*stage.sections):
+        if entry["config_hash"] != self.config.at_iteration(t).section_hash(*stage.sections):
             failure = self.settings_failure_after(t, stage)
             if failure is None:
                 raise ConfigError(
@@ -211,7 +211,7 @@ class RunDir:
         self.manifest["stages"][f"iter_{t}/{stage.name}"] = {
             "status": "done",
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "config_hash": self.config.section_hash(*stage.sections),
+            "config_hash": self.config.at_iteration(t).section_hash(*stage.sections),
             **info,
         }
         self._save()

@@ -23,6 +23,11 @@ class StageContext:
     pool: ModelPool
     prompts: PromptSet
 
+    @property
+    def config(self):
+        """The config of iteration t: the run config with its `iteration_overrides` for t applied."""
+        return self.run.config.at_iteration(self.t)
+
 
 @dataclass(frozen=True)
 class Stage:

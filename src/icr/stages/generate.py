@@ -75,7 +75,7 @@ def generate_language(
 
 
 def run_generate(ctx: StageContext) -> dict:
-    run, config = ctx.run, ctx.run.config
+    run, config = ctx.run, ctx.config
     spec = run.policy_spec(ctx.t)
     with open_generator(spec, config.generate, config.models, ctx.pool.get) as generator:
         records = {

@@ -15,7 +15,7 @@ def run_pairs(ctx: StageContext) -> dict:
     all_pairs, stats = [], {}
     if run.shard.is_main:
         for lang in ctx.prompts.languages:
-            pairs, stats[lang] = select_pairs(read_jsonl(run.rewards_dir(t) / f"{lang}.jsonl"), run.config.pairs)
+            pairs, stats[lang] = select_pairs(read_jsonl(run.rewards_dir(t) / f"{lang}.jsonl"), ctx.config.pairs)
             all_pairs += pairs
         write_jsonl_atomic(run.pairs_file(t), all_pairs)
         write_json_atomic(run.pairs_stats_file(t), stats)

@@ -48,7 +48,7 @@ def reward_language(
 
 
 def run_reward(ctx: StageContext) -> dict:
-    run, t, config = ctx.run, ctx.t, ctx.run.config
+    run, t, config = ctx.run, ctx.t, ctx.config
     policy, reference = run.policy_spec(t), run.reward_reference_spec(t)
     translator = None
     if STRATEGIES[config.reward.mode].needs_translator:

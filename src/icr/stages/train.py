@@ -10,21 +10,23 @@ from icr.core.io import read_json, read_jsonl, write_text_atomic
 from icr.runtime.cards import count_by_language, model_card
 from icr.runtime.status import train_status_callback
 from icr.stages.base import Stage, StageContext
+from icr.training.registry import trainer_for
+from icr.training.replay import write_training_pairs
 from icr.training.tracking import tracked_run_name
-from icr.training.trainer import train_dpo
 
 
 def run_train(ctx: StageContext) -> dict:
-    run, t, config = ctx.run, ctx.t, ctx.run.config
+    run, t, config = ctx.run, ctx.t, ctx.config
+    pairs_file, replay = training_pairs(ctx)
     ctx.pool.clear()  # training loads its own copy; do not hold a second one
     spec = run.policy_spec(t)
     models = config.models
     stats_file = run.pairs_stats_file(t)  # for the trackers only: not an input the stage needs
     pair_stats = read_json(stats_file) if stats_file.exists() else None
     try:
-        metrics = train_dpo(
+        metrics = trainer_for(config.train.loss)(
             spec,
-            run.pairs_file(t),
+            pairs_file,
             run.model_dir(t),
             config.train,
             config.reward.token_budget,
@@ -42,15 +44,39 @@ def run_train(ctx: StageContext) -> dict:
     if run.shard.is_main:
         pairs = count_by_language(read_jsonl(run.pairs_file(t)), list(config.data.languages))
         write_text_atomic(run.model_dir(t) / "README.md", str(model_card(config, t, spec, pairs)))
-    return {"init": spec, "output": str(run.model_dir(t)), "steps": metrics["steps"], "after": metrics["after"]}
+    info = {"init": spec, "output": str(run.model_dir(t)), "steps": metrics["steps"], "after": metrics["after"]}
+    return {**info, "replay": replay} if replay else info
+
+
+def replays(run, t: int) -> bool:
+    return t > 0 and run.config.at_iteration(t).train.replay is not None
+
+
+def training_pairs_file(run, t: int):
+    """iter_<t>/train_pairs.jsonl: the pairs iteration t trains on when it replays (`train.replay`)."""
+    return run.iter_dir(t) / "train_pairs.jsonl"
+
+
+def training_pairs(ctx: StageContext):
+    """The pairs file to train on, and the replay counts (None without replay)."""
+    run, t = ctx.run, ctx.t
+    if not replays(run, t):
+        return run.pairs_file(t), None
+    out = training_pairs_file(run, t)
+    counts = None
+    if run.shard.is_main:
+        seed = ctx.config.train.seed
+        counts = write_training_pairs(run.pairs_file(t), run.pairs_file(t - 1), out, ctx.config.train.replay, seed, t)
+    run.shard.wait()
+    return out, counts
 
 
 STAGE = Stage(
     name="train",
     summary="Stage 4: DPO + λ·NLL on the pairs, from π^t to π^{t+1}.",
     sections=("seed", "models", "data", "generate", "reward", "pairs", "train"),
-    inputs=lambda run, t: [run.pairs_file(t)],
-    outputs=lambda run, t: [run.model_dir(t)],
+    inputs=lambda run, t: [run.pairs_file(t)] + ([run.pairs_file(t - 1)] if replays(run, t) else []),
+    outputs=lambda run, t: [run.model_dir(t)] + ([training_pairs_file(run, t)] if replays(run, t) else []),
     run=run_train,
     unit="step",
 )
