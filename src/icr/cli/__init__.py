@@ -9,6 +9,7 @@ a long run, 1 for the others.
 from __future__ import annotations
 
 import logging
+import sys
 
 import click
 
@@ -24,7 +25,8 @@ from icr.core.faults import (
     acknowledge_stop,
     stop_on_signals,
 )
-from icr.core.progress import MODES, configure
+from icr.core.logs import configure_logging
+from icr.core.progress import MODES, SETTINGS, configure
 from icr.stages import STAGES
 
 # The faults of long runs (README: Failures and recovery): exception type -> (exit code, meaning).
@@ -97,14 +99,11 @@ class IcrGroup(click.Group):
 
 
 def _setup_logging(verbose: bool, quiet: bool = False) -> None:
-    from rich.logging import RichHandler
-
+    """rich's console handler only beside progress bars on a terminal; plain unwrapped lines else
+    (`icr.core.logs`). Python warnings go to the run's log file, and to the console with -v."""
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(
-        level=level, format="%(message)s", handlers=[RichHandler(show_path=False, rich_tracebacks=False)], force=True
-    )
-    for noisy in ("httpx", "urllib3", "datasets", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    rich = SETTINGS.resolved() == "bar" and sys.stderr.isatty()
+    configure_logging(level, rich, show_warnings=verbose)
 
 
 MAIN_HELP = (
@@ -139,8 +138,8 @@ MAIN_HELP = (
     help="Seconds between progress lines in log mode.",
 )
 def main(verbose: bool, quiet: bool, progress_mode: str, log_every: float) -> None:
-    _setup_logging(verbose, quiet)
     configure("none" if quiet else progress_mode, log_every)
+    _setup_logging(verbose, quiet)
 
 
 SHARED_OPTIONS_NOTE = (
