@@ -27,6 +27,7 @@ What is normalised, and why (nothing else is):
 * report/report.json (`icr report`, written at the end of `icr run`): the stages' `finished`
   times, the library `versions` and the training `runtime_s` are dropped; report/report.md: the
   training table's time cell is replaced by `<time>`.
+* icr.log (the run's log file: timestamps, library warnings) is not hashed.
 The hashes hold for one build of torch/transformers on one kind of CPU: the golden file records
 them, and `--check` (and tests/test_golden.py) refuse to compare across others.
 """
@@ -210,7 +211,7 @@ def output_hashes(workdir: Path) -> dict[str, str]:
     hashes = {}
     for top in ("runs/golden", "eval"):
         for path in sorted((workdir / top).rglob("*")):
-            if path.is_file():
+            if path.is_file() and path.name != "icr.log":  # the run's log: timestamps, library warnings
                 rel, data = _normalised(str(path.relative_to(workdir)), path.read_bytes())
                 hashes[rel] = hashlib.sha256(data).hexdigest()
     return dict(sorted(hashes.items()))

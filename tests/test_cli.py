@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 import yaml
@@ -170,3 +171,71 @@ def test_small_commands_have_only_their_own_flags():
         main, ["reward-accuracy", "--pairs", "x", "--policy", "p", "--reference", "r", "--modes", "crosslingual,bogus"]
     )
     assert result.exit_code == 2 and "modes" in result.output
+
+
+def _option_lines(help_text: str) -> dict[str, str]:
+    """Flag -> the rest of its first help line (`--generate.n INTEGER  Responses ... [default: 10]`,
+    wrapped text joined up to the next flag)."""
+    options: dict[str, str] = {}
+    flag = None
+    for line in help_text.splitlines():
+        match = re.match(r"^  (--[\w.-]+)(.*)$", line)
+        if match:
+            flag = match.group(1)
+            options[flag] = match.group(2).strip()
+        elif flag and line.startswith("    "):
+            options[flag] += " " + line.strip()
+        elif not line.strip():
+            flag = None
+    return options
+
+
+def test_help_shows_types_and_plain_defaults():
+    options = _option_lines(invoke("run", "--help").output)
+    assert options["--generate.temperature"].startswith("FLOAT ")
+    assert "[default: 0.9]" in options["--generate.temperature"]
+    assert options["--generate.n"].startswith("INTEGER ") and "[default: 10]" in options["--generate.n"]
+    assert options["--reward.mode"].startswith("[crosslingual|multilingual|translate]")
+    assert options["--data.prompts"].startswith("PATH ") and "[default: embedded:demo]" in options["--data.prompts"]
+    assert options["--output_dir"].startswith("PATH ") and options["--config"].startswith("PATH ")
+    assert "[default: en,es,de,fr,ru]" in options["--data.languages"]
+    assert "[default: true]" in options["--pairs.length_control"]
+    help_text = invoke("run", "--help").output + invoke("eval", "--help").output
+    assert "VALUE" not in help_text and "[default: None]" not in help_text
+    assert not re.search(r"\[default: '[^' ]*'\]", " ".join(help_text.split()))  # a repr, not a value
+    assert "[default: [" not in help_text and "[default: True]" not in help_text
+
+
+def test_stage_help_lists_its_own_section_and_points_to_the_shared_options():
+    result = invoke("generate", "--help")
+    options = _option_lines(result.output)
+    assert "--generate.n" in options and "--iteration" in options and "--config" in options
+    assert not any(flag.startswith(("--reward.", "--train.", "--models.", "--data.")) for flag in options)
+    assert "icr run --help" in " ".join(result.output.split())
+    assert len(result.output.splitlines()) < 80
+    assert "--train.beta" in _option_lines(invoke("train", "--help").output)
+    # the hidden options are still accepted
+    result = CliRunner().invoke(main, ["generate", "--models.policy", "p", "--reward.beta", "-1"])
+    assert result.exit_code == 2 and "reward.beta" in result.output
+
+
+def test_top_help_groups_the_commands():
+    text = invoke("--help").output
+    titles = re.findall(r"^(\w+) commands:$", text, re.M)
+    assert titles == ["Run", "Stage", "Evaluate", "Inspect"]
+    sections = dict(zip(titles, re.split(r"^\w+ commands:$", text, flags=re.M)[1:]))
+    assert re.search(r"^  generate ", sections["Stage"], re.M) and re.search(r"^  eval ", sections["Evaluate"], re.M)
+    assert re.search(r"^  status ", sections["Inspect"], re.M) and re.search(r"^  run ", sections["Run"], re.M)
+    listed = re.findall(r"^  ([a-z][\w-]*) ", "".join(sections.values()), re.M)
+    assert sorted(listed) == sorted(main.commands)
+
+
+def test_cli_md_is_what_the_generator_writes():
+    import importlib.util
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("gen_cli_docs", repo / "scripts" / "gen_cli_docs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert (repo / "docs" / "cli.md").read_text(encoding="utf-8") == module.main_doc() + "\n"

@@ -88,8 +88,9 @@ def top_help() -> str:
 
 
 def listed_commands(help_text: str) -> list[str]:
-    section = help_text.split("\nCommands:\n", 1)[1]
-    return re.findall(r"^  ([a-z][\w-]*)", section, re.M)
+    """The commands of `icr --help`'s sections ("Run commands:", "Stage commands:", ...)."""
+    sections = re.split(r"^\w+ commands:\n", help_text, flags=re.M)[1:]
+    return [name for section in sections for name in re.findall(r"^  ([a-z][\w-]*)", section, re.M)]
 
 
 def _has_flag(help_text: str, flag: str) -> bool:

@@ -16,12 +16,14 @@ from icr.config import RunConfig
 from icr.core.errors import ConfigError
 from icr.core.faults import Preempted, acknowledge_stop
 from icr.core.io import read_json, write_text_atomic
+from icr.core.logs import run_log_file
 from icr.core.prompts import PromptSet, PromptSource, load_prompt_set
 from icr.runtime.rundir import ModelPool, RunDir
 from icr.runtime.runlock import run_lock
 from icr.stages import STAGES, Stage, StageContext
 
 log = logging.getLogger(__name__)
+RUN_LOG = "icr.log"
 SUMMARY_FIELDS = (
     "prompts",
     "pairs",
@@ -55,9 +57,15 @@ def run_once(stage: Stage, ctx: StageContext) -> None:
 @contextmanager
 def open_run(config: RunConfig) -> Iterator[RunDir]:
     """The run directory of `config`, locked for this process (`icr.runtime.runlock`) during the block.
-    The lock comes first: opening a RunDir clears what an earlier writer left."""
+    The lock comes first: opening a RunDir clears what an earlier writer left. The main process
+    appends the block's log records, library warnings included, to `<run_dir>/icr.log`."""
     with run_lock(config.run_dir):
-        yield RunDir(config)
+        run = RunDir(config)
+        if not run.shard.is_main:
+            yield run
+            return
+        with run_log_file(run.root / RUN_LOG):
+            yield run
 
 
 def run_stage(config: RunConfig, name: str, iteration: int = 0) -> RunDir:

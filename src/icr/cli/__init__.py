@@ -9,6 +9,7 @@ a long run, 1 for the others.
 from __future__ import annotations
 
 import logging
+import sys
 
 import click
 
@@ -24,7 +25,8 @@ from icr.core.faults import (
     acknowledge_stop,
     stop_on_signals,
 )
-from icr.core.progress import MODES, configure
+from icr.core.logs import configure_logging
+from icr.core.progress import MODES, SETTINGS, configure
 from icr.stages import STAGES
 
 # The faults of long runs (README: Failures and recovery): exception type -> (exit code, meaning).
@@ -67,19 +69,41 @@ class IcrCommand(click.Command):
             raise click.ClickException(str(err)) from None
 
 
+# `icr --help` lists the commands in these groups, in this order (any other under "Other").
+COMMAND_GROUPS: dict[str, tuple[str, ...]] = {
+    "Run": ("run", "config", "plan", "demo"),
+    "Stage": ("align-english", "generate", "reward", "pairs", "train"),
+    "Evaluate": ("eval", "reward-accuracy", "score"),
+    "Inspect": ("status", "report", "export"),
+}
+
+
 class IcrGroup(click.Group):
     command_class = IcrCommand
 
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        grouped = [name for names in COMMAND_GROUPS.values() for name in names if name in self.commands]
+        return grouped + sorted(set(self.commands) - set(grouped))
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """One section per group of `COMMAND_GROUPS`, each command with its short help."""
+        listed = self.list_commands(ctx)
+        grouped = {name for names in COMMAND_GROUPS.values() for name in names}
+        groups = {**COMMAND_GROUPS, "Other": tuple(n for n in listed if n not in grouped)}
+        limit = formatter.width - 6 - max(len(name) for name in listed)
+        for title, names in groups.items():
+            rows = [(n, self.commands[n].get_short_help_str(limit)) for n in names if n in self.commands]
+            if rows:
+                with formatter.section(f"{title} commands"):
+                    formatter.write_dl(rows)
+
 
 def _setup_logging(verbose: bool, quiet: bool = False) -> None:
-    from rich.logging import RichHandler
-
+    """rich's console handler only beside progress bars on a terminal; plain unwrapped lines else
+    (`icr.core.logs`). Python warnings go to the run's log file, and to the console with -v."""
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(
-        level=level, format="%(message)s", handlers=[RichHandler(show_path=False, rich_tracebacks=False)], force=True
-    )
-    for noisy in ("httpx", "urllib3", "datasets", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    rich = SETTINGS.resolved() == "bar" and sys.stderr.isatty()
+    configure_logging(level, rich, show_warnings=verbose)
 
 
 MAIN_HELP = (
@@ -110,17 +134,24 @@ MAIN_HELP = (
     default=30.0,
     show_default=True,
     type=click.FloatRange(min=0),
+    metavar="FLOAT",
     help="Seconds between progress lines in log mode.",
 )
 def main(verbose: bool, quiet: bool, progress_mode: str, log_every: float) -> None:
-    _setup_logging(verbose, quiet)
     configure("none" if quiet else progress_mode, log_every)
+    _setup_logging(verbose, quiet)
+
+
+SHARED_OPTIONS_NOTE = (
+    "Shows this stage's own options. Every option of `icr run` is accepted too (--name, --output_dir, "
+    "--seed, --models.*, --data.* and the other stages' sections): see `icr run --help`."
+)
 
 
 def _stage_command(name: str, summary: str) -> None:
-    @main.command(name=name, help=summary)
+    @main.command(name=name, help=summary, epilog=SHARED_OPTIONS_NOTE)
     @click.option("--iteration", default=0, show_default=True, type=int, help="Iteration t of the run.")
-    @config_options(RunConfig)
+    @config_options(RunConfig, shown=(name,))
     def command(config_path, iteration, **options):
         from icr.pipeline import run_stage
 

@@ -94,42 +94,88 @@ def effective_default(model: type[BaseModel], dotted: str) -> Any:
     return effective_default(info.annotation, rest)
 
 
-def _help(model: type[BaseModel], dotted: str, info, annotation) -> str:
-    text = info.description or ""
+# Fields holding a file or folder (shown as PATH); a model is a path or a Hub id (MODEL).
+PATH_FIELDS = frozenset(
+    {"output_dir", "prompts", "output", "run_dir", "pairs", "responses", "outputs", "reference_outputs", "to"}
+    | {"data", "cache", "lc_data", "eval", "eval.prompts"}
+)
+MODEL_FIELDS = frozenset({"policy", "reference", "translator", "model", "models", "tokenizer"})
+SCALAR_METAVARS = {int: "INTEGER", float: "FLOAT", bool: "BOOLEAN"}
+
+
+def plain(value: Any) -> str:
+    """A value as one writes it in a flag or in YAML: 0.9, true, en,es,de, cosine (no Python repr)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return ",".join(plain(v) for v in value)
+    return str(value)
+
+
+def metavar(dotted: str, annotation) -> str:
+    """The type a flag takes: [a|b|c] for a choice, INTEGER, FLOAT, BOOLEAN, PATH, MODEL, LIST, TEXT."""
     allowed = choices(annotation)
     if allowed:
-        text += f" Choices: {', '.join(allowed)}."
+        return f"[{'|'.join(allowed)}]" + (",..." if get_origin(annotation) is list else "")
+    name = dotted.rpartition(".")[2]
+    accepted = [t for t in _accepted_types(annotation) if t is not type(None)]
+    textual = str in accepted or list[str] in accepted
+    if textual and name in MODEL_FIELDS:
+        return "MODEL" + ("..." if get_origin(annotation) is list else "")
+    if textual and (name in PATH_FIELDS or dotted in PATH_FIELDS):
+        return "PATH"
+    if any(get_origin(t) is list for t in accepted):
+        return "LIST"
+    kinds = {SCALAR_METAVARS.get(t) for t in accepted}
+    if len(kinds) == 1 and None not in kinds:
+        return kinds.pop()
+    numbers = [k for k in kinds if k in ("INTEGER", "FLOAT")]
+    literals = [a for t in accepted for a in get_args(t) if get_origin(t) is Literal]
+    if numbers and literals:  # e.g. `int | 'auto'`
+        return f"[{numbers[0]}|{'|'.join(map(str, literals))}]"
+    return "TEXT"
+
+
+def _help(model: type[BaseModel], dotted: str, info) -> str:
+    text = info.description or ""
     if info.is_required():
         return f"{text} [required]"
     if "[default:" in text:  # the description says what the default means
         return text
-    return f"{text} [default: {effective_default(model, dotted)!r}]"
+    default = effective_default(model, dotted)
+    if default is None or default == []:  # unset: nothing to show
+        return text
+    return f"{text} [default: {plain(default)}]"
 
 
-def _field_option(model: type[BaseModel], dotted: str, info, annotation):
-    flag, name, text = flag_name(model, dotted), option_name(dotted), _help(model, dotted, info, annotation)
+def _field_option(model: type[BaseModel], dotted: str, info, annotation, hidden: bool = False):
+    flag, name, text = flag_name(model, dotted), option_name(dotted), _help(model, dotted, info)
+    kind = metavar(dotted, annotation)
     if hasattr(model, "cli_flags") and annotation is bool:
-        return click.option(f"--{flag}/--no-{flag}", name, default=None, help=text)
+        return click.option(f"--{flag}/--no-{flag}", name, default=None, help=text, hidden=hidden)
     if dotted in getattr(model, "cli_repeated", ()):
-        return click.option(f"--{flag}", name, multiple=True, metavar="VALUE", help=text)
-    return click.option(f"--{flag}", name, default=None, metavar="VALUE", help=text)
+        return click.option(f"--{flag}", name, multiple=True, metavar=kind, help=text, hidden=hidden)
+    return click.option(f"--{flag}", name, default=None, metavar=kind, help=text, hidden=hidden)
 
 
-def config_options(model: type[BaseModel], config_file: bool = True):
+def config_options(model: type[BaseModel], config_file: bool = True, shown: tuple[str, ...] | None = None):
     """Decorator: `--config` (unless `config_file` is False: a second model of the same command)
-    and one option per field of `model` (help from the field)."""
+    and one option per field of `model` (help from the field). With `shown` (section names), the
+    other fields are accepted but left out of `--help` (a stage command lists its own section)."""
     excluded = getattr(model, "cli_exclude", ())
 
     def decorate(func):
         for dotted, info, annotation in reversed(list(iter_fields(model))):
             if dotted not in excluded:
-                func = _field_option(model, dotted, info, annotation)(func)
+                hidden = shown is not None and dotted.partition(".")[0] not in shown
+                func = _field_option(model, dotted, info, annotation, hidden)(func)
         if not config_file:
             return func
         return click.option(
             "--config",
             "config_path",
             type=click.Path(exists=True, dir_okay=False),
+            metavar="PATH",
             help="YAML config; flags override it.",
         )(func)
 

@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from icr.core.logs import disable_library_bars
+
 log = logging.getLogger("icr.core.progress")
 
 MODES = ("auto", "bar", "log", "none")
-LIBRARY_BAR_SWITCHES = ("HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS")
 
 
 @dataclass
@@ -44,9 +44,8 @@ def configure(mode: str = "auto", interval_s: float = 30.0) -> None:
     if mode not in MODES:
         raise ValueError(f"progress mode {mode!r}: expected one of {', '.join(MODES)}")
     SETTINGS.mode, SETTINGS.interval_s = mode, interval_s
-    if SETTINGS.resolved() != "bar":  # the libraries' own bars too (read when they are first imported)
-        for variable in LIBRARY_BAR_SWITCHES:
-            os.environ.setdefault(variable, "1")
+    if SETTINGS.resolved() != "bar":  # the libraries' own bars too: one line per event in a log
+        disable_library_bars()
 
 
 def format_duration(seconds: float) -> str:

@@ -4,6 +4,7 @@
       config.yaml, manifest.json         resolved config; finished stages, versions, config hashes,
                                           failures (preemptions, diverged or out-of-memory trainings)
       .icr.lock                           while a command writes the run: its holder (`icr.runtime.runlock`)
+      icr.log                             every command's log lines and library warnings (`icr.core.logs`)
       iter_0/generations/{lang}.jsonl     N responses per prompt from π^0
       iter_0/rewards/{lang}.jsonl         logp_policy, logp_ref, n_tokens, reward per response
       iter_0/pairs.jsonl, pairs_stats.json
