@@ -113,8 +113,8 @@ def check_consistent(root: Path, cfg, prompt_keys: list[tuple]) -> None:
 
 
 # What the log shows once a stage's models are loaded and its work begins: the progress bars of
-# generate and reward, transformers' weight loading in train (TRL's set-up and training follow).
-WORK = {"generate": r"generate \w+:", "reward": r"reward \w+ \(", "pairs": "", "train": "Loading weights"}
+# generate and reward, the trainer's "training <model> on <n> pairs" once the policy is loaded.
+WORK = {"generate": r"generate \w+:", "reward": r"reward \w+ \(", "pairs": "", "train": r"training \S+ on \d+ pairs"}
 
 
 def at_work(log_path: Path, stage: str) -> bool:

@@ -239,3 +239,14 @@ def test_cli_md_is_what_the_generator_writes():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert (repo / "docs" / "cli.md").read_text(encoding="utf-8") == module.main_doc() + "\n"
+
+
+def test_a_command_invoked_on_its_own_still_takes_dash_h():
+    """click keeps the help option a command first built: invoked without `icr` in front (as tests
+    and embedding scripts do), a command must still offer -h, or docs/cli.md depends on test order."""
+    from click.testing import CliRunner
+
+    for name in ("eval", "score", "status"):
+        out = CliRunner().invoke(main.commands[name], ["-h"], prog_name=f"icr {name}")
+        assert out.exit_code == 0, out.output
+        assert "-h, --help" in out.output

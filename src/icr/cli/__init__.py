@@ -53,8 +53,17 @@ class FaultExit(click.ClickException):
         super().__init__(f"{err} [exit code {self.exit_code}]")
 
 
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+
+
 class IcrCommand(click.Command):
     """A command that reports the project's errors as a message and an exit code, not a traceback."""
+
+    def __init__(self, *args, **kwargs):
+        # click builds a command's help option once and keeps it: a command first invoked on its own
+        # (not through `icr`) would otherwise keep click's bare --help
+        kwargs["context_settings"] = {**HELP_OPTIONS, **(kwargs.get("context_settings") or {})}
+        super().__init__(*args, **kwargs)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -116,7 +125,7 @@ MAIN_HELP = (
 
 
 @click.group(
-    cls=IcrGroup, help=MAIN_HELP, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110}
+    cls=IcrGroup, help=MAIN_HELP, context_settings=HELP_OPTIONS
 )
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only: no progress bars, no progress lines.")

@@ -239,6 +239,7 @@ def train_dpo(
     Trackers (`config.report_to`) log under `tracking_dir` as `run_name`, with `pair_stats` (the
     iteration's `pairs_stats.json`) at step 0; `callbacks` are extra transformers callbacks."""
     lm, pairs = _model_and_pairs(model_spec, pairs_file, config, device, trust_remote_code, allow_pickle)
+    log.info("training %s on %d pairs (%s)", model_spec, len(pairs), pairs_file)
     shard = current_shard()
     # One scratch folder, the same on every process (a sharded save writes into it from all of them);
     # what a killed run left there is discarded.
