@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from icr.config import PairsConfig
-from icr.engines.selection import PAPER_ALPHA_STEP, Candidates, fit_alpha, select_pairs
+from icr.engines.selection import PAPER_ALPHA_STEP, Candidates, fit_alpha, grid_alpha, select_pairs
 
 
 def make_groups(rng: np.random.Generator, n_prompts: int, sizes=(2, 8), reward_scale=1.0, max_len=400):
@@ -355,3 +355,50 @@ def test_statistics_of_no_pairs_are_nan_not_errors():
     pairs, stats = select_pairs([], PairsConfig())
     assert pairs == [] and stats["pairs"] == 0 and stats["prompts"] == 0
     assert math.isnan(stats["mean_len_chosen"]) and math.isnan(stats["target_language_share"])
+
+
+# ---------------------------------------------------------------- alpha_search: grid
+
+
+def released_optimize_alpha(scores, lengths, alpha_range=(0.0, 1.0, 0.001)):
+    """A copy of the released loop (utils/generate_preference_pair.py, optimize_alpha and the
+    argmax/argmin of generate_lc_dpo_pair), on lists, as the authors ran it."""
+    best_alpha, min_avg_diff = 0.0, float("inf")
+    for alpha in np.arange(*alpha_range):
+        adjusted = [[s - alpha * n for s, n in zip(ss, ns)] for ss, ns in zip(scores, lengths)]
+        chosen = [np.argmax(sub) for sub in adjusted]
+        reject = [np.argmin(sub) for sub in adjusted]
+        avg = np.mean([ns[c] - ns[r] for c, r, ns in zip(chosen, reject, lengths)])
+        if abs(avg) < abs(min_avg_diff):
+            min_avg_diff, best_alpha = avg, alpha
+    adjusted = [[s - best_alpha * n for s, n in zip(ss, ns)] for ss, ns in zip(scores, lengths)]
+    return best_alpha, [(int(np.argmax(sub)), int(np.argmin(sub))) for sub in adjusted]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_grid_search_picks_the_released_alpha_and_pairs(tmp_path, seed):
+    from icr.core.io import read_jsonl, write_jsonl_atomic
+
+    path = tmp_path / "rewards.jsonl"  # a fixed reward file, read back as the pairs stage reads it
+    write_jsonl_atomic(path, random_records(seed, prompts=30, responses=10, max_chars=400, label="r ", filler="z"))
+    records = read_jsonl(path)
+    alpha, chosen_rejected = released_optimize_alpha(
+        [log_ratio(r) for r in records], [[len(t) for t in r["responses"]] for r in records]
+    )
+    pairs, stats = select_pairs(records, PairsConfig(alpha_search="grid", **NO_FILTER))
+    assert stats["alpha"] == pytest.approx(float(alpha), abs=1e-15)
+    assert len(pairs) == len(records)
+    for p, r, (c, w) in zip(pairs, records, chosen_rejected):
+        assert p["chosen"][-1]["content"] == r["responses"][c]
+        assert p["rejected"][-1]["content"] == r["responses"][w]
+
+
+def test_grid_search_keeps_the_grid_point_where_exact_finds_a_better_alpha():
+    """The only zero-gap α lies strictly between 0.001 and 0.002: `exact` finds it, `grid` (the
+    released search) keeps the first grid α with the smallest gap, as the released loop does."""
+    g = Candidates({}, ["short", "long"], np.array([0.0, 0.10005]), np.array([100.0, 200.0]))
+    h = Candidates({}, ["a", "b"], np.array([0.0, 0.1]), np.array([100.0, 200.0]))
+    released, _ = released_optimize_alpha([list(x.rewards) for x in (g, h)], [list(x.lengths) for x in (g, h)])
+    assert grid_alpha([g, h]) == float(released)
+    assert grid_alpha([g, h]) != fit_alpha([g, h])
+    assert abs(gap_at(fit_alpha([g, h]), [g, h])) < abs(gap_at(grid_alpha([g, h]), [g, h]))

@@ -207,6 +207,13 @@ class PairsConfig(StrictModel):
         description="α is searched in [0, alpha_max), on the paper's scale: per unit of length, in "
         "nats of the raw log-ratio log π − log π_ref (no β) (paper: [0, 1)).",
     )
+    alpha_search: Literal["exact", "grid"] = Field(
+        "exact",
+        description="How α is searched: 'grid' = the released scan of [0, alpha_max) in steps of 0.001, first α "
+        "with the smallest |length gap| (the paper); 'exact' = that grid plus one α inside every interval "
+        "between the points where a prompt's chosen or rejected response changes, so an α the grid steps "
+        "over is found (never a worse gap than 'grid', sometimes other pairs).",
+    )
     max_chosen_score: float | None = Field(
         None,
         description="Drop a prompt if its best score is above this; the score is log π − log π_ref − "

@@ -71,6 +71,16 @@ def _mean_length_gap(alphas: np.ndarray, groups: list[Candidates]) -> np.ndarray
     return np.where(count > 0, gap / np.maximum(count, 1), np.inf)  # no pair at all is not balance
 
 
+def grid_alpha(groups: list[Candidates], alpha_max: float = 1.0) -> float:
+    """The released search (utils/generate_preference_pair.py, optimize_alpha): α over
+    np.arange(0, alpha_max, 0.001), the first α whose |mean len(chosen) − len(rejected)| is smallest
+    (a later α replaces it only when strictly smaller)."""
+    if not groups:
+        return 0.0
+    grid = np.arange(0.0, alpha_max, PAPER_ALPHA_STEP)
+    return float(grid[int(np.abs(_mean_length_gap(grid, groups)).argmin())])
+
+
 def fit_alpha(groups: list[Candidates], alpha_max: float = 1.0) -> float:
     """α in [0, alpha_max) minimising |mean len(chosen) − mean len(rejected)|; ties → smallest α.
 
@@ -100,6 +110,10 @@ def fit_alpha(groups: list[Candidates], alpha_max: float = 1.0) -> float:
         if gaps[k] < best_gap - 1e-12:
             best_alpha, best_gap = float(chunk[k]), float(gaps[k])
     return best_alpha
+
+
+# pairs.alpha_search → the function that picks α for one language's prompts
+ALPHA_SEARCHES = {"grid": grid_alpha, "exact": fit_alpha}
 
 
 def response_lengths(record: dict, unit: str) -> np.ndarray:
@@ -205,7 +219,7 @@ def _selection(
             drops[cand] += 1
         else:
             groups.append(cand)
-    alpha = fit_alpha(groups, config.alpha_max) if config.length_control else 0.0
+    alpha = ALPHA_SEARCHES[config.alpha_search](groups, config.alpha_max) if config.length_control else 0.0
     pairs = []
     for g in groups:
         scores = g.rewards - alpha * g.lengths
