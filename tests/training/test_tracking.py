@@ -95,3 +95,62 @@ def test_tensorboard_holds_loss_terms_reward_metrics_and_pair_statistics(tiny_di
     assert "train/pairs/es/mean_margin" not in scalars  # NaN (no pairs) is not plotted as a point
     history = read_json(tmp_path / "model" / "train_metrics.json")["log_history"]
     assert all("dpo_loss" in e and "nll_loss" in e for e in history if "loss" in e)
+
+
+def test_chosen_nll_both_normalizations_match_a_hand_computation():
+    """Two chosen responses of 1 and 3 tokens (rows 0-1) and their rejected halves (rows 2-3), in
+    TRL's layout (log-probs per predicted position, mask shifted by one)."""
+    import torch
+
+    from icr.training.tracking import chosen_nll
+
+    log_probs = torch.tensor(
+        [
+            [0.0, -2.0, 0.0, 0.0],  # chosen 0: one token, log p = −2
+            [0.0, -1.0, -3.0, -5.0],  # chosen 1: three tokens, log p = −1, −3, −5
+            [0.0, -7.0, 0.0, 0.0],  # rejected: never counted
+            [0.0, -7.0, -7.0, 0.0],
+        ]
+    )
+    mask = torch.tensor([[0, 0, 1, 0, 0], [0, 0, 1, 1, 1], [0, 0, 1, 0, 0], [0, 0, 1, 1, 0]])
+    # TRL's sft term: every chosen token of the batch weighs the same: (2 + 1 + 3 + 5) / 4
+    assert float(chosen_nll(log_probs, mask, "batch_tokens")) == pytest.approx(11 / 4)
+    # LLaMA-Factory's pref_ftx: per-response token means (2 and 3), then their mean
+    assert float(chosen_nll(log_probs, mask, "sequence_mean")) == pytest.approx((2 + 3) / 2)
+
+
+def test_sequence_mean_turns_off_trls_sft_term_and_adds_its_own(tiny_dir):
+    """The trainer's loss under sequence_mean is TRL's DPO-only loss + λ·(LLaMA-Factory's NLL) on the
+    same forward: the term is in the loss that is optimised, not only logged."""
+    import torch
+
+    from icr.config import TrainConfig
+    from icr.core.models import load_model
+    from icr.training.tracking import chosen_nll
+    from icr.training.trainer import dpo_config, dpo_trainer, preference_dataset
+
+    config = TrainConfig(nll_normalization="sequence_mean", nll_weight=0.5, precompute_ref=False)
+    assert dpo_config(config, "/tmp/unused", 2).loss_type == ["sigmoid"]
+    assert dpo_config(TrainConfig(nll_weight=0.5), "/tmp/unused", 2).loss_type == ["sigmoid", "sft"]
+    lm = load_model(str(tiny_dir), device="cpu", dtype="float32")
+    pairs = [
+        {
+            "prompt": [{"role": "user", "content": f"question {k}"}],
+            "chosen": [{"role": "assistant", "content": "yes " * (k + 1)}],
+            "rejected": [{"role": "assistant", "content": "no"}],
+        }
+        for k in range(2)
+    ]
+    trainer = dpo_trainer(lm, preference_dataset(lm.tokenizer, pairs, [{}, {}], config), config, "/tmp/icr-seqmean")
+    assert trainer.sequence_nll_weight == 0.5
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    seen = []
+    hook = trainer.model.register_forward_hook(lambda _m, _a, out: seen.append(out))
+    with torch.no_grad():
+        loss = float(trainer.compute_loss(trainer.model, batch))
+        trainer.sequence_nll_weight = 0.0
+        dpo_only = float(trainer.compute_loss(trainer.model, batch))
+    hook.remove()
+    nll = float(chosen_nll(seen[0].log_probs, batch["completion_mask"], "sequence_mean"))
+    assert nll > 0
+    assert loss == pytest.approx(dpo_only + 0.5 * nll, rel=1e-5)

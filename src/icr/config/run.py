@@ -288,7 +288,15 @@ class TrainConfig(StrictModel):
         "(icr.training.kto).",
     )
     beta: float = Field(0.1, gt=0, description="DPO β (KTO's β under loss: kto).")
-    nll_weight: float = Field(1.0, ge=0, description="λ of loss = DPO + λ·NLL(chosen) (token-mean).")
+    nll_weight: float = Field(
+        1.0, ge=0, description="λ of loss = DPO + λ·NLL(chosen), normalised by nll_normalization."
+    )
+    nll_normalization: Literal["batch_tokens", "sequence_mean"] = Field(
+        "batch_tokens",
+        description="How NLL(chosen) averages: 'batch_tokens' = TRL's sft term, the mean over every chosen token of "
+        "the micro-batch; 'sequence_mean' = LLaMA-Factory's pref_ftx term (the paper's trainer), each chosen "
+        "response's token-mean NLL, then the mean over the micro-batch.",
+    )
     learning_rate: float = Field(5e-7, gt=0, description="Peak learning rate.")
     lr_scheduler: str = Field("cosine", description="transformers scheduler name.")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of steps spent warming up.")

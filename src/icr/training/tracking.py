@@ -69,23 +69,37 @@ def pair_statistics_logs(stats: dict[str, dict]) -> dict[str, float]:
     return logs
 
 
+def chosen_nll(log_probs: torch.Tensor, completion_mask: torch.Tensor, normalization: str = "batch_tokens"):
+    """NLL of the chosen halves of a [chosen; rejected] batch (TRL's layout: positions shifted by one).
+
+    batch_tokens   −Σ_i Σ_t log p_it / Σ_i n_i      (TRL's `sft` loss term)
+    sequence_mean  −(1/B) Σ_i (Σ_t log p_it / n_i)  (LLaMA-Factory's pref_ftx: −policy_chosen_logps_avg,
+                                                      then the batch mean; n_i ≥ 1)
+    """
+    mask = completion_mask[..., 1:]
+    chosen_tokens, _ = log_probs[:, -mask.size(1) :].chunk(2, dim=0)
+    chosen_mask, _ = mask.chunk(2, dim=0)
+    if normalization == "sequence_mean":
+        lengths = chosen_mask.sum(dim=1).clamp(min=1)
+        return -((chosen_tokens * chosen_mask).sum(dim=1) / lengths).mean()
+    return -chosen_tokens[chosen_mask.bool()].mean()
+
+
 def loss_terms(
     log_probs: torch.Tensor,
     completion_mask: torch.Tensor,
     ref_chosen: torch.Tensor,
     ref_rejected: torch.Tensor,
     beta: float,
+    normalization: str = "batch_tokens",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-pair DPO terms and the token-mean NLL of the chosen responses, from the policy's
+    """Per-pair DPO terms and the NLL of the chosen responses (`chosen_nll`), from the policy's
     per-position log-probs of a [chosen; rejected] batch (TRL's layout: positions shifted by one)."""
     mask = completion_mask[..., 1:]
-    per_token = log_probs[:, -mask.size(1) :]
-    logps = per_token.sum(dim=1)
+    logps = log_probs[:, -mask.size(1) :].sum(dim=1)
     chosen, rejected = logps.chunk(2, dim=0)
     margins = beta * ((chosen - ref_chosen) - (rejected - ref_rejected))
-    chosen_tokens, _ = per_token.chunk(2, dim=0)
-    chosen_mask, _ = mask.chunk(2, dim=0)
-    return -F.logsigmoid(margins), -chosen_tokens[chosen_mask.bool()].mean()
+    return -F.logsigmoid(margins), chosen_nll(log_probs, completion_mask, normalization)
 
 
 class LossTermsMixin:
@@ -93,6 +107,10 @@ class LossTermsMixin:
     TRL's metrics (TRL logs only their weighted sum). The log-probs come from the policy's forward
     in `compute_loss`, caught by a hook; the reference's from the precomputed columns or, without
     them, from the reference forward that follows."""
+
+    # λ of a sequence-mean NLL term added here (train.nll_normalization: sequence_mean); TRL's own
+    # `sft` term is off then. 0: TRL's loss as it is.
+    sequence_nll_weight: float = 0.0
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs: list = []
@@ -103,8 +121,14 @@ class LossTermsMixin:
         finally:
             for hook in hooks:
                 hook.remove()
-        if outputs and getattr(outputs[0], "log_probs", None) is not None:
-            self._record_terms(outputs, inputs)
+        if not outputs or getattr(outputs[0], "log_probs", None) is None:
+            return result
+        self._record_terms(outputs, inputs)
+        if self.sequence_nll_weight:
+            nll = self.sequence_nll_weight * chosen_nll(
+                outputs[0].log_probs, inputs["completion_mask"], "sequence_mean"
+            )
+            result = (result[0] + nll, *result[1:]) if return_outputs else result + nll
         return result
 
     @torch.no_grad()
@@ -116,8 +140,9 @@ class LossTermsMixin:
             ref_chosen, ref_rejected = outputs[1].log_probs[:, -mask.size(1) :].sum(dim=1).chunk(2, dim=0)
         else:
             return
+        normalization = "sequence_mean" if self.sequence_nll_weight else "batch_tokens"
         dpo, nll = loss_terms(
-            outputs[0].log_probs.detach(), inputs["completion_mask"], ref_chosen, ref_rejected, self.beta
+            outputs[0].log_probs.detach(), inputs["completion_mask"], ref_chosen, ref_rejected, self.beta, normalization
         )
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["dpo_loss"].append(self.accelerator.gather_for_metrics(dpo).mean().item())

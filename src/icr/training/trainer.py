@@ -1,7 +1,8 @@
 """Training engine: preference transfer with DPO + NLL on the chosen response (paper §3.3).
 
     loss = −log σ(β·[(log π(y_c|x) − log π_ref(y_c|x)) − (log π(y_r|x) − log π_ref(y_r|x))])
-           + λ · NLL(y_c | x)                    (NLL = token-mean cross-entropy of the chosen response)
+           + λ · NLL(y_c | x)      (train.nll_normalization: a token mean over the batch, TRL's sft term,
+                                     or LLaMA-Factory's mean of per-response token means)
 
 TRL's DPOTrainer does the optimisation (`loss_type=["sigmoid", "sft"]`, `loss_weights=[1, λ]`).
 The policy starts from the current model, which is also the reference. Reference log-probs are
@@ -142,11 +143,13 @@ def dpo_config(config: TrainConfig, output_dir: str, n_pairs: int, processes: in
     from trl import DPOConfig
 
     use_cpu = not torch.cuda.is_available()
+    # TRL's `sft` term is the batch-token mean; a sequence-mean NLL is added by the trainer instead
+    trl_nll = config.nll_weight > 0 and config.nll_normalization == "batch_tokens"
     return DPOConfig(
         output_dir=output_dir,
         beta=config.beta,
-        loss_type=["sigmoid", "sft"] if config.nll_weight > 0 else ["sigmoid"],
-        loss_weights=[1.0, config.nll_weight] if config.nll_weight > 0 else None,
+        loss_type=["sigmoid", "sft"] if trl_nll else ["sigmoid"],
+        loss_weights=[1.0, config.nll_weight] if trl_nll else None,
         learning_rate=config.learning_rate,
         lr_scheduler_type=config.lr_scheduler,
         warmup_steps=config.warmup_ratio,  # transformers 5: a float < 1 is a share of the steps
@@ -196,6 +199,8 @@ def dpo_trainer(
         trainer = _make_trainer_class()(
             model=lm.model, args=args, train_dataset=dataset, processing_class=lm.tokenizer, peft_config=_lora(config)
         )
+    if config.nll_normalization == "sequence_mean":
+        trainer.sequence_nll_weight = config.nll_weight
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; the step progress replaces it
     for callback in (trainer_callback(), pair_statistics_callback(trainer, pair_stats), *callbacks):
         trainer.add_callback(callback)
