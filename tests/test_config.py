@@ -223,7 +223,7 @@ def test_literal_choices_are_the_registries():
     from icr.config.base import JudgeBackend, JudgeOrder, LanguageFilter, RewardMode, SamplingBackend, ScoreTokens
     from icr.engines.rewarding import STRATEGIES
     from icr.engines.sampling import BACKENDS
-    from icr.engines.scoring.scorer import SKIPPED_RESPONSE_TOKENS
+    from icr.engines.scoring.scorer import SCORED_TOKENS
     from icr.engines.selection import LANGUAGE_FILTERS
     from icr.eval.judges import JUDGES
     from icr.eval.judging import ORDERS
@@ -233,7 +233,7 @@ def test_literal_choices_are_the_registries():
         (RewardMode, STRATEGIES),
         (JudgeBackend, JUDGES),
         (JudgeOrder, ORDERS),
-        (ScoreTokens, SKIPPED_RESPONSE_TOKENS),
+        (ScoreTokens, SCORED_TOKENS),
         (LanguageFilter, LANGUAGE_FILTERS),
     ):
         assert list(get_args(literal)) == list(registry)

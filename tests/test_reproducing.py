@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "reproducing.md"
 PAPER_CONFIG = REPO / "configs" / "paper-llama3-8b.yaml"
 COLUMNS = ["setting", "paper / released", "source", "our field", "ours", "same?"]
-# the settings issue 15 asks the table to cover (matched against the 'setting' column)
+# the settings the table must cover (matched against the 'setting' column)
 REQUIRED_SETTINGS = [
     "policy",
     "reference π_ref",

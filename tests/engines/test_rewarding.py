@@ -179,21 +179,80 @@ def test_crosslingual_prompt_renders_inside_the_smollm2_user_turn(tokenizer):
     )
 
 
-def test_skip_first_leaves_out_exactly_the_first_response_tokens_log_ratio(tiny_lm, tiny_ref_lm):
-    """`score_tokens: skip_first` (the released scorer's mask) differs from `all` by the first
-    response token's log π − log π_ref, computed here by the plain full forward."""
-    full = score_responses(tiny_lm, tiny_ref_lm, ENGLISH, RESPONSES_EN, beta=1.0)
-    skip = score_responses(tiny_lm, tiny_ref_lm, ENGLISH, RESPONSES_EN, beta=1.0, score_tokens="skip_first")
+# Llama-3's template shape (header tokens around the role, "\n\n", an end-of-turn token and nothing
+# after it), written with special tokens the SmolLM2 vocabulary has, so the tiny models can score it:
+# <repo_name> = <|begin_of_text|>, <filename>/<file_sep> = <|start_header_id|>/<|end_header_id|>,
+# <issue_closed> = <|eot_id|>.
+LLAMA3_STYLE_TEMPLATE = (
+    "<repo_name>{% for m in messages %}<filename>{{ m['role'] }}<file_sep>\n\n{{ m['content'] }}<issue_closed>"
+    "{% endfor %}{% if add_generation_prompt %}<filename>assistant<file_sep>\n\n{% endif %}"
+)
+RELEASED_EOS = {"chatml": "<|im_end|>", "llama3-style": "<issue_closed>"}
+
+
+def released_log_prob(lm, instruction: str, response: str, eos: str) -> tuple[list[int], float]:
+    """An independent copy of the released scorer (utils/compute_reward_score.py, prepare_data and
+    compute_score) for one response: the rendered prompt + response + EOS tokenized as one string,
+    positions masked (prompt, padding, EOS), then the log-probs of the labels at the kept positions."""
+    import torch
+
+    tok = lm.tokenizer
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": instruction}], tokenize=False, add_generation_prompt=True
+    )
+    ids = tok(prompt + response + eos, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    mask = torch.ones_like(ids)
+    mask[0, : tok(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"].size(1)] = 0
+    mask[0, ids[0] == tok.pad_token_id] = 0
+    mask[0, ids[0] == tok.encode(eos, add_special_tokens=False)[0]] = 0
+    with torch.no_grad():
+        logits = lm.model(input_ids=ids).logits.float()[:, :-1, :]
+    labels = ids[:, 1:]
+    log_probs = torch.log_softmax(logits, dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    kept = mask[:, :-1].bool()
+    return labels[kept].tolist(), float((log_probs * mask[:, :-1]).sum())
+
+
+@pytest.fixture(params=["chatml", "llama3-style"])
+def templated(request, tiny_lm, tiny_ref_lm):
+    """The tiny policy and reference under SmolLM2's own ChatML template, or a Llama-3-style one."""
+    originals = [lm.tokenizer.chat_template for lm in (tiny_lm, tiny_ref_lm)]
+    if request.param == "llama3-style":
+        for lm in (tiny_lm, tiny_ref_lm):
+            lm.tokenizer.chat_template = LLAMA3_STYLE_TEMPLATE
+    yield request.param, tiny_lm, tiny_ref_lm
+    for lm, original in zip((tiny_lm, tiny_ref_lm), originals):
+        lm.tokenizer.chat_template = original
+
+
+def test_skip_first_scores_the_released_tokens_and_sums(templated):
+    """`score_tokens: skip_first` = the released scorer token for token: the response minus its
+    first token, plus the end-of-turn token, nothing after it (not ChatML's trailing newline)."""
+    name, policy, reference = templated
+    eos = RELEASED_EOS[name]
+    skip = score_responses(policy, reference, ENGLISH, RESPONSES_EN, beta=1.0, score_tokens="skip_first")
     for k, response in enumerate(RESPONSES_EN):
-        p, c = tokenize_exchange(tiny_lm.tokenizer, ENGLISH, response)
-        first_policy = reference_logprobs(tiny_lm.model, p, c)[0]
-        first_ref = reference_logprobs(tiny_ref_lm.model, p, c)[0]
-        assert full["reward"][k] - skip["reward"][k] == pytest.approx(first_policy - first_ref, abs=2e-4)
-        assert full["logp_policy"][k] - skip["logp_policy"][k] == pytest.approx(first_policy, abs=2e-4)
-        assert skip["n_tokens"][k] == full["n_tokens"][k] - 1
+        labels, policy_sum = released_log_prob(policy, ENGLISH, response, eos)
+        _, ref_sum = released_log_prob(reference, ENGLISH, response, eos)
+        assert labels[-1] == policy.tokenizer.convert_tokens_to_ids(eos)
+        assert skip["n_tokens"][k] == len(labels)
+        assert skip["logp_policy"][k] == pytest.approx(policy_sum, abs=2e-4)
+        assert skip["reward"][k] == pytest.approx(policy_sum - ref_sum, abs=2e-4)
+        from icr.core.chat import released_exchange
+
+        assert released_exchange(policy.tokenizer, ENGLISH, response)[1][1:] == labels
     cfg = RewardConfig(beta=1.0, score_tokens="skip_first")
-    rec = reward_record(generation("en", ENGLISH, RESPONSES_EN), ENGLISH, tiny_lm, tiny_ref_lm, cfg)
+    rec = reward_record(generation("en", ENGLISH, RESPONSES_EN), ENGLISH, policy, reference, cfg)
     np.testing.assert_allclose(rec["reward"], skip["reward"], atol=1e-6)  # the stage honours the setting
+
+
+def test_all_scores_trls_completion_tokens(templated):
+    """`score_tokens: all` = what DPO trains on: TRL's completion tokens, template suffix included."""
+    _, policy, reference = templated
+    full = score_responses(policy, reference, ENGLISH, RESPONSES_EN, beta=1.0)
+    for k, response in enumerate(RESPONSES_EN):
+        assert full["n_tokens"][k] == len(tokenize_exchange(policy.tokenizer, ENGLISH, response)[1])
+        assert full["logp_policy"][k] == pytest.approx(plain_logp(policy, ENGLISH, response), abs=2e-4)
 
 
 def test_translation_is_read_between_the_released_tags():

@@ -157,8 +157,9 @@ class RewardConfig(StrictModel):
     score_tokens: ScoreTokens = Field(
         "all",
         description="Tokens summed into log π(y|x): 'all' = every response token plus the template's "
-        "end-of-turn token(s), what DPO trains on; 'skip_first' = without the first response token, as the "
-        "released scorer's off-by-one mask does (for reproducing its numbers).",
+        "end-of-turn token(s) and what follows them, what DPO trains on; 'skip_first' = the released scorer's "
+        "tokens: prompt + response + end-of-turn tokenized as one string, the response minus its first token "
+        "plus the end-of-turn token (for reproducing its numbers).",
     )
     token_budget: int | Literal["auto"] = Field(
         "auto",

@@ -67,6 +67,28 @@ def tokenize_exchange(tokenizer, instruction: str, response: str) -> tuple[list[
     return p_ids[:cut], full[cut:]
 
 
+def end_of_turn_text(tokenizer, instruction: str, response: str) -> str:
+    """The special token the chat template writes right after an assistant response (ChatML's
+    `<|im_end|>`, Llama-3's `<|eot_id|>`); the tokenizer's EOS token if the template writes none."""
+    messages = user_messages(instruction) + [{"role": "assistant", "content": response}]
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False)
+    after = rendered[rendered.rfind(response) + len(response) :]
+    specials = sorted(set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab()), key=len, reverse=True)
+    return next((t for t in specials if t and after.startswith(t)), tokenizer.eos_token or "")
+
+
+def released_exchange(tokenizer, instruction: str, response: str) -> tuple[list[int], list[int]]:
+    """(prompt ids, completion ids) as the released scorer cuts them (utils/compute_reward_score.py,
+    prepare_data): the rendered prompt + response + end-of-turn token tokenized as ONE string, cut at
+    the position where the prompt alone ends. The completion ends with the end-of-turn token:
+    nothing the template writes after it (ChatML's newline) is there."""
+    prompt_text = tokenizer.apply_chat_template(user_messages(instruction), tokenize=False, add_generation_prompt=True)
+    eot = end_of_turn_text(tokenizer, instruction, response)
+    full = tokenizer(prompt_text + response + eot, add_special_tokens=False)["input_ids"]
+    cut = len(tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
+    return list(full[:cut]), list(full[cut:])
+
+
 def end_of_turn_ids(tokenizer, model=None) -> list[int]:
     """Token ids that end an assistant turn: the generation config's EOS ids plus the tokenizer's."""
     ids: list[int] = []

@@ -4,9 +4,9 @@
 
 where π is the current policy (π_dpo at iteration 0) and log π(y|x) is the summed log-probability
 of the response tokens plus the template's end-of-turn token(s), exactly the tokens DPO trains on
-(`icr.engines.scoring.scorer.score_responses`); `reward.score_tokens: skip_first` drops the first response token,
-as the released scorer's mask does. What x is, and which text is scored, is the rewarding mode's
-choice (`STRATEGIES`):
+(`icr.engines.scoring.scorer.score_responses`); `reward.score_tokens: skip_first` scores the released
+scorer's tokens instead (the response minus its first token, plus the end-of-turn token). What x is,
+and which text is scored, is the rewarding mode's choice (`STRATEGIES`):
 
 * crosslingual (ICR, paper §3.2): the *English* instruction, preceded inside the user turn by the
   released prefix "Please answer the following instruction using only <language>, ..." (plain

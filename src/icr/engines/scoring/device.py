@@ -29,7 +29,7 @@ CPU_TOKEN_BUDGET = 4096  # `token_budget: auto` on a CPU (measured there: `make 
 GPU_LOGIT_ELEMENTS = 1 << 27  # logits of one row chunk on a GPU: 512 MiB in fp32
 GPU_SHAPE_BUCKET = 64
 AUTO_MEMORY_SHARE = 0.5  # of the free device memory, for one forward's cache and activations
-AUTO_BUDGET_RANGE = (4096, 65536)  # 16384 and 65536 ran at the same rate on an H200 (issue 16)
+AUTO_BUDGET_RANGE = (4096, 65536)  # 16384 and 65536 ran at the same rate on an H200
 
 
 @dataclass(frozen=True)

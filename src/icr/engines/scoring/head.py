@@ -6,7 +6,7 @@ vocabulary] log-softmax held in memory. Two strategies, chosen per device by `ic
   the rate of a full-vocabulary one);
 * `row_chunked_logprobs` (GPU): the head over the full vocabulary for a chunk of positions at a time
   and one fp32 logsumexp per chunk: a few large matmuls, which is what a GPU runs fastest (on an
-  H200 the sliced form took 0.52 s where row chunks took 0.19 s, issue 16).
+  H200 the sliced form took 0.52 s where row chunks took 0.19 s).
 
 Neither synchronises with the host: target logits are gathered with index arithmetic and masks
 (no `nonzero()`), so the GPU queue never drains inside the loops.

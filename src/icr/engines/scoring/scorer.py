@@ -35,7 +35,7 @@ from functools import partial
 import torch
 from transformers.cache_utils import DynamicCache
 
-from icr.core.chat import tokenize_exchange
+from icr.core.chat import common_prefix_length, released_exchange, tokenize_exchange
 from icr.core.models import LoadedModel
 from icr.core.oom import OomBackoff
 from icr.engines.scoring.cache import Prefix, batch_cache, plain_layers, repeated_cache, row_view
@@ -322,19 +322,24 @@ def score_group(
     return score_groups(model, [group], token_budget, per_token)[0]
 
 
-# Leading completion tokens left out of log π(y|x) under each `reward.score_tokens` setting. The
-# released scorer (utils/compute_reward_score.py, prepare_data and compute_score) masks positions
-# rather than the tokens they predict, which drops the first response token.
-SKIPPED_RESPONSE_TOKENS = {"all": 0, "skip_first": 1}
+# `reward.score_tokens` → (how an exchange is tokenized, leading completion tokens left out):
+#   all         TRL's tokens (`tokenize_exchange`): every response token and what the template writes
+#               after it (end-of-turn token(s), ChatML's newline), exactly what DPO trains on;
+#   skip_first  the released scorer (utils/compute_reward_score.py, prepare_data and compute_score):
+#               prompt + response + end-of-turn tokenized as one string (`released_exchange`), and
+#               positions masked rather than the tokens they predict, which drops the first response
+#               token: the response minus its first token, plus the end-of-turn token.
+SCORED_TOKENS = {"all": (tokenize_exchange, 0), "skip_first": (released_exchange, 1)}
 
 
 def _exchange_group(
     lm: LoadedModel, instruction: str, responses: list[str], score_tokens: str
 ) -> tuple[ScoreGroup, list[int]]:
     """The responses as completions of their shared prompt, and each response's scored token count."""
-    skip = SKIPPED_RESPONSE_TOKENS[score_tokens]
-    exchanges = [tokenize_exchange(lm.tokenizer, instruction, r) for r in responses]
-    shared = min(len(p) for p, _ in exchanges)
+    tokenize, skip = SCORED_TOKENS[score_tokens]
+    exchanges = [tokenize(lm.tokenizer, instruction, r) for r in responses]
+    # one string per response can end its prompt part with other tokens (a merge across the cut)
+    shared = min(common_prefix_length(exchanges[0][0], p) for p, _ in exchanges)
     skipped = [min(skip, len(c)) for _, c in exchanges]
     group = ScoreGroup(
         exchanges[0][0][:shared],
@@ -348,8 +353,8 @@ def score_responses(
     lm: LoadedModel, items: list[tuple[str, list[str]]], token_budget: int | str, score_tokens: str = "all"
 ) -> list[tuple[list[float], list[int]]]:
     """For each (instruction, responses): (summed log π(y|x) per response, scored token counts),
-    the tokens DPO trains on (`icr.core.models.tokenize_exchange`; `score_tokens` = 'skip_first' leaves
-    out the first response token, see `SKIPPED_RESPONSE_TOKENS`), all items scored together."""
+    the tokens DPO trains on (`icr.core.chat.tokenize_exchange`; `score_tokens` = 'skip_first' scores
+    the released scorer's tokens, see `SCORED_TOKENS`), all items scored together."""
     prepared = [_exchange_group(lm, instruction, responses, score_tokens) for instruction, responses in items]
     logps = score_groups(lm.model, [group for group, _ in prepared], token_budget)
     return [(lp, n_tokens) for lp, (_, n_tokens) in zip(logps, prepared)]
