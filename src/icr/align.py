@@ -14,15 +14,8 @@ from icr.config import AlignConfig, RewardConfig
 from icr.core.errors import DataError
 from icr.core.io import read_json, read_jsonl, write_jsonl_atomic
 from icr.core.prompts import embedded_path
+from icr.core.records import pair_messages
 from icr.training.registry import trainer_for
-
-
-def _as_messages(value, role: str) -> list[dict]:
-    if isinstance(value, str):
-        return [{"role": role, "content": value}]
-    if isinstance(value, list) and value and isinstance(value[0], dict):
-        return value
-    raise DataError(f"expected a string or a list of messages, got {type(value).__name__}")
 
 
 def load_english_preferences(source: str, split: str | None = "train") -> list[dict]:
@@ -47,14 +40,12 @@ def load_english_preferences(source: str, split: str | None = "train") -> list[d
         missing = [f for f in ("prompt", "chosen", "rejected") if f not in row]
         if missing:
             raise DataError(f"{source}: row {k}: missing {', '.join(missing)}")
+        try:
+            prompt, chosen, rejected = pair_messages(row)
+        except ValueError as err:
+            raise DataError(f"{source}: row {k}: {err}") from None
         pairs.append(
-            {
-                "id": str(row.get("id", k)),
-                "lang": "en",
-                "prompt": _as_messages(row["prompt"], "user"),
-                "chosen": _as_messages(row["chosen"], "assistant"),
-                "rejected": _as_messages(row["rejected"], "assistant"),
-            }
+            {"id": str(row.get("id", k)), "lang": "en", "prompt": prompt, "chosen": chosen, "rejected": rejected}
         )
     if not pairs:
         raise DataError(f"{source}: no preference pairs (split={split!r})")

@@ -1,4 +1,4 @@
-"""TRL-exact tokenization (`icr.core.models.tokenize_exchange`) and the training reference log-probs
+"""TRL-exact tokenization (`icr.core.chat.pair_tokens`) and the training reference log-probs
 (`icr.training.reference_logps`), held to a real TRL DPOTrainer's own tokenization and
 `compute_ref_log_probs`."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from icr.config import RewardConfig
-from icr.core.chat import common_prefix_length, prompt_ids, tokenize_exchange
+from icr.core.chat import common_prefix_length, pair_tokens, prompt_ids, tokenize_exchange
 from icr.core.models import load_model
 from icr.training.reference_logps import reference_logps
 
@@ -34,6 +34,13 @@ PAIRS = [
 # responses whose first characters merge with the template's last token: TRL then cuts the
 # prompt earlier, and the completion starts with a token of the prompt
 DIVERGING_PAIRS = [conv("Hi", "\n\nHello", "Bye"), conv("Hi", "Bye", "  x")]
+# a system turn before the user turn, and the same pair with plain-string fields (TRL's standard
+# format is not conversational, so only the message form goes into TRL's dataset)
+SYSTEM_PAIR = {
+    "prompt": [{"role": "system", "content": "Answer in one line."}, {"role": "user", "content": ENGLISH}],
+    "chosen": [{"role": "assistant", "content": "Red and blue."}],
+    "rejected": [{"role": "assistant", "content": "Colours."}],
+}
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +63,7 @@ def trl_trainer(tiny_ref_dir, tmp_path_factory):
     trainer = DPOTrainer(
         model=lm.model,
         args=args,
-        train_dataset=Dataset.from_list(PAIRS + DIVERGING_PAIRS),
+        train_dataset=Dataset.from_list(PAIRS + DIVERGING_PAIRS + [SYSTEM_PAIR]),
         processing_class=lm.tokenizer,
     )
     return trainer
@@ -142,3 +149,19 @@ def test_reference_logps_match_trl_when_prompt_tokenization_diverges(tiny_ref_lm
     for k in range(len(DIVERGING_PAIRS)):
         assert ours[k]["ref_chosen_logps"] == pytest.approx(want_c[k], abs=1e-2)
         assert ours[k]["ref_rejected_logps"] == pytest.approx(want_r[k], abs=1e-2)
+
+
+def test_pair_tokens_reads_the_whole_conversation_as_trl_does(tokenizer, trl_trainer, tiny_ref_lm):
+    """The one pair tokenization: a system turn in the prompt is rendered (not only the last
+    message), and string fields read as one message, both as TRL's own dataset rows have them."""
+    row = trl_rows(trl_trainer, [len(PAIRS) + len(DIVERGING_PAIRS)])[0]
+    prompt, chosen, rejected, starts = pair_tokens(tokenizer, SYSTEM_PAIR, 256)
+    assert (prompt, chosen, rejected, starts) == (row["prompt_ids"], row["chosen_ids"], row["rejected_ids"], (0, 0))
+    assert "Answer in one line." in tokenizer.decode(prompt)
+    plain = conv("Hi there", "Hello!", "Go away, please")
+    strings = {k: v[0]["content"] for k, v in plain.items()}
+    assert pair_tokens(tokenizer, strings, 256) == pair_tokens(tokenizer, plain, 256)
+    want_c, want_r = _trl_ref_logps(trl_trainer, [row], 256)
+    ours = reference_logps(tiny_ref_lm, [SYSTEM_PAIR], 256, BUDGET)[0]
+    assert ours["ref_chosen_logps"] == pytest.approx(want_c[0], abs=1e-2)
+    assert ours["ref_rejected_logps"] == pytest.approx(want_r[0], abs=1e-2)

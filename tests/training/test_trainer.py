@@ -75,8 +75,8 @@ def test_nll_weight_adds_lambda_times_token_mean_nll(tiny_dir, tmp_path):
     nll = sum(r["chosen_nll"] for r in reference_logps(lm, pairs, 64, TOKEN_BUDGET, per_token_nll=True))
     # TRL's sft term is a token mean over the whole batch; recompute it that way.
     per_token = []
+    from icr.core.chat import pair_tokens
     from icr.engines.scoring.scorer import ScoreGroup, score_group
-    from icr.training.reference_logps import pair_tokens
 
     for p in pairs:
         prompt, chosen, rejected, starts = pair_tokens(lm.tokenizer, p, 64)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 
+from icr.core.records import pair_messages
+
 log = logging.getLogger(__name__)
 
 PLAIN_CHAT_TEMPLATE = (
@@ -54,17 +56,39 @@ def common_prefix_length(a: list[int], b: list[int]) -> int:
     return n
 
 
-def tokenize_exchange(tokenizer, instruction: str, response: str) -> tuple[list[int], list[int]]:
-    """(prompt ids, completion ids) exactly as TRL's DPOTrainer tokenizes a conversational pair.
-
-    The completion is the rendered [user, assistant] conversation minus its common prefix with the
-    rendered prompt, so it includes the template's end-of-turn token(s). Scoring and training use
-    this one function, so the implicit reward is computed on exactly what DPO optimises.
-    """
-    p_ids = prompt_ids(tokenizer, instruction)
-    full = _chat_ids(tokenizer, user_messages(instruction) + [{"role": "assistant", "content": response}], False)
+def tokenize_conversation(tokenizer, prompt: list[dict], completion: list[dict]) -> tuple[list[int], list[int]]:
+    """(prompt ids, completion ids) exactly as TRL's DPOTrainer tokenizes one side of a
+    conversational pair: the rendered prompt + completion minus its common prefix with the rendered
+    prompt (generation prompt added), so the completion includes the template's end-of-turn token(s)."""
+    p_ids = _chat_ids(tokenizer, prompt, add_generation_prompt=True)
+    full = _chat_ids(tokenizer, prompt + completion, add_generation_prompt=False)
     cut = common_prefix_length(p_ids, full)
     return p_ids[:cut], full[cut:]
+
+
+def tokenize_exchange(tokenizer, instruction: str, response: str) -> tuple[list[int], list[int]]:
+    """`tokenize_conversation` of one user turn and one assistant turn. Scoring (`reward.score_tokens:
+    all`) and training use it, so the implicit reward is computed on exactly what DPO optimises."""
+    return tokenize_conversation(tokenizer, user_messages(instruction), [{"role": "assistant", "content": response}])
+
+
+def pair_tokens(tokenizer, pair: dict, max_length: int):
+    """The one tokenization of a preference pair (TRL conversational row: prompt, chosen, rejected as
+    messages or strings), used for training, reference log-probs and length grouping:
+    (shared prompt ids, chosen ids, rejected ids, (chosen start, rejected start)), as TRL builds
+    them, after its keep_start truncation to `max_length`. The starts count the prompt tokens that
+    merged into a side's completion (`tokenize_conversation`), which TRL's completion mask covers."""
+    prompt, chosen, rejected = pair_messages(pair)
+    p_c, chosen_ids = tokenize_conversation(tokenizer, prompt, chosen)
+    p_r, rejected_ids = tokenize_conversation(tokenizer, prompt, rejected)
+    shared = min(len(p_c), len(p_r))
+    room = max_length - shared
+    return (
+        p_c[:shared],
+        (p_c[shared:] + chosen_ids)[:room],
+        (p_r[shared:] + rejected_ids)[:room],
+        (len(p_c) - shared, len(p_r) - shared),
+    )
 
 
 def end_of_turn_text(tokenizer, instruction: str, response: str) -> str:

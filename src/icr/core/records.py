@@ -100,6 +100,26 @@ def message_text(value: str | list[dict[str, str]]) -> str:
     return value[-1]["content"] if isinstance(value, list) else value
 
 
+def as_messages(value: str | list[dict[str, str]], role: str) -> list[dict[str, str]]:
+    """A turn given as a string (one `role` message) or as TRL messages (kept whole)."""
+    if isinstance(value, str):
+        return _messages(role, value)
+    if isinstance(value, list) and value and all(isinstance(m, dict) and "content" in m for m in value):
+        return value
+    raise ValueError(f"expected a string or a list of messages, got {type(value).__name__}")
+
+
+def pair_messages(pair: dict[str, Any]) -> tuple[list[dict[str, str]], list[dict[str, str]], list[dict[str, str]]]:
+    """(prompt, chosen, rejected) of a TRL preference row as message lists: the whole conversation
+    that training and reference log-probs tokenize (`icr.core.chat.pair_tokens`), where a pair's
+    *text* (`message_text`, `TrainingPair.from_json`) is each field's last message."""
+    return (
+        as_messages(pair["prompt"], "user"),
+        as_messages(pair["chosen"], "assistant"),
+        as_messages(pair["rejected"], "assistant"),
+    )
+
+
 @dataclass
 class TrainingPair:
     """A DPO pair as TRL's conversational format stores it, with the scores that chose it."""

@@ -20,7 +20,7 @@ import numpy as np
 from icr.config import PairsConfig
 from icr.core.errors import DataError
 from icr.core.languages import is_in_language
-from icr.core.records import TrainingPair
+from icr.core.records import TrainingPair, message_text
 
 PAPER_ALPHA_STEP = 0.001
 
@@ -241,7 +241,7 @@ def differing_pairs(a: list[dict], b: list[dict]) -> int:
     chosen or rejected text."""
 
     def key(p):
-        return p["chosen"][0]["content"], p["rejected"][0]["content"]
+        return message_text(p["chosen"]), message_text(p["rejected"])
 
     left, right = {p["id"]: key(p) for p in a}, {p["id"]: key(p) for p in b}
     return sum(left.get(i) != right.get(i) for i in set(left) | set(right))

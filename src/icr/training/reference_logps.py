@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from icr.config import TrainConfig
-from icr.core.chat import tokenize_exchange
+from icr.core.chat import pair_tokens
 from icr.core.errors import IcrError
 from icr.core.io import read_json, write_json_atomic
 from icr.core.models import LoadedModel, fingerprint
@@ -27,22 +27,6 @@ class StaleReferenceError(IcrError, RuntimeError):
     """Precomputed reference log-probs that disagree with the reference model."""
 
 
-def pair_tokens(tokenizer, pair: dict, max_length: int):
-    """(prompt ids, chosen ids, rejected ids) as TRL builds them, after keep_start truncation."""
-    instruction = pair["prompt"][0]["content"]
-    p_c, chosen = tokenize_exchange(tokenizer, instruction, pair["chosen"][0]["content"])
-    p_r, rejected = tokenize_exchange(tokenizer, instruction, pair["rejected"][0]["content"])
-    shared = min(len(p_c), len(p_r))
-    prompt = p_c[:shared]
-    room = max_length - shared
-    return (
-        prompt,
-        (p_c[shared:] + chosen)[:room],
-        (p_r[shared:] + rejected)[:room],
-        (len(p_c) - shared, len(p_r) - shared),
-    )
-
-
 def reference_logps(
     reference: LoadedModel, pairs: list[dict], max_length: int, token_budget: int | str, per_token_nll: bool = False
 ) -> list[dict]:
@@ -51,7 +35,7 @@ def reference_logps(
     out = []
     for k in range(0, len(pairs), REFERENCE_PAIRS_PER_PASS):
         # Every token after the shared prompt counts, as in TRL's completion mask (which also covers
-        # a prompt tail that merged with the response, see `tokenize_exchange`).
+        # a prompt tail that merged with the response, see `icr.core.chat.pair_tokens`).
         chunk = pairs[k : k + REFERENCE_PAIRS_PER_PASS]
         tokens = [pair_tokens(reference.tokenizer, pair, max_length) for pair in chunk]
         groups = [ScoreGroup(prompt, [chosen, rejected]) for prompt, chosen, rejected, _ in tokens]

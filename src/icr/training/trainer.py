@@ -23,13 +23,14 @@ import torch
 import torch.nn.functional as F
 
 from icr.config import TrainConfig
+from icr.core.chat import pair_tokens
 from icr.core.distributed import current_shard
 from icr.core.errors import ConfigError, DataError
 from icr.core.faults import OutOfMemory, TrainingOutOfMemory, disk_errors, divergence_guard, write_section
 from icr.core.io import read_jsonl, write_json_atomic
 from icr.core.models import LoadedModel, load_model
 from icr.core.oom import free_accelerator_memory, out_of_memory_errors
-from icr.training.reference_logps import cached_reference_logps, pair_tokens, reference_logps, spot_check
+from icr.training.reference_logps import cached_reference_logps, reference_logps, spot_check
 
 log = logging.getLogger(__name__)
 
