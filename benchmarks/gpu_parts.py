@@ -280,6 +280,7 @@ def train_step(model, tokenizer, work, device, lora: bool, max_length: int) -> d
         return skipped(f"needs {', '.join(sorted(set(missing)))} (not installed)")
     from icr.config import LoraConfig, TrainConfig
     from icr.core.models import LoadedModel
+    from icr.training.losses import PairLogps
     from icr.training.trainer import dpo_trainer, preference_dataset
 
     config = TrainConfig(lora=LoraConfig(enabled=lora), grad_accum=1, max_length=max_length)
@@ -294,7 +295,7 @@ def train_step(model, tokenizer, work, device, lora: bool, max_length: int) -> d
                 }
             )
     pairs = pairs[: 2 * config.batch_size]
-    ref = [{"ref_chosen_logps": 0.0, "ref_rejected_logps": 0.0}] * len(pairs)  # values do not change the speed
+    ref = [PairLogps(0.0, 0.0)] * len(pairs)  # values do not change the speed
     lm = LoadedModel(model, tokenizer, "random", "random")
     with tempfile.TemporaryDirectory() as scratch:
         trainer = dpo_trainer(lm, preference_dataset(tokenizer, pairs, ref, config), config, scratch)

@@ -259,7 +259,7 @@ def part_training(args) -> dict:
     `icr train` batches them: grouped by length (ours) or in TRL's default random order (baseline)."""
     from icr.config import TrainConfig
     from icr.core.models import load_model
-    from icr.training.reference_logps import reference_logps
+    from icr.training.reference_logps import pair_logps
     from icr.training.trainer import dpo_trainer, preference_dataset
 
     lm = load_model(MODEL, device="cpu")
@@ -272,7 +272,7 @@ def part_training(args) -> dict:
     config = TrainConfig(
         batch_size=args.pairs, grad_accum=1, max_length=256, learning_rate=1e-6, group_by_length=args.impl == "ours"
     )
-    ref = reference_logps(lm, pairs, config.max_length, SCORE_BUDGET)
+    ref = pair_logps(lm, pairs, config.max_length, SCORE_BUDGET)
     dataset = preference_dataset(lm.tokenizer, pairs, ref, config)
     trainer = dpo_trainer(lm, dataset, config, str(RESULTS / "trainer"))
     batches = list(trainer.get_train_dataloader())
@@ -318,6 +318,7 @@ def part_padding(args) -> dict:
     instruction (chosen) and to the next one (rejected). Collation only, no training."""
     from icr.config import TrainConfig
     from icr.core.models import load_model
+    from icr.training.losses import PairLogps
     from icr.training.trainer import dpo_trainer, preference_dataset
 
     lm = load_model(MODEL, device="cpu")
@@ -326,7 +327,7 @@ def part_padding(args) -> dict:
         rows = json.loads((XAE_REFERENCE / f"{lang}.json").read_text(encoding="utf-8"))
         pairs += [chat_pair(a["instruction"], a["output"], b["output"]) for a, b in zip(rows, rows[1:])]
     config = TrainConfig(batch_size=args.pairs, grad_accum=1)
-    ref = [{"ref_chosen_logps": 0.0, "ref_rejected_logps": 0.0}] * len(pairs)  # unused: no step is taken
+    ref = [PairLogps(0.0, 0.0)] * len(pairs)  # unused: no step is taken
     trainer = dpo_trainer(lm, preference_dataset(lm.tokenizer, pairs, ref, config), config, str(RESULTS / "trainer"))
     out = {"pairs": len(pairs), "pairs_per_step": args.pairs, "max_length": config.max_length}
     for strategy in ("group_by_length", "random"):

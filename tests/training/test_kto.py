@@ -11,7 +11,7 @@ from icr.config import ConfigError, load_config
 from icr.core.io import read_json, read_jsonl
 from icr.core.models import load_model
 from icr.training.kto import kto_examples, kto_trainer, train_kto
-from icr.training.reference_logps import reference_logps
+from icr.training.reference_logps import pair_logps
 from icr.training.registry import TRAINERS, trainer_for
 
 
@@ -57,7 +57,7 @@ def test_precomputed_reference_logps_are_those_of_the_chosen_and_rejected(tiny_d
     lm = load_model(str(tiny_dir), device="cpu")
     trainer = kto_trainer(lm, pairs, train_config(loss="kto", batch_size=2), str(tmp_path / "t"))
     assert {"ref_logps", "ref_KL_logps"} <= set(trainer.train_dataset.column_names)
-    ours = reference_logps(lm, pairs, 64, 4096)
+    ours = pair_logps(lm, pairs, 64, 4096)
     trl = trainer.train_dataset["ref_logps"]
-    assert trl[0::2] == pytest.approx([r["ref_chosen_logps"] for r in ours], abs=1e-3)
-    assert trl[1::2] == pytest.approx([r["ref_rejected_logps"] for r in ours], abs=1e-3)
+    assert trl[0::2] == pytest.approx([r.chosen for r in ours], abs=1e-3)
+    assert trl[1::2] == pytest.approx([r.rejected for r in ours], abs=1e-3)

@@ -1,15 +1,17 @@
 """TRL-exact tokenization (`icr.core.chat.pair_tokens`) and the training reference log-probs
-(`icr.training.reference_logps`), held to a real TRL DPOTrainer's own tokenization and
+(`icr.training.reference_logps.pair_logps`), held to a real TRL DPOTrainer's own tokenization and
 `compute_ref_log_probs`."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
 from icr.config import RewardConfig
 from icr.core.chat import common_prefix_length, pair_tokens, prompt_ids, tokenize_exchange
 from icr.core.models import load_model
-from icr.training.reference_logps import reference_logps
+from icr.training.reference_logps import pair_logps
 
 BUDGET = RewardConfig().token_budget
 ENGLISH = "Name two colours of the rainbow."
@@ -134,10 +136,10 @@ def test_reference_logps_match_trl_compute_ref_log_probs(tiny_ref_lm, trl_traine
         ]
         assert sum(cut) >= 3
     want_c, want_r = _trl_ref_logps(trl_trainer, rows, max_length)
-    ours = reference_logps(tiny_ref_lm, PAIRS, max_length, BUDGET)
+    ours = pair_logps(tiny_ref_lm, PAIRS, max_length, BUDGET)
     for k in range(len(PAIRS)):
-        assert ours[k]["ref_chosen_logps"] == pytest.approx(want_c[k], abs=1e-2)
-        assert ours[k]["ref_rejected_logps"] == pytest.approx(want_r[k], abs=1e-2)
+        assert ours[k].chosen == pytest.approx(want_c[k], abs=1e-2)
+        assert ours[k].rejected == pytest.approx(want_r[k], abs=1e-2)
 
 
 def test_reference_logps_match_trl_when_prompt_tokenization_diverges(tiny_ref_lm, trl_trainer):
@@ -145,10 +147,10 @@ def test_reference_logps_match_trl_when_prompt_tokenization_diverges(tiny_ref_lm
     prompt of *both* sides there and scores the '\\n' as part of the other side's completion."""
     rows = trl_rows(trl_trainer, range(len(PAIRS), len(PAIRS) + len(DIVERGING_PAIRS)))
     want_c, want_r = _trl_ref_logps(trl_trainer, rows, 256)
-    ours = reference_logps(tiny_ref_lm, DIVERGING_PAIRS, 256, BUDGET)
+    ours = pair_logps(tiny_ref_lm, DIVERGING_PAIRS, 256, BUDGET)
     for k in range(len(DIVERGING_PAIRS)):
-        assert ours[k]["ref_chosen_logps"] == pytest.approx(want_c[k], abs=1e-2)
-        assert ours[k]["ref_rejected_logps"] == pytest.approx(want_r[k], abs=1e-2)
+        assert ours[k].chosen == pytest.approx(want_c[k], abs=1e-2)
+        assert ours[k].rejected == pytest.approx(want_r[k], abs=1e-2)
 
 
 def test_pair_tokens_reads_the_whole_conversation_as_trl_does(tokenizer, trl_trainer, tiny_ref_lm):
@@ -162,6 +164,23 @@ def test_pair_tokens_reads_the_whole_conversation_as_trl_does(tokenizer, trl_tra
     strings = {k: v[0]["content"] for k, v in plain.items()}
     assert pair_tokens(tokenizer, strings, 256) == pair_tokens(tokenizer, plain, 256)
     want_c, want_r = _trl_ref_logps(trl_trainer, [row], 256)
-    ours = reference_logps(tiny_ref_lm, [SYSTEM_PAIR], 256, BUDGET)[0]
-    assert ours["ref_chosen_logps"] == pytest.approx(want_c[0], abs=1e-2)
-    assert ours["ref_rejected_logps"] == pytest.approx(want_r[0], abs=1e-2)
+    ours = pair_logps(tiny_ref_lm, [SYSTEM_PAIR], 256, BUDGET)[0]
+    assert ours.chosen == pytest.approx(want_c[0], abs=1e-2)
+    assert ours.rejected == pytest.approx(want_r[0], abs=1e-2)
+
+
+def test_cached_reference_logps_are_read_back_as_computed(tiny_ref_lm, tmp_path):
+    """The second call reads the cache: the same values, keyed by the pairs file's content."""
+    from icr.config import TrainConfig
+    from icr.core.io import write_jsonl_atomic
+    from icr.training.reference_logps import cached_reference_logps
+
+    pairs_file = tmp_path / "pairs.jsonl"
+    write_jsonl_atomic(pairs_file, PAIRS)
+    config = TrainConfig(max_length=256)
+    first = cached_reference_logps(tiny_ref_lm, pairs_file, PAIRS, config, tmp_path / "cache", BUDGET)
+    (cache,) = (tmp_path / "cache").iterdir()
+    assert set(json.loads(cache.read_text())[0]) == {"ref_chosen_logps", "ref_rejected_logps", "chosen_nll"}
+    again = cached_reference_logps(tiny_ref_lm, pairs_file, [], config, tmp_path / "cache", BUDGET)
+    assert again == first and len(first) == len(PAIRS)
+    assert first == pair_logps(tiny_ref_lm, PAIRS, 256, BUDGET, per_token_nll=True)

@@ -97,28 +97,6 @@ def test_tensorboard_holds_loss_terms_reward_metrics_and_pair_statistics(tiny_di
     assert all("dpo_loss" in e and "nll_loss" in e for e in history if "loss" in e)
 
 
-def test_chosen_nll_both_normalizations_match_a_hand_computation():
-    """Two chosen responses of 1 and 3 tokens (rows 0-1) and their rejected halves (rows 2-3), in
-    TRL's layout (log-probs per predicted position, mask shifted by one)."""
-    import torch
-
-    from icr.training.tracking import chosen_nll
-
-    log_probs = torch.tensor(
-        [
-            [0.0, -2.0, 0.0, 0.0],  # chosen 0: one token, log p = −2
-            [0.0, -1.0, -3.0, -5.0],  # chosen 1: three tokens, log p = −1, −3, −5
-            [0.0, -7.0, 0.0, 0.0],  # rejected: never counted
-            [0.0, -7.0, -7.0, 0.0],
-        ]
-    )
-    mask = torch.tensor([[0, 0, 1, 0, 0], [0, 0, 1, 1, 1], [0, 0, 1, 0, 0], [0, 0, 1, 1, 0]])
-    # TRL's sft term: every chosen token of the batch weighs the same: (2 + 1 + 3 + 5) / 4
-    assert float(chosen_nll(log_probs, mask, "batch_tokens")) == pytest.approx(11 / 4)
-    # LLaMA-Factory's pref_ftx: per-response token means (2 and 3), then their mean
-    assert float(chosen_nll(log_probs, mask, "sequence_mean")) == pytest.approx((2 + 3) / 2)
-
-
 def test_sequence_mean_turns_off_trls_sft_term_and_adds_its_own(tiny_dir):
     """The trainer's loss under sequence_mean is TRL's DPO-only loss + λ·(LLaMA-Factory's NLL) on the
     same forward: the term is in the loss that is optimised, not only logged."""
@@ -126,7 +104,7 @@ def test_sequence_mean_turns_off_trls_sft_term_and_adds_its_own(tiny_dir):
 
     from icr.config import TrainConfig
     from icr.core.models import load_model
-    from icr.training.tracking import chosen_nll
+    from icr.training.losses import PairLogps, chosen_nll
     from icr.training.trainer import dpo_config, dpo_trainer, preference_dataset
 
     config = TrainConfig(nll_normalization="sequence_mean", nll_weight=0.5, precompute_ref=False)
@@ -141,7 +119,9 @@ def test_sequence_mean_turns_off_trls_sft_term_and_adds_its_own(tiny_dir):
         }
         for k in range(2)
     ]
-    trainer = dpo_trainer(lm, preference_dataset(lm.tokenizer, pairs, [{}, {}], config), config, "/tmp/icr-seqmean")
+    trainer = dpo_trainer(
+        lm, preference_dataset(lm.tokenizer, pairs, [PairLogps(0.0, 0.0)] * 2, config), config, "/tmp/icr-seqmean"
+    )
     assert trainer.sequence_nll_weight == 0.5
     batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
     seen = []

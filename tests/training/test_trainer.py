@@ -12,15 +12,14 @@ from helpers import TOKEN_BUDGET, TRAIN_PAIRS, train_config, write_train_pairs
 from icr.config import load_config
 from icr.core.io import read_json, read_jsonl
 from icr.core.models import load_model
-from icr.training.reference_logps import StaleReferenceError, reference_logps, spot_check
+from icr.training.losses import PairLogps
+from icr.training.reference_logps import StaleReferenceError, pair_logps, spot_check
 from icr.training.trainer import dpo_trainer, preference_dataset, train_dpo
 
 
 def _trainer(lm, pairs_path, config, tmp_path):
     pairs = read_jsonl(pairs_path)
-    dataset = preference_dataset(
-        lm.tokenizer, pairs, reference_logps(lm, pairs, config.max_length, TOKEN_BUDGET), config
-    )
+    dataset = preference_dataset(lm.tokenizer, pairs, pair_logps(lm, pairs, config.max_length, TOKEN_BUDGET), config)
     return dpo_trainer(lm, dataset, config, str(tmp_path / "t"))
 
 
@@ -57,7 +56,7 @@ def test_length_grouping_batches_pairs_of_similar_length(tiny_dir, tmp_path):
     slots, mixed = {}, {}
     for grouped in (True, False):
         config = train_config(batch_size=2, max_length=256, group_by_length=grouped)
-        ref = [{"ref_chosen_logps": 0.0, "ref_rejected_logps": 0.0}] * len(rows)
+        ref = [PairLogps(0.0, 0.0)] * len(rows)
         trainer = dpo_trainer(lm, preference_dataset(lm.tokenizer, rows, ref, config), config, str(tmp_path / "t"))
         batches = list(trainer.get_train_dataloader())
         assert sum(len(b["input_ids"]) for b in batches) == 128  # chosen + rejected of 64 pairs
@@ -72,7 +71,7 @@ def test_nll_weight_adds_lambda_times_token_mean_nll(tiny_dir, tmp_path):
     lm = load_model(str(tiny_dir), device="cpu")
     pairs_path = write_train_pairs(tmp_path / "p.jsonl")
     pairs = read_jsonl(pairs_path)
-    nll = sum(r["chosen_nll"] for r in reference_logps(lm, pairs, 64, TOKEN_BUDGET, per_token_nll=True))
+    nll = sum(r.chosen_nll for r in pair_logps(lm, pairs, 64, TOKEN_BUDGET, per_token_nll=True))
     # TRL's sft term is a token mean over the whole batch; recompute it that way.
     per_token = []
     from icr.core.chat import pair_tokens

@@ -19,6 +19,7 @@ from icr.core.errors import IcrError
 from icr.core.io import read_json, write_json_atomic
 from icr.core.models import LoadedModel, fingerprint
 from icr.engines.scoring.scorer import ScoreGroup, score_groups
+from icr.training.losses import PairLogps, reference_columns
 
 REFERENCE_PAIRS_PER_PASS = 8  # pairs whose responses share the reference's forward passes
 
@@ -27,23 +28,22 @@ class StaleReferenceError(IcrError, RuntimeError):
     """Precomputed reference log-probs that disagree with the reference model."""
 
 
-def reference_logps(
-    reference: LoadedModel, pairs: list[dict], max_length: int, token_budget: int | str, per_token_nll: bool = False
-) -> list[dict]:
-    """ref_chosen_logps / ref_rejected_logps per pair (our scorer, TRL's tokens and truncation).
-    With `per_token_nll`, also the token-mean NLL of the chosen response."""
+def pair_logps(
+    lm: LoadedModel, pairs: list[dict], max_length: int, token_budget: int | str, per_token_nll: bool = False
+) -> list[PairLogps]:
+    """Summed log-probs of each pair's chosen and rejected completion under `lm` (our scorer, TRL's
+    tokens and truncation): the reference's before training, the policy's after it. With
+    `per_token_nll`, also the token-mean NLL of the chosen response."""
     out = []
     for k in range(0, len(pairs), REFERENCE_PAIRS_PER_PASS):
         # Every token after the shared prompt counts, as in TRL's completion mask (which also covers
         # a prompt tail that merged with the response, see `icr.core.chat.pair_tokens`).
         chunk = pairs[k : k + REFERENCE_PAIRS_PER_PASS]
-        tokens = [pair_tokens(reference.tokenizer, pair, max_length) for pair in chunk]
+        tokens = [pair_tokens(lm.tokenizer, pair, max_length) for pair in chunk]
         groups = [ScoreGroup(prompt, [chosen, rejected]) for prompt, chosen, rejected, _ in tokens]
-        for chosen, rejected in score_groups(reference.model, groups, token_budget, per_token=True):
-            row = {"ref_chosen_logps": float(sum(chosen)), "ref_rejected_logps": float(sum(rejected))}
-            if per_token_nll:
-                row["chosen_nll"] = -sum(chosen) / max(len(chosen), 1)
-            out.append(row)
+        for chosen, rejected in score_groups(lm.model, groups, token_budget, per_token=True):
+            nll = -sum(chosen) / max(len(chosen), 1) if per_token_nll else float("nan")
+            out.append(PairLogps(float(sum(chosen)), float(sum(rejected)), nll))
     return out
 
 
@@ -54,16 +54,16 @@ def cached_reference_logps(
     config: TrainConfig,
     cache_dir: Path,
     token_budget: int | str,
-) -> list[dict]:
+) -> list[PairLogps]:
     """Reference log-probs keyed by (pairs content, reference model fingerprint, max_length)."""
     key = hashlib.sha256(
         pairs_file.read_bytes() + fingerprint(reference.path).encode() + f"{config.max_length}|nll".encode()
     ).hexdigest()[:20]
     cache = cache_dir / f"ref_logps-{key}.json"
     if cache.exists():
-        return read_json(cache)
-    values = reference_logps(reference, pairs, config.max_length, token_budget, per_token_nll=True)
-    write_json_atomic(cache, values)
+        return [PairLogps(r["ref_chosen_logps"], r["ref_rejected_logps"], r["chosen_nll"]) for r in read_json(cache)]
+    values = pair_logps(reference, pairs, config.max_length, token_budget, per_token_nll=True)
+    write_json_atomic(cache, [{**reference_columns(v), "chosen_nll": v.chosen_nll} for v in values])
     return values
 
 

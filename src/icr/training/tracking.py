@@ -5,7 +5,8 @@ Per optimizer step, beside TRL's own metrics (`loss`, `rewards/margins`, `reward
     dpo_loss = mean −log σ(β·[(log π(y_c|x) − log π_ref(y_c|x)) − (log π(y_r|x) − log π_ref(y_r|x))])
     nll_loss = token-mean −log π(y_c|x)                 so that  loss = dpo_loss + λ·nll_loss
 
-computed from the log-probabilities of the step's own forward pass (no extra forward). Once per
+computed by `icr.training.losses` from the log-probabilities of the step's own forward pass (no
+extra forward). Once per
 iteration, at step 0, the pair statistics of each language (`pairs/<lang>/<statistic>`, from
 `pairs_stats.json`). The tracker logs of iteration t go to `<run>/tracking/iter_<t>`, the tracked
 run is named `<run_name>/iter_<t>`.
@@ -20,7 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+
+from icr.training.losses import chosen_nll, completion_logps, dpo_margins, sigmoid_dpo_loss
 
 PAIR_STATISTICS = (
     "prompts",
@@ -69,39 +71,6 @@ def pair_statistics_logs(stats: dict[str, dict]) -> dict[str, float]:
     return logs
 
 
-def chosen_nll(log_probs: torch.Tensor, completion_mask: torch.Tensor, normalization: str = "batch_tokens"):
-    """NLL of the chosen halves of a [chosen; rejected] batch (TRL's layout: positions shifted by one).
-
-    batch_tokens   −Σ_i Σ_t log p_it / Σ_i n_i      (TRL's `sft` loss term)
-    sequence_mean  −(1/B) Σ_i (Σ_t log p_it / n_i)  (LLaMA-Factory's pref_ftx: −policy_chosen_logps_avg,
-                                                      then the batch mean; n_i ≥ 1)
-    """
-    mask = completion_mask[..., 1:]
-    chosen_tokens, _ = log_probs[:, -mask.size(1) :].chunk(2, dim=0)
-    chosen_mask, _ = mask.chunk(2, dim=0)
-    if normalization == "sequence_mean":
-        lengths = chosen_mask.sum(dim=1).clamp(min=1)
-        return -((chosen_tokens * chosen_mask).sum(dim=1) / lengths).mean()
-    return -chosen_tokens[chosen_mask.bool()].mean()
-
-
-def loss_terms(
-    log_probs: torch.Tensor,
-    completion_mask: torch.Tensor,
-    ref_chosen: torch.Tensor,
-    ref_rejected: torch.Tensor,
-    beta: float,
-    normalization: str = "batch_tokens",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-pair DPO terms and the NLL of the chosen responses (`chosen_nll`), from the policy's
-    per-position log-probs of a [chosen; rejected] batch (TRL's layout: positions shifted by one)."""
-    mask = completion_mask[..., 1:]
-    logps = log_probs[:, -mask.size(1) :].sum(dim=1)
-    chosen, rejected = logps.chunk(2, dim=0)
-    margins = beta * ((chosen - ref_chosen) - (rejected - ref_rejected))
-    return -F.logsigmoid(margins), chosen_nll(log_probs, completion_mask, normalization)
-
-
 class LossTermsMixin:
     """Mixed into TRL's DPOTrainer: records `dpo_loss` and `nll_loss` of every micro-batch beside
     TRL's metrics (TRL logs only their weighted sum). The log-probs come from the policy's forward
@@ -133,17 +102,17 @@ class LossTermsMixin:
 
     @torch.no_grad()
     def _record_terms(self, outputs: list, inputs: dict) -> None:
+        mask = inputs["completion_mask"]
         if "ref_chosen_logps" in inputs:
             ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
         elif len(outputs) > 1:
-            mask = inputs["completion_mask"][..., 1:]
-            ref_chosen, ref_rejected = outputs[1].log_probs[:, -mask.size(1) :].sum(dim=1).chunk(2, dim=0)
+            ref_chosen, ref_rejected = completion_logps(outputs[1].log_probs, mask)
         else:
             return
-        normalization = "sequence_mean" if self.sequence_nll_weight else "batch_tokens"
-        dpo, nll = loss_terms(
-            outputs[0].log_probs.detach(), inputs["completion_mask"], ref_chosen, ref_rejected, self.beta, normalization
-        )
+        log_probs = outputs[0].log_probs.detach()
+        policy_chosen, policy_rejected = completion_logps(log_probs, mask)
+        dpo = sigmoid_dpo_loss(dpo_margins(policy_chosen, policy_rejected, ref_chosen, ref_rejected, self.beta))
+        nll = chosen_nll(log_probs, mask, "sequence_mean" if self.sequence_nll_weight else "batch_tokens")
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["dpo_loss"].append(self.accelerator.gather_for_metrics(dpo).mean().item())
         self._metrics[mode]["nll_loss"].append(self.accelerator.gather_for_metrics(nll).mean().item())

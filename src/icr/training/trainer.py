@@ -20,7 +20,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from icr.config import TrainConfig
 from icr.core.chat import pair_tokens
@@ -30,7 +29,8 @@ from icr.core.faults import OutOfMemory, TrainingOutOfMemory, disk_errors, diver
 from icr.core.io import read_jsonl, write_json_atomic
 from icr.core.models import LoadedModel, load_model
 from icr.core.oom import free_accelerator_memory, out_of_memory_errors
-from icr.training.reference_logps import cached_reference_logps, reference_logps, spot_check
+from icr.training.losses import PairLogps, dpo_summary, reference_columns
+from icr.training.reference_logps import cached_reference_logps, pair_logps, spot_check
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +41,18 @@ def pair_length(tokenizer, pair: dict, config: TrainConfig) -> int:
     return len(prompt) + max(len(chosen), len(rejected))
 
 
-def preference_dataset(tokenizer, pairs: list[dict], ref: list[dict], config: TrainConfig):
+def preference_dataset(tokenizer, pairs: list[dict], ref: list[PairLogps], config: TrainConfig):
     """TRL's preference columns (prompt, chosen, rejected, and ref_*_logps when precomputed) plus
     the `length` that transformers' length-grouped sampler reads."""
     from datasets import Dataset
 
-    keep = ("prompt", "chosen", "rejected") + (
-        ("ref_chosen_logps", "ref_rejected_logps") if config.precompute_ref else ()
-    )
-    return Dataset.from_list(
-        [{**{k: {**p, **r}[k] for k in keep}, "length": pair_length(tokenizer, p, config)} for p, r in zip(pairs, ref)]
-    )
+    rows = []
+    for pair, logps in zip(pairs, ref):
+        row = {k: pair[k] for k in ("prompt", "chosen", "rejected")}
+        if config.precompute_ref:
+            row.update(reference_columns(logps))
+        rows.append({**row, "length": pair_length(tokenizer, pair, config)})
+    return Dataset.from_list(rows)
 
 
 def usable_pairs(tokenizer, pairs: list[dict], max_length: int) -> list[dict]:
@@ -60,25 +61,6 @@ def usable_pairs(tokenizer, pairs: list[dict], max_length: int) -> list[dict]:
     if len(kept) < len(pairs):
         log.warning("%d pairs dropped: prompt alone reaches train.max_length=%d", len(pairs) - len(kept), max_length)
     return kept
-
-
-def dpo_terms(current: list[dict], ref: list[dict], beta: float) -> dict:
-    """The DPO term, NLL term and reward margin/accuracy, from the policy's log-probs (`current`,
-    with `chosen_nll`) and the reference's. Logged separately: a large NLL weight can make the
-    combined loss and the reward metrics look better than they are."""
-    margins = torch.tensor(
-        [
-            beta
-            * ((c["ref_chosen_logps"] - r["ref_chosen_logps"]) - (c["ref_rejected_logps"] - r["ref_rejected_logps"]))
-            for c, r in zip(current, ref)
-        ]
-    )
-    return {
-        "dpo_loss": float(-F.logsigmoid(margins).mean()),
-        "nll_loss": float(sum(c["chosen_nll"] for c in current) / len(current)),
-        "reward_margin": float(margins.mean()),
-        "reward_accuracy": float((margins > 0).float().mean()),
-    }
 
 
 def compact_trl_lm_head_on_cpu() -> None:
@@ -325,7 +307,7 @@ def _save_and_measure(
     result,
     lm: LoadedModel,
     pairs: list[dict],
-    ref: list[dict],
+    ref: list[PairLogps],
     config: TrainConfig,
     token_budget: int | str,
     folder: Path,
@@ -337,7 +319,7 @@ def _save_and_measure(
     metrics = {
         "pairs": len(pairs),
         "steps": trainer.state.global_step,
-        "before": dpo_terms(ref, ref, config.beta),
+        "before": dpo_summary(ref, ref, config.beta),
         "after": None,
     }
     if not shard.is_main:
@@ -345,8 +327,8 @@ def _save_and_measure(
     if model is not None:  # weights whole in this process: measure the DPO and NLL terms after training
         model.eval()
         trained = LoadedModel(model=model, tokenizer=lm.tokenizer, spec=str(folder), path=str(folder))
-        metrics["after"] = dpo_terms(
-            reference_logps(trained, pairs, config.max_length, token_budget, per_token_nll=True), ref, config.beta
+        metrics["after"] = dpo_summary(
+            pair_logps(trained, pairs, config.max_length, token_budget, per_token_nll=True), ref, config.beta
         )
     metrics.update(
         {
