@@ -93,6 +93,25 @@ def test_vllm_one_call_per_chunk_seed_per_prompt_same_files_whatever_the_chunkin
     assert engine["enable_prefix_caching"] is True and engine["gpu_memory_utilization"] == 0.55
 
 
+def test_vllm_renders_prompts_as_the_hf_backend_does_even_without_a_chat_template(fake_vllm, tiny_dir, tokenizer):
+    """A tokenizer without a chat template gets the plain template in both backends, so the token
+    ids a prompt is sampled from do not depend on the backend."""
+    import copy
+
+    bare = copy.deepcopy(tokenizer)
+    bare.chat_template = None
+    fake_vllm.LLM.get_tokenizer = lambda self: bare
+    generator = VLLMGenerator(str(tiny_dir), GenerateConfig(n=2, backend="vllm"))
+    generator.sample_batch(["Dime algo del mar."], 2, [1])
+    ((requests, _),) = fake_vllm.calls
+    hf_tokenizer = copy.deepcopy(bare)
+    from icr.core.chat import ensure_chat_template, prompt_ids
+
+    ensure_chat_template(hf_tokenizer)
+    assert requests[0]["prompt_token_ids"] == prompt_ids(hf_tokenizer, "Dime algo del mar.")
+    assert "### Instruction" in hf_tokenizer.decode(requests[0]["prompt_token_ids"])
+
+
 @pytest.mark.slow
 def test_generation_in_a_child_process_writes_the_same_bytes(tiny_lm, tiny_dir, tmp_path):
     """The path `icr run` takes with vLLM (a child process that exits with the stage), here with the

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from icr.config import ModelsConfig, SamplingConfig
-from icr.core.chat import end_of_turn_ids, prompt_ids
+from icr.core.chat import end_of_turn_ids, ensure_chat_template, prompt_ids
 from icr.core.models import LoadedModel, refuse_pickle, resolve_model_path
 from icr.engines.sampling.base import Generator, Sample
 
@@ -43,6 +43,9 @@ class VLLMGenerator:
             **engine_options,
         )
         self.tokenizer = self.llm.get_tokenizer()
+        # the same rendering as the HF backend's (`icr.core.models.load_model`): a template-less
+        # tokenizer gets the plain template here too, so both backends sample from the same prompt
+        ensure_chat_template(self.tokenizer)
         self.stop_ids = end_of_turn_ids(self.tokenizer)
 
     def prompt_length(self, instruction: str) -> int:
