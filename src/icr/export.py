@@ -20,25 +20,27 @@ from icr.config import ExportConfig, RunConfig, load_config
 from icr.core.errors import DataError
 from icr.core.io import read_json, read_jsonl, write_jsonl_atomic, write_text_atomic
 from icr.runtime.cards import count_by_language, dataset_card, model_card
-from icr.runtime.rundir import iter_dir, model_dir
+from icr.runtime.layout import RunLayout
 from icr.stages import STAGES
 
 
 def run_config_of(root: Path) -> RunConfig:
-    if not (root / "config.yaml").exists():
+    config_file = RunLayout(root).config_file
+    if not config_file.exists():
         raise DataError(f"{root}: not a run folder (no config.yaml)")
-    return load_config(root / "config.yaml")
+    return load_config(config_file)
 
 
 def dataset_rows(root: Path, what: str, t: int, languages: list[str]) -> dict[str, list[dict[str, Any]]]:
     """{lang: rows} of one of iteration t's datasets, in the run's files' order."""
-    it = iter_dir(root, t)
+    layout = RunLayout(root)
     if what == "pairs":
-        if not (it / "pairs.jsonl").exists():
-            raise DataError(f"{it / 'pairs.jsonl'}: no pairs (has the pairs stage of iteration {t} run?)")
-        rows = read_jsonl(it / "pairs.jsonl")
+        pairs_file = layout.pairs_file(t)
+        if not pairs_file.exists():
+            raise DataError(f"{pairs_file}: no pairs (has the pairs stage of iteration {t} run?)")
+        rows = read_jsonl(pairs_file)
         return {lang: [r for r in rows if r["lang"] == lang] for lang in languages}
-    folder = it / what
+    folder = {"generations": layout.generations_dir, "rewards": layout.rewards_dir}[what](t)
     missing = [lang for lang in languages if not (folder / f"{lang}.jsonl").exists()]
     if missing:
         raise DataError(f"{folder}: no {what} for {', '.join(missing)} (has the stage of iteration {t} run?)")
@@ -81,15 +83,16 @@ def model_evals(eval_dir: str | None, name: str) -> list[dict[str, Any]]:
 def export_model(config: ExportConfig) -> Path:
     root, t, out = Path(config.run_dir), config.iteration, Path(config.to)
     run = run_config_of(root)
-    source = model_dir(root, t)
+    layout = RunLayout(root)
+    source = layout.model_dir(t)
     if not (source / "config.json").exists():
         raise DataError(f"{source}: no trained model (has iteration {t}'s train stage finished?)")
     if out.exists() and any(out.iterdir()):
         raise DataError(f"{out}: exists and is not empty; export to a new folder")
     shutil.copytree(source, out, dirs_exist_ok=True)
     evals = model_evals(config.eval, f"pi{t + 1}")
-    pairs = count_by_language(read_jsonl(iter_dir(root, t) / "pairs.jsonl"), list(run.data.languages))
-    init = run.models.policy if t == 0 else str(model_dir(root, t - 1))
+    pairs = count_by_language(read_jsonl(layout.pairs_file(t)), list(run.data.languages))
+    init = run.models.policy if t == 0 else str(layout.model_dir(t - 1))
     write_text_atomic(out / "README.md", str(model_card(run, t, init, pairs, evals)))
     return out
 

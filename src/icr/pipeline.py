@@ -23,7 +23,6 @@ from icr.runtime.runlock import run_lock
 from icr.stages import STAGES, Stage, StageContext
 
 log = logging.getLogger(__name__)
-RUN_LOG = "icr.log"
 SUMMARY_FIELDS = (
     "prompts",
     "pairs",
@@ -64,7 +63,7 @@ def open_run(config: RunConfig) -> Iterator[RunDir]:
         if not run.shard.is_main:
             yield run
             return
-        with run_log_file(run.root / RUN_LOG):
+        with run_log_file(run.log_file):
             yield run
 
 

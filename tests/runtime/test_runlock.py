@@ -16,7 +16,8 @@ import pytest
 
 import icr.runtime.runlock
 from icr.core.faults import RunDirInUse
-from icr.runtime.runlock import LOCK_NAME, run_lock
+from icr.runtime.layout import LOCK_NAME
+from icr.runtime.runlock import run_lock
 
 HOLD = (
     "import sys, time; from pathlib import Path; from icr.runtime.runlock import RunLock; "

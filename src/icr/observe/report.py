@@ -21,6 +21,7 @@ from typing import Any
 from icr.core.io import read_json, write_json_atomic, write_text_atomic
 from icr.observe.plots import plot_iterations, plot_pair_outcomes, plot_training
 from icr.observe.status import run_status, status_json
+from icr.runtime.layout import RunLayout
 from icr.stages import STAGES
 
 PAIR_COLUMNS = (
@@ -46,15 +47,11 @@ def _num(x: float | None, digits: int) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
-def _iteration_folders(root: Path) -> list[int]:
-    return sorted(int(p.name.removeprefix("iter_")) for p in root.glob("iter_*") if p.name[5:].isdigit())
-
-
 def pair_rows(root: Path) -> list[dict]:
     """One row per iteration and language, from `iter_<t>/pairs_stats.json`."""
-    rows = []
-    for t in _iteration_folders(root):
-        path = root / f"iter_{t}" / "pairs_stats.json"
+    rows, layout = [], RunLayout(root)
+    for t in layout.iterations():
+        path = layout.pairs_stats_file(t)
         if path.exists():
             for lang, stats in read_json(path).items():
                 effect = stats.get("language_filter_effect") or {}
@@ -74,9 +71,9 @@ def pair_rows(root: Path) -> list[dict]:
 def training_summaries(root: Path) -> dict[int, dict]:
     """Per trained iteration: pairs, steps, runtime, DPO/NLL terms before and after, and the
     per-step curves of `train_metrics.json`'s log history."""
-    out = {}
-    for t in _iteration_folders(root):
-        path = root / f"iter_{t}" / "model" / "train_metrics.json"
+    out, layout = {}, RunLayout(root)
+    for t in layout.iterations():
+        path = layout.train_metrics_file(t)
         if not path.exists():
             continue
         m = read_json(path)
@@ -105,14 +102,14 @@ def eval_results(eval_dir: Path | None) -> dict | None:
 
 def collect(root: Path, eval_dir: Path | None = None) -> dict[str, Any]:
     """Every number of a run report, read from the run folder (and the eval folder)."""
-    root = Path(root)
+    root, layout = Path(root), RunLayout(root)
     status = status_json(run_status(root, list(STAGES)))  # refuses a folder that is not a run's
-    manifest = read_json(root / "manifest.json") if (root / "manifest.json").exists() else {}
+    manifest = read_json(layout.manifest_file) if layout.manifest_file.exists() else {}
     config = {}
-    if (root / "config.yaml").exists():
+    if layout.config_file.exists():
         import yaml
 
-        config = yaml.safe_load((root / "config.yaml").read_text(encoding="utf-8")) or {}
+        config = yaml.safe_load(layout.config_file.read_text(encoding="utf-8")) or {}
     if eval_dir is None and (root / "eval" / "results.json").exists():
         eval_dir = root / "eval"
     return {
@@ -263,7 +260,7 @@ def _run_header(data: dict) -> list[str]:
 def write_run_report(root: str | Path, out_dir: str | Path | None = None, eval_dir: str | Path | None = None) -> Path:
     """`icr report`: report.md, report.json and the PNGs of the run in `root`; returns report.md."""
     root = Path(root)
-    out = Path(out_dir) if out_dir else root / "report"
+    out = Path(out_dir) if out_dir else RunLayout(root).report_dir
     out.mkdir(parents=True, exist_ok=True)
     data = collect(root, Path(eval_dir) if eval_dir else None)
     lines = _run_header(data) + run_sections(data, out)

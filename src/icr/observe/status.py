@@ -22,6 +22,7 @@ from pathlib import Path
 
 from icr.core.errors import DataError
 from icr.core.progress import format_duration
+from icr.runtime.layout import RunLayout
 from icr.runtime.status import count_records
 
 
@@ -79,9 +80,9 @@ def _running(root: Path, t: int, stage: str, info: dict, now: float) -> StageSta
 
 def run_status(root: str | Path, stages: Sequence[str], now: float | None = None) -> list[StageStatus]:
     """The status of every iteration and of each of `stages` (in order) of the run in `root`."""
-    root = Path(root)
-    manifest_path = root / "manifest.json"
-    if not manifest_path.exists() and not any(root.glob("iter_*")):
+    root, layout = Path(root), RunLayout(root)
+    manifest_path = layout.manifest_file
+    if not manifest_path.exists() and not layout.iterations():
         raise DataError(f"{root}: not a run directory (no manifest.json, no iter_* folder)")
     now = time.time() if now is None else now
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"stages": {}}
@@ -93,7 +94,7 @@ def run_status(root: str | Path, stages: Sequence[str], now: float | None = None
     out = []
     for t in range(iterations):
         for stage in stages:
-            entry = manifest["stages"].get(f"iter_{t}/{stage}", {})
+            entry = manifest["stages"].get(RunLayout.stage_key(t, stage), {})
             if entry.get("status") == "done":
                 out.append(StageStatus(t, stage, "done", finished=entry.get("finished")))
             elif (t, stage) in started:
@@ -106,7 +107,7 @@ def run_status(root: str | Path, stages: Sequence[str], now: float | None = None
 def _iterations(root: Path, manifest: dict, started: dict) -> int:
     """T from the run's config.yaml and the status files of started stages, else the iterations seen."""
     seen = [info.get("iterations", 0) for info in started.values()]  # a resumed run may have raised T
-    config = root / "config.yaml"
+    config = RunLayout(root).config_file
     if config.exists():
         import yaml
 

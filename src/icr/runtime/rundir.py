@@ -1,15 +1,4 @@
-"""The run directory: its layout, its manifest, and the models of a run.
-
-    runs/NAME/
-      config.yaml, manifest.json         resolved config; finished stages, versions, config hashes,
-                                          failures (preemptions, diverged or out-of-memory trainings)
-      .icr.lock                           while a command writes the run: its holder (`icr.runtime.runlock`)
-      icr.log                             every command's log lines and library warnings (`icr.core.logs`)
-      iter_0/generations/{lang}.jsonl     N responses per prompt from π^0
-      iter_0/rewards/{lang}.jsonl         logp_policy, logp_ref, n_tokens, reward per response
-      iter_0/pairs.jsonl, pairs_stats.json
-      iter_0/model/                       π^1 (+ train_metrics.json)
-      iter_1/...
+"""The run directory: its manifest and the models of a run (its paths: `icr.runtime.layout`).
 
 A stage is recorded as finished in the manifest only after its outputs are complete, together with
 a hash of the config sections it depends on. Re-running a finished stage does nothing; an
@@ -36,6 +25,7 @@ from icr.core.errors import ConfigError, DataError
 from icr.core.faults import SETTINGS_FAULTS, RunFault, write_section
 from icr.core.io import read_json, write_json_atomic, write_text_atomic
 from icr.core.models import LoadedModel, load_model
+from icr.runtime.layout import RunLayout
 
 log = logging.getLogger(__name__)
 
@@ -57,40 +47,32 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def iter_dir(root: Path, t: int) -> Path:
-    return root / f"iter_{t}"
-
-
-def model_dir(root: Path, t: int) -> Path:
-    """Where π^{t+1}, trained in iteration t, is saved."""
-    return iter_dir(root, t) / "model"
-
-
 def run_models(root: str | Path) -> list[tuple[str, str]]:
     """(name, model spec) of a run folder's models: 'pi0' = models.policy of its config.yaml, then
     'pi{t+1}' = iter_t/model for each trained iteration."""
-    root = Path(root)
-    config_file = root / "config.yaml"
+    layout = RunLayout(root)
+    config_file = layout.config_file
     if not config_file.exists():
         raise DataError(f"{root}: not a run folder (no config.yaml)")
     config = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
     policy = (config.get("models") or {}).get("policy")
     if not policy:
         raise DataError(f"{config_file}: no models.policy")
-    iterations = sorted(int(p.name[5:]) for p in root.glob("iter_*") if p.name[5:].isdigit())
     return [("pi0", str(policy))] + [
-        (f"pi{t + 1}", str(model_dir(root, t))) for t in iterations if (model_dir(root, t) / "config.json").exists()
+        (f"pi{t + 1}", str(layout.model_dir(t)))
+        for t in layout.iterations()
+        if (layout.model_dir(t) / "config.json").exists()
     ]
 
 
-class RunDir:
-    """A run folder and its manifest."""
+class RunDir(RunLayout):
+    """A run folder and its manifest, at the paths of `RunLayout`."""
 
     def __init__(self, config: RunConfig):
+        super().__init__(config.run_dir)
         self.config = config
         self.shard = current_shard()  # under `accelerate launch`, only the main process writes the manifest
-        self.root = config.run_dir
-        self.manifest_path = self.root / "manifest.json"
+        self.manifest_path = self.manifest_file
         self.root.mkdir(parents=True, exist_ok=True)
         if self.shard.is_main:  # temporary files of atomic writes that a killed run left unfinished
             for stale in self.root.rglob(".*.tmp"):
@@ -109,7 +91,7 @@ class RunDir:
         self.manifest["versions"] = library_versions()
         self.manifest["config_hash"] = self.config.section_hash(*RUN_HASHED)
         with write_section():  # a stop signal waits for both files
-            write_text_atomic(self.root / "config.yaml", dump_config(self.config))
+            write_text_atomic(self.config_file, dump_config(self.config))
             write_json_atomic(self.manifest_path, self.manifest)
 
     def record_failure(self, t: int, stage: StageName, err: BaseException) -> None:
@@ -147,29 +129,6 @@ class RunDir:
             None,
         )
 
-    def iter_dir(self, t: int) -> Path:
-        return iter_dir(self.root, t)
-
-    def generations_dir(self, t: int) -> Path:
-        return self.iter_dir(t) / "generations"
-
-    def rewards_dir(self, t: int) -> Path:
-        return self.iter_dir(t) / "rewards"
-
-    def pairs_file(self, t: int) -> Path:
-        return self.iter_dir(t) / "pairs.jsonl"
-
-    def pairs_stats_file(self, t: int) -> Path:
-        return self.iter_dir(t) / "pairs_stats.json"
-
-    def tracking_dir(self, t: int) -> Path:
-        """Where the experiment trackers of iteration t's training log (`train.report_to`)."""
-        return self.root / "tracking" / f"iter_{t}"
-
-    def model_dir(self, t: int) -> Path:
-        """Where π^{t+1}, trained in iteration t, is saved."""
-        return model_dir(self.root, t)
-
     def policy_spec(self, t: int) -> str:
         """π^t: the configured DPO model at t = 0, then the model trained in iteration t − 1."""
         return self.config.models.policy if t == 0 else str(self.model_dir(t - 1))
@@ -186,7 +145,7 @@ class RunDir:
         return self.config.models.translator or self.policy_spec(t)
 
     def is_done(self, t: int, stage: StageName) -> bool:
-        entry = self.manifest["stages"].get(f"iter_{t}/{stage.name}")
+        entry = self.manifest["stages"].get(self.stage_key(t, stage.name))
         if not entry or entry.get("status") != "done":
             return False
         if entry["config_hash"] != self.config.at_iteration(t).section_hash(*stage.sections):
@@ -209,7 +168,7 @@ class RunDir:
         return True
 
     def mark_done(self, t: int, stage: StageName, **info) -> None:
-        self.manifest["stages"][f"iter_{t}/{stage.name}"] = {
+        self.manifest["stages"][self.stage_key(t, stage.name)] = {
             "status": "done",
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "config_hash": self.config.at_iteration(t).section_hash(*stage.sections),

@@ -28,10 +28,10 @@ from pathlib import Path
 
 from icr.core.distributed import current_shard
 from icr.core.faults import RunDirInUse
+from icr.runtime.layout import RunLayout
 
 log = logging.getLogger(__name__)
 
-LOCK_NAME = ".icr.lock"
 _NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 _HELD: dict[str, RunLock] = {}  # taken by this process: a nested command on the same run shares it
 
@@ -85,7 +85,7 @@ class RunLock:
 
     def __init__(self, root: Path, world: int = 1):
         self.root = Path(root)
-        self.path = self.root / LOCK_NAME
+        self.path = RunLayout(self.root).lock_file
         self.world = world
         self.fd: int | None = None
         self.users = 0

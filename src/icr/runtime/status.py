@@ -15,10 +15,11 @@ from pathlib import Path
 
 from icr.core.io import write_json_atomic
 from icr.runtime.jobs import leftover_parts
+from icr.runtime.layout import RunLayout
 
 
 def status_file(root: Path, t: int, stage: str) -> Path:
-    return Path(root) / f"iter_{t}" / "status" / f"{stage}.json"
+    return RunLayout(root).status_file(t, stage)
 
 
 def count_records(root: Path, files: Sequence[str]) -> int:

@@ -52,17 +52,12 @@ def replays(run, t: int) -> bool:
     return t > 0 and run.config.at_iteration(t).train.replay is not None
 
 
-def training_pairs_file(run, t: int):
-    """iter_<t>/train_pairs.jsonl: the pairs iteration t trains on when it replays (`train.replay`)."""
-    return run.iter_dir(t) / "train_pairs.jsonl"
-
-
 def training_pairs(ctx: StageContext):
     """The pairs file to train on, and the replay counts (None without replay)."""
     run, t = ctx.run, ctx.t
     if not replays(run, t):
         return run.pairs_file(t), None
-    out = training_pairs_file(run, t)
+    out = run.training_pairs_file(t)
     counts = None
     if run.shard.is_main:
         seed = ctx.config.train.seed
@@ -76,7 +71,7 @@ STAGE = Stage(
     summary="Stage 4: DPO + λ·NLL on the pairs, from π^t to π^{t+1}.",
     sections=("seed", "models", "data", "generate", "reward", "pairs", "train"),
     inputs=lambda run, t: [run.pairs_file(t)] + ([run.pairs_file(t - 1)] if replays(run, t) else []),
-    outputs=lambda run, t: [run.model_dir(t)] + ([training_pairs_file(run, t)] if replays(run, t) else []),
+    outputs=lambda run, t: [run.model_dir(t)] + ([run.training_pairs_file(t)] if replays(run, t) else []),
     run=run_train,
     unit="step",
 )
