@@ -7,6 +7,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from icr.accuracy import (
     accuracy_row,
@@ -171,3 +172,18 @@ def test_accuracy_table_per_mode_and_its_text(tiny_lm, tiny_ref_lm):
     assert table["multilingual"]["es"]["mean_margin"] != table["crosslingual"]["es"]["mean_margin"]
     text = format_accuracy_table(table)
     assert "| multilingual | es | 2 |" in text and "| crosslingual | es | 2 |" in text
+
+
+def test_reward_accuracy_loads_its_models_with_the_configured_dtype(tiny_dir, tiny_ref_dir, tmp_path):
+    """`icr reward-accuracy --dtype` reaches the loaded weights (through `ModelsConfig.load`)."""
+    from icr.config import AccuracyConfig
+    from icr.score import load_scoring_models
+
+    config = AccuracyConfig(
+        pairs=str(tmp_path), policy=str(tiny_dir), reference=str(tiny_ref_dir), dtype="bfloat16", device="cpu"
+    )
+    policy, reference, translator = load_scoring_models(config.models, needs_translator=True)
+    assert policy.model.dtype == reference.model.dtype == torch.bfloat16
+    assert translator is policy
+    float32 = config.models.model_copy(update={"dtype": "float32"}).load(str(tiny_dir))
+    assert float32.model.dtype == torch.float32

@@ -27,7 +27,7 @@ from icr.config import ModelsConfig, RewardConfig, ScoreConfig
 from icr.core.distributed import Shard, current_shard
 from icr.core.errors import DataError
 from icr.core.languages import check_language
-from icr.core.models import LoadedModel, load_model
+from icr.core.models import LoadedModel
 from icr.core.records import RewardRecord, message_text
 from icr.core.tables import load_table, require_columns
 from icr.engines.rewarding import STRATEGIES, RewardInput, make_strategy, reward_inputs
@@ -122,13 +122,10 @@ def load_scoring_models(models: ModelsConfig, needs_translator: bool):
     """(policy, reference, translator) loaded with `models`' device, dtype and trust settings; the
     translator (translate mode only) is `models.translator`, else the policy, as the released scripts."""
 
-    def load(spec: str) -> LoadedModel:
-        return load_model(spec, models.device, models.dtype, models.trust_remote_code, models.allow_pickle)
-
-    policy, reference = load(models.policy), load(models.reference)
+    policy, reference = models.load(models.policy), models.load(models.reference)
     translator = None
     if needs_translator:
-        translator = load(models.translator) if models.translator else policy
+        translator = models.load(models.translator) if models.translator else policy
     return policy, reference, translator
 
 

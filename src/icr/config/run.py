@@ -53,6 +53,13 @@ class ModelsConfig(StrictModel):
         False, description="Allow loading pickle-based (.bin) checkpoints; safetensors only otherwise."
     )
 
+    def load(self, spec: str):
+        """`icr.core.models.load_model(spec)` with this section's device, dtype, remote-code and pickle
+        settings: the one way a command loads a model it configures."""
+        from icr.core.models import load_model
+
+        return load_model(spec, self.device, self.dtype, self.trust_remote_code, self.allow_pickle)
+
 
 class DataConfig(StrictModel):
     prompts: str = Field(

@@ -25,7 +25,7 @@ from icr.config import EvalConfig, ModelsConfig
 from icr.core.distributed import current_shard
 from icr.core.errors import DataError
 from icr.core.io import read_jsonl, write_json_atomic
-from icr.core.models import cache_root, load_model
+from icr.core.models import cache_root
 from icr.eval.benchmark import load_benchmark, read_outputs, resolve_sources
 from icr.eval.judges import make_judge
 from icr.eval.judges.base import Judge
@@ -70,7 +70,7 @@ def collect_outputs(config: EvalConfig, models: list[EvalModel], bench: dict[str
                             model.spec,
                             config.sampling,
                             loading,
-                            lambda spec: load_model(spec, device=config.device, dtype=config.dtype),
+                            loading.load,
                         )
                     )
                 outputs[model.name, lang] = generate_outputs(

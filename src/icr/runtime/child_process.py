@@ -25,7 +25,7 @@ from typing import Any
 
 from icr.config import ModelsConfig, SamplingConfig
 from icr.core.errors import IcrError
-from icr.core.models import LoadedModel, load_model
+from icr.core.models import LoadedModel
 from icr.engines.sampling import BACKENDS, make_generator
 from icr.engines.sampling.base import Generator
 
@@ -132,7 +132,7 @@ def _generator_in_child(spec: str, config: SamplingConfig, models: ModelsConfig)
         spec,
         config,
         models,
-        lambda name: load_model(name, models.device, models.dtype, models.trust_remote_code, models.allow_pickle),
+        models.load,
     )
 
 

@@ -24,7 +24,7 @@ from icr.core.distributed import current_shard
 from icr.core.errors import ConfigError, DataError
 from icr.core.faults import SETTINGS_FAULTS, RunFault, write_section
 from icr.core.io import read_json, write_json_atomic, write_text_atomic
-from icr.core.models import LoadedModel, load_model
+from icr.core.models import LoadedModel
 from icr.runtime.layout import RunLayout
 
 log = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ class ModelPool:
     def get(self, spec: str) -> LoadedModel:
         if spec not in self.models:
             m = self.config.models
-            self.models[spec] = load_model(spec, m.device, m.dtype, m.trust_remote_code, m.allow_pickle)
+            self.models[spec] = m.load(spec)
         return self.models[spec]
 
     def clear(self) -> None:
