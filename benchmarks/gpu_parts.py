@@ -151,16 +151,16 @@ def reference_scoring(model, batches: list[list[tuple[list[int], list[int]]]], d
 @guarded
 def score_ours(model, work, device) -> dict:
     from icr.config import RewardConfig
-    from icr.engines.scoring.device import profile_for, resolve_token_budget
-    from icr.engines.scoring.scorer import ScoreGroup, score_groups
+    from icr.engines.scoring.scorer import ScoreGroup, Scorer
 
     defaults = RewardConfig()
     groups = [ScoreGroup(w["prompt_ids"], w["response_ids"]) for w in work]
     chunk = defaults.batch_prompts
     chunks = [groups[k : k + chunk] for k in range(0, len(groups), chunk)]
-    score_groups(model, chunks[0][:2], defaults.token_budget)  # warm-up
-    seconds, peak = timed(device, lambda: [score_groups(model, c, defaults.token_budget) for c in chunks])
-    budget = resolve_token_budget(defaults.token_budget, model, profile_for(device))
+    scorer = Scorer(model, defaults.token_budget)  # one per job, as the reward stage keeps it
+    scorer.score_groups(chunks[0][:2])  # warm-up
+    seconds, peak = timed(device, lambda: [scorer.score_groups(c) for c in chunks])
+    budget = scorer.token_budget
     tokens = sum(len(c) for w in work for c in w["response_ids"])
     return measured(
         seconds,
@@ -169,7 +169,7 @@ def score_ours(model, work, device) -> dict:
         scoring_flops(model, work),
         token_budget=budget,
         batch_prompts=chunk,
-        profile=profile_for(device).name,
+        profile=scorer.profile.name,
     )
 
 

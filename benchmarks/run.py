@@ -110,9 +110,11 @@ def n_params(model) -> int:
 def part_scoring(args) -> dict:
     from icr.core.chat import tokenize_exchange
     from icr.core.models import load_model
-    from icr.engines.scoring.scorer import score_responses
+    from icr.engines.scoring.responses import score_responses
+    from icr.engines.scoring.scorer import Scorer
 
     lm = load_model(MODEL, device="cpu")
+    scorer = Scorer.of(lm, SCORE_BUDGET)
     work = sampled_workload(lm, args.prompts, WORKLOAD_N, args.max_new_tokens, workload_file(args))
     work = [{**w, "responses": w["responses"][: args.n]} for w in work]
     exchanges = [[tokenize_exchange(lm.tokenizer, w["prompt"], r) for r in w["responses"]] for w in work]
@@ -120,7 +122,7 @@ def part_scoring(args) -> dict:
     seqs = [(p, c) for ex in exchanges for p, c in ex]
 
     def score_ours(items):  # as the reward stage does: the prompts of a chunk scored together
-        score_responses(lm, [(w["prompt"], w["responses"]) for w, _ in items], SCORE_BUDGET)
+        score_responses(scorer, [(w["prompt"], w["responses"]) for w, _ in items])
 
     @torch.no_grad()
     def score_baseline(batches):
@@ -346,13 +348,15 @@ def part_languages(args) -> dict:
     from icr.core.models import load_model
     from icr.core.prompts import load_prompt_set
     from icr.engines.sampling.hf import HFGenerator
-    from icr.engines.scoring.scorer import score_responses
+    from icr.engines.scoring.responses import score_responses
+    from icr.engines.scoring.scorer import Scorer
 
     langs = args.langs.split(",")
     lm = load_model(MODEL, device="cpu")
+    scorer = Scorer.of(lm, SCORE_BUDGET)
     prompt_set = load_prompt_set(str(UF_ALL_LANGUAGES), langs, limit=args.per_language)
     gen = HFGenerator(lm, GenerateConfig(n=args.n, max_new_tokens=args.max_new_tokens, batch_prompts=args.per_language))
-    score_responses(lm, [("Warm-up.", ["Yes."])], SCORE_BUDGET)
+    score_responses(scorer, [("Warm-up.", ["Yes."])])
     rows = []
     for lang in langs:
         texts = [p.text for p in prompt_set.by_lang[lang]]
@@ -360,7 +364,7 @@ def part_languages(args) -> dict:
         samples = gen.sample_batch(texts, args.n, list(range(len(texts))))
         gen_s = time.perf_counter() - start
         start = time.perf_counter()
-        score_responses(lm, [(text, [s.text for s in group]) for text, group in zip(texts, samples)], SCORE_BUDGET)
+        score_responses(scorer, [(text, [s.text for s in group]) for text, group in zip(texts, samples)])
         rows.append(
             {
                 "lang": lang,

@@ -22,6 +22,7 @@ from icr.config import AccuracyConfig, RewardConfig
 from icr.core.errors import DataError
 from icr.core.records import PreferencePair
 from icr.engines.rewarding import implicit_rewards
+from icr.engines.scoring.scorer import Scorer
 
 
 def pair(chosen: str, rejected: str, lang: str = "en", pid: str = "1") -> PreferencePair:
@@ -78,8 +79,9 @@ def test_reward_accuracy_agrees_with_the_scored_rewards(tiny_lm, tiny_ref_lm):
     table = reward_accuracy(tiny_lm, tiny_ref_lm, pairs, RewardConfig(mode="multilingual", beta=1.0))
     assert set(table) == {"en", "fr"} and table["en"]["n"] == 2 and table["fr"]["n"] == 1
     wins = wins_per_token = 0.0
+    policy, reference = Scorer(tiny_lm.model, 4096, tiny_lm.tokenizer), Scorer.of(tiny_ref_lm, 4096)
     for p in pairs[:2]:
-        out = implicit_rewards(tiny_lm, tiny_ref_lm, [(p.prompt, [p.chosen, p.rejected])], RewardConfig(beta=1.0))[0]
+        out = implicit_rewards(policy, reference, [(p.prompt, [p.chosen, p.rejected])], RewardConfig(beta=1.0))[0]
         (c, r), (nc, nr) = out["reward"], out["n_tokens"]
         wins += 1.0 if c > r else 0.5 if c == r else 0.0
         wins_per_token += 1.0 if c / nc > r / nr else 0.5 if c / nc == r / nr else 0.0

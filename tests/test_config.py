@@ -164,7 +164,6 @@ def _forbid_model_loading(monkeypatch):
         raise AssertionError("a model was loaded before the config/data were checked")
 
     monkeypatch.setattr(icr.core.models, "load_model", boom)
-    monkeypatch.setattr(icr.runtime.rundir, "load_model", boom)
     return calls
 
 
@@ -223,7 +222,7 @@ def test_literal_choices_are_the_registries():
     from icr.config.base import JudgeBackend, JudgeOrder, LanguageFilter, RewardMode, SamplingBackend, ScoreTokens
     from icr.engines.rewarding import STRATEGIES
     from icr.engines.sampling import BACKENDS
-    from icr.engines.scoring.scorer import SCORED_TOKENS
+    from icr.engines.scoring.responses import SCORED_TOKENS
     from icr.engines.selection import LANGUAGE_FILTERS
     from icr.eval.judges import JUDGES
     from icr.eval.judging import ORDERS

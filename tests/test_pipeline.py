@@ -150,7 +150,6 @@ def test_rerunning_a_finished_stage_does_nothing(reference_run, tmp_path, monkey
         raise AssertionError("a finished stage loaded a model")
 
     monkeypatch.setattr(icr.core.models, "load_model", boom)
-    monkeypatch.setattr(icr.runtime.rundir, "load_model", boom)
     monkeypatch.setattr(icr.stages.generate, "generate_language", boom)
     monkeypatch.setattr(icr.stages.reward, "reward_language", boom)
     for stage in ("generate", "reward", "pairs"):

@@ -97,12 +97,12 @@ def test_interrupted_run_resumes_to_identical_files(clean_run, tiny_dir, tiny_re
 
 
 def test_finished_run_is_not_redone(clean_run, monkeypatch):
-    import icr.runtime.rundir
+    import icr.core.models
 
     def boom(*a, **k):
         raise AssertionError("a finished stage ran again")
 
-    monkeypatch.setattr(icr.runtime.rundir, "load_model", boom)
+    monkeypatch.setattr(icr.core.models, "load_model", boom)
     monkeypatch.setattr(icr.training.trainer, "train_dpo", boom)
     before = (clean_run.root / "iter_1/pairs.jsonl").stat().st_mtime_ns
     run_iterations(clean_run.config)

@@ -25,6 +25,7 @@ from icr.core.models import LoadedModel
 from icr.core.progress import progress
 from icr.core.records import PreferencePair
 from icr.engines.rewarding import make_strategy
+from icr.engines.scoring.scorer import Scorer
 from icr.score import ScoreItem, score_items
 
 
@@ -55,8 +56,8 @@ def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, f
 
 
 def pair_rewards(
-    policy: LoadedModel,
-    reference: LoadedModel,
+    policy: Scorer,
+    reference: Scorer,
     pairs: list[PreferencePair],
     config: RewardConfig,
     translator: LoadedModel | None = None,
@@ -129,10 +130,11 @@ def reward_accuracy(
     """{lang: summarize_language(...)} for one rewarding mode: `accuracy`, `n`, `ci_low`, `ci_high`,
     `mean_margin` (summed reward), `per_token`, `chosen_longer`, `chosen_not_longer`, mean lengths."""
     rows: dict[str, list[dict]] = defaultdict(list)
+    policy_scorer, reference_scorer = Scorer.of(policy, config.token_budget), Scorer.of(reference, config.token_budget)
     with progress(len(pairs), f"reward accuracy ({config.mode})", "pair") as bar:
         for k in range(0, len(pairs), config.batch_prompts):
             chunk = pairs[k : k + config.batch_prompts]
-            for pair, scored in zip(chunk, pair_rewards(policy, reference, chunk, config, translator)):
+            for pair, scored in zip(chunk, pair_rewards(policy_scorer, reference_scorer, chunk, config, translator)):
                 rows[pair.lang].append(accuracy_row(pair, scored))
             bar.update(len(chunk))
     return {lang: summarize_language(rows[lang]) for lang in sorted(rows)}

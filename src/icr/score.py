@@ -27,10 +27,10 @@ from icr.config import ModelsConfig, RewardConfig, ScoreConfig
 from icr.core.distributed import Shard, current_shard
 from icr.core.errors import DataError
 from icr.core.languages import check_language
-from icr.core.models import LoadedModel
 from icr.core.records import RewardRecord, message_text
 from icr.core.tables import load_table, require_columns
 from icr.engines.rewarding import STRATEGIES, RewardInput, make_strategy, reward_inputs
+from icr.engines.scoring.scorer import Scorer
 from icr.runtime.jobs import run_job
 
 FORMATS = {"pairs": ("prompt", "chosen", "rejected"), "responses": ("prompt", "completion")}
@@ -103,7 +103,7 @@ def english_instruction(item: ScoreItem, mode: str) -> str:
 
 
 def score_items(
-    items: list[ScoreItem], policy: LoadedModel, reference: LoadedModel, config: RewardConfig, strategy
+    items: list[ScoreItem], policy: Scorer, reference: Scorer, config: RewardConfig, strategy
 ) -> list[dict[str, Any]]:
     """Score records (`RewardRecord.to_json`) of `items`, scored together (one call of the scorer)."""
     english = [english_instruction(item, config.mode) for item in items]
@@ -137,6 +137,7 @@ def score_file(config: ScoreConfig, shard: Shard | None = None) -> list[dict[str
         english_instruction(item, reward.mode)
     policy, reference, translator = load_scoring_models(config.models, STRATEGIES[reward.mode].needs_translator)
     strategy = make_strategy(reward, translator)
+    policy, reference = Scorer.of(policy, reward.token_budget), Scorer.of(reference, reward.token_budget)
     return run_job(
         Path(config.output),
         items,

@@ -36,7 +36,7 @@ from icr.core.oom import OomBackoff
 from icr.core.prompts import Prompt
 from icr.engines.rewarding import make_strategy
 from icr.engines.sampling.hf import HFGenerator
-from icr.engines.scoring.scorer import _SCORING_OOM, score_groups
+from icr.engines.scoring.scorer import Scorer, score_groups
 from icr.eval.outputs import EvalModel, generate_outputs
 from icr.stages.generate import generate_language
 from icr.stages.reward import reward_language
@@ -65,14 +65,6 @@ def oom_at(module, calls: set[int], min_rows: int = 1):
         handle.remove()
 
 
-@pytest.fixture(autouse=True)
-def fresh_scoring_backoff():
-    """The scorer's back-off remembers what did not fit for the rest of the process: start clean."""
-    _SCORING_OOM.max_cells, _SCORING_OOM.retries = math.inf, 0
-    yield
-    _SCORING_OOM.max_cells, _SCORING_OOM.retries = math.inf, 0
-
-
 GENERATIONS = [
     {
         "id": str(k),
@@ -94,28 +86,37 @@ def test_out_of_memory_in_scoring_halves_sub_batches_and_writes_identical_record
     cfg = RewardConfig(batch_prompts=3)
     clean = tmp_path / "clean.jsonl"
     reward_language(
-        GENERATIONS, ENGLISH, clean, policy=tiny_lm, reference=tiny_ref_lm, config=cfg, strategy=make_strategy(cfg)
+        GENERATIONS,
+        ENGLISH,
+        clean,
+        policy=Scorer.of(tiny_lm, cfg.token_budget),
+        reference=Scorer.of(tiny_ref_lm, cfg.token_budget),
+        config=cfg,
+        strategy=make_strategy(cfg),
     )
     # sub-batches (calls on several rows; prompt passes are one row each): the policy's first one
-    # fails, then the first half of it; the reference's third one fails too
+    # fails, then the first half of it; the reference's second one (its second chunk) fails too
     faulted = tmp_path / "faulted.jsonl"
+    policy, reference = Scorer.of(tiny_lm, cfg.token_budget), Scorer.of(tiny_ref_lm, cfg.token_budget)
     with (
         caplog.at_level(logging.WARNING, logger="icr.core.oom"),
         oom_at(tiny_lm.model.get_decoder(), {1, 2}, min_rows=2) as pol,
-        oom_at(tiny_ref_lm.model.get_decoder(), {3}, min_rows=2) as ref,
+        oom_at(tiny_ref_lm.model.get_decoder(), {2}, min_rows=2) as ref,
     ):
         reward_language(
             GENERATIONS,
             ENGLISH,
             faulted,
-            policy=tiny_lm,
-            reference=tiny_ref_lm,
+            policy=policy,
+            reference=reference,
             config=cfg,
             strategy=make_strategy(cfg),
         )
     assert (pol.hits, ref.hits) == (2, 1)
     assert faulted.read_bytes() == clean.read_bytes()
-    assert _SCORING_OOM.retries == 3
+    # each scorer keeps what it learnt: the policy's retried twice, the reference's once
+    assert (policy.backoff.retries, reference.backoff.retries) == (2, 1)
+    assert policy.backoff.max_cells < math.inf and reference.backoff.max_cells < math.inf
     assert any(
         "out of memory on 12 rows" in r.getMessage() and "retrying as 6 + 6 rows" in r.getMessage()
         for r in caplog.records
@@ -135,9 +136,12 @@ def test_out_of_memory_in_scoring_gives_identical_log_probs_under_each_device_pr
     clean = score_groups(tiny_lm.model, groups, token_budget=10**6, per_token=True)
     # forwards on several rows: CUDA, the prefill of all 5 prompts, then of the second half (3 prompts);
     # CPU, the one sub-batch of all 16 completions, then its second half
+    scorer = Scorer(tiny_lm.model, token_budget=10**6)
     with oom_at(tiny_lm.model.get_decoder(), {1, 3}, min_rows=2) as faults:
-        faulted = score_groups(tiny_lm.model, groups, token_budget=10**6, per_token=True)
-    assert faults.hits == 2 and _SCORING_OOM.retries == 2
+        faulted = scorer.score_groups(groups, per_token=True)
+    assert faults.hits == 2 and scorer.backoff.retries == 2
+    # no state outside the scorer: a fresh one starts without the learnt cap
+    assert Scorer(tiny_lm.model, token_budget=10**6).backoff.max_cells == math.inf
     if profile == "cpu":
         assert faulted == clean
         return
@@ -159,8 +163,8 @@ def test_out_of_memory_on_one_row_is_a_clear_error(tiny_lm, tiny_ref_lm, tmp_pat
             GENERATIONS[:1],
             ENGLISH,
             tmp_path / "r.jsonl",
-            policy=tiny_lm,
-            reference=tiny_ref_lm,
+            policy=Scorer.of(tiny_lm, RewardConfig().token_budget),
+            reference=Scorer.of(tiny_ref_lm, RewardConfig().token_budget),
             config=RewardConfig(),
             strategy=make_strategy(RewardConfig()),
         )

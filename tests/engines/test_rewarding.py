@@ -11,8 +11,8 @@ from icr.core.chat import tokenize_exchange
 from icr.core.records import GenerationRecord
 from icr.engines.rewarding import STRATEGIES, RewardInput, implicit_rewards, make_strategy
 from icr.engines.rewarding import reward_records as engine_reward_records
-from icr.engines.scoring.scorer import reference_logprobs
-from icr.engines.scoring.scorer import score_responses as engine_score_responses
+from icr.engines.scoring.responses import score_responses as engine_score_responses
+from icr.engines.scoring.scorer import Scorer, reference_logprobs
 from icr.stages.reward import reward_language
 
 BUDGET = RewardConfig().token_budget
@@ -37,13 +37,19 @@ def plain_logp(lm, instruction: str, response: str) -> float:
     return sum(reference_logprobs(lm.model, p, c))
 
 
+def scorers(policy, reference, config: RewardConfig):
+    return Scorer.of(policy, config.token_budget), Scorer.of(reference, config.token_budget)
+
+
 def reward_records(
     gens: list[dict], english: list[str], policy, reference, config: RewardConfig, translator=None
 ) -> list[dict]:
     records = [GenerationRecord.from_json(g) for g in gens]
     return [
         r.to_json()
-        for r in engine_reward_records(records, english, policy, reference, config, make_strategy(config, translator))
+        for r in engine_reward_records(
+            records, english, *scorers(policy, reference, config), config, make_strategy(config, translator)
+        )
     ]
 
 
@@ -55,11 +61,11 @@ def score_responses(
     policy, reference, instruction: str, responses: list[str], beta: float, score_tokens: str = "all"
 ) -> dict:
     config = RewardConfig(beta=beta, score_tokens=score_tokens)
-    return implicit_rewards(policy, reference, [(instruction, responses)], config)[0]
+    return implicit_rewards(*scorers(policy, reference, config), [(instruction, responses)], config)[0]
 
 
 def sequence_logprobs(lm, instruction: str, responses: list[str]):
-    return engine_score_responses(lm, [(instruction, responses)], BUDGET)[0]
+    return engine_score_responses(Scorer.of(lm, BUDGET), [(instruction, responses)])[0]
 
 
 def reward_instruction(mode: str, item: RewardInput, config: RewardConfig) -> str:
@@ -326,8 +332,8 @@ def test_reward_language_writes_in_generation_order(tiny_lm, tiny_ref_lm, tmp_pa
         gens,
         {"a": ENGLISH, "b": ENGLISH},
         out,
-        policy=tiny_lm,
-        reference=tiny_ref_lm,
+        policy=Scorer.of(tiny_lm, BUDGET),
+        reference=Scorer.of(tiny_ref_lm, BUDGET),
         config=RewardConfig(),
         strategy=make_strategy(RewardConfig()),
     )

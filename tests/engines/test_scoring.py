@@ -17,7 +17,6 @@ from icr.engines.scoring.scorer import (
     _logit_transform,
     _sub_batches,
     reference_logprobs,
-    score_group,
     score_groups,
     token_logprobs_from_hidden,
 )
@@ -43,6 +42,11 @@ def expected(tiny_lm, group):
     return [reference_logprobs(tiny_lm.model, prompt, c) for c in completions]
 
 
+def score_one(model, group: ScoreGroup, **options):
+    """The scorer on one group (prompt and its completions)."""
+    return score_groups(model, [group], **options)[0]
+
+
 def _assert_close(got: list[list[float]], want: list[list[float]], tol: float = TOL) -> None:
     assert len(got) == len(want)
     for g, w in zip(got, want):
@@ -53,9 +57,9 @@ def _assert_close(got: list[list[float]], want: list[list[float]], tol: float = 
 @pytest.mark.parametrize("budget", [1, 10, 20, 40, 10**6])
 def test_per_token_logprobs_match_full_softmax(tiny_lm, group, expected, budget):
     prompt, completions = group
-    got = score_group(tiny_lm.model, ScoreGroup(prompt, completions), token_budget=budget, per_token=True)
+    got = score_one(tiny_lm.model, ScoreGroup(prompt, completions), token_budget=budget, per_token=True)
     _assert_close(got, expected)
-    sums = score_group(tiny_lm.model, ScoreGroup(prompt, completions), token_budget=budget)
+    sums = score_one(tiny_lm.model, ScoreGroup(prompt, completions), token_budget=budget)
     np.testing.assert_allclose(sums, [sum(e) for e in expected], atol=TOL * 20, rtol=0)
 
 
@@ -79,11 +83,11 @@ def test_first_response_token_is_scored_from_last_prompt_position(tiny_lm, group
     with torch.no_grad():
         logits = tiny_lm.model(input_ids=torch.tensor([prompt])).logits[0, -1].float()
     by_hand = torch.log_softmax(logits, dim=-1)
-    got = score_group(tiny_lm.model, ScoreGroup(prompt, completions), per_token=True)
+    got = score_one(tiny_lm.model, ScoreGroup(prompt, completions), per_token=True)
     for comp, per_token in zip(completions, got):
         assert abs(per_token[0] - float(by_hand[comp[0]])) < TOL
     # a one-token completion is exactly that one number
-    single = score_group(tiny_lm.model, ScoreGroup(prompt, [[completions[0][0]]]))
+    single = score_one(tiny_lm.model, ScoreGroup(prompt, [[completions[0][0]]]))
     assert abs(single[0] - float(by_hand[completions[0][0]])) < TOL
 
 
@@ -91,21 +95,21 @@ def test_score_from_offsets(tiny_lm, group, expected):
     prompt, completions = group
     starts = [min(k % 3, len(c)) for k, c in enumerate(completions)]
     assert any(starts)
-    got = score_group(tiny_lm.model, ScoreGroup(prompt, completions, starts), token_budget=20, per_token=True)
+    got = score_one(tiny_lm.model, ScoreGroup(prompt, completions, starts), token_budget=20, per_token=True)
     _assert_close(got, [e[s:] for e, s in zip(expected, starts)])
-    sums = score_group(tiny_lm.model, ScoreGroup(prompt, completions, starts), token_budget=20)
+    sums = score_one(tiny_lm.model, ScoreGroup(prompt, completions, starts), token_budget=20)
     np.testing.assert_allclose(sums, [sum(e[s:]) for e, s in zip(expected, starts)], atol=TOL * 20, rtol=0)
     # a start at the end of a completion scores nothing
-    none = score_group(tiny_lm.model, ScoreGroup(prompt, [completions[1]], [len(completions[1])]), per_token=True)
+    none = score_one(tiny_lm.model, ScoreGroup(prompt, [completions[1]], [len(completions[1])]), per_token=True)
     assert none == [[]]
 
 
 def test_empty_completion_scores_zero(tiny_lm, group, expected):
     prompt, completions = group
-    got = score_group(tiny_lm.model, ScoreGroup(prompt, [[], completions[2]]), per_token=True)
+    got = score_one(tiny_lm.model, ScoreGroup(prompt, [[], completions[2]]), per_token=True)
     assert got[0] == []
     _assert_close([got[1]], [expected[2]])
-    assert score_group(tiny_lm.model, ScoreGroup(prompt, [[], []])) == [0.0, 0.0]
+    assert score_one(tiny_lm.model, ScoreGroup(prompt, [[], []])) == [0.0, 0.0]
 
 
 def test_score_group_needs_a_prompt():
@@ -119,7 +123,7 @@ def test_chunked_logsumexp_path_gives_same_numbers(tiny_lm, group, expected, mon
     for elements, vocab_chunk in ((1, vocab), (3 * vocab, 1000), (7 * 2048, 2048)):
         monkeypatch.setattr(scoring_head, "LOGIT_CHUNK_ELEMENTS", elements)
         monkeypatch.setattr(scoring_head, "VOCAB_CHUNK", vocab_chunk)
-        got = score_group(tiny_lm.model, ScoreGroup(prompt, completions), token_budget=40, per_token=True)
+        got = score_one(tiny_lm.model, ScoreGroup(prompt, completions), token_budget=40, per_token=True)
         _assert_close(got, expected)
 
 
@@ -172,12 +176,12 @@ def test_token_logprobs_from_hidden_with_bias_and_wrapped_head(monkeypatch):
 def test_order_of_completions_does_not_change_scores(tiny_lm, group):
     prompt, completions = group
     starts = [k % 2 for k in range(len(completions))]
-    base = score_group(tiny_lm.model, ScoreGroup(prompt, completions, starts), token_budget=30)
+    base = score_one(tiny_lm.model, ScoreGroup(prompt, completions, starts), token_budget=30)
     rnd = random.Random(0)
     for _ in range(3):
         perm = list(range(len(completions)))
         rnd.shuffle(perm)
-        shuffled = score_group(
+        shuffled = score_one(
             tiny_lm.model,
             ScoreGroup(prompt, [completions[i] for i in perm], [starts[i] for i in perm]),
             token_budget=30,
@@ -187,7 +191,7 @@ def test_order_of_completions_does_not_change_scores(tiny_lm, group):
 
 def test_duplicate_completions_get_identical_scores(tiny_lm, group):
     prompt, completions = group
-    got = score_group(tiny_lm.model, ScoreGroup(prompt, [completions[3], completions[4], completions[3]]))
+    got = score_one(tiny_lm.model, ScoreGroup(prompt, [completions[3], completions[4], completions[3]]))
     assert abs(got[0] - got[2]) < 1e-5
     assert abs(got[0] - got[1]) > 1e-3  # different completions, different scores
 

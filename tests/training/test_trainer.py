@@ -75,11 +75,11 @@ def test_nll_weight_adds_lambda_times_token_mean_nll(tiny_dir, tmp_path):
     # TRL's sft term is a token mean over the whole batch; recompute it that way.
     per_token = []
     from icr.core.chat import pair_tokens
-    from icr.engines.scoring.scorer import ScoreGroup, score_group
+    from icr.engines.scoring.scorer import ScoreGroup, score_groups
 
     for p in pairs:
         prompt, chosen, rejected, starts = pair_tokens(lm.tokenizer, p, 64)
-        per_token += score_group(lm.model, ScoreGroup(prompt, [chosen]), per_token=True)[0]
+        per_token += score_groups(lm.model, [ScoreGroup(prompt, [chosen])], per_token=True)[0][0]
     token_mean_nll = -sum(per_token) / len(per_token)
     assert nll > 0
     loss0 = _batch_loss(_trainer(lm, pairs_path, train_config(nll_weight=0.0), tmp_path))

@@ -27,7 +27,7 @@ RewardMode = Literal["crosslingual", "multilingual", "translate"]  # keys of icr
 SamplingBackend = Literal["hf", "hf-paged", "vllm"]  # keys of icr.engines.sampling.BACKENDS
 JudgeBackend = Literal["alpaca_eval", "openai", "hf"]  # keys of icr.eval.judges.JUDGES
 JudgeOrder = Literal["random", "both"]  # keys of icr.eval.judging.ORDERS
-ScoreTokens = Literal["all", "skip_first"]  # keys of icr.engines.scoring.scorer.SCORED_TOKENS
+ScoreTokens = Literal["all", "skip_first"]  # keys of icr.engines.scoring.responses.SCORED_TOKENS
 LanguageFilter = Literal["off", "chosen", "all"]  # keys of icr.engines.selection.LANGUAGE_FILTERS
 
 

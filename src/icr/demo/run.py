@@ -23,7 +23,8 @@ from icr.core.io import read_json, write_json_atomic, write_jsonl_atomic
 from icr.core.models import load_model
 from icr.core.prompts import embedded_path
 from icr.core.records import PreferencePair, TrainingPair
-from icr.engines.scoring.scorer import score_responses
+from icr.engines.scoring.responses import score_responses
+from icr.engines.scoring.scorer import Scorer
 from icr.pipeline import run_iterations
 
 log = logging.getLogger(__name__)
@@ -77,9 +78,9 @@ def _multilingual_heldout(size: DemoSize) -> list[PreferencePair]:
 
 def _likelihood_accuracy(lm, pairs: list[PreferencePair], token_budget: int | str) -> float:
     """Share of pairs where the model alone gives the chosen answer the higher log-likelihood."""
-    wins = 0.0
+    wins, scorer = 0.0, Scorer.of(lm, token_budget)
     for p in pairs:
-        (c, r), _ = score_responses(lm, [(p.prompt, [p.chosen, p.rejected])], token_budget)[0]
+        (c, r), _ = score_responses(scorer, [(p.prompt, [p.chosen, p.rejected])])[0]
         wins += 1.0 if c > r else 0.5 if c == r else 0.0
     return wins / len(pairs)
 

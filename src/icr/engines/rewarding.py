@@ -4,7 +4,7 @@
 
 where π is the current policy (π_dpo at iteration 0) and log π(y|x) is the summed log-probability
 of the response tokens plus the template's end-of-turn token(s), exactly the tokens DPO trains on
-(`icr.engines.scoring.scorer.score_responses`); `reward.score_tokens: skip_first` scores the released
+(`icr.engines.scoring.responses.score_responses`); `reward.score_tokens: skip_first` scores the released
 scorer's tokens instead (the response minus its first token, plus the end-of-turn token). What x is,
 and which text is scored, is the rewarding mode's choice (`STRATEGIES`):
 
@@ -31,7 +31,8 @@ from icr.core.chat import end_of_turn_ids, prompt_ids
 from icr.core.languages import language_name
 from icr.core.models import LoadedModel
 from icr.core.records import GenerationRecord, RewardRecord
-from icr.engines.scoring.scorer import score_responses
+from icr.engines.scoring.responses import score_responses
+from icr.engines.scoring.scorer import Scorer
 
 
 @dataclass
@@ -166,12 +167,12 @@ def translate_to_english(translator: LoadedModel, texts: list[str], lang: str, m
 
 
 def implicit_rewards(
-    policy: LoadedModel, reference: LoadedModel, items: list[tuple[str, list[str]]], config: RewardConfig
+    policy: Scorer, reference: Scorer, items: list[tuple[str, list[str]]], config: RewardConfig
 ) -> list[dict[str, list]]:
     """For each (instruction, texts): logp_policy, logp_ref, n_tokens (scored tokens) and
     reward = β·(logp_policy − logp_ref) per text, all items scored together."""
-    policy_scores = score_responses(policy, items, config.token_budget, config.score_tokens)
-    reference_scores = score_responses(reference, items, config.token_budget, config.score_tokens)
+    policy_scores = score_responses(policy, items, config.score_tokens)
+    reference_scores = score_responses(reference, items, config.score_tokens)
     return [
         {
             "logp_policy": logp_policy,
@@ -185,8 +186,8 @@ def implicit_rewards(
 
 def reward_inputs(
     items: list[RewardInput],
-    policy: LoadedModel,
-    reference: LoadedModel,
+    policy: Scorer,
+    reference: Scorer,
     config: RewardConfig,
     strategy: RewardingStrategy,
 ) -> list[tuple[Scoring, dict[str, list]]]:
@@ -199,8 +200,8 @@ def reward_inputs(
 def reward_records(
     generations: list[GenerationRecord],
     english: list[str],
-    policy: LoadedModel,
-    reference: LoadedModel,
+    policy: Scorer,
+    reference: Scorer,
     config: RewardConfig,
     strategy: RewardingStrategy,
 ) -> list[RewardRecord]:

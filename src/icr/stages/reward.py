@@ -8,9 +8,9 @@ from pathlib import Path
 from icr.config import RewardConfig
 from icr.core.distributed import Shard
 from icr.core.io import read_jsonl
-from icr.core.models import LoadedModel
 from icr.core.records import GenerationRecord
 from icr.engines.rewarding import STRATEGIES, RewardingStrategy, make_strategy, reward_records
+from icr.engines.scoring.scorer import Scorer
 from icr.runtime.jobs import run_job
 from icr.stages.base import Stage, StageContext, language_files
 
@@ -20,8 +20,8 @@ def reward_language(
     english: dict[str, str],
     out_file: Path,
     *,
-    policy: LoadedModel,
-    reference: LoadedModel,
+    policy: Scorer,
+    reference: Scorer,
     config: RewardConfig,
     strategy: RewardingStrategy,
     shard: Shard = Shard(),
@@ -54,6 +54,10 @@ def run_reward(ctx: StageContext) -> dict:
     if STRATEGIES[config.reward.mode].needs_translator:
         translator = ctx.pool.get(run.translator_spec(t))
     strategy = make_strategy(config.reward, translator)
+    # one scorer per model for the whole stage: its token budget and out-of-memory back-off hold
+    # across languages and chunks
+    budget = config.reward.token_budget
+    scorers = Scorer.of(ctx.pool.get(policy), budget), Scorer.of(ctx.pool.get(reference), budget)
     counts = {}
     for lang in ctx.prompts.languages:
         generations = read_jsonl(run.generations_dir(t) / f"{lang}.jsonl")
@@ -61,8 +65,8 @@ def run_reward(ctx: StageContext) -> dict:
             generations,
             ctx.prompts.english,
             run.rewards_dir(t) / f"{lang}.jsonl",
-            policy=ctx.pool.get(policy),
-            reference=ctx.pool.get(reference),
+            policy=scorers[0],
+            reference=scorers[1],
             config=config.reward,
             strategy=strategy,
             shard=run.shard,

@@ -18,7 +18,7 @@ from icr.core.chat import pair_tokens
 from icr.core.errors import IcrError
 from icr.core.io import read_json, write_json_atomic
 from icr.core.models import LoadedModel, fingerprint
-from icr.engines.scoring.scorer import ScoreGroup, score_groups
+from icr.engines.scoring.scorer import ScoreGroup, Scorer
 from icr.training.losses import PairLogps, reference_columns
 
 REFERENCE_PAIRS_PER_PASS = 8  # pairs whose responses share the reference's forward passes
@@ -34,14 +34,14 @@ def pair_logps(
     """Summed log-probs of each pair's chosen and rejected completion under `lm` (our scorer, TRL's
     tokens and truncation): the reference's before training, the policy's after it. With
     `per_token_nll`, also the token-mean NLL of the chosen response."""
-    out = []
+    out, scorer = [], Scorer(lm.model, token_budget)
     for k in range(0, len(pairs), REFERENCE_PAIRS_PER_PASS):
         # Every token after the shared prompt counts, as in TRL's completion mask (which also covers
         # a prompt tail that merged with the response, see `icr.core.chat.pair_tokens`).
         chunk = pairs[k : k + REFERENCE_PAIRS_PER_PASS]
         tokens = [pair_tokens(lm.tokenizer, pair, max_length) for pair in chunk]
         groups = [ScoreGroup(prompt, [chosen, rejected]) for prompt, chosen, rejected, _ in tokens]
-        for chosen, rejected in score_groups(lm.model, groups, token_budget, per_token=True):
+        for chosen, rejected in scorer.score_groups(groups, per_token=True):
             nll = -sum(chosen) / max(len(chosen), 1) if per_token_nll else float("nan")
             out.append(PairLogps(float(sum(chosen)), float(sum(rejected)), nll))
     return out

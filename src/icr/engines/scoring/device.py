@@ -110,13 +110,8 @@ def profile_for(device: torch.device | str) -> ScoringProfile:
 
 
 def resolve_token_budget(token_budget: int | str, model, profile: ScoringProfile) -> int:
-    """An integer budget as given; 'auto' resolved once per model and device, when it first scores
-    (so every chunk of one process is cut alike; give an integer for identical cuts across machines)."""
+    """An integer budget as given; 'auto' is the profile's for the model's device (on a GPU, sized
+    from its free memory now: `icr.engines.scoring.scorer.Scorer` resolves it once and keeps it)."""
     if token_budget != "auto":
         return int(token_budget)
-    device = next(model.parameters()).device
-    resolved = getattr(model, "_icr_auto_token_budget", {})
-    if str(device) not in resolved:
-        resolved[str(device)] = profile.auto_token_budget(model, device)
-        model._icr_auto_token_budget = resolved
-    return resolved[str(device)]
+    return profile.auto_token_budget(model, next(model.parameters()).device)

@@ -35,7 +35,6 @@ from functools import partial
 import torch
 from transformers.cache_utils import DynamicCache
 
-from icr.core.chat import common_prefix_length, released_exchange, tokenize_exchange
 from icr.core.models import LoadedModel
 from icr.core.oom import OomBackoff
 from icr.engines.scoring.cache import Prefix, batch_cache, plain_layers, repeated_cache, row_view
@@ -43,7 +42,7 @@ from icr.engines.scoring.device import ScoringProfile, profile_for, resolve_toke
 from icr.engines.scoring.head import _logit_transform  # noqa: F401  (re-exported: part of the scorer's interface)
 
 CACHE_BUDGET_FACTOR = 2  # rows × (cached prompt + completion) per sub-batch, in token budgets (the KV memory)
-_SCORING_OOM = OomBackoff("scoring", "Lower reward.token_budget (training: train.max_length), or free the GPU")
+OOM_ADVICE = "Lower reward.token_budget (training: train.max_length), or free the GPU"
 
 
 @dataclass
@@ -146,28 +145,50 @@ def _sub_batches(
     return batches
 
 
-@torch.no_grad()
+class Scorer:
+    """The scoring engine of one model, with its state in view: the token budget (an integer as
+    given; 'auto' is the device profile's, resolved once when the scorer is made, so every chunk of a
+    job is cut alike) and the out-of-memory back-off (the sub-batch size learnt after a failure, kept
+    for the scorer's later calls). A stage makes one per model and keeps it for its whole job."""
+
+    def __init__(self, model, token_budget: int | str = 4096, tokenizer=None):
+        self.model, self.tokenizer = model, tokenizer
+        self.profile = profile_for(next(model.parameters()).device)
+        self.token_budget = resolve_token_budget(token_budget, model, self.profile)
+        self.backoff = OomBackoff("scoring", OOM_ADVICE)
+
+    @classmethod
+    def of(cls, lm: LoadedModel, token_budget: int | str) -> Scorer:
+        return cls(lm.model, token_budget, lm.tokenizer)
+
+    @torch.no_grad()
+    def score_groups(
+        self, groups: Sequence[ScoreGroup], per_token: bool = False
+    ) -> list[list[float]] | list[list[list[float]]]:
+        """For each group, the summed log-probability of each completion (per-token lists if `per_token`).
+
+        Every prompt runs through the model once (on a GPU, many prompts per forward). The completions
+        of all groups are then sorted by length and cut into sub-batches under the token budget, so that
+        completions of different prompts share a forward pass with little padding: each row gets its
+        own prompt's cache, left-padded to the longest prompt of the sub-batch and masked, and positions
+        that continue its own prompt. (Models whose caches are not plain key/value tensors, e.g.
+        sliding-window layers, batch only the completions of one prompt together.)"""
+        with _gqa_attention(self.model, self.profile):
+            return _score_groups(self.model, groups, self.token_budget, per_token, self.profile, self.backoff)
+
+
 def score_groups(
     model, groups: Sequence[ScoreGroup], token_budget: int | str = 4096, per_token: bool = False
 ) -> list[list[float]] | list[list[list[float]]]:
-    """For each group, the summed log-probability of each completion (per-token lists if `per_token`).
-
-    Every prompt runs through the model once (on a GPU, many prompts per forward). The completions of
-    all groups are then sorted by length and cut into sub-batches under the token budget, so that
-    completions of different prompts share a forward pass with little padding: each row gets its own
-    prompt's cache, left-padded to the longest prompt of the sub-batch and masked, and positions that
-    continue its own prompt. (Models whose caches are not plain key/value tensors, e.g. sliding-window
-    layers, batch only the completions of one prompt together.) `token_budget='auto'` takes the device
-    profile's (`icr.engines.scoring.device`): 4096 on a CPU, sized from free memory on a GPU."""
-    profile = profile_for(next(model.parameters()).device)
-    with _gqa_attention(model, profile):
-        return _score_groups(model, groups, resolve_token_budget(token_budget, model, profile), per_token, profile)
+    """`Scorer.score_groups` of a scorer made for this one call (`token_budget='auto'`: 4096 on a CPU,
+    sized from free memory on a GPU, see `icr.engines.scoring.device`)."""
+    return Scorer(model, token_budget).score_groups(groups, per_token)
 
 
-def _score_groups(model, groups, token_budget, per_token, profile: ScoringProfile):
+def _score_groups(model, groups, token_budget, per_token, profile: ScoringProfile, backoff: OomBackoff):
     decoder = model.get_decoder()
     batched = profile.batched_prefill and plain_layers(DynamicCache(config=model.config))
-    prefixes = (_prefill_batched if batched else _prefill_each)(decoder, groups, token_budget, profile)
+    prefixes = (_prefill_batched if batched else _prefill_each)(decoder, groups, token_budget, profile, backoff)
     mixable = all(plain_layers(p.cache) for p in prefixes)
     rows = [(g, i) for g, group in enumerate(groups) for i in range(len(group.completions))]
     lengths = [len(groups[g].completions[i]) for g, i in rows]
@@ -186,7 +207,7 @@ def _score_groups(model, groups, token_budget, per_token, profile: ScoringProfil
     for batch in batches:
         members = sorted(rows[r] for r in batch)  # a prompt's rows adjacent: its cache is copied in one slice
         widths = _padded_widths(groups, prefixes, members, mixable, profile)
-        scored += _SCORING_OOM.run(members, sum(widths), partial(score, widths=widths))
+        scored += backoff.run(members, sum(widths), partial(score, widths=widths))
     # The one wait for the device: every sub-batch's numbers come back together.
     flat = iter(torch.cat([logps for *_, logps in scored]).tolist() if scored else [])
     results: list[list] = [[None] * len(group.completions) for group in groups]
@@ -199,7 +220,7 @@ def _score_groups(model, groups, token_budget, per_token, profile: ScoringProfil
     return results
 
 
-def _prefill_each(decoder, groups, token_budget, profile: ScoringProfile) -> list[Prefix]:
+def _prefill_each(decoder, groups, token_budget, profile: ScoringProfile, backoff: OomBackoff) -> list[Prefix]:
     """One forward per prompt (CPU: no padding at all; any cache type)."""
     device = next(decoder.parameters()).device
 
@@ -207,10 +228,10 @@ def _prefill_each(decoder, groups, token_budget, profile: ScoringProfile) -> lis
         out = decoder(input_ids=profile.to_device([part[0].prompt_ids], device), use_cache=True)
         return [Prefix(out.past_key_values, out.last_hidden_state[0, -1], len(part[0].prompt_ids))]
 
-    return [prefix for group in groups for prefix in _SCORING_OOM.run([group], len(group.prompt_ids), prefill)]
+    return [prefix for group in groups for prefix in backoff.run([group], len(group.prompt_ids), prefill)]
 
 
-def _prefill_batched(decoder, groups, token_budget, profile: ScoringProfile) -> list[Prefix]:
+def _prefill_batched(decoder, groups, token_budget, profile: ScoringProfile, backoff: OomBackoff) -> list[Prefix]:
     """Prompts sorted by length, right-padded to a bucketed width, as many per forward as the token
     budget allows. Right padding needs no mask: causal attention keeps a prompt's tokens from seeing the
     padding after them, so each prompt's keys/values and last hidden state are those of its own forward.
@@ -232,7 +253,7 @@ def _prefill_batched(decoder, groups, token_budget, profile: ScoringProfile) -> 
     prefixes: list[Prefix | None] = [None] * len(groups)
     for batch in _sub_batches(order, widths, token_budget):
         width = widths[batch[0]]  # a batch that runs out of memory is prefilled in parts of this width
-        for k, prefix in zip(batch, _SCORING_OOM.run(batch, width, partial(prefill, width=width))):
+        for k, prefix in zip(batch, backoff.run(batch, width, partial(prefill, width=width))):
             prefixes[k] = prefix
     return prefixes
 
@@ -313,51 +334,6 @@ def _score_rows(
         return owners, torch.empty(0, device=device)
     vectors = states[profile.to_device(sources, device)]
     return owners, token_logprobs_from_hidden(model, vectors, profile.to_device(targets, device))
-
-
-def score_group(
-    model, group: ScoreGroup, token_budget: int | str = 4096, per_token: bool = False
-) -> list[float] | list[list[float]]:
-    """Summed log-probability of each completion of `group` (or per-token lists if `per_token`)."""
-    return score_groups(model, [group], token_budget, per_token)[0]
-
-
-# `reward.score_tokens` → (how an exchange is tokenized, leading completion tokens left out):
-#   all         TRL's tokens (`tokenize_exchange`): every response token and what the template writes
-#               after it (end-of-turn token(s), ChatML's newline), exactly what DPO trains on;
-#   skip_first  the released scorer (utils/compute_reward_score.py, prepare_data and compute_score):
-#               prompt + response + end-of-turn tokenized as one string (`released_exchange`), and
-#               positions masked rather than the tokens they predict, which drops the first response
-#               token: the response minus its first token, plus the end-of-turn token.
-SCORED_TOKENS = {"all": (tokenize_exchange, 0), "skip_first": (released_exchange, 1)}
-
-
-def _exchange_group(
-    lm: LoadedModel, instruction: str, responses: list[str], score_tokens: str
-) -> tuple[ScoreGroup, list[int]]:
-    """The responses as completions of their shared prompt, and each response's scored token count."""
-    tokenize, skip = SCORED_TOKENS[score_tokens]
-    exchanges = [tokenize(lm.tokenizer, instruction, r) for r in responses]
-    # one string per response can end its prompt part with other tokens (a merge across the cut)
-    shared = min(common_prefix_length(exchanges[0][0], p) for p, _ in exchanges)
-    skipped = [min(skip, len(c)) for _, c in exchanges]
-    group = ScoreGroup(
-        exchanges[0][0][:shared],
-        [p[shared:] + c for p, c in exchanges],
-        [len(p) - shared + k for (p, _), k in zip(exchanges, skipped)],
-    )
-    return group, [len(c) - k for (_, c), k in zip(exchanges, skipped)]
-
-
-def score_responses(
-    lm: LoadedModel, items: list[tuple[str, list[str]]], token_budget: int | str, score_tokens: str = "all"
-) -> list[tuple[list[float], list[int]]]:
-    """For each (instruction, responses): (summed log π(y|x) per response, scored token counts),
-    the tokens DPO trains on (`icr.core.chat.tokenize_exchange`; `score_tokens` = 'skip_first' scores
-    the released scorer's tokens, see `SCORED_TOKENS`), all items scored together."""
-    prepared = [_exchange_group(lm, instruction, responses, score_tokens) for instruction, responses in items]
-    logps = score_groups(lm.model, [group for group, _ in prepared], token_budget)
-    return [(lp, n_tokens) for lp, (_, n_tokens) in zip(logps, prepared)]
 
 
 @torch.no_grad()
