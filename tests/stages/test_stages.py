@@ -102,3 +102,20 @@ def test_prompts_already_done_are_not_sampled_again(tiny_lm, tmp_path):
         == 2
     )
     assert calls == []
+
+
+def test_a_stage_with_a_missing_input_names_it_before_its_driver_runs(tmp_path):
+    from icr.config import RunConfig
+    from icr.core.errors import DataError
+    from icr.runtime.rundir import RunDir
+    from icr.stages import STAGES
+    from icr.stages.base import StageContext
+
+    run = RunDir(RunConfig(name="r", output_dir=str(tmp_path), data={"languages": ["en", "es"]}))
+    run.rewards_dir(0).mkdir(parents=True)
+    (run.rewards_dir(0) / "en.jsonl").write_text("")
+    ctx = StageContext(run=run, t=0, pool=None, prompts=None)
+    with pytest.raises(DataError, match=r"stage pairs of iteration 0 needs .*iter_0/rewards/es\.jsonl") as err:
+        STAGES["pairs"].execute(ctx)
+    assert "en.jsonl" not in str(err.value)
+    assert not run.status_file(0, "pairs").exists()  # refused before it was recorded as started

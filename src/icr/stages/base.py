@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from icr.core.errors import DataError
 from icr.core.prompts import PromptSet
 from icr.runtime.rundir import ModelPool, RunDir
 from icr.runtime.status import stage_started
@@ -42,8 +43,15 @@ class Stage:
     counts_records: bool = False  # its .jsonl outputs hold one record per unit (status counts their lines)
 
     def execute(self, ctx: StageContext) -> dict[str, Any]:
-        """Run the driver, after writing the stage's status file for `icr status` (`icr.runtime.status`)."""
+        """Run the driver, after writing the stage's status file for `icr status` (`icr.runtime.status`).
+        A missing input is an error naming it, before any model loads."""
         run = ctx.run
+        missing = [p for p in self.inputs(run, ctx.t) if not p.exists()]
+        if missing:
+            raise DataError(
+                f"stage {self.name} of iteration {ctx.t} needs {', '.join(map(str, missing))}: "
+                "run the stages before it (icr run resumes them), or restore the files"
+            )
         if run.shard.is_main:
             counted = [p for p in self.outputs(run, ctx.t) if p.suffix == ".jsonl"] if self.counts_records else []
             stage_started(run.root, ctx.t, self.name, run.config.iterations, self.expected(ctx), self.unit, counted)
