@@ -19,6 +19,7 @@ from icr.core.faults import DiskWriteError, TrainingDiverged, TrainingOutOfMemor
 from icr.core.io import read_json
 from icr.pipeline import run_iterations
 from icr.stages import STAGES
+from icr.training.registry import TrainingJob
 
 
 def one_iteration(out, name, tiny_dir, tiny_ref_dir):
@@ -173,7 +174,7 @@ def test_training_out_of_memory_names_the_settings_to_lower(clean, tiny_dir, tmp
     failing_loss(monkeypatch, lambda trainer: True, "oom")
     with pytest.raises(TrainingOutOfMemory) as err:
         icr.training.trainer.train_dpo(
-            str(tiny_dir), root / "iter_0/pairs.jsonl", tmp_path / "model", config, 4096, device="cpu"
+            TrainingJob(str(tiny_dir), root / "iter_0/pairs.jsonl", tmp_path / "model", config, 4096, device="cpu")
         )
     message = str(err.value)
     for setting in (

@@ -15,7 +15,7 @@ from icr.core.errors import DataError
 from icr.core.io import read_json, read_jsonl, write_jsonl_atomic
 from icr.core.prompts import embedded_path
 from icr.core.records import pair_messages
-from icr.training.registry import trainer_for
+from icr.training.registry import TrainingJob, trainer_for
 
 
 def load_english_preferences(source: str, split: str | None = "train") -> list[dict]:
@@ -60,7 +60,7 @@ def align_english(config: AlignConfig) -> dict:
     pairs_file = out_dir.parent / f"{out_dir.name}-english-pairs.jsonl"
     write_jsonl_atomic(pairs_file, load_english_preferences(config.data, config.split))
     # the reward's scoring budget: stage 0 scores the reference log-probs as the iterations do
-    return trainer_for(config.train.loss)(
+    job = TrainingJob(
         config.model,
         pairs_file,
         out_dir,
@@ -70,3 +70,4 @@ def align_english(config: AlignConfig) -> dict:
         run_name=config.train.run_name or out_dir.name,
         tracking_dir=out_dir.parent / f"{out_dir.name}-tracking",
     )
+    return trainer_for(config.train.loss)(job)

@@ -12,7 +12,7 @@ from icr.core.io import read_json, read_jsonl
 from icr.core.models import load_model
 from icr.training.kto import kto_examples, kto_trainer, train_kto
 from icr.training.reference_logps import pair_logps
-from icr.training.registry import TRAINERS, trainer_for
+from icr.training.registry import TRAINERS, TrainingJob, trainer_for
 
 
 def test_each_pair_gives_a_desirable_chosen_and_an_undesirable_rejected(tmp_path):
@@ -39,7 +39,7 @@ def test_a_kto_training_changes_the_weights_and_saves_a_model(tiny_dir, tmp_path
     write_train_pairs(pairs_path)
     out = tmp_path / "model"
     config = train_config(loss="kto", batch_size=2, precompute_ref=precompute_ref)
-    metrics = train_kto(str(tiny_dir), pairs_path, out, config, 4096, device="cpu")
+    metrics = train_kto(TrainingJob(str(tiny_dir), pairs_path, out, config, 4096, device="cpu"))
     assert metrics["steps"] == 2 and metrics["examples"] == 8  # 8 examples, 4 per device step
     before, after = load_file(tiny_dir / "model.safetensors"), load_file(out / "model.safetensors")
     changed = [k for k in after if not torch.equal(before[k], after[k])]

@@ -9,6 +9,7 @@ import pytest
 from helpers import TOKEN_BUDGET, train_config, write_train_pairs
 from icr.config import ConfigError, load_config
 from icr.core.io import read_json
+from icr.training.registry import TrainingJob
 from icr.training.trainer import train_dpo
 
 PAIR_STATS = {
@@ -69,15 +70,17 @@ def test_tensorboard_holds_loss_terms_reward_metrics_and_pair_statistics(tiny_di
     config = train_config(report_to=["tensorboard"], nll_weight=0.5, batch_size=1, epochs=1)
     tracking = tmp_path / "tracking" / "iter_0"
     metrics = train_dpo(
-        str(tiny_dir),
-        write_train_pairs(tmp_path / "p.jsonl"),
-        tmp_path / "model",
-        config,
-        TOKEN_BUDGET,
-        "cpu",
-        run_name="t/iter_0",
-        tracking_dir=tracking,
-        pair_stats=PAIR_STATS,
+        TrainingJob(
+            str(tiny_dir),
+            write_train_pairs(tmp_path / "p.jsonl"),
+            tmp_path / "model",
+            config,
+            TOKEN_BUDGET,
+            "cpu",
+            run_name="t/iter_0",
+            tracking_dir=tracking,
+            pair_stats=PAIR_STATS,
+        )
     )
     scalars = _scalars(tracking)
     steps = metrics["steps"]

@@ -14,6 +14,7 @@ from icr.core.io import read_json, read_jsonl
 from icr.core.models import load_model
 from icr.training.losses import PairLogps
 from icr.training.reference_logps import StaleReferenceError, pair_logps, spot_check
+from icr.training.registry import TrainingJob
 from icr.training.trainer import dpo_trainer, preference_dataset, train_dpo
 
 
@@ -101,7 +102,7 @@ def test_train_dpo_saves_a_loadable_model_with_metrics(tiny_dir, tmp_path, lora)
     pairs_path = write_train_pairs(tmp_path / "p.jsonl")
     out = tmp_path / "model"
     config = train_config(nll_weight=1.0, lora={"enabled": lora, "r": 4, "alpha": 8})
-    metrics = train_dpo(str(tiny_dir), pairs_path, out, config, TOKEN_BUDGET, device="cpu")
+    metrics = train_dpo(TrainingJob(str(tiny_dir), pairs_path, out, config, TOKEN_BUDGET, device="cpu"))
     reloaded = load_model(str(out), device="cpu")
     assert reloaded.tokenizer.chat_template  # template travels with the model
     before = load_file(tiny_dir / "model.safetensors")
@@ -205,10 +206,12 @@ def test_indivisible_global_batch_fails_before_any_model_loads(tmp_path, monkeyp
     monkeypatch.setattr("icr.training.trainer.current_shard", lambda: Shard(0, 3))
     with pytest.raises(ConfigError, match="global_batch_size"):  # not a model-loading error
         train_dpo(
-            "no/such-model",
-            write_train_pairs(tmp_path / "p.jsonl"),
-            tmp_path / "out",
-            train_config(batch_size=2, global_batch_size=32),
-            TOKEN_BUDGET,
-            device="cpu",
+            TrainingJob(
+                "no/such-model",
+                write_train_pairs(tmp_path / "p.jsonl"),
+                tmp_path / "out",
+                train_config(batch_size=2, global_batch_size=32),
+                TOKEN_BUDGET,
+                device="cpu",
+            )
         )

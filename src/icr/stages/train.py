@@ -10,7 +10,7 @@ from icr.core.io import read_json, read_jsonl, write_text_atomic
 from icr.runtime.cards import count_by_language, model_card
 from icr.runtime.status import train_status_callback
 from icr.stages.base import Stage, StageContext
-from icr.training.registry import trainer_for
+from icr.training.registry import TrainingJob, trainer_for
 from icr.training.replay import write_training_pairs
 from icr.training.tracking import tracked_run_name
 
@@ -24,7 +24,7 @@ def run_train(ctx: StageContext) -> dict:
     stats_file = run.pairs_stats_file(t)  # for the trackers only: not an input the stage needs
     pair_stats = read_json(stats_file) if stats_file.exists() else None
     try:
-        metrics = trainer_for(config.train.loss)(
+        job = TrainingJob(
             spec,
             pairs_file,
             run.model_dir(t),
@@ -38,6 +38,7 @@ def run_train(ctx: StageContext) -> dict:
             pair_stats=pair_stats,
             callbacks=(train_status_callback(run.root, t),),
         )
+        metrics = trainer_for(config.train.loss)(job)
     except (TrainingDiverged, OutOfMemory) as err:  # nothing promoted; the user changes train.* and resumes
         run.record_failure(t, STAGE, err)
         raise

@@ -20,23 +20,23 @@ examples per device (TRL's KL estimate needs at least 2).
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-from pathlib import Path
 
 import torch
 
 from icr.config import TrainConfig
 from icr.core.distributed import current_shard
-from icr.core.faults import disk_errors, divergence_guard, write_section
+from icr.core.faults import divergence_guard
 from icr.core.io import write_json_atomic
+from icr.training.registry import TrainingJob
 from icr.training.trainer import (
     _finite,
     _lora,
     _model_and_pairs,
     _save_trained,
     compact_trl_lm_head_on_cpu,
+    fresh_scratch,
     gradient_accumulation,
+    promoting,
     training_memory,
 )
 
@@ -108,57 +108,31 @@ def kto_trainer(lm, pairs: list[dict], config: TrainConfig, output_dir: str, run
     return trainer
 
 
-def train_kto(
-    model_spec: str,
-    pairs_file: Path,
-    out_dir: Path,
-    config: TrainConfig,
-    token_budget: int | str,
-    device: str,
-    trust_remote_code: bool = False,
-    allow_pickle: bool = False,
-    *,
-    run_name: str | None = None,
-    tracking_dir: Path | None = None,
-    pair_stats: dict | None = None,
-    callbacks: tuple = (),
-) -> dict:
+def train_kto(job: TrainingJob) -> dict:
     """`icr.training.trainer.train_dpo`'s contract with the KTO loss: π^{t+1} from π^t (= reference)
-    saved at `out_dir` (complete or not at all), with `train_metrics.json` (TRL's log history).
-    `token_budget`, `tracking_dir` and `pair_stats` are accepted for the same call and not used."""
-    del token_budget, tracking_dir, pair_stats
-    lm, pairs = _model_and_pairs(model_spec, pairs_file, config, device, trust_remote_code, allow_pickle)
-    shard = current_shard()
-    work = out_dir.parent / f".{out_dir.name}.partial"
-    if shard.is_main:
-        shutil.rmtree(work, ignore_errors=True)
-    shard.wait()
+    saved at `job.out_dir` (complete or not at all), with `train_metrics.json` (TRL's log history).
+    The job's `token_budget`, `tracking_dir` and `pair_stats` are not used."""
+    config = job.config
+    lm, pairs = _model_and_pairs(job)
+    shard, work = current_shard(), fresh_scratch(job)
     lm.model.train()
     with training_memory(config):
-        trainer = kto_trainer(lm, pairs, config, str(work / "trainer"), run_name, callbacks)
-    trainer.add_callback(divergence_guard(config.max_loss_ratio, f"{out_dir} (from {model_spec})"))
+        trainer = kto_trainer(lm, pairs, config, str(work / "trainer"), job.run_name, job.callbacks)
+    trainer.add_callback(divergence_guard(config.max_loss_ratio, f"{job.out_dir} (from {job.model_spec})"))
     with training_memory(config):
         result = trainer.train()
     metrics = {"pairs": len(pairs), "examples": 2 * len(pairs), "steps": trainer.state.global_step, "after": None}
-    try:
-        with write_section(completes_record=False), disk_errors(out_dir):
-            _save_trained(trainer, config, work / "model", lm.tokenizer, shard)
-            if shard.is_main:
-                metrics.update(
-                    {
-                        "train_runtime_s": result.metrics.get("train_runtime"),
-                        "log_history": trainer.state.log_history,
-                        "loss_definition": "KTO (TRL KTOTrainer): chosen desirable, rejected undesirable",
-                        "config": config.model_dump(),
-                        "processes": shard.world,
-                    }
-                )
-                write_json_atomic(work / "model" / "train_metrics.json", _finite(metrics))
-                if out_dir.exists():
-                    os.replace(out_dir, work / "previous")
-                os.replace(work / "model", out_dir)
-    finally:
-        shard.wait()
+    with promoting(job) as model_dir:
+        _save_trained(trainer, config, model_dir, lm.tokenizer, shard)
         if shard.is_main:
-            shutil.rmtree(work, ignore_errors=True)
+            metrics.update(
+                {
+                    "train_runtime_s": result.metrics.get("train_runtime"),
+                    "log_history": trainer.state.log_history,
+                    "loss_definition": "KTO (TRL KTOTrainer): chosen desirable, rejected undesirable",
+                    "config": config.model_dump(),
+                    "processes": shard.world,
+                }
+            )
+            write_json_atomic(model_dir / "train_metrics.json", _finite(metrics))
     return metrics

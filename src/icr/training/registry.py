@@ -1,10 +1,14 @@
-"""`train.loss` → the function that trains π^{t+1} from π^t on a pairs file. Every entry has
-`icr.training.trainer.train_dpo`'s arguments and returns its metrics (`steps`, `after`, ...)."""
+"""`train.loss` → the function that trains π^{t+1} from π^t on a pairs file. Every entry takes one
+`TrainingJob` and returns its metrics (`steps`, `after`, ...)."""
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from icr.config import TrainConfig
 
 TRAINERS: dict[str, tuple[str, str]] = {
     "dpo": ("icr.training.trainer", "train_dpo"),  # DPO + λ·NLL(chosen), the paper (§3.3)
@@ -12,7 +16,33 @@ TRAINERS: dict[str, tuple[str, str]] = {
 }
 
 
-def trainer_for(loss: str) -> Callable[..., dict]:
+@dataclass(frozen=True)
+class TrainingJob:
+    """One training: π^{t+1} from `model_spec` (π^t, also the reference) on `pairs_file`, saved at
+    `out_dir` (complete or not at all). `token_budget` is the scorer's for the reference log-probs;
+    trackers (`config.report_to`) log under `tracking_dir` as `run_name`, with `pair_stats` (the
+    iteration's `pairs_stats.json`) at step 0; `callbacks` are extra transformers callbacks."""
+
+    model_spec: str
+    pairs_file: Path
+    out_dir: Path
+    config: TrainConfig
+    token_budget: int | str = 4096
+    device: str = "auto"
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+    run_name: str | None = None
+    tracking_dir: Path | None = None
+    pair_stats: dict | None = None
+    callbacks: tuple = ()
+
+    @property
+    def scratch_dir(self) -> Path:
+        """Beside `out_dir`, the same on every process (a sharded save writes into it from all of them)."""
+        return self.out_dir.parent / f".{self.out_dir.name}.partial"
+
+
+def trainer_for(loss: str) -> Callable[[TrainingJob], dict]:
     """The training function of `train.loss` (imported on use: each pulls in TRL)."""
     module, name = TRAINERS[loss]
     return getattr(importlib.import_module(module), name)

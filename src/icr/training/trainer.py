@@ -31,6 +31,7 @@ from icr.core.models import LoadedModel, load_model
 from icr.core.oom import free_accelerator_memory, out_of_memory_errors
 from icr.training.losses import PairLogps, dpo_summary, reference_columns
 from icr.training.reference_logps import cached_reference_logps, pair_logps, spot_check
+from icr.training.registry import TrainingJob
 
 log = logging.getLogger(__name__)
 
@@ -205,79 +206,77 @@ def _lora(config: TrainConfig):
     )
 
 
-def train_dpo(
-    model_spec: str,
-    pairs_file: Path,
-    out_dir: Path,
-    config: TrainConfig,
-    token_budget: int | str,
-    device: str,
-    trust_remote_code: bool = False,
-    allow_pickle: bool = False,
-    *,
-    run_name: str | None = None,
-    tracking_dir: Path | None = None,
-    pair_stats: dict | None = None,
-    callbacks: tuple = (),
-) -> dict:
-    """Train π^{t+1} from π^t (= reference) on a pairs file; save a model folder at `out_dir`.
+def train_dpo(job: TrainingJob) -> dict:
+    """Train π^{t+1} from π^t (= reference) on a pairs file; save a model folder at `job.out_dir`.
 
     The folder appears complete or not at all (written beside it, then renamed). Metrics go to
-    `out_dir/train_metrics.json`: TRL's log history plus the DPO and NLL terms before and after.
-    Trackers (`config.report_to`) log under `tracking_dir` as `run_name`, with `pair_stats` (the
-    iteration's `pairs_stats.json`) at step 0; `callbacks` are extra transformers callbacks."""
-    lm, pairs = _model_and_pairs(model_spec, pairs_file, config, device, trust_remote_code, allow_pickle)
-    log.info("training %s on %d pairs (%s)", model_spec, len(pairs), pairs_file)
-    shard = current_shard()
-    # One scratch folder, the same on every process (a sharded save writes into it from all of them);
-    # what a killed run left there is discarded.
-    work = out_dir.parent / f".{out_dir.name}.partial"
-    if shard.is_main:
-        shutil.rmtree(work, ignore_errors=True)
-    shard.wait()
+    `out_dir/train_metrics.json`: TRL's log history plus the DPO and NLL terms before and after."""
+    config = job.config
+    lm, pairs = _model_and_pairs(job)
+    log.info("training %s on %d pairs (%s)", job.model_spec, len(pairs), job.pairs_file)
+    work = fresh_scratch(job)
     with training_memory(config):
-        ref = cached_reference_logps(lm, pairs_file, pairs, config, out_dir.parent / "cache", token_budget)
+        cache_dir = job.out_dir.parent / "cache"
+        ref = cached_reference_logps(lm, job.pairs_file, pairs, config, cache_dir, job.token_budget)
     dataset = preference_dataset(lm.tokenizer, pairs, ref, config)
     lm.model.train()
-    trainer = dpo_trainer(lm, dataset, config, str(work / "trainer"), run_name, tracking_dir, pair_stats, callbacks)
+    trainer = dpo_trainer(
+        lm, dataset, config, str(work / "trainer"), job.run_name, job.tracking_dir, job.pair_stats, job.callbacks
+    )
     # a NaN/inf or exploding loss stops training: nothing below runs, no model is promoted
-    trainer.add_callback(divergence_guard(config.max_loss_ratio, f"{out_dir} (from {model_spec})"))
+    trainer.add_callback(divergence_guard(config.max_loss_ratio, f"{job.out_dir} (from {job.model_spec})"))
     with training_memory(config):
         if config.precompute_ref:
             spot_check(trainer, trainer.train_dataset)
         result = trainer.train()
+    with promoting(job) as model_dir:
+        return _save_and_measure(trainer, result, lm, pairs, ref, config, job.token_budget, model_dir)
+
+
+def fresh_scratch(job: TrainingJob) -> Path:
+    """The job's scratch folder, emptied of what a killed run left there (all processes wait for it)."""
+    shard = current_shard()
+    if shard.is_main:
+        shutil.rmtree(job.scratch_dir, ignore_errors=True)
+    shard.wait()
+    return job.scratch_dir
+
+
+@contextmanager
+def promoting(job: TrainingJob):
+    """Yield the scratch model folder to save into; on success the main process moves it to
+    `job.out_dir` in one step (an existing model moved aside first, so `out_dir` is never half
+    deleted). A stop signal lets the save finish, and acts once the stage is recorded. The scratch
+    folder is removed either way."""
+    shard, model_dir = current_shard(), job.scratch_dir / "model"
     try:
-        # a stop signal lets the model be saved and renamed, and acts once the stage is recorded
-        with write_section(completes_record=False), disk_errors(out_dir):
-            metrics = _save_and_measure(trainer, result, lm, pairs, ref, config, token_budget, work / "model")
+        with write_section(completes_record=False), disk_errors(job.out_dir):
+            yield model_dir
             if shard.is_main:
-                if out_dir.exists():  # moved aside in one step: out_dir is never a half-deleted model
-                    os.replace(out_dir, work / "previous")
-                os.replace(work / "model", out_dir)
+                if job.out_dir.exists():
+                    os.replace(job.out_dir, job.scratch_dir / "previous")
+                os.replace(model_dir, job.out_dir)
     finally:
         shard.wait()
         if shard.is_main:
-            shutil.rmtree(work, ignore_errors=True)
-    return metrics
+            shutil.rmtree(job.scratch_dir, ignore_errors=True)
 
 
-def _model_and_pairs(
-    model_spec: str, pairs_file: Path, config: TrainConfig, device: str, trust_remote_code: bool, allow_pickle: bool
-) -> tuple[LoadedModel, list[dict]]:
+def _model_and_pairs(job: TrainingJob) -> tuple[LoadedModel, list[dict]]:
     """The model to train and the file's pairs that TRL keeps (`usable_pairs`); an empty pairs file
     or an indivisible global batch fails before any weights load."""
-    pairs = read_jsonl(pairs_file)
+    pairs = read_jsonl(job.pairs_file)
     if not pairs:
-        raise DataError(f"{pairs_file}: no preference pairs to train on")
-    gradient_accumulation(config, current_shard().world)  # an indivisible global batch fails before loading
+        raise DataError(f"{job.pairs_file}: no preference pairs to train on")
+    gradient_accumulation(job.config, current_shard().world)  # an indivisible global batch fails before loading
     lm = load_model(
-        model_spec,
-        device=device,
-        dtype="float32" if device == "cpu" else "auto",
-        trust_remote_code=trust_remote_code,
-        allow_pickle=allow_pickle,
+        job.model_spec,
+        device=job.device,
+        dtype="float32" if job.device == "cpu" else "auto",
+        trust_remote_code=job.trust_remote_code,
+        allow_pickle=job.allow_pickle,
     )
-    return lm, usable_pairs(lm.tokenizer, pairs, config.max_length)
+    return lm, usable_pairs(lm.tokenizer, pairs, job.config.max_length)
 
 
 @contextmanager
