@@ -1,5 +1,5 @@
 """Configuration: one pydantic model per concern, for every command (see `base` for reading and
-validating, `run` for `icr run` and its stages, `commands` for the others)."""
+validating, `run` for `icr run` and its stages, `train` for its training section, `commands` for the others)."""
 
 from icr.config.base import (
     DEFAULT_MODEL,
@@ -23,15 +23,14 @@ from icr.config.commands import (
 from icr.config.run import (
     DataConfig,
     GenerateConfig,
-    LoraConfig,
     ModelsConfig,
     PairsConfig,
     RewardConfig,
     RunConfig,
     SamplingConfig,
-    TrainConfig,
     load_config,
 )
+from icr.config.train import LoraConfig, TrainConfig
 from icr.core.errors import ConfigError
 
 __all__ = [

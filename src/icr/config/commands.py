@@ -13,7 +13,8 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from icr.config.base import Device, Dtype, JudgeBackend, JudgeOrder, Languages, RewardMode, StrictModel
-from icr.config.run import ModelsConfig, RewardConfig, SamplingConfig, TrainConfig
+from icr.config.run import ModelsConfig, RewardConfig, SamplingConfig
+from icr.config.train import TrainConfig
 from icr.core.languages import check_language
 
 EVAL_LANGUAGES = ["en", "es", "de", "fr", "ru", "zh", "th", "sw", "bn"]  # the paper's Table 2
