@@ -299,3 +299,14 @@ def local_endpoint(handler) -> Iterator[str]:
         guard.cancel()
         server.shutdown()
         server.server_close()
+
+
+def select_json(records: list[dict], config):
+    """`icr.engines.selection.select_pairs` on reward rows as pairs.jsonl and rewards/*.jsonl hold
+    them (a missing `mode` is filled in), the pairs back as pairs.jsonl rows."""
+    from icr.core.records import RewardRecord
+    from icr.engines.selection import select_pairs
+
+    typed = [RewardRecord.from_json({"mode": "crosslingual", **r}) for r in records]
+    pairs, stats = select_pairs(typed, config)
+    return [p.to_json() for p in pairs], stats

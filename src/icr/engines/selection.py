@@ -20,7 +20,7 @@ import numpy as np
 from icr.config import PairsConfig
 from icr.core.errors import DataError
 from icr.core.languages import is_in_language
-from icr.core.records import TrainingPair, message_text
+from icr.core.records import RewardRecord, TrainingPair
 
 PAPER_ALPHA_STEP = 0.001
 
@@ -30,12 +30,12 @@ class Candidates:
     """The rankable responses of one prompt: texts, implicit rewards on the paper's scale
     (log π − log π_ref, no β), lengths, and which of them may be chosen (`language_filter: chosen`)."""
 
-    record: dict
+    record: RewardRecord | None
     texts: list[str]
     rewards: np.ndarray
     lengths: np.ndarray
     may_choose: np.ndarray | None = None  # bool per response; None: every response
-    indices: list[int] | None = None  # positions in record["responses"]; None: 0..n-1
+    indices: list[int] | None = None  # positions in record.responses; None: 0..n-1
     in_language: list[bool] | None = None
 
     def __post_init__(self):
@@ -116,17 +116,18 @@ def fit_alpha(groups: list[Candidates], alpha_max: float = 1.0) -> float:
 ALPHA_SEARCHES = {"grid": grid_alpha, "exact": fit_alpha}
 
 
-def response_lengths(record: dict, unit: str) -> np.ndarray:
+def response_lengths(record: RewardRecord, unit: str) -> np.ndarray:
     if unit == "tokens":
-        return np.asarray(record["n_tokens"], dtype=float)
-    return np.asarray([len(t) for t in record["responses"]], dtype=float)
+        return np.asarray(record.n_tokens, dtype=float)
+    return np.asarray([len(t) for t in record.responses], dtype=float)
 
 
-def log_ratios(record: dict) -> np.ndarray:
+def log_ratios(record: RewardRecord) -> np.ndarray:
     """log π(y|x) − log π_ref(y|x) per response: the implicit reward on the paper's scale (no β)."""
-    if "logp_policy" not in record or "logp_ref" not in record:
-        raise DataError(f"reward record {record.get('id')!r} has no logp_policy/logp_ref: rerun the reward stage")
-    return np.asarray(record["logp_policy"], dtype=float) - np.asarray(record["logp_ref"], dtype=float)
+    n = len(record.responses)
+    if len(record.logp_policy) != n or len(record.logp_ref) != n:
+        raise DataError(f"reward record {record.id!r} has no logp_policy/logp_ref: rerun the reward stage")
+    return np.asarray(record.logp_policy, dtype=float) - np.asarray(record.logp_ref, dtype=float)
 
 
 # Which responses a `pairs.language_filter` setting lets into the ranking, and which may be chosen,
@@ -138,13 +139,13 @@ LANGUAGE_FILTERS = {
 }
 
 
-def in_language_flags(record: dict, config: PairsConfig) -> list[bool]:
+def in_language_flags(record: RewardRecord, config: PairsConfig) -> list[bool]:
     """False for each response confidently detected as another language than the record's."""
-    return [is_in_language(t, record["lang"], config.language_min_confidence) for t in record["responses"]]
+    return [is_in_language(t, record.lang, config.language_min_confidence) for t in record.responses]
 
 
 def candidates_for(
-    record: dict, config: PairsConfig, in_language: list[bool] | None = None, language_filter: str | None = None
+    record: RewardRecord, config: PairsConfig, in_language: list[bool] | None = None, language_filter: str | None = None
 ) -> Candidates | str:
     """The rankable responses of a reward record under `language_filter` (default: the config's),
     or the reason the prompt yields no pair."""
@@ -166,7 +167,7 @@ def candidates_for(
     lengths = response_lengths(record, config.length_unit)
     return Candidates(
         record,
-        [record["responses"][i] for i in keep],
+        [record.responses[i] for i in keep],
         scores[keep],
         lengths[keep],
         np.asarray(choosable),
@@ -175,17 +176,17 @@ def candidates_for(
     )
 
 
-def _pair(g: Candidates, c: int, r: int, scores: np.ndarray, alpha: float) -> dict:
+def _pair(g: Candidates, c: int, r: int, scores: np.ndarray, alpha: float) -> TrainingPair:
     """Response c of `g` chosen over response r, with the log-ratios, rewards, scores and lengths behind it."""
     rec = g.record
-    reward = rec.get("reward")
+    reward = rec.reward
     return TrainingPair(
-        rec["id"],
-        rec["lang"],
-        rec["prompt"],
+        rec.id,
+        rec.lang,
+        rec.prompt,
         g.texts[c],
         g.texts[r],
-        rec.get("prompt_en"),
+        rec.prompt_en,
         {
             "log_ratio_chosen": float(g.rewards[c]),
             "log_ratio_rejected": float(g.rewards[r]),
@@ -199,21 +200,21 @@ def _pair(g: Candidates, c: int, r: int, scores: np.ndarray, alpha: float) -> di
             "rejected_in_language": bool(g.in_language[r]),
             "alpha": alpha,
         },
-    ).to_json()
+    )
 
 
 def _selection(
-    records: list[dict], flags: list[list[bool] | None], config: PairsConfig, language_filter: str
-) -> tuple[list[dict], Counter, float, int]:
+    records: list[RewardRecord], flags: list[list[bool] | None], config: PairsConfig, language_filter: str
+) -> tuple[list[TrainingPair], Counter, float, int]:
     """Pairs, drop reasons, α and response count under one `language_filter` setting."""
     drops: Counter = Counter()
     n_responses = 0
     groups = []
     for record, in_language in zip(records, flags):
-        if record.get("skipped"):
+        if record.skipped:
             drops["skipped_prompt"] += 1
             continue
-        n_responses += len(record["responses"])
+        n_responses += len(record.responses)
         cand = candidates_for(record, config, in_language, language_filter)
         if isinstance(cand, str):
             drops[cand] += 1
@@ -236,22 +237,18 @@ def _selection(
     return pairs, drops, alpha, n_responses
 
 
-def differing_pairs(a: list[dict], b: list[dict]) -> int:
+def differing_pairs(a: list[TrainingPair], b: list[TrainingPair]) -> int:
     """Prompts whose pair differs between two selections: present in one only, or with another
     chosen or rejected text."""
-
-    def key(p):
-        return message_text(p["chosen"]), message_text(p["rejected"])
-
-    left, right = {p["id"]: key(p) for p in a}, {p["id"]: key(p) for p in b}
+    left, right = {p.id: (p.chosen, p.rejected) for p in a}, {p.id: (p.chosen, p.rejected) for p in b}
     return sum(left.get(i) != right.get(i) for i in set(left) | set(right))
 
 
-def select_pairs(records: list[dict], config: PairsConfig) -> tuple[list[dict], dict]:
+def select_pairs(records: list[RewardRecord], config: PairsConfig) -> tuple[list[TrainingPair], dict]:
     """Preference pairs and statistics for one language's reward records. The statistics also say
     how many pairs the paper's setting (`language_filter: off`) and the filter on both sides
     (`all`) would select differently on these records."""
-    flags = [None if r.get("skipped") else in_language_flags(r, config) for r in records]
+    flags = [None if r.skipped else in_language_flags(r, config) for r in records]
     n_off = sum(f.count(False) for f in flags if f is not None)
     by_setting = {s: _selection(records, flags, config, s) for s in {config.language_filter, "off", "all"}}
     pairs, drops, alpha, n_responses = by_setting[config.language_filter]
@@ -265,9 +262,9 @@ def select_pairs(records: list[dict], config: PairsConfig) -> tuple[list[dict], 
     return pairs, stats
 
 
-def pair_statistics(pairs, n_prompts, n_responses, n_off, alpha, drops, unit) -> dict:
+def pair_statistics(pairs: list[TrainingPair], n_prompts, n_responses, n_off, alpha, drops, unit) -> dict:
     def mean(key):
-        return float(np.mean([p[key] for p in pairs])) if pairs else float("nan")
+        return float(np.mean([p.scores[key] for p in pairs])) if pairs else float("nan")
 
     return {
         "prompts": n_prompts,
@@ -278,7 +275,7 @@ def pair_statistics(pairs, n_prompts, n_responses, n_off, alpha, drops, unit) ->
         "length_unit": unit,
         "mean_len_chosen": mean("len_chosen"),
         "mean_len_rejected": mean("len_rejected"),
-        "mean_margin": float(np.mean([p["score_chosen"] - p["score_rejected"] for p in pairs]))
+        "mean_margin": float(np.mean([p.scores["score_chosen"] - p.scores["score_rejected"] for p in pairs]))
         if pairs
         else float("nan"),
         "mean_log_ratio_chosen": mean("log_ratio_chosen"),
@@ -287,6 +284,6 @@ def pair_statistics(pairs, n_prompts, n_responses, n_off, alpha, drops, unit) ->
         "mean_reward_rejected": mean("reward_rejected"),
         "responses": n_responses,
         "target_language_share": 1 - n_off / n_responses if n_responses else float("nan"),
-        "off_language_chosen": sum(not p["chosen_in_language"] for p in pairs),
-        "off_language_rejected": sum(not p["rejected_in_language"] for p in pairs),
+        "off_language_chosen": sum(not p.scores["chosen_in_language"] for p in pairs),
+        "off_language_rejected": sum(not p.scores["rejected_in_language"] for p in pairs),
     }

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from icr.core.io import read_jsonl, write_json_atomic, write_jsonl_atomic
+from icr.core.records import RewardRecord
 from icr.engines.selection import select_pairs
 from icr.stages.base import Stage, StageContext, language_files
 
@@ -15,9 +16,10 @@ def run_pairs(ctx: StageContext) -> dict:
     all_pairs, stats = [], {}
     if run.shard.is_main:
         for lang in ctx.prompts.languages:
-            pairs, stats[lang] = select_pairs(read_jsonl(run.rewards_dir(t) / f"{lang}.jsonl"), ctx.config.pairs)
+            records = [RewardRecord.from_json(r) for r in read_jsonl(run.rewards_dir(t) / f"{lang}.jsonl")]
+            pairs, stats[lang] = select_pairs(records, ctx.config.pairs)
             all_pairs += pairs
-        write_jsonl_atomic(run.pairs_file(t), all_pairs)
+        write_jsonl_atomic(run.pairs_file(t), [pair.to_json() for pair in all_pairs])
         write_json_atomic(run.pairs_stats_file(t), stats)
     run.shard.wait()
     return {"pairs": len(all_pairs)} if run.shard.is_main else {}
