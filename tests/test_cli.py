@@ -151,10 +151,11 @@ def test_lora_all_linear_stays_the_peft_shorthand():
 
 
 def test_project_errors_are_one_clean_line_in_every_command(tmp_path):
-    """A data error in `icr run` (no Italian demo prompts) and a missing pairs folder in
-    `icr reward-accuracy`: exit code 1 and a message, no traceback, nothing loaded."""
+    """Prompts that lack a language in `icr run` (no Italian demo prompts: a config error, found before
+    the run starts) and a missing pairs folder in `icr reward-accuracy` (a data error): exit codes
+    2 and 1 with a message, no traceback, nothing loaded."""
     result = CliRunner().invoke(main, ["run", "--output_dir", str(tmp_path), "--data.languages", "en,it"])
-    assert result.exit_code == 1 and "Error:" in result.output and "'it'" in result.output
+    assert result.exit_code == 2 and "Error:" in result.output and "'it'" in result.output
     assert "Traceback" not in result.output
     result = CliRunner().invoke(
         main, ["reward-accuracy", "--pairs", str(tmp_path / "none"), "--policy", "p", "--reference", "r"]

@@ -172,10 +172,11 @@ def test_language_without_prompts_fails_before_any_model_loads(tmp_path, monkeyp
     cfg = load_config(
         overrides={"output_dir": str(tmp_path), "data.prompts": "embedded:demo", "data.languages": ["en", "es", "it"]}
     )  # the demo has no Italian prompts
-    with pytest.raises(DataError, match="'it'"):
+    with pytest.raises(ConfigError, match="data.prompts='embedded:demo'.*'it'"):
         icr.pipeline.run_stage(cfg, "generate")
-    with pytest.raises(DataError, match="'it'"):
+    with pytest.raises(ConfigError, match="'it'"):
         icr.pipeline.run_iterations(cfg)
+    assert not cfg.run_dir.exists()
     assert calls == []
 
 
@@ -187,7 +188,7 @@ def test_missing_prompt_folder_fails_before_any_model_loads(tmp_path, monkeypatc
     cfg = load_config(
         overrides={"output_dir": str(tmp_path / "runs"), "data.prompts": str(folder), "data.languages": ["en", "fr"]}
     )
-    with pytest.raises(DataError, match="'fr'"):
+    with pytest.raises(ConfigError, match="'fr'"):
         icr.pipeline.run_stage(cfg, "generate")
     assert calls == []
 

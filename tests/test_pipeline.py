@@ -163,7 +163,7 @@ def test_rerunning_a_finished_stage_does_nothing(reference_run, tmp_path, monkey
     [
         ({"generate.temperature": 0.5}, "generate"),
         ({"seed": 7}, "generate"),
-        ({"models.reference": "other-model"}, "generate"),  # the whole models section is hashed
+        ({"models.reference": "embedded:smollm2-135m-instruct"}, "generate"),  # the whole models section is hashed
         ({"reward.beta": 0.2}, "reward"),
         ({"pairs.min_margin": 0.3}, "pairs"),
     ],

@@ -17,7 +17,7 @@ from icr.core.errors import ConfigError
 from icr.core.faults import Preempted, acknowledge_stop
 from icr.core.io import read_json, write_text_atomic
 from icr.core.logs import run_log_file
-from icr.core.prompts import PromptSet, PromptSource, load_prompt_set
+from icr.runtime.preflight import check_run
 from icr.runtime.rundir import ModelPool, RunDir
 from icr.runtime.runlock import run_lock
 from icr.stages import STAGES, Stage, StageContext
@@ -32,12 +32,6 @@ SUMMARY_FIELDS = (
     "alpha",
     "target_language_share",
 )
-
-
-def load_prompts(config: RunConfig) -> PromptSet:
-    d = config.data
-    source = PromptSource(d.prompts, d.id_field, d.text_field, d.split, d.config, d.language_field)
-    return load_prompt_set(source, d.languages, limit=d.limit, rows=d.rows)
 
 
 def run_once(stage: Stage, ctx: StageContext) -> None:
@@ -69,28 +63,27 @@ def open_run(config: RunConfig) -> Iterator[RunDir]:
 
 def run_stage(config: RunConfig, name: str, iteration: int = 0) -> RunDir:
     """Run one stage of one iteration (the earlier stages of that iteration must be finished)."""
+    prompts_by_data = check_run(config)  # before a run folder is made or a model loads
     with open_run(config) as run:
         for earlier in list(STAGES)[: list(STAGES).index(name)]:
             if not run.is_done(iteration, STAGES[earlier]):
                 raise ConfigError(f"stage iter_{iteration}/{name} needs iter_{iteration}/{earlier} first")
         if iteration > 0 and not run.is_done(iteration - 1, STAGES["train"]):
             raise ConfigError(f"iteration {iteration} needs the model trained in iteration {iteration - 1}")
-        prompts = load_prompts(config.at_iteration(iteration))
+        prompts = prompts_by_data[config.at_iteration(iteration).data.model_dump_json()]
         run_once(STAGES[name], StageContext(run, iteration, ModelPool(config), prompts))
     return run
 
 
 def run_iterations(config: RunConfig) -> RunDir:
     """The whole loop: T iterations of generate → reward → pairs → train, resuming where it stopped."""
+    # by the data section: iterations with the same prompts share them; read before a run folder is
+    # made or a model loads
+    prompts_by_data = check_run(config)
     with open_run(config) as run:
-        loaded: dict[str, PromptSet] = {}  # by the data section: iterations with the same prompts share them
         pool = ModelPool(config)
         for t in range(config.iterations):
-            data = config.at_iteration(t).data
-            key = data.model_dump_json()
-            if key not in loaded:
-                loaded[key] = load_prompts(config.at_iteration(t))
-            prompts = loaded[key]
+            prompts = prompts_by_data[config.at_iteration(t).data.model_dump_json()]
             for stage in STAGES.values():
                 run_once(stage, StageContext(run, t, pool, prompts))
             pool.clear()

@@ -83,7 +83,7 @@ def test_a_hub_dataset_folder_with_a_named_config_split_and_language_column(tmp_
             "data.languages": ["en", "es"],
         }
     )
-    from icr.pipeline import load_prompts
+    from icr.runtime.preflight import load_prompts
 
     assert texts(load_prompts(config)) == EXPECTED
     with pytest.raises(DataError, match="split='nope'"):

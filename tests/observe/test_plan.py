@@ -23,7 +23,7 @@ from icr.observe.plan import (
     time_estimate,
     weights_info,
 )
-from icr.pipeline import load_prompts
+from icr.runtime.preflight import load_prompts
 
 REPO = Path(__file__).resolve().parents[2]
 

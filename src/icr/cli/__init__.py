@@ -187,8 +187,13 @@ def run_command(config_path, **options):
 @main.command(name="config")
 @config_options(RunConfig)
 def config_command(config_path, **options):
-    """Print the resolved config (defaults + YAML + flags) as YAML, after validating it."""
-    click.echo(dump_config(resolve(RunConfig, config_path, options)), nl=False)
+    """Print the resolved config (defaults + YAML + flags) as YAML, after validating it and checking
+    that its models and prompt sources exist (`icr.runtime.preflight.check_sources`)."""
+    from icr.runtime.preflight import check_sources
+
+    config = resolve(RunConfig, config_path, options)
+    check_sources(config)
+    click.echo(dump_config(config), nl=False)
 
 
 from icr.cli import commands, observe  # noqa: E402,F401  (register the other commands on `main`)

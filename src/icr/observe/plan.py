@@ -56,7 +56,7 @@ def measure_prompts(config: RunConfig, tokenizer) -> dict[str, dict]:
     """Per language: prompts, those over max_prompt_tokens, and the token counts the bounds need."""
     from icr.core.chat import end_of_turn_ids
     from icr.engines.rewarding import RewardInput
-    from icr.pipeline import load_prompts
+    from icr.runtime.preflight import load_prompts
 
     prompt_set = load_prompts(config)
     eot = len(end_of_turn_ids(tokenizer))
