@@ -11,7 +11,6 @@ import icr.core.models
 import icr.pipeline
 import icr.runtime.rundir
 from icr.config import ConfigError, RunConfig, dump_config, iter_fields, load_config, set_dotted
-from icr.core.errors import DataError
 
 
 def test_defaults_follow_the_paper():
