@@ -7,6 +7,7 @@ unknown keys and impossible values are errors that name the field.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -67,11 +68,61 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
-def format_errors(err: ValidationError) -> str:
+def _section_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The config section class that holds the last key of `loc`, or None (inside a list, ...)."""
+    for part in loc[:-1]:
+        info = model.model_fields.get(part) if isinstance(part, str) else None
+        if info is None or not is_section(info.annotation):
+            return None
+        model = info.annotation
+    return model
+
+
+def _suggestion(model: type[BaseModel] | None, loc: tuple) -> str:
+    """' (did you mean 'x'?)' for an unknown key close to a field of its section."""
+    section = _section_at(model, loc) if model is not None else None
+    if section is None or not isinstance(loc[-1], str):
+        return ""
+    close = difflib.get_close_matches(loc[-1], list(section.model_fields), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def yaml_key_lines(path: str | Path | None) -> dict[tuple, int]:
+    """1-based line of every mapping key of a YAML file, by its path of keys."""
+    if path is None:
+        return {}
+    try:
+        root = yaml.compose(Path(path).read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except (OSError, yaml.YAMLError):
+        return {}
+    lines: dict[tuple, int] = {}
+
+    def walk(node, prefix: tuple) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                here = (*prefix, key.value)
+                lines[here] = key.start_mark.line + 1
+                walk(value, here)
+        elif isinstance(node, yaml.SequenceNode):
+            for k, item in enumerate(node.value):
+                walk(item, (*prefix, k))
+
+    walk(root, ())
+    return lines
+
+
+def format_errors(err: ValidationError, model: type[BaseModel] | None = None, path: str | Path | None = None) -> str:
+    """One line per problem: where (file:line when the key is in the YAML file), the field, the
+    message, and for an unknown key the closest field of its section."""
+    key_lines = yaml_key_lines(path)
     lines = []
     for e in err.errors():
-        field = ".".join(str(p) for p in e["loc"]) or "<root>"
-        lines.append(f"  {field}: {e['msg']}")
+        loc = tuple(e["loc"])
+        field = ".".join(str(p) for p in loc) or "<root>"
+        where = f"{path}:{key_lines[loc]}: " if loc in key_lines else ""
+        hint = _suggestion(model, loc) if e["type"] == "extra_forbidden" else ""
+        message = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {where}{field}: {message}{hint}")
     return "invalid config:\n" + "\n".join(lines)
 
 
@@ -130,7 +181,7 @@ def build_config(
     try:
         return model.model_validate(tree)
     except ValidationError as err:
-        raise ConfigError(format_errors(err)) from None
+        raise ConfigError(format_errors(err, model, path)) from None
 
 
 def dump_config(config: BaseModel) -> str:
