@@ -174,8 +174,13 @@ def test_finished_stage_with_changed_config_is_refused(reference_run, tmp_path, 
     shutil.copytree(root, copy_root)
     original = load_config(copy_root / "config.yaml")
     changed = load_config(copy_root / "config.yaml", {"output_dir": str(tmp_path), "name": "changed", **change})
-    with pytest.raises(ConfigError, match=f"iter_0/{stage}"):
+    with pytest.raises(ConfigError, match=f"iter_0/{stage}") as err:
         run_stage(changed, stage)
+    for key, value in change.items():  # each changed field, with its recorded and its new value
+        recorded = original
+        for part in key.split("."):
+            recorded = getattr(recorded, part)
+        assert f"{key}: {recorded!r} → {value!r}" in str(err.value)
     assert output_files(copy_root) == want
     # the run's config.yaml still describes the results it holds (apart from where the copy lives)
     kept = load_config(copy_root / "config.yaml").model_copy(

@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Protocol
 
 import yaml
+from pydantic import BaseModel
 
-from icr.config import RunConfig, dump_config
+from icr.config import RunConfig, dump_config, load_config
+from icr.config.base import hashed_fields
 from icr.config.run import RUN_HASHED
 from icr.core.distributed import current_shard
 from icr.core.errors import ConfigError, DataError
@@ -63,6 +65,23 @@ def run_models(root: str | Path) -> list[tuple[str, str]]:
         for t in layout.iterations()
         if (layout.model_dir(t) / "config.json").exists()
     ]
+
+
+def hashed_fields_by_name(config: RunConfig, sections: tuple[str, ...]) -> dict[str, object]:
+    """{dotted field: value} of the hashed fields of `sections` (what a stage's config hash covers)."""
+    out: dict[str, object] = {}
+
+    def flatten(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                flatten(f"{prefix}.{k}", v)
+        else:
+            out[prefix] = value
+
+    for section in sections:
+        value = getattr(config, section)
+        flatten(section, hashed_fields(value) if isinstance(value, BaseModel) else value)
+    return out
 
 
 class RunDir(RunLayout):
@@ -152,8 +171,9 @@ class RunDir(RunLayout):
             failure = self.settings_failure_after(t, stage)
             if failure is None:
                 raise ConfigError(
-                    f"{self.root}: stage iter_{t}/{stage.name} finished under a different config (sections "
-                    f"{', '.join(stage.sections)}); use a new run name, or delete iter_{t} onwards to redo it"
+                    f"{self.root}: stage iter_{t}/{stage.name} finished under a different config "
+                    f"({self.changes_since_recorded(t, stage.sections)}); use a new run name, or delete "
+                    f"iter_{t} onwards to redo it"
                 )
             # the user changed the settings as the failure's message asked
             log.warning(
@@ -166,6 +186,18 @@ class RunDir(RunLayout):
                 failure["kind"],
             )
         return True
+
+    def changes_since_recorded(self, t: int, sections: tuple[str, ...]) -> str:
+        """'generate.temperature: 0.9 → 0.5, ...': the fields of `sections` (iteration t's values)
+        that differ from the run's config.yaml, which describes the finished stages."""
+        if not self.config_file.exists():
+            return f"sections {', '.join(sections)}"
+        recorded = hashed_fields_by_name(load_config(self.config_file).at_iteration(t), sections)
+        current = hashed_fields_by_name(self.config.at_iteration(t), sections)
+        changed = [
+            f"{k}: {recorded.get(k)!r} → {current.get(k)!r}" for k in current if recorded.get(k) != current.get(k)
+        ]
+        return ", ".join(changed) or f"sections {', '.join(sections)}"
 
     def mark_done(self, t: int, stage: StageName, **info) -> None:
         self.manifest["stages"][self.stage_key(t, stage.name)] = {
