@@ -11,7 +11,9 @@ from icr.config.base import build_config, yaml_key_lines
 
 def test_an_unknown_key_names_file_line_and_the_closest_field(tmp_path):
     path = tmp_path / "my.yaml"
-    path.write_text("name: r\ngenerate:\n  n: 4\n  temprature: 0.5\nmodles:\n  policy: x\ntrain:\n  lora:\n    rnk: 8\n")
+    path.write_text(
+        "name: r\ngenerate:\n  n: 4\n  temprature: 0.5\nmodles:\n  policy: x\ntrain:\n  lora:\n    rnk: 8\n"
+    )
     with pytest.raises(ConfigError) as err:
         load_config(path)
     message = str(err.value)
