@@ -185,3 +185,29 @@ def test_real_smollm2_on_x_alpacaeval_with_the_offline_judge(tmp_path):
     assert [r["id"] for r in outputs] == [1, 2, 3] and all(r["output"].strip() for r in outputs)
     anns = json.loads((tmp_path / "out" / "annotations" / "smollm2" / "de.json").read_text())
     assert all(1 < a["preference"] < 2 and a["rule"] == "logprobs" for a in anns)  # a real, non-degenerate verdict
+
+
+def test_api_judge_without_a_key_stops_before_any_output_is_generated(tmp_path, monkeypatch):
+    """The default judge (alpaca_eval on OpenAI's endpoint) with no OPENAI_API_KEY: exit code 2,
+    a sentence naming the key and the offline judge, and no outputs folder."""
+    from click.testing import CliRunner
+
+    from icr.cli import main
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    bench = write_benchmark(tmp_path / "bench", langs=("es",), n=2)
+    out = tmp_path / "eval"
+    args = ["eval", "--prompts", str(bench), "--output", str(out), "--model", EMBEDDED, "--languages", "es"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert "OPENAI_API_KEY is not set" in result.output and "--judge hf" in result.output
+    assert not (out / "outputs").exists()
+    # a key, a local endpoint or the local judge each lets it through
+    from icr.config import JudgeConfig
+    from icr.eval.judges import credentials_problem
+
+    assert credentials_problem(JudgeConfig(backend="hf")) is None
+    assert credentials_problem(JudgeConfig(backend="openai", base_url="http://localhost:8000/v1")) is None
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    assert credentials_problem(JudgeConfig(backend="openai")) is None

@@ -23,11 +23,11 @@ import pandas as pd
 
 from icr.config import EvalConfig, ModelsConfig
 from icr.core.distributed import current_shard
-from icr.core.errors import DataError
+from icr.core.errors import ConfigError, DataError
 from icr.core.io import read_jsonl, write_json_atomic
 from icr.core.models import cache_root
 from icr.eval.benchmark import load_benchmark, read_outputs, resolve_sources
-from icr.eval.judges import make_judge
+from icr.eval.judges import credentials_problem, make_judge
 from icr.eval.judges.base import Judge
 from icr.eval.judges.cache import JudgementCache
 from icr.eval.judging import PairItem, PairResult, judge_pairs
@@ -132,6 +132,9 @@ def evaluate(
         raise DataError(f"model names must be unique (as folder names): {names}")
     prompt_dir, reference_dir = resolve_sources(config.prompts, config.reference_outputs)
     bench = {lang: load_benchmark(prompt_dir, reference_dir, lang, config.limit) for lang in config.languages}
+    problem = None if judge_factory or config.estimate_only else credentials_problem(config.judge)
+    if problem:  # before any output is generated
+        raise ConfigError(problem)
     outputs = collect_outputs(config, models, bench)
     if not current_shard().is_main:  # judging and metrics: the main process alone
         return pd.DataFrame()

@@ -6,6 +6,7 @@ comparable with the paper's Table 2."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from icr.config import JudgeConfig
@@ -43,6 +44,25 @@ JUDGES: dict[str, Callable[[JudgeConfig, str, str], Judge]] = {
     "openai": _openai,
     "hf": _hf,
 }
+
+
+OPENAI_URL = "https://api.openai.com/v1"
+
+
+def credentials_problem(config: JudgeConfig) -> str | None:
+    """Why the judge of `config` cannot be asked, found before any output is generated: the API
+    judges (alpaca_eval, openai) on OpenAI's endpoint need the key in `judge.api_key_env` (another
+    endpoint, e.g. a local server, may need none)."""
+    if config.backend == "hf":
+        return None
+    endpoint = (config.base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_URL).rstrip("/")
+    if endpoint != OPENAI_URL or os.environ.get(config.api_key_env):
+        return None
+    return (
+        f"judge.backend={config.backend} asks {OPENAI_URL} and ${config.api_key_env} is not set: set "
+        f"{config.api_key_env}, or use --judge hf --judge-model <a local model> (a smoke-test judge, not "
+        "comparable with the paper), or --judge-base-url <an OpenAI-compatible server>"
+    )
 
 
 def make_judge(config: JudgeConfig, device: str, dtype: str) -> Judge:

@@ -126,12 +126,19 @@ class OpenAIJudge:
                     raise JudgeError(f"{self.base_url}: HTTP {err.code}: {body}") from None
                 delay = _retry_after(err.headers.get("Retry-After"))
                 delay = self.backoff * 2**attempt if delay is None else delay
+                reason = f"HTTP {err.code}"
             except (urllib.error.URLError, TimeoutError, ConnectionError, json.JSONDecodeError) as err:
                 if attempt == self.max_retries:
                     raise JudgeError(self._redact(f"{self.base_url}: {type(err).__name__}: {err}")) from None
                 delay = self.backoff * 2**attempt
+                reason = self._redact(f"{type(err).__name__}: {err}")
             log.info(
-                "judge request failed (attempt %d/%d); retrying in %.1fs", attempt + 1, self.max_retries + 1, delay
+                "judge request to %s failed (%s; attempt %d/%d); retrying in %.1fs",
+                self.base_url,
+                reason,
+                attempt + 1,
+                self.max_retries + 1,
+                delay,
             )
             time.sleep(min(delay, 60.0))
         raise JudgeError("unreachable")
