@@ -18,8 +18,9 @@ def main_doc() -> str:
     top = runner.invoke(main, ["--help"], prog_name="icr", terminal_width=110).output.rstrip()
     parts += ["## icr", "", "```", top, "```", ""]
     for name in sorted(main.commands):
-        out = runner.invoke(main, [name, "--help"], prog_name="icr", terminal_width=110).output.rstrip()
-        parts += [f"## icr {name}", "", "```", out, "```", ""]
+        for words in [[name]] + [[name, sub] for sub in sorted(getattr(main.commands[name], "commands", {}))]:
+            out = runner.invoke(main, [*words, "--help"], prog_name="icr", terminal_width=110).output.rstrip()
+            parts += [f"## icr {' '.join(words)}", "", "```", out, "```", ""]
     return "\n".join(parts)
 
 

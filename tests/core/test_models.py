@@ -110,3 +110,60 @@ def test_end_of_turn_ids(tiny_lm, tokenizer):
     model = type("M", (), {"generation_config": type("G", (), {"eos_token_id": [5, 6]})()})()
     assert end_of_turn_ids(tokenizer, model)[:2] == [5, 6]
     assert end_of_turn_ids(tokenizer)[-1] == tokenizer.eos_token_id
+
+
+def test_two_installs_of_one_gguf_share_one_conversion(tmp_path):
+    """The dequantized-model cache is keyed by the file's bytes, not its path or mtime."""
+    import os
+    import shutil
+
+    from icr.core.models import gguf_cache_dir
+
+    gguf = resolve_embedded("embedded:smollm2-135m-instruct")
+    copies = []
+    for k, site in enumerate(("site-a", "site-b")):
+        (tmp_path / site).mkdir()
+        copies.append(Path(shutil.copy(gguf, tmp_path / site / gguf.name)))
+        os.utime(copies[-1], ns=(10**18 + k, 10**18 + k))  # other mtimes too
+    assert gguf_cache_dir(copies[0]) == gguf_cache_dir(copies[1]) == gguf_cache_dir(gguf)
+    with open(copies[1], "r+b") as f:  # one byte changed: another conversion
+        f.seek(-1, 2)
+        last = f.read(1)
+        f.seek(-1, 2)
+        f.write(bytes([last[0] ^ 1]))
+    assert gguf_cache_dir(copies[1]) != gguf_cache_dir(copies[0])
+
+
+def test_dequantized_weights_load_strictly(tokenizer):
+    from helpers import tiny_model
+    from icr.core.models import _load_strictly
+
+    model = tiny_model(tokenizer)
+    state = model.state_dict()
+    _load_strictly(tiny_model(tokenizer, seed=1), {k: v for k, v in state.items() if k != "lm_head.weight"})  # tied
+    missing = {k: v for k, v in state.items() if not k.endswith("layers.0.mlp.up_proj.weight")}
+    with pytest.raises(ModelLoadError, match="missing.*up_proj"):
+        _load_strictly(tiny_model(tokenizer), missing)
+    with pytest.raises(ModelLoadError, match="unexpected.*extra.weight"):
+        _load_strictly(tiny_model(tokenizer), {**state, "extra.weight": torch.zeros(1)})
+
+
+def test_cache_root_and_the_cache_command(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from icr.cli import main
+    from icr.core.models import cache_root
+
+    monkeypatch.delenv("ICR_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == tmp_path / "xdg" / "icr"
+    monkeypatch.setenv("ICR_CACHE", str(tmp_path / "mine"))
+    assert cache_root() == tmp_path / "mine"
+    (tmp_path / "mine" / "gguf" / "m-1").mkdir(parents=True)
+    (tmp_path / "mine" / "gguf" / "m-1" / "model.safetensors").write_bytes(b"x" * 2**20)
+    (tmp_path / "mine" / "judgements").mkdir()
+    listed = CliRunner().invoke(main, ["cache", "list"])
+    assert listed.exit_code == 0 and "1.0 MiB" in listed.output and "1 entries" in listed.output
+    cleared = CliRunner().invoke(main, ["cache", "clear"])
+    assert cleared.exit_code == 0 and not (tmp_path / "mine" / "gguf").exists()
+    assert (tmp_path / "mine" / "judgements").exists()  # judgements are kept unless asked

@@ -83,7 +83,7 @@ COMMAND_GROUPS: dict[str, tuple[str, ...]] = {
     "Run": ("run", "config", "plan", "demo"),
     "Stage": ("align-english", "generate", "reward", "pairs", "train"),
     "Evaluate": ("eval", "reward-accuracy", "score"),
-    "Inspect": ("status", "report", "export"),
+    "Inspect": ("status", "report", "export", "cache"),
 }
 
 

@@ -1,4 +1,4 @@
-"""The commands beside the run: align-english, reward-accuracy, score, export, eval and demo."""
+"""The commands beside the run: align-english, reward-accuracy, score, export, eval, demo and cache."""
 
 from __future__ import annotations
 
@@ -110,3 +110,36 @@ def demo_command(quick, output_dir):
 
     report = run_demo(Path(output_dir), quick=quick)
     click.echo(f"report: {report}")
+
+
+@main.group(name="cache")
+def cache_group():
+    """icr's own cache ($ICR_CACHE, else $XDG_CACHE_HOME/icr, else ~/.cache/icr): the dequantized
+    GGUF models (gguf/, one per file content) and the judgements (judgements/)."""
+
+
+@cache_group.command(name="list")
+def cache_list_command():
+    """Each entry of the cache with its size."""
+    from icr.core.models import cache_root
+
+    root = cache_root()
+    entries = sorted(p for kind in ("gguf", "judgements") for p in (root / kind).glob("*")) if root.exists() else []
+    for path in entries:
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+        click.echo(f"{size / 2**20:10.1f} MiB  {path}")
+    click.echo(f"{len(entries)} entries in {root}")
+
+
+@cache_group.command(name="clear")
+@click.option("--what", type=click.Choice(["gguf", "judgements", "all"]), default="gguf", show_default=True)
+def cache_clear_command(what):
+    """Remove cached GGUF conversions (made again on next use) or judgements (paid for again)."""
+    import shutil
+
+    from icr.core.models import cache_root
+
+    kinds = ("gguf", "judgements") if what == "all" else (what,)
+    for kind in kinds:
+        shutil.rmtree(cache_root() / kind, ignore_errors=True)
+    click.echo(f"cleared {', '.join(kinds)} in {cache_root()}")

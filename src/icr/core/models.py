@@ -11,6 +11,7 @@ generation and scoring all see the same text.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import logging
@@ -32,7 +33,10 @@ EMBEDDED_MODELS = {
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("ICR_CACHE", Path.home() / ".cache" / "icr"))
+    """$ICR_CACHE, else $XDG_CACHE_HOME/icr, else ~/.cache/icr."""
+    if os.environ.get("ICR_CACHE"):
+        return Path(os.environ["ICR_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "icr"
 
 
 def resolve_embedded(spec: str) -> Path:
@@ -61,7 +65,8 @@ def fingerprint(spec: str | Path) -> str:
     * a folder: sha256 of config.json's content and (name, size, mtime in ns) of its weight files;
     * a file (a .gguf): sha256 of (resolved path, size, mtime in s);
     * anything else (a Hub id): the spec itself.
-    Keys the judge cache, the reference log-prob cache and the dequantized-GGUF cache."""
+    Keys the judge cache and the reference log-prob cache (the dequantized-GGUF cache is keyed by
+    content: `gguf_cache_dir`)."""
     path = Path(spec)
     if path.is_file():
         stat = path.stat()
@@ -78,8 +83,38 @@ def fingerprint(spec: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _gguf_cache_dir(gguf: Path) -> Path:
-    return cache_root() / "gguf" / f"{gguf.stem}-{fingerprint(gguf)}"
+@functools.lru_cache(maxsize=16)
+def _content_digest(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def content_key(path: Path) -> str:
+    """sha256 of a file's bytes (once per process for a given path, size and mtime): the same for
+    every copy of the file, wherever it is installed."""
+    stat = path.stat()
+    return _content_digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def gguf_cache_dir(gguf: Path) -> Path:
+    """Where a GGUF file's dequantized model folder lives: keyed by the file's content, so two
+    installs of the same package share one conversion."""
+    return cache_root() / "gguf" / f"{gguf.stem}-{content_key(gguf)}"
+
+
+def _load_strictly(model, state_dict: dict) -> None:
+    """Load `state_dict`; a missing key (other than a weight tied to another) or an unexpected one
+    is an error, not a silently random weight."""
+    result = model.load_state_dict(state_dict, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or ())
+    missing = [k for k in result.missing_keys if k not in tied]
+    if missing or result.unexpected_keys:
+        raise ModelLoadError(
+            f"dequantized GGUF weights do not match the model: missing {missing}, unexpected {result.unexpected_keys}"
+        )
 
 
 def materialize_gguf(gguf: Path) -> Path:
@@ -89,7 +124,7 @@ def materialize_gguf(gguf: Path) -> Path:
     the model is rebuilt from its config (quantization entry removed), the state dict loaded into
     it, and that saved. Written to a temporary folder and renamed, so a crash leaves no half model.
     """
-    target = _gguf_cache_dir(gguf)
+    target = gguf_cache_dir(gguf)
     if (target / "config.json").exists():
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -102,7 +137,7 @@ def materialize_gguf(gguf: Path) -> Path:
         del config.quantization_config
     config.name_or_path = gguf.stem
     model = AutoModelForCausalLM.from_config(config, dtype="float32")
-    model.load_state_dict(quantized.state_dict(), strict=False)
+    _load_strictly(model, quantized.state_dict())
     model.tie_weights()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
