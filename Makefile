@@ -6,6 +6,7 @@
 # make bench  set up .venv, then run the benchmarks into benchmarks/results/
 # make bench-gpu  the GPU benchmark (Llama-3-8B shape, random weights) into benchmarks/results/gpu-latest.*
 # make plan-paper  `icr plan` on configs/paper-llama3-8b.yaml (the output shown in the README)
+# make dist   an sdist and a wheel into dist/
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -21,7 +22,7 @@ export TOKENIZERS_PARALLELISM = false
 # torch 2.5x slower.
 export OMP_WAIT_POLICY = PASSIVE
 
-.PHONY: setup lint test test-fast demo demo-quick bench bench-gpu docs plan-paper clean
+.PHONY: setup lint test test-fast demo demo-quick bench bench-gpu docs plan-paper dist clean
 
 setup: $(VENV)/.installed
 
@@ -72,5 +73,10 @@ docs: setup
 	$(PY) scripts/gen_cli_docs.py > docs/cli.md
 	$(PY) scripts/gen_config_docs.py > docs/configuration.md
 
+# an sdist and a wheel in dist/ (offline: the venv's setuptools builds them, no isolated env)
+dist: setup
+	rm -rf dist build
+	$(PY) -c "from setuptools import build_meta as b; b.build_sdist('dist'); b.build_wheel('dist')"
+
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache
+	rm -rf $(VENV) demo-output .pytest_cache dist build

@@ -125,6 +125,7 @@ MAIN_HELP = (
 
 
 @click.group(cls=IcrGroup, help=MAIN_HELP, context_settings=HELP_OPTIONS)
+@click.version_option(package_name="icr", message="icr %(version)s")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only: no progress bars, no progress lines.")
 @click.option(
