@@ -217,7 +217,7 @@ def generate_local(model, tokenizer, work, device, new_tokens, backend: str = "h
     generator.sample_batch(texts[:1], 2, [0])  # warm-up
     out = []
     seconds, peak = timed(device, lambda: out.extend(generator.sample_batch(texts, config.n, list(range(len(texts))))))
-    tokens = sum(s.n_tokens + (0 if s.truncated else 1) for rows in out for s in rows)
+    tokens = sum(s.response_tokens + (0 if s.truncated else 1) for rows in out for s in rows)
     return measured(
         seconds, peak, tokens, None, backend=backend, prompts=len(texts), n=config.n, max_new_tokens=new_tokens
     )
@@ -247,7 +247,7 @@ def generate_vllm(model, tokenizer, work, device, new_tokens) -> dict:
             seconds, _ = timed(
                 device, lambda: out.extend(generator.sample_batch(texts, config.n, list(range(len(texts)))))
             )
-    tokens = sum(s.n_tokens + (0 if s.truncated else 1) for rows in out for s in rows)
+    tokens = sum(s.response_tokens + (0 if s.truncated else 1) for rows in out for s in rows)
     return measured(
         seconds,
         None,

@@ -232,7 +232,7 @@ def part_generation(args) -> dict:
         start = time.perf_counter()
         rows = gen.sample_batch(prompts, args.n, list(range(len(prompts))))
         seconds = time.perf_counter() - start
-        tokens = sum(s.n_tokens for r in rows for s in r)
+        tokens = sum(s.response_tokens for r in rows for s in r)
     else:  # one response per generate() call, on the first prompt, args.baseline_calls times
         stops = end_of_turn_ids(lm.tokenizer, lm.model)
         ids = torch.tensor([prompt_ids(lm.tokenizer, prompts[0])])
@@ -371,7 +371,7 @@ def part_languages(args) -> dict:
                 "generate_s": gen_s,
                 "score_s": time.perf_counter() - start,
                 "prompt_tokens": sum(len(prompt_ids(lm.tokenizer, t)) for t in texts),
-                "response_tokens": sum(s.n_tokens for group in samples for s in group),
+                "response_tokens": sum(s.response_tokens for group in samples for s in group),
             }
         )
     return {"langs": langs, "per_language": rows}

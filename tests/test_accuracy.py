@@ -31,20 +31,20 @@ def pair(chosen: str, rejected: str, lang: str = "en", pid: str = "1") -> Prefer
 
 def test_per_token_mean_can_reverse_a_summed_win_bought_by_length():
     # the long rejected answer sums more reward over its 40 tokens, but earns less per token
-    row = accuracy_row(pair("Hello!", "Hello there, " * 10), {"reward": [2.0, 4.0], "n_tokens": [4, 40]})
+    row = accuracy_row(pair("Hello!", "Hello there, " * 10), {"reward": [2.0, 4.0], "scored_tokens": [4, 40]})
     assert row["win_summed"] == 0.0 and row["win_per_token"] == 1.0
     assert row["margin"] == -2.0 and not row["chosen_longer"]
     assert (row["len_chosen"], row["len_rejected"], row["tokens_chosen"], row["tokens_rejected"]) == (6, 130, 4, 40)
-    tie = accuracy_row(pair("ab", "cd"), {"reward": [1.0, 1.0], "n_tokens": [2, 2]})
+    tie = accuracy_row(pair("ab", "cd"), {"reward": [1.0, 1.0], "scored_tokens": [2, 2]})
     assert tie["win_summed"] == tie["win_per_token"] == 0.5
 
 
 def test_summary_splits_by_which_answer_is_longer():
     rows = [  # chosen longer: 2 pairs, both won by the sum; chosen shorter: 2 pairs, both lost by the sum
-        accuracy_row(pair("long answer", "short"), {"reward": [3.0, 1.0], "n_tokens": [9, 3]}),
-        accuracy_row(pair("longer answer", "x"), {"reward": [2.0, 0.0], "n_tokens": [10, 1]}),
-        accuracy_row(pair("a", "much longer"), {"reward": [0.5, 2.0], "n_tokens": [1, 8]}),
-        accuracy_row(pair("b", "much longer!"), {"reward": [0.1, 1.0], "n_tokens": [1, 10]}),
+        accuracy_row(pair("long answer", "short"), {"reward": [3.0, 1.0], "scored_tokens": [9, 3]}),
+        accuracy_row(pair("longer answer", "x"), {"reward": [2.0, 0.0], "scored_tokens": [10, 1]}),
+        accuracy_row(pair("a", "much longer"), {"reward": [0.5, 2.0], "scored_tokens": [1, 8]}),
+        accuracy_row(pair("b", "much longer!"), {"reward": [0.1, 1.0], "scored_tokens": [1, 10]}),
     ]
     s = summarize_language(rows)
     assert s["n"] == 4 and s["accuracy"] == 0.5 and s["ci_low"] < 0.5 < s["ci_high"]
@@ -59,7 +59,7 @@ def test_summary_splits_by_which_answer_is_longer():
 
 
 def test_an_empty_subset_reports_none_not_a_number():
-    s = summarize_language([accuracy_row(pair("long answer", "x"), {"reward": [1.0, 0.0], "n_tokens": [3, 1]})])
+    s = summarize_language([accuracy_row(pair("long answer", "x"), {"reward": [1.0, 0.0], "scored_tokens": [3, 1]})])
     assert s["chosen_not_longer"] == {
         "n": 0,
         "accuracy": None,
@@ -82,7 +82,7 @@ def test_reward_accuracy_agrees_with_the_scored_rewards(tiny_lm, tiny_ref_lm):
     policy, reference = Scorer(tiny_lm.model, 4096, tiny_lm.tokenizer), Scorer.of(tiny_ref_lm, 4096)
     for p in pairs[:2]:
         out = implicit_rewards(policy, reference, [(p.prompt, [p.chosen, p.rejected])], RewardConfig(beta=1.0))[0]
-        (c, r), (nc, nr) = out["reward"], out["n_tokens"]
+        (c, r), (nc, nr) = out["reward"], out["scored_tokens"]
         wins += 1.0 if c > r else 0.5 if c == r else 0.0
         wins_per_token += 1.0 if c / nc > r / nr else 0.5 if c / nc == r / nr else 0.0
     assert table["en"]["accuracy"] == pytest.approx(wins / 2)

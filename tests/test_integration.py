@@ -44,7 +44,7 @@ def test_real_model_generate_reward_pairs(tmp_path, tiny_ref_dir, smollm_path):
         for g in gens:
             assert g["lang"] == lang and len(g["responses"]) == 2
             assert all(isinstance(t, str) and t.strip() for t in g["responses"])  # a real model says something
-            assert all(1 <= n <= 16 for n in g["n_tokens"])
+            assert all(1 <= n <= 16 for n in g["response_tokens"])
         rewards = read_jsonl(it / "rewards" / f"{lang}.jsonl")
         assert [r["id"] for r in rewards] == [g["id"] for g in gens]
         for r in rewards:

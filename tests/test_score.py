@@ -28,12 +28,12 @@ def score_config(cfg, source, output, **fields) -> ScoreConfig:
 
 
 def run_rewards(root) -> dict[tuple[str, str, str], tuple[float, float, float, int]]:
-    """(lang, id, response) → (reward, logp_policy, logp_ref, n_tokens) from the run's reward files."""
+    """(lang, id, response) → (reward, logp_policy, logp_ref, scored_tokens) from the run's reward files."""
     out = {}
     for path in sorted((root / "iter_0" / "rewards").glob("*.jsonl")):
         for r in read_jsonl(path):
             for k, text in enumerate(r["responses"]):
-                values = (r["reward"][k], r["logp_policy"][k], r["logp_ref"][k], r["n_tokens"][k])
+                values = (r["reward"][k], r["logp_policy"][k], r["logp_ref"][k], r["scored_tokens"][k])
                 out[(r["lang"], r["id"], text)] = values
     return out
 
@@ -50,7 +50,7 @@ def test_scores_of_the_runs_pairs_equal_its_reward_files(tiny_run, tmp_path):
         assert record["responses"] == [pair["chosen"][-1]["content"], pair["rejected"][-1]["content"]]
         for k, text in enumerate(record["responses"]):
             reward, logp, logp_ref, n_tokens = expected[(pair["lang"], pair["id"], text)]
-            assert record["n_tokens"][k] == n_tokens
+            assert record["scored_tokens"][k] == n_tokens
             assert record["logp_policy"][k] == pytest.approx(logp, abs=1e-4)
             assert record["logp_ref"][k] == pytest.approx(logp_ref, abs=1e-4)
             assert record["reward"][k] == pytest.approx(reward, abs=1e-5)

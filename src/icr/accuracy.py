@@ -62,11 +62,11 @@ def pair_rewards(
     config: RewardConfig,
     translator: LoadedModel | None = None,
 ) -> list[dict]:
-    """For each pair: `reward` and `n_tokens` (scored tokens) of (chosen, rejected) under
+    """For each pair: `reward` and `scored_tokens` of (chosen, rejected) under
     `config.mode`, the pairs scored together by `icr score`'s scorer."""
     items = [ScoreItem(p.id, p.lang, p.prompt, p.prompt_en, [p.chosen, p.rejected]) for p in pairs]
     scored = score_items(items, policy, reference, config, make_strategy(config, translator))
-    return [{"reward": record["reward"], "n_tokens": record["n_tokens"]} for record in scored]
+    return [{"reward": record["reward"], "scored_tokens": record["scored_tokens"]} for record in scored]
 
 
 def _win(chosen: float, rejected: float) -> float:
@@ -107,7 +107,7 @@ def summarize_language(rows: list[dict]) -> dict:
 
 def accuracy_row(pair: PreferencePair, scored: dict) -> dict:
     """One pair's outcome under the summed reward and under the per-token mean reward, and lengths."""
-    (chosen, rejected), (n_chosen, n_rejected) = scored["reward"], scored["n_tokens"]
+    (chosen, rejected), (n_chosen, n_rejected) = scored["reward"], scored["scored_tokens"]
     return {
         "win_summed": _win(chosen, rejected),
         "margin": chosen - rejected,

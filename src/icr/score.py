@@ -11,7 +11,7 @@ row's own prompt otherwise).
 
 The output is one JSON line per input row, the reward stage's record format
 (`icr.core.records.RewardRecord`): `responses` (chosen then rejected, or the completion),
-`reward_prompt`, `logp_policy`, `logp_ref`, `n_tokens`, `reward`, one value per response. It is
+`reward_prompt`, `logp_policy`, `logp_ref`, `scored_tokens`, `reward`, one value per response. It is
 written through `icr.runtime.jobs.run_job`: fixed chunks of `reward.batch_prompts` rows, resumed
 after an interruption, sharded under `accelerate launch`, the same file whatever happened.
 """
@@ -113,7 +113,7 @@ def score_items(
         record = RewardRecord(item.id, item.lang, config.mode, item.prompt, en, item.responses)
         record.translations, record.reward_prompt = scoring.translations, scoring.instruction
         record.logp_policy, record.logp_ref = reward["logp_policy"], reward["logp_ref"]
-        record.n_tokens, record.reward = reward["n_tokens"], reward["reward"]
+        record.scored_tokens, record.reward = reward["scored_tokens"], reward["reward"]
         records.append(record.to_json())
     return records
 

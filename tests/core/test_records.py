@@ -16,11 +16,17 @@ GENERATION = {
     "lang": "es",
     "prompt": "¿Qué es la fotosíntesis?",
     "responses": ["Es un proceso de las plantas.", "No lo sé"],
-    "n_tokens": [9, 4],
+    "response_tokens": [9, 4],
     "truncated": [False, True],
     "seed": 1234,
 }
-SKIPPED_GENERATION = {**GENERATION, "responses": [], "n_tokens": [], "truncated": [], "skipped": "prompt too long"}
+SKIPPED_GENERATION = {
+    **GENERATION,
+    "responses": [],
+    "response_tokens": [],
+    "truncated": [],
+    "skipped": "prompt too long",
+}
 HEAD = {
     "id": "p1",
     "lang": "es",
@@ -33,7 +39,7 @@ SCORES = {
     "reward_prompt": "Please answer the following instruction using only Spanish ...\n\nWhat is photosynthesis?",
     "logp_policy": [-20.5, -9.25],
     "logp_ref": [-22.0, -9.0],
-    "n_tokens": [9, 4],
+    "scored_tokens": [9, 4],
     "reward": [0.15, -0.025],
 }
 REWARD = {**HEAD, **SCORES}
@@ -71,7 +77,7 @@ def test_skipped_reward_record_has_no_scores():
 def selected_pairs() -> list[dict]:
     """Rows of pairs.jsonl as the selection writes them."""
     reward = {**REWARD, "responses": ["Es un proceso de las plantas.", "No lo sé", "Sí."]}
-    reward.update(logp_policy=[-20.5, -9.25, -3.0], logp_ref=[-22.0, -9.0, -3.5], n_tokens=[9, 4, 2])
+    reward.update(logp_policy=[-20.5, -9.25, -3.0], logp_ref=[-22.0, -9.0, -3.5], scored_tokens=[9, 4, 2])
     reward["reward"] = [0.1 * (p - r) for p, r in zip(reward["logp_policy"], reward["logp_ref"])]
     pairs, _ = select_json([reward], PairsConfig(language_filter="off"))
     assert len(pairs) == 1
@@ -114,3 +120,12 @@ def test_pairs_given_as_plain_strings_read_as_messages_do():
     pair = TrainingPair.from_json(strings).preference_pair()
     assert pair == PreferencePair("7", "en", "Say hi.", "Say hi.", "Hi!", "No.")
     assert TrainingPair.from_json(strings).to_json()["chosen"] == messages["chosen"]
+
+
+def test_files_written_with_n_tokens_are_read_with_the_new_names():
+    """Generation and reward files from before the rename (`n_tokens` for both counts) still load:
+    as `response_tokens` (generated tokens) and `scored_tokens` (tokens the reward summed)."""
+    old_generation = {("n_tokens" if k == "response_tokens" else k): v for k, v in GENERATION.items()}
+    assert GenerationRecord.from_json(old_generation).to_json() == GENERATION
+    old_reward = {("n_tokens" if k == "scored_tokens" else k): v for k, v in REWARD.items()}
+    assert json.dumps(RewardRecord.from_json(old_reward).to_json()) == json.dumps(REWARD)

@@ -122,7 +122,7 @@ def test_logprobs_are_those_of_the_trl_completion(tiny_lm, tiny_ref_lm):
     for k, r in enumerate(responses):
         assert out["logp_policy"][k] == pytest.approx(plain_logp(tiny_lm, ENGLISH, r), abs=2e-3)
         assert out["logp_ref"][k] == pytest.approx(plain_logp(tiny_ref_lm, ENGLISH, r), abs=2e-3)
-        assert out["n_tokens"][k] == len(tokenize_exchange(tiny_lm.tokenizer, ENGLISH, r)[1])
+        assert out["scored_tokens"][k] == len(tokenize_exchange(tiny_lm.tokenizer, ENGLISH, r)[1])
 
 
 # ---------------------------------------------------------------- rewarding modes
@@ -241,7 +241,7 @@ def test_skip_first_scores_the_released_tokens_and_sums(templated):
         labels, policy_sum = released_log_prob(policy, ENGLISH, response, eos)
         _, ref_sum = released_log_prob(reference, ENGLISH, response, eos)
         assert labels[-1] == policy.tokenizer.convert_tokens_to_ids(eos)
-        assert skip["n_tokens"][k] == len(labels)
+        assert skip["scored_tokens"][k] == len(labels)
         assert skip["logp_policy"][k] == pytest.approx(policy_sum, abs=2e-4)
         assert skip["reward"][k] == pytest.approx(policy_sum - ref_sum, abs=2e-4)
         from icr.core.chat import released_exchange
@@ -257,7 +257,7 @@ def test_all_scores_trls_completion_tokens(templated):
     _, policy, reference = templated
     full = score_responses(policy, reference, ENGLISH, RESPONSES_EN, beta=1.0)
     for k, response in enumerate(RESPONSES_EN):
-        assert full["n_tokens"][k] == len(tokenize_exchange(policy.tokenizer, ENGLISH, response)[1])
+        assert full["scored_tokens"][k] == len(tokenize_exchange(policy.tokenizer, ENGLISH, response)[1])
         assert full["logp_policy"][k] == pytest.approx(plain_logp(policy, ENGLISH, response), abs=2e-4)
 
 
@@ -360,6 +360,6 @@ def test_records_scored_together_match_one_at_a_time(tiny_lm, tiny_ref_lm):
         if "skipped" in got:
             continue
         alone = reward_record(gen, ENGLISH, tiny_lm, tiny_ref_lm, cfg)
-        assert got["reward_prompt"] == alone["reward_prompt"] and got["n_tokens"] == alone["n_tokens"]
+        assert got["reward_prompt"] == alone["reward_prompt"] and got["scored_tokens"] == alone["scored_tokens"]
         for key in ("logp_policy", "logp_ref"):
             np.testing.assert_allclose(got[key], alone[key], atol=1e-3, rtol=0)

@@ -81,11 +81,11 @@ def test_decode_stops_at_the_first_end_of_turn(tiny_lm):
     eos = tiny_lm.tokenizer.eos_token_id
     hello = tiny_lm.tokenizer.encode("Hello world")
     s = decode_generated(gen.lm.tokenizer, hello + [eos, eos, eos], gen.stop_ids)
-    assert s.text == "Hello world" and s.n_tokens == len(hello) and not s.truncated
+    assert s.text == "Hello world" and s.response_tokens == len(hello) and not s.truncated
     s = decode_generated(gen.lm.tokenizer, hello, gen.stop_ids)
-    assert s.truncated and s.n_tokens == len(hello)
+    assert s.truncated and s.response_tokens == len(hello)
     s = decode_generated(gen.lm.tokenizer, [eos] + hello, gen.stop_ids)
-    assert s.text == "" and s.n_tokens == 0 and not s.truncated
+    assert s.text == "" and s.response_tokens == 0 and not s.truncated
 
 
 def test_prompt_seed_depends_on_every_part():

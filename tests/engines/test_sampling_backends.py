@@ -86,7 +86,7 @@ def test_vllm_one_call_per_chunk_seed_per_prompt_same_files_whatever_the_chunkin
         assert all(
             p.n == 3 and p.temperature == config.temperature and p.max_tokens == config.max_new_tokens for p in params
         )
-        assert [r["n_tokens"] for r in records[:1]] == [[3, 4, 5]]  # end-of-turn not counted
+        assert [r["response_tokens"] for r in records[:1]] == [[3, 4, 5]]  # end-of-turn not counted
         assert [r["truncated"] for r in records[:1]] == [[False, True, False]]
     assert files[0] == files[1]
     engine = fake_vllm.engines[-1]

@@ -59,6 +59,6 @@ def test_a_chunk_decodes_n_samples_per_prompt_and_the_same_chunk_gives_the_same_
     texts, seeds = ["Hello there", "Write a poem", "Hola"], [11, 12, 13]
     first = generator.sample_batch(texts, 2, seeds)
     assert [len(samples) for samples in first] == [2, 2, 2]
-    assert all(s.n_tokens <= 4 and (not s.truncated or s.n_tokens == 4) for p in first for s in p)
+    assert all(s.response_tokens <= 4 and (not s.truncated or s.response_tokens == 4) for p in first for s in p)
     assert generator.sample_batch(texts, 2, seeds) == first
     assert generator.sample_batch(texts, 2, [11, 12, 14]) != first

@@ -40,9 +40,9 @@ def test_records_have_n_responses_and_consistent_token_counts(eos_prone_lm, tmp_
     flags = []
     for r, p in zip(recs, prompts):
         assert r["lang"] == "en" and r["prompt"] == p.text and r["seed"] == prompt_seed(0, 0, "en", p.id)
-        assert len(r["responses"]) == len(r["n_tokens"]) == len(r["truncated"]) == 6
+        assert len(r["responses"]) == len(r["response_tokens"]) == len(r["truncated"]) == 6
         assert all(isinstance(t, str) for t in r["responses"])
-        for n_tok, trunc in zip(r["n_tokens"], r["truncated"]):
+        for n_tok, trunc in zip(r["response_tokens"], r["truncated"]):
             assert 0 <= n_tok <= MAX_NEW
             assert trunc == (n_tok == MAX_NEW)  # truncated exactly when the limit was hit
             flags.append(trunc)
@@ -61,7 +61,7 @@ def test_long_prompt_gets_a_skipped_record(tiny_lm, tmp_path):
     )
     assert [r["id"] for r in recs] == ["short", "long"]  # not dropped, kept in order
     assert "skipped" not in recs[0] and len(recs[0]["responses"]) == 2
-    assert recs[1]["responses"] == [] and recs[1]["n_tokens"] == [] and recs[1]["truncated"] == []
+    assert recs[1]["responses"] == [] and recs[1]["response_tokens"] == [] and recs[1]["truncated"] == []
     assert str(limit) in recs[1]["skipped"] and "max_prompt_tokens" in recs[1]["skipped"]
 
 

@@ -16,6 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+def _renamed(record: dict[str, Any], old: str, new: str) -> dict[str, Any]:
+    """`record` with key `old` (files written before the rename) read as `new`."""
+    if old in record and new not in record:
+        record = {(new if k == old else k): v for k, v in record.items()}
+    return record
+
+
 def _drop_none(record: dict[str, Any], *optional: str) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k not in optional or v is not None}
 
@@ -26,7 +33,7 @@ class GenerationRecord:
     lang: str
     prompt: str
     responses: list[str]
-    n_tokens: list[int]
+    response_tokens: list[int]  # generated tokens per response, end-of-turn excluded
     truncated: list[bool]
     seed: int
     skipped: str | None = None  # why the prompt has no responses (too long)
@@ -36,13 +43,15 @@ class GenerationRecord:
 
     @classmethod
     def from_json(cls, record: dict[str, Any]) -> GenerationRecord:
-        return cls(**record)
+        return cls(**_renamed(record, "n_tokens", "response_tokens"))
 
 
 @dataclass
 class RewardRecord:
     """A scored generation record. `reward[i] = β·(logp_policy[i] − logp_ref[i])`, each log-prob
-    summed over response i's tokens (`n_tokens[i]` of them) under `reward_prompt`."""
+    summed over response i's scored tokens (`scored_tokens[i]` of them, per `reward.score_tokens`:
+    what the template writes after the response may count, a first token may not) under
+    `reward_prompt`."""
 
     id: str
     lang: str
@@ -55,19 +64,19 @@ class RewardRecord:
     reward_prompt: str | None = None
     logp_policy: list[float] = field(default_factory=list)
     logp_ref: list[float] = field(default_factory=list)
-    n_tokens: list[int] = field(default_factory=list)
+    scored_tokens: list[int] = field(default_factory=list)
     reward: list[float] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         head = {k: getattr(self, k) for k in ("id", "lang", "mode", "prompt", "prompt_en", "responses")}
         if self.skipped is not None:
             return {**head, "skipped": self.skipped}
-        scores = {k: getattr(self, k) for k in ("reward_prompt", "logp_policy", "logp_ref", "n_tokens", "reward")}
+        scores = {k: getattr(self, k) for k in ("reward_prompt", "logp_policy", "logp_ref", "scored_tokens", "reward")}
         return {**head, **_drop_none({"translations": self.translations}, "translations"), **scores}
 
     @classmethod
     def from_json(cls, record: dict[str, Any]) -> RewardRecord:
-        return cls(**record)
+        return cls(**_renamed(record, "n_tokens", "scored_tokens"))
 
 
 def _messages(role: str, content: str) -> list[dict[str, str]]:

@@ -169,7 +169,7 @@ def translate_to_english(translator: LoadedModel, texts: list[str], lang: str, m
 def implicit_rewards(
     policy: Scorer, reference: Scorer, items: list[tuple[str, list[str]]], config: RewardConfig
 ) -> list[dict[str, list]]:
-    """For each (instruction, texts): logp_policy, logp_ref, n_tokens (scored tokens) and
+    """For each (instruction, texts): logp_policy, logp_ref, scored_tokens and
     reward = β·(logp_policy − logp_ref) per text, all items scored together."""
     policy_scores = score_responses(policy, items, config.score_tokens)
     reference_scores = score_responses(reference, items, config.score_tokens)
@@ -177,10 +177,10 @@ def implicit_rewards(
         {
             "logp_policy": logp_policy,
             "logp_ref": logp_ref,
-            "n_tokens": n_tokens,
+            "scored_tokens": scored_tokens,
             "reward": [config.beta * (a - b) for a, b in zip(logp_policy, logp_ref)],
         }
-        for (logp_policy, n_tokens), (logp_ref, _) in zip(policy_scores, reference_scores)
+        for (logp_policy, scored_tokens), (logp_ref, _) in zip(policy_scores, reference_scores)
     ]
 
 
@@ -221,5 +221,5 @@ def reward_records(
     for record, (scoring, reward) in zip(scored, reward_inputs(inputs, policy, reference, config, strategy)):
         record.translations, record.reward_prompt = scoring.translations, scoring.instruction
         record.logp_policy, record.logp_ref = reward["logp_policy"], reward["logp_ref"]
-        record.n_tokens, record.reward = reward["n_tokens"], reward["reward"]
+        record.scored_tokens, record.reward = reward["scored_tokens"], reward["reward"]
     return records

@@ -118,7 +118,7 @@ ALPHA_SEARCHES = {"grid": grid_alpha, "exact": fit_alpha}
 
 def response_lengths(record: RewardRecord, unit: str) -> np.ndarray:
     if unit == "tokens":
-        return np.asarray(record.n_tokens, dtype=float)
+        return np.asarray(record.scored_tokens, dtype=float)
     return np.asarray([len(t) for t in record.responses], dtype=float)
 
 

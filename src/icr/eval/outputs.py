@@ -1,7 +1,7 @@
 """The outputs of the evaluated models: who is evaluated, and their answers to the benchmark.
 
     OUT/outputs/{model}/{lang}/model_outputs.json   alpaca_eval format: generator, dataset, id, instruction, output
-    OUT/outputs/{model}/{lang}/generations.jsonl    the same plus n_tokens, truncated, seed (the job's file)
+    OUT/outputs/{model}/{lang}/generations.jsonl    the same plus response_tokens, truncated, seed (the job's file)
     OUT/outputs/{model}/{lang}/generation.json      model spec and decoding; a resume must match it
 
 Generation follows the paper (`icr.config.EvalConfig.sampling`: one sample per instruction, a
@@ -105,7 +105,7 @@ def generate_outputs(
                 "id": it["id"],
                 "instruction": it["instruction"],
                 "output": s[0].text,
-                "n_tokens": s[0].n_tokens,
+                "response_tokens": s[0].response_tokens,
                 "truncated": s[0].truncated,
                 "seed": row_seed,
             }

@@ -45,8 +45,9 @@ DATASET_FORMATS = {
     "pairs": "TRL's conversational preference format: `prompt` (user message), `chosen` and `rejected` "
     "(assistant messages), with `id`, `lang`, `prompt_en` and the scores that chose the pair "
     "(reward_/score_/len_ chosen and rejected, alpha).",
-    "generations": "One row per prompt: `prompt`, its sampled `responses`, their `n_tokens`, `truncated` and `seed`.",
-    "rewards": "One row per prompt: `responses` with `logp_policy`, `logp_ref`, `n_tokens` and "
+    "generations": "One row per prompt: `prompt`, its sampled `responses`, their `response_tokens`, "
+    "`truncated` and `seed`.",
+    "rewards": "One row per prompt: `responses` with `logp_policy`, `logp_ref`, `scored_tokens` and "
     "`reward` = β·(logp_policy − logp_ref), scored against `reward_prompt`.",
 }
 

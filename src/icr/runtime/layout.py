@@ -7,7 +7,7 @@ is stated once:
       .icr.lock                           while a command writes the run: its holder (`icr.runtime.runlock`)
       icr.log                             every command's log lines and library warnings (`icr.core.logs`)
       iter_<t>/generations/<lang>.jsonl   N responses per prompt from π^t
-      iter_<t>/rewards/<lang>.jsonl       logp_policy, logp_ref, n_tokens, reward per response
+      iter_<t>/rewards/<lang>.jsonl       logp_policy, logp_ref, scored_tokens, reward per response
       iter_<t>/pairs.jsonl, pairs_stats.json
       iter_<t>/train_pairs.jsonl          what iteration t trains on when it replays earlier pairs
       iter_<t>/status/<stage>.json        a started stage's progress (`icr.runtime.status`)

@@ -26,7 +26,7 @@ def generation_record(prompt: Prompt, samples: list[Sample], seed: int, skipped:
         prompt.lang,
         prompt.text,
         [s.text for s in samples],
-        [s.n_tokens for s in samples],
+        [s.response_tokens for s in samples],
         [s.truncated for s in samples],
         seed,
         skipped,

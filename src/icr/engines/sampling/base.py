@@ -10,7 +10,7 @@ from typing import Protocol
 @dataclass
 class Sample:
     text: str
-    n_tokens: int  # generated tokens, end-of-turn excluded
+    response_tokens: int  # generated tokens, end-of-turn excluded
     truncated: bool  # hit max_new_tokens before an end-of-turn token
 
 
