@@ -29,7 +29,7 @@ from icr.core.errors import DataError
 from icr.core.languages import check_language
 from icr.core.records import RewardRecord, message_text
 from icr.core.tables import load_table, require_columns
-from icr.engines.rewarding import STRATEGIES, RewardInput, make_strategy, reward_inputs
+from icr.engines.rewarding import STRATEGIES, RewardInput, fill_scores, make_strategy, reward_inputs
 from icr.engines.scoring.scorer import Scorer
 from icr.runtime.jobs import run_job
 
@@ -108,14 +108,10 @@ def score_items(
     """Score records (`RewardRecord.to_json`) of `items`, scored together (one call of the scorer)."""
     english = [english_instruction(item, config.mode) for item in items]
     inputs = [RewardInput(item.lang, item.prompt, en, item.responses) for item, en in zip(items, english)]
-    records = []
-    for item, en, (scoring, reward) in zip(items, english, reward_inputs(inputs, policy, reference, config, strategy)):
-        record = RewardRecord(item.id, item.lang, config.mode, item.prompt, en, item.responses)
-        record.translations, record.reward_prompt = scoring.translations, scoring.instruction
-        record.logp_policy, record.logp_ref = reward["logp_policy"], reward["logp_ref"]
-        record.scored_tokens, record.reward = reward["scored_tokens"], reward["reward"]
-        records.append(record.to_json())
-    return records
+    return [
+        fill_scores(RewardRecord(item.id, item.lang, config.mode, item.prompt, en, item.responses), *scored).to_json()
+        for item, en, scored in zip(items, english, reward_inputs(inputs, policy, reference, config, strategy))
+    ]
 
 
 def load_scoring_models(models: ModelsConfig, needs_translator: bool):

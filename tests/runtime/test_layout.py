@@ -63,6 +63,6 @@ def test_the_run_directory_and_the_status_files_use_the_layout(tmp_path):
     run = RunDir(RunConfig(name="r", output_dir=str(tmp_path)))
     layout = RunLayout(run.root)
     assert run.root == Path(tmp_path) / "r"
-    assert run.manifest_path == layout.manifest_file
+    assert run.manifest_file == layout.manifest_file
     assert run.pairs_file(1) == layout.pairs_file(1) and run.model_dir(0) == layout.model_dir(0)
     assert status_file(run.root, 1, "train") == layout.status_file(1, "train")

@@ -128,7 +128,7 @@ def cache_list_command():
     from icr.core.models import cache_root
 
     root = cache_root()
-    entries = sorted(p for kind in ("gguf", "judgements") for p in (root / kind).glob("*")) if root.exists() else []
+    entries = sorted(p for kind in ("gguf", "judgements") for p in (root / kind).glob("*"))
     for path in entries:
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
         click.echo(f"{size / 2**20:10.1f} MiB  {path}")

@@ -219,7 +219,13 @@ def reward_records(
         records.append(record)
     inputs = [RewardInput(r.lang, r.prompt, r.prompt_en, r.responses) for r in scored]
     for record, (scoring, reward) in zip(scored, reward_inputs(inputs, policy, reference, config, strategy)):
-        record.translations, record.reward_prompt = scoring.translations, scoring.instruction
-        record.logp_policy, record.logp_ref = reward["logp_policy"], reward["logp_ref"]
-        record.scored_tokens, record.reward = reward["scored_tokens"], reward["reward"]
+        fill_scores(record, scoring, reward)
     return records
+
+
+def fill_scores(record: RewardRecord, scoring: Scoring, reward: dict[str, list]) -> RewardRecord:
+    """Set a record's scored fields from one of `reward_inputs`' (scoring, rewards) results."""
+    record.translations, record.reward_prompt = scoring.translations, scoring.instruction
+    record.logp_policy, record.logp_ref = reward["logp_policy"], reward["logp_ref"]
+    record.scored_tokens, record.reward = reward["scored_tokens"], reward["reward"]
+    return record

@@ -94,14 +94,18 @@ def load_prompts(config: RunConfig) -> PromptSet:
     return load_prompt_set(source, d.languages, limit=d.limit, rows=d.rows)
 
 
+def iteration_configs(config: RunConfig) -> list[RunConfig]:
+    """The config of each iteration (its `iteration_overrides` applied)."""
+    return [config.at_iteration(t) for t in range(config.iterations)]
+
+
 def check_sources(config: RunConfig) -> None:
     """Every model and prompt source of `config` (all iterations) exists or is a usable Hub id
     (`icr config`: nothing is read)."""
     m = config.models
     specs = {"models.policy": m.policy, "models.reference": m.reference, "models.translator": m.translator}
     problems = [p for field, spec in specs.items() if spec and (p := model_problem(field, spec))]
-    iterations = [config.at_iteration(t) for t in range(config.iterations)]
-    sources = dict.fromkeys(c.data.prompts for c in iterations)
+    sources = dict.fromkeys(c.data.prompts for c in iteration_configs(config))
     problems += [p for spec in sources if (p := prompts_problem(spec))]
     if problems:
         raise ConfigError("; ".join(problems))
@@ -119,7 +123,7 @@ def check_run(config: RunConfig) -> dict[str, PromptSet]:
     (`DataConfig.model_dump_json`) and read once: what `icr run` and the stage commands use."""
     check_sources(config)
     prompts: dict[str, PromptSet] = {}
-    for c in (config.at_iteration(t) for t in range(config.iterations)):
+    for c in iteration_configs(config):
         key = c.data.model_dump_json()
         if key not in prompts:
             try:

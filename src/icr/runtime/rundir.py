@@ -91,14 +91,13 @@ class RunDir(RunLayout):
         super().__init__(config.run_dir)
         self.config = config
         self.shard = current_shard()  # under `accelerate launch`, only the main process writes the manifest
-        self.manifest_path = self.manifest_file
         self.root.mkdir(parents=True, exist_ok=True)
         if self.shard.is_main:  # temporary files of atomic writes that a killed run left unfinished
             for stale in self.root.rglob(".*.tmp"):
                 stale.unlink(missing_ok=True)
         self.manifest = (
-            read_json(self.manifest_path)
-            if self.manifest_path.exists()
+            read_json(self.manifest_file)
+            if self.manifest_file.exists()
             else {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "stages": {}}
         )
 
@@ -111,7 +110,7 @@ class RunDir(RunLayout):
         self.manifest["config_hash"] = self.config.section_hash(*RUN_HASHED)
         with write_section():  # a stop signal waits for both files
             write_text_atomic(self.config_file, dump_config(self.config))
-            write_json_atomic(self.manifest_path, self.manifest)
+            write_json_atomic(self.manifest_file, self.manifest)
 
     def record_failure(self, t: int, stage: StageName, err: BaseException) -> None:
         """Keep a stage's failure (a diverged or out-of-memory training, a preemption) in the
@@ -130,7 +129,7 @@ class RunDir(RunLayout):
             }
         )
         try:
-            write_json_atomic(self.manifest_path, self.manifest)
+            write_json_atomic(self.manifest_file, self.manifest)
         except RunFault as write_err:  # e.g. the disk is full too: the stop itself matters more
             log.error("%s", write_err)
 
