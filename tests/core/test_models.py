@@ -21,7 +21,8 @@ from icr.core.models import ModelLoadError, load_model, pick_device, pick_dtype,
 
 def test_resolve_model_path_kinds(tmp_path, tiny_dir):
     assert resolve_model_path(str(tiny_dir)) == str(tiny_dir)
-    assert resolve_model_path("some-org/some-model") == "some-org/some-model"  # a Hub id is passed through
+    with pytest.raises(ModelLoadError, match="not in the local cache"):  # offline, a Hub id needs its snapshot
+        resolve_model_path("some-org/some-model")
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ModelLoadError, match="config.json"):

@@ -17,12 +17,8 @@ from icr.cli import main
 from icr.config import PlanEvalConfig, dump_config
 from icr.core.chat import prompt_ids
 from icr.core.models import load_tokenizer
-from icr.observe.plan import (
-    eval_estimate,
-    make_plan,
-    time_estimate,
-    weights_info,
-)
+from icr.observe.plan import eval_estimate, make_plan, time_estimate
+from icr.observe.weights import weights_info
 from icr.runtime.preflight import load_prompts
 
 REPO = Path(__file__).resolve().parents[2]

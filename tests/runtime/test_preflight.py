@@ -54,11 +54,11 @@ def test_existing_models_and_sources_pass(tiny_dir, tmp_path):
 
 
 def test_an_uncached_hub_id_offline_says_so_and_online_passes(monkeypatch):
-    monkeypatch.setattr(preflight, "hub_offline", lambda: True)
+    monkeypatch.setattr(preflight, "offline", lambda: True)
     problem = model_problem("models.reference", "someone-unknown/no-such-model-here")
     assert "HF_HUB_OFFLINE is set" in problem and "not in the local cache" in problem
     assert "Hub dataset" in prompts_problem("someone-unknown/no-such-prompts")
-    monkeypatch.setattr(preflight, "hub_offline", lambda: False)
+    monkeypatch.setattr(preflight, "offline", lambda: False)
     assert model_problem("models.reference", "someone-unknown/no-such-model-here") is None
 
 

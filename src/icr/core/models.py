@@ -24,6 +24,7 @@ from typing import Any
 
 from icr.core.chat import ensure_chat_template
 from icr.core.errors import ModelLoadError
+from icr.core.hub import hub_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,8 @@ def fingerprint(spec: str | Path) -> str:
 
     * a folder: sha256 of config.json's content and (name, size, mtime in ns) of its weight files;
     * a file (a .gguf): sha256 of (resolved path, size, mtime in s);
-    * anything else (a Hub id): the spec itself.
+    * anything else: the spec itself (a Hub id is resolved to its snapshot folder before it loads, and
+      that folder is what callers fingerprint).
     Keys the judge cache and the reference log-prob cache (the dequantized-GGUF cache is keyed by
     content: `gguf_cache_dir`)."""
     path = Path(spec)
@@ -153,7 +155,8 @@ def materialize_gguf(gguf: Path) -> Path:
 
 
 def resolve_model_path(spec: str) -> str:
-    """Turn a model spec into something `from_pretrained` accepts (a folder or a Hub id)."""
+    """Turn a model spec into the local folder `from_pretrained` loads: a GGUF's dequantized copy, the
+    folder itself, or a Hub id's snapshot at the commit its revision names (`icr.core.hub`)."""
     if spec.startswith("embedded:"):
         return str(materialize_gguf(resolve_embedded(spec)))
     path = Path(spec).expanduser()
@@ -165,7 +168,7 @@ def resolve_model_path(spec: str) -> str:
         if not (path / "config.json").exists():
             raise ModelLoadError(f"{spec}: a folder without config.json is not a model")
         return str(path)
-    return spec  # a Hub id
+    return str(hub_snapshot(spec))  # a Hub id, [@revision]: its commit's snapshot
 
 
 def pick_device(device: str = "auto") -> str:

@@ -30,6 +30,7 @@ from typing import Any
 from icr.config import JudgeConfig, PlanConfig, PlanEvalConfig, RunConfig
 from icr.core.errors import IcrError, ModelLoadError
 from icr.engines.rewarding import STRATEGIES
+from icr.observe.weights import weights_info
 
 BENCHMARK_FILES = ("benchmarks/results/gpu-latest.json", "benchmarks/results/latest.json")
 RECORD_OVERHEAD_BYTES = 300  # ids, keys, seeds and flags of one JSON line
@@ -112,26 +113,6 @@ def iteration_counts(config: RunConfig, measured: dict[str, dict], processes: in
     if STRATEGIES[config.reward.mode].needs_translator:
         counts["translated_tokens_max"] = samples * config.reward.translate_max_new_tokens
     return counts
-
-
-def weights_info(spec: str) -> dict[str, Any]:
-    """Parameter count and bytes of a model's safetensors files, read from their headers only
-    (local folders and embedded models); `known: False` with the reason otherwise."""
-    from icr.core.models import resolve_model_path
-
-    try:
-        folder = Path(resolve_model_path(spec))
-    except ModelLoadError as err:
-        return {"known": False, "reason": str(err)}
-    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
-    if not files:
-        return {"known": False, "reason": f"{spec}: no local safetensors files (a Hub id is not downloaded to plan)"}
-    params = 0
-    for f in files:
-        with open(f, "rb") as fh:
-            header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
-        params += sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
-    return {"known": True, "params": params, "bytes": sum(f.stat().st_size for f in files)}
 
 
 def disk_estimate(config: RunConfig, measured: dict[str, dict], counts: dict, model: dict) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Checks of a run's config against this machine, before a run folder is made or a model loads.
 
     models.*      an embedded name, an existing .gguf file or model folder, or a well-formed Hub id
-                  (`owner/name`) that is in the local cache when `HF_HUB_OFFLINE` is set
+                  (`owner/name[@revision]`) whose revision is in the local cache when `HF_HUB_OFFLINE` is set
     data.prompts  an existing folder or file, embedded prompts, or a Hub dataset id; the prompts of
                   every language (and their text fields) are read here, once per data section
 
@@ -17,6 +17,7 @@ from pathlib import Path
 
 from icr.config import RunConfig
 from icr.core.errors import ConfigError, DataError, IcrError
+from icr.core.hub import cached_snapshot, offline, split_revision
 from icr.core.models import resolve_embedded
 from icr.core.prompts import PromptSet, PromptSource, load_prompt_set
 
@@ -29,33 +30,22 @@ def looks_like_path(spec: str) -> bool:
     return spec.startswith(("/", "./", "../", "~")) or spec.count("/") > 1 or Path(spec).suffix in (".gguf", ".json")
 
 
-def hub_offline() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE)
-
-
 def hub_id_problem(field: str, spec: str, repo_type: str) -> str | None:
-    """Why `spec` cannot be a Hub id of `repo_type` here (malformed, or offline and not cached)."""
-    from huggingface_hub import scan_cache_dir
+    """Why `spec` (`owner/name[@revision]`) cannot be a Hub id of `repo_type` here: malformed, or
+    offline and that revision is not in the local cache."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+    repo_id, revision = split_revision(spec)
     try:
-        validate_repo_id(spec)
+        validate_repo_id(repo_id)
     except HFValidationError:
-        return f"{field}={spec!r} is neither an existing path nor a valid Hub id (owner/name)"
-    if not hub_offline():
+        return f"{field}={spec!r} is neither an existing path nor a valid Hub id (owner/name[@revision])"
+    if not offline() or cached_snapshot(repo_id, revision, repo_type) is not None:
         return None
-    try:
-        cached = {(r.repo_id, r.repo_type) for r in scan_cache_dir().repos}
-    except Exception:  # no cache folder yet
-        cached = set()
-    if (spec, repo_type) not in cached:
-        return (
-            f"{field}={spec!r}: HF_HUB_OFFLINE is set and this Hub {repo_type} is not in the local cache; "
-            "download it on a machine online (huggingface-cli download) or give a local path"
-        )
-    return None
+    return (
+        f"{field}={spec!r}: HF_HUB_OFFLINE is set and revision {revision or 'main'} of this Hub {repo_type} is "
+        "not in the local cache; download it on a machine online (hf download) or give a local path"
+    )
 
 
 def model_problem(field: str, spec: str) -> str | None:

@@ -23,8 +23,9 @@ from icr.config import RunConfig, dump_config, load_config
 from icr.config.base import hashed_fields
 from icr.config.run import RUN_HASHED
 from icr.core.distributed import current_shard
-from icr.core.errors import ConfigError, DataError
+from icr.core.errors import ConfigError, DataError, ModelLoadError
 from icr.core.faults import SETTINGS_FAULTS, RunFault, write_section
+from icr.core.hub import hub_commit, is_hub_spec
 from icr.core.io import read_json, write_json_atomic, write_text_atomic
 from icr.core.models import LoadedModel
 from icr.runtime.layout import RunLayout
@@ -100,6 +101,29 @@ class RunDir(RunLayout):
             if self.manifest_file.exists()
             else {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "stages": {}}
         )
+        self.pin_hub_models()
+
+    def pin_hub_models(self) -> None:
+        """Record the commit each Hub model spec resolves to (saved with the next finished stage). A
+        spec whose commit moved since the finished stages ran refuses the resume: their outputs came
+        from other weights. A spec that cannot be resolved now stays unpinned: loading it reports why."""
+        m = self.config.models
+        specs = [s for s in dict.fromkeys((m.policy, m.reference, m.translator)) if s and is_hub_spec(s)]
+        current = {}
+        for spec in specs:
+            try:
+                current[spec] = hub_commit(spec)
+            except ModelLoadError:
+                continue
+        recorded = self.manifest.get("hub_commits", {})
+        moved = [f"{s}: {recorded[s]} → {c}" for s, c in current.items() if recorded.get(s, c) != c]
+        if moved and self.manifest["stages"]:
+            raise ConfigError(
+                f"{self.root}: a Hub model changed since the run's finished stages ({', '.join(moved)}); pin the "
+                "old commit as owner/name@<commit> to resume, or use a new run name"
+            )
+        if current:
+            self.manifest["hub_commits"] = {**recorded, **current}
 
     def _save(self) -> None:
         """Record the config and versions that produced the finished stages (only when one finishes,
