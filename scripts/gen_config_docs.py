@@ -167,8 +167,11 @@ def model_section(model: type[BaseModel], note: str) -> list[str]:
         if limits:
             kind = f"{kind} ({limits})"
         description = info.description or ""
-        if (info.json_schema_extra or {}).get("hashed", True) is False:
+        hashed = (info.json_schema_extra or {}).get("hashed", True)
+        if hashed is False:
             description = f"{description} *(not hashed)*".strip()
+        elif hashed == "when_set":
+            description = f"{description} *(hashed when set)*".strip()
         lines.append(f"| `{name}` | {kind} | {escape(default_text(info))} | {escape(description)} |")
     return [*lines, ""]
 

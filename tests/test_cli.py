@@ -40,6 +40,13 @@ def test_config_prints_the_resolved_yaml():
     assert set(tree) >= {"models", "data", "generate", "reward", "pairs", "train"}
 
 
+def test_a_mapping_flag_reads_yaml_and_is_checked():
+    tree = config_yaml("--train.trl_args", "{max_grad_norm: 0.5, optim: adafactor}")
+    assert tree["train"]["trl_args"] == {"max_grad_norm": 0.5, "optim": "adafactor"}
+    refused = invoke("config", "--train.trl_args", "{beta: 0.5}")
+    assert refused.exit_code == 2 and "use train.beta" in refused.output
+
+
 def test_flags_parse():
     tree = config_yaml(
         "--generate.n",
@@ -199,6 +206,7 @@ def test_help_shows_types_and_plain_defaults():
     assert options["--reward.mode"].startswith("[crosslingual|multilingual|translate]")
     assert options["--data.prompts"].startswith("PATH ") and "[default: embedded:demo]" in options["--data.prompts"]
     assert options["--output_dir"].startswith("PATH ") and options["--config"].startswith("PATH ")
+    assert options["--train.trl_args"].startswith("MAPPING ")
     assert "[default: en,es,de,fr,ru]" in options["--data.languages"]
     assert "[default: true]" in options["--pairs.length_control"]
     help_text = invoke("run", "--help").output + invoke("eval", "--help").output

@@ -39,8 +39,9 @@ def flag_name(model: type[BaseModel], dotted: str) -> str:
 
 
 def _accepted_types(annotation) -> tuple:
-    """The types a field accepts: (list[str],) for a list, (str, NoneType) for `str | None`, ..."""
-    if get_origin(annotation) is list:
+    """The types a field accepts: (list[str],) for a list, (dict[str, Any],) for a mapping, (str,
+    NoneType) for `str | None`, ..."""
+    if get_origin(annotation) in (list, dict):
         return (annotation,)
     return get_args(annotation) or (annotation,)
 
@@ -53,7 +54,8 @@ def choices(annotation) -> tuple[str, ...]:
 
 def parse_value(raw: str, annotation) -> Any:
     """A flag's text as the field's value. Strings are taken verbatim (templates, ids, 'no' the
-    Norwegian code); lists are 'a,b' or '[a, b]'; other values are YAML scalars ('true', '1e-6')."""
+    Norwegian code); lists are 'a,b' or '[a, b]'; other values, mappings included, are YAML
+    ('true', '1e-6', '{max_grad_norm: 0.5}')."""
     accepted = _accepted_types(annotation)
     is_list = any(get_origin(t) is list for t in accepted)
     if type(None) in accepted and raw.strip().lower() in ("null", "none", "~"):
@@ -113,7 +115,8 @@ def plain(value: Any) -> str:
 
 
 def metavar(dotted: str, annotation) -> str:
-    """The type a flag takes: [a|b|c] for a choice, INTEGER, FLOAT, BOOLEAN, PATH, MODEL, LIST, TEXT."""
+    """The type a flag takes: [a|b|c] for a choice, INTEGER, FLOAT, BOOLEAN, PATH, MODEL, LIST,
+    MAPPING (a YAML/JSON mapping, e.g. '{max_grad_norm: 0.5}'), TEXT."""
     allowed = choices(annotation)
     if allowed:
         return f"[{'|'.join(allowed)}]" + (",..." if get_origin(annotation) is list else "")
@@ -126,6 +129,8 @@ def metavar(dotted: str, annotation) -> str:
         return "PATH"
     if any(get_origin(t) is list for t in accepted):
         return "LIST"
+    if any(get_origin(t) is dict for t in accepted):
+        return "MAPPING"
     kinds = {SCALAR_METAVARS.get(t) for t in accepted}
     if len(kinds) == 1 and None not in kinds:
         return kinds.pop()

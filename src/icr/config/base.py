@@ -48,14 +48,18 @@ Config = TypeVar("Config", bound=BaseModel)
 # Fields marked with this do not change what a stage computes (where logs go, names): they are left
 # out of the config hash, so changing them never refuses to resume a run.
 NOT_HASHED = {"hashed": False}
+# hashed only when not at its default: a config that leaves it unset keeps the hash it has without it
+HASHED_WHEN_SET = {"hashed": "when_set"}
 
 
 def hashed_fields(section: BaseModel) -> dict[str, Any]:
-    """`section.model_dump()` without the fields marked `NOT_HASHED` (recursively)."""
+    """`section.model_dump()` without the fields marked `NOT_HASHED`, nor those marked
+    `HASHED_WHEN_SET` that have their default (recursively)."""
     data = section.model_dump()
     for name, info in type(section).model_fields.items():
         value = getattr(section, name)
-        if (info.json_schema_extra or {}).get("hashed", True) is False:
+        hashed = (info.json_schema_extra or {}).get("hashed", True)
+        if hashed is False or (hashed == "when_set" and value == info.get_default(call_default_factory=True)):
             data.pop(name)
         elif isinstance(value, BaseModel):
             data[name] = hashed_fields(value)

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from icr.config.base import NOT_HASHED, StrictModel
+from icr.config.base import HASHED_WHEN_SET, NOT_HASHED, StrictModel
 
 
 class LoraConfig(StrictModel):
@@ -42,6 +42,63 @@ def check_report_to(values: list[str]) -> list[str]:
     if missing:
         raise ValueError(f"tracker(s) {missing} not installed (pip install {' '.join(missing)})")
     return values
+
+
+# DPOConfig fields that icr sets from its own settings: `train.trl_args` may not set them (the
+# icr field to use instead, or why icr owns it). `icr.training.trainer.dpo_config` passes exactly these.
+ICR_SET_DPO_ARGS = {
+    "output_dir": "the run directory (checkpoints go under iter_<t>/model-checkpoints)",
+    "beta": "train.beta",
+    "loss_type": "train.nll_weight and train.nll_normalization",
+    "loss_weights": "train.nll_weight",
+    "learning_rate": "train.learning_rate",
+    "lr_scheduler_type": "train.lr_scheduler",
+    "warmup_steps": "train.warmup_ratio",
+    "num_train_epochs": "train.epochs",
+    "per_device_train_batch_size": "train.batch_size",
+    "gradient_accumulation_steps": "train.grad_accum or train.global_batch_size",
+    "max_length": "train.max_length",
+    "seed": "train.seed",
+    "data_seed": "train.seed",
+    "precompute_ref_log_probs": "train.precompute_ref",
+    "train_sampling_strategy": "train.group_by_length",
+    "gradient_checkpointing": "train.gradient_checkpointing",
+    "bf16": "models.dtype (bf16 on a GPU that has it)",
+    "use_cpu": "the device icr found (CPU when no GPU)",
+    "logging_steps": "icr's progress and metrics (every step)",
+    "logging_nan_inf_filter": "train.max_loss_ratio (icr's divergence guard must see every loss)",
+    "save_strategy": "train.save_steps and train.save_minutes",
+    "save_steps": "train.save_steps",
+    "save_total_limit": "train.keep_checkpoints",
+    "report_to": "train.report_to",
+    "run_name": "train.run_name",
+    "remove_unused_columns": "icr's reference log-prob columns (they must stay)",
+    "dataloader_num_workers": "icr's data order (one process reads the pairs)",
+    "disable_tqdm": "--progress",
+}
+
+
+def check_trl_args(args: dict[str, Any]) -> dict[str, Any]:
+    """`train.trl_args` as DPOConfig fields: an unknown key is an error with the closest field, a
+    key icr sets itself names the icr setting to use instead."""
+    if not args:
+        return args
+    import dataclasses
+    import difflib
+
+    from trl import DPOConfig
+
+    fields = {f.name for f in dataclasses.fields(DPOConfig)}
+    problems = []
+    for key in args:
+        if key in ICR_SET_DPO_ARGS:
+            problems.append(f"{key!r} is set by icr: use {ICR_SET_DPO_ARGS[key]}")
+        elif key not in fields:
+            close = difflib.get_close_matches(key, sorted(fields), n=1)
+            problems.append(f"{key!r} is not a DPOConfig field" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    if problems:
+        raise ValueError("; ".join(problems))
+    return args
 
 
 class TrainConfig(StrictModel):
@@ -108,7 +165,41 @@ class TrainConfig(StrictModel):
         "iteration's pairs, drawn without replacement by train.seed and t (icr.training.replay); "
         "null or iteration 0: only the iteration's own pairs.",
     )
+    save_steps: int | None = Field(
+        None,
+        ge=1,
+        description="Write a resumable checkpoint (weights, optimizer, scheduler, RNG) every N optimizer steps "
+        "under iter_<t>/model-checkpoints; a restarted training resumes from the newest complete one "
+        "(icr.training.checkpoints). null: by time only (save_minutes). Resuming gives the same model.",
+        json_schema_extra=NOT_HASHED,
+    )
+    save_minutes: float | None = Field(
+        30.0,
+        gt=0,
+        description="Also checkpoint when this many minutes have passed since the last checkpoint (null: never "
+        "by time).",
+        json_schema_extra=NOT_HASHED,
+    )
+    keep_checkpoints: int = Field(
+        2,
+        ge=1,
+        description="Newest checkpoints kept (older ones are deleted).",
+        json_schema_extra=NOT_HASHED,
+    )
+    trl_args: dict[str, Any] = Field(
+        {},
+        description="Any other TRL DPOConfig / transformers TrainingArguments field, passed as given "
+        "(e.g. {optim: adamw_torch_fused, max_grad_norm: 0.5, use_liger_kernel: true, padding_free: true}); "
+        "checked against DPOConfig's fields before any model loads. Fields icr sets itself are refused "
+        "with the icr setting to use.",
+        json_schema_extra=HASHED_WHEN_SET,
+    )
     lora: LoraConfig = Field(default_factory=LoraConfig)
+
+    @field_validator("trl_args")
+    @classmethod
+    def _known_trl_args(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return check_trl_args(value)
 
     @field_validator("report_to", mode="before")
     @classmethod
@@ -124,6 +215,8 @@ class TrainConfig(StrictModel):
     def _kto_has_no_nll(self) -> TrainConfig:
         if self.loss == "kto" and self.nll_weight > 0:
             raise ValueError("loss: kto has no NLL term (TRL's KTOTrainer): set nll_weight: 0")
+        if self.loss == "kto" and self.trl_args:
+            raise ValueError("trl_args are DPOConfig fields: they apply to loss: dpo only")
         return self
 
     @model_validator(mode="after")

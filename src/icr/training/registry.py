@@ -41,6 +41,11 @@ class TrainingJob:
         """Beside `out_dir`, the same on every process (a sharded save writes into it from all of them)."""
         return self.out_dir.parent / f".{self.out_dir.name}.partial"
 
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Resumable checkpoints of this training (`icr.training.checkpoints`), beside `out_dir`."""
+        return self.out_dir.parent / f"{self.out_dir.name}-checkpoints"
+
 
 def trainer_for(loss: str) -> Callable[[TrainingJob], dict]:
     """The training function of `train.loss` (imported on use: each pulls in TRL)."""

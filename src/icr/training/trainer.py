@@ -29,6 +29,8 @@ from icr.core.faults import OutOfMemory, TrainingOutOfMemory, disk_errors, diver
 from icr.core.io import read_jsonl, write_json_atomic
 from icr.core.models import LoadedModel, load_model
 from icr.core.oom import free_accelerator_memory, out_of_memory_errors
+from icr.training.checkpoints import checkpoint_callback, inputs_key
+from icr.training.checkpoints import prepare as prepare_checkpoints
 from icr.training.losses import PairLogps, dpo_summary, reference_columns
 from icr.training.reference_logps import cached_reference_logps, pair_logps, spot_check
 from icr.training.registry import TrainingJob
@@ -91,16 +93,18 @@ def compact_trl_lm_head_on_cpu() -> None:
 def _make_trainer_class():
     from trl import DPOTrainer
 
+    from icr.training.checkpoints import ResumableOrderMixin
     from icr.training.tracking import LossTermsMixin
 
     compact_trl_lm_head_on_cpu()
 
-    class ICRDPOTrainer(LossTermsMixin, DPOTrainer):
-        """DPOTrainer that uses reference log-probs already present in the dataset, and logs the
-        DPO and NLL terms of its loss separately (`icr.training.tracking`)."""
+    class ICRDPOTrainer(ResumableOrderMixin, LossTermsMixin, DPOTrainer):
+        """DPOTrainer that uses reference log-probs already present in the dataset, logs the DPO
+        and NLL terms of its loss separately (`icr.training.tracking`) and resumes a killed training
+        exactly (`icr.training.checkpoints`)."""
 
         def _precompute_ref_logps(self, dataset, name, batch_size):
-            # overrides a private method of TRL 1.16.0 (pinned in pyproject.toml): check on upgrade
+            # overrides a private method of TRL 1.16 (the lower bound in pyproject.toml): check on upgrade
             if "ref_chosen_logps" in dataset.column_names:
                 return dataset
             return super()._precompute_ref_logps(dataset, name, batch_size)
@@ -150,12 +154,16 @@ def dpo_config(config: TrainConfig, output_dir: str, n_pairs: int, processes: in
         use_cpu=use_cpu,
         logging_steps=1,
         logging_nan_inf_filter=False,  # transformers would log a NaN/inf loss as the mean of the earlier ones
-        save_strategy="no",
+        # by steps here; by time through `icr.training.checkpoints.checkpoint_callback`
+        save_strategy="steps" if config.save_steps else "no",
+        **({"save_steps": config.save_steps} if config.save_steps else {}),
+        save_total_limit=config.keep_checkpoints,
         report_to=config.report_to,
         run_name=run_name,
         remove_unused_columns=False,
         dataloader_num_workers=0,
         disable_tqdm=True,  # `icr.core.progress` reports the steps (a bar on a terminal, log lines otherwise)
+        **config.trl_args,
     )
 
 
@@ -214,21 +222,27 @@ def train_dpo(job: TrainingJob) -> dict:
     config = job.config
     lm, pairs = _model_and_pairs(job)
     log.info("training %s on %d pairs (%s)", job.model_spec, len(pairs), job.pairs_file)
-    work = fresh_scratch(job)
+    fresh_scratch(job)
+    key = inputs_key(job.pairs_file, job.model_spec, config, current_shard().world)
+    resume = prepare_checkpoints(job.checkpoint_dir, key)
     with training_memory(config):
         cache_dir = job.out_dir.parent / "cache"
         ref = cached_reference_logps(lm, job.pairs_file, pairs, config, cache_dir, job.token_budget)
     dataset = preference_dataset(lm.tokenizer, pairs, ref, config)
     lm.model.train()
+    callbacks = (checkpoint_callback(config), *job.callbacks)
     trainer = dpo_trainer(
-        lm, dataset, config, str(work / "trainer"), job.run_name, job.tracking_dir, job.pair_stats, job.callbacks
+        lm, dataset, config, str(job.checkpoint_dir), job.run_name, job.tracking_dir, job.pair_stats, callbacks
     )
     # a NaN/inf or exploding loss stops training: nothing below runs, no model is promoted
     trainer.add_callback(divergence_guard(config.max_loss_ratio, f"{job.out_dir} (from {job.model_spec})"))
     with training_memory(config):
         if config.precompute_ref:
             spot_check(trainer, trainer.train_dataset)
-        result = trainer.train()
+        if resume is not None:
+            trainer.resume_from = resume
+            log.info("resumed at step %s from %s", resume.name.rpartition("-")[2], resume)
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     with promoting(job) as model_dir:
         return _save_and_measure(trainer, result, lm, pairs, ref, config, job.token_budget, model_dir)
 
@@ -256,6 +270,7 @@ def promoting(job: TrainingJob):
                 if job.out_dir.exists():
                     os.replace(job.out_dir, job.scratch_dir / "previous")
                 os.replace(model_dir, job.out_dir)
+                shutil.rmtree(job.checkpoint_dir, ignore_errors=True)  # the model they led to is whole
     finally:
         shard.wait()
         if shard.is_main:
