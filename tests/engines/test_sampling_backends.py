@@ -175,3 +175,34 @@ def test_only_isolated_backends_get_a_child_process(tiny_lm):
     assert not BACKENDS["hf"].isolated and BACKENDS["vllm"].isolated
     with open_generator("tiny", GenerateConfig(n=2), ModelsConfig(), lambda spec: tiny_lm) as generator:
         assert isinstance(generator, HFGenerator) and generator.lm is tiny_lm
+
+
+def test_vllm_engine_gets_the_parallel_layout_and_the_checked_engine_args(fake_vllm, tiny_dir, monkeypatch):
+    import dataclasses
+
+    from pydantic import ValidationError
+
+    @dataclasses.dataclass
+    class EngineArgs:  # the fields the check reads, as vLLM's EngineArgs has them
+        model: str = ""
+        max_model_len: int | None = None
+        enforce_eager: bool = False
+
+    arg_utils = types.ModuleType("vllm.engine.arg_utils")
+    arg_utils.EngineArgs = EngineArgs
+    monkeypatch.setitem(sys.modules, "vllm.engine", types.ModuleType("vllm.engine"))
+    monkeypatch.setitem(sys.modules, "vllm.engine.arg_utils", arg_utils)
+    layout = {"tensor_parallel_size": 4, "pipeline_parallel_size": 2, "distributed_executor_backend": "ray"}
+    config = GenerateConfig(backend="vllm", vllm_args={"max_model_len": 4096, "enforce_eager": True}, **layout)
+    VLLMGenerator(str(tiny_dir), config)
+    engine = fake_vllm.engines[-1]
+    assert {k: engine[k] for k in layout} == layout
+    assert engine["max_model_len"] == 4096 and engine["enforce_eager"] is True
+    VLLMGenerator(str(tiny_dir), GenerateConfig(backend="vllm"))
+    assert "distributed_executor_backend" not in fake_vllm.engines[-1]  # vLLM's own choice
+    with pytest.raises(ValidationError, match="'max_model_lenght' is not a vLLM engine argument .*'max_model_len'"):
+        GenerateConfig(vllm_args={"max_model_lenght": 4096})
+    with pytest.raises(
+        ValidationError, match="'tensor_parallel_size' is set by icr: use generate.tensor_parallel_size"
+    ):
+        GenerateConfig(vllm_args={"tensor_parallel_size": 2})

@@ -12,6 +12,8 @@ from pydantic import Field, field_validator, model_serializer, model_validator
 
 from icr.config.base import (
     DEFAULT_MODEL,
+    HASHED_WHEN_SET,
+    NOT_HASHED,
     Device,
     Dtype,
     LanguageFilter,
@@ -25,6 +27,7 @@ from icr.config.base import (
 )
 from icr.config.iterations import IterationOverride, check_overrides, iteration_config
 from icr.config.train import TrainConfig
+from icr.config.vllm import check_vllm_args
 
 # The released scripts' prefix (utils/inference.py, PREFIX), put before the English instruction
 # inside the user turn (utils/compute_reward_score.py, cross_implicit_reward_prompt).
@@ -124,7 +127,32 @@ class SamplingConfig(StrictModel):
         "fixed chunks of the prompt list, so results do not depend on resumption.",
     )
     backend: SamplingBackend = Field("hf", description="Generation backend.")
-    tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor-parallel size.")
+    tensor_parallel_size: int = Field(
+        1,
+        ge=1,
+        description="vLLM: GPUs one engine splits the model over by tensor parallelism. Under accelerate launch "
+        "each process starts its own engine on its own tensor_parallel_size × pipeline_parallel_size GPUs of "
+        "the node (icr.runtime.placement).",
+    )
+    pipeline_parallel_size: int = Field(
+        1,
+        ge=1,
+        description="vLLM: pipeline stages of one engine (GPUs per engine = tensor × pipeline).",
+        json_schema_extra=HASHED_WHEN_SET,
+    )
+    distributed_executor_backend: Literal["mp", "ray"] | None = Field(
+        None,
+        description="vLLM's executor of a multi-GPU engine: mp (the GPUs of one node) or ray (an engine spread "
+        "over nodes of a running Ray cluster; launch icr once, not under accelerate launch). null: vLLM's choice.",
+        json_schema_extra=NOT_HASHED,
+    )
+    vllm_args: dict[str, Any] = Field(
+        {},
+        description="Any other vLLM engine argument, passed as given (e.g. {max_model_len: 4096, "
+        "enforce_eager: true}); checked against vLLM's EngineArgs (icr.config.vllm). Arguments icr sets "
+        "itself are refused with the icr setting to use.",
+        json_schema_extra=HASHED_WHEN_SET,
+    )
     gpu_memory_utilization: float = Field(
         0.9,
         gt=0,
@@ -133,6 +161,11 @@ class SamplingConfig(StrictModel):
         "runs in a child process that exits when its generation ends (the generate stage, or one model's "
         "eval outputs), so the memory is free again for scoring.",
     )
+
+    @field_validator("vllm_args")
+    @classmethod
+    def _known_vllm_args(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return check_vllm_args(value)
 
 
 class GenerateConfig(SamplingConfig):

@@ -17,7 +17,9 @@ This is driver plumbing: the engines never import it (import-linter contract).
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
+import os
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,6 +30,9 @@ from icr.core.errors import IcrError
 from icr.core.models import LoadedModel
 from icr.engines.sampling import BACKENDS, make_generator
 from icr.engines.sampling.base import Generator
+from icr.runtime.placement import engine_environment, local_process
+
+log = logging.getLogger(__name__)
 
 
 class ChildProcessError(RuntimeError):
@@ -44,6 +49,9 @@ def _send_failure(connection, error: BaseException) -> None:
         connection.send((False, (text, None)))
 
 
+ENVIRONMENT = "__environment__"  # a call that returns the child's values of the named variables
+
+
 def _serve(connection, factory: Callable, args: tuple) -> None:
     try:
         target = factory(*args)
@@ -57,21 +65,46 @@ def _serve(connection, factory: Callable, args: tuple) -> None:
             return
         name, call_args, call_kwargs = message
         try:
+            if name == ENVIRONMENT:
+                connection.send((True, {variable: os.environ.get(variable) for variable in call_args}))
+                continue
             connection.send((True, getattr(target, name)(*call_args, **call_kwargs)))
         except BaseException as error:  # noqa: BLE001
             _send_failure(connection, error)
 
 
+@contextmanager
+def _environment(variables: dict[str, str]) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 class InChildProcess:
     """`factory(*args)` built in a spawned child; `proxy.method(...)` runs `method` there and returns
-    its (picklable) result. `close()` (or leaving a `with` block) ends the child."""
+    its (picklable) result. `close()` (or leaving a `with` block) ends the child. `environment`
+    updates the child's environment variables (e.g. its `CUDA_VISIBLE_DEVICES`)."""
 
-    def __init__(self, factory: Callable, *args: Any, description: str = "child process"):
+    def __init__(
+        self,
+        factory: Callable,
+        *args: Any,
+        description: str = "child process",
+        environment: dict[str, str] | None = None,
+    ):
         context = multiprocessing.get_context("spawn")
         self._description = description
         self._connection, child_end = context.Pipe()
         self._process = context.Process(target=_serve, args=(child_end, factory, args), name=description)
-        self._process.start()  # not a daemon: vLLM starts processes of its own
+        with _environment(environment or {}):  # a spawned child starts with a copy of os.environ
+            self._process.start()  # not a daemon: vLLM starts processes of its own
         child_end.close()
         self._receive()
 
@@ -102,6 +135,10 @@ class InChildProcess:
         except KeyboardInterrupt:
             self.close(force=True)
             raise
+
+    def environment(self, *variables: str) -> dict[str, str | None]:
+        """The child's values of `variables`."""
+        return self.call(ENVIRONMENT, *variables)
 
     def __getattr__(self, name: str) -> Callable:
         if name.startswith("_"):
@@ -150,5 +187,15 @@ def open_generator(
     if not (BACKENDS[config.backend].isolated if isolated is None else isolated):
         yield make_generator(spec, config, models, load)
         return
-    with InChildProcess(_generator_in_child, spec, config, models, description=f"{config.backend} generator") as child:
+    environment = engine_environment(config)
+    if environment:
+        log.info(
+            "%s generator of local process %d sees GPUs %s",
+            config.backend,
+            local_process()[0],
+            environment["CUDA_VISIBLE_DEVICES"],
+        )
+    with InChildProcess(
+        _generator_in_child, spec, config, models, description=f"{config.backend} generator", environment=environment
+    ) as child:
         yield child

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from icr.config import ModelsConfig, SamplingConfig
+from icr.config.vllm import check_vllm_args
 from icr.core.chat import end_of_turn_ids, ensure_chat_template, prompt_ids
 from icr.core.models import LoadedModel, refuse_pickle, resolve_model_path
 from icr.engines.sampling.base import Generator, Sample
@@ -33,13 +34,17 @@ class VLLMGenerator:
             raise RuntimeError("backend vllm needs vLLM: pip install 'icr[vllm]' (GPU machines)") from None
         self._params = SamplingParams
         self.config = config
+        executor = {"distributed_executor_backend": config.distributed_executor_backend}
         self.llm = LLM(
             model=model_path,
             dtype=dtype,
             tensor_parallel_size=config.tensor_parallel_size,
+            pipeline_parallel_size=config.pipeline_parallel_size,
             gpu_memory_utilization=config.gpu_memory_utilization,
             enable_prefix_caching=True,
             trust_remote_code=trust_remote_code,
+            **(executor if config.distributed_executor_backend else {}),
+            **check_vllm_args(config.vllm_args, require_vllm=True),
             **engine_options,
         )
         self.tokenizer = self.llm.get_tokenizer()
