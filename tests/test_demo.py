@@ -1,18 +1,71 @@
-"""`icr demo --quick` end to end on the real SmolLM2 model: the report exists, and its numbers are
-finite and agree with the files of the run."""
+"""A newcomer's first hour (`scripts/first_hour.sh`, run once for this module): set-up, the quick
+demo on the real SmolLM2 model, `icr status`, `icr report`, `icr eval` with a local judge, and three
+typical mistakes refused before anything runs. The demo's report exists, and its numbers are finite
+and agree with the files of the run."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from icr.cli import main
+from helpers import X_ALPACAEVAL, needs_shared
 from icr.core.io import read_jsonl
 
-pytestmark = pytest.mark.slow  # minutes on a 2-core CPU: `make test-fast` skips this file
+pytestmark = [pytest.mark.slow, needs_shared]  # minutes on a 2-core CPU: `make test-fast` skips this file
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def first_hour(tmp_path_factory) -> tuple[Path, dict[str, tuple[int, str]]]:
+    """The script's work folder and {step: (exit code, first error line or '-')}."""
+    work = tmp_path_factory.mktemp("first-hour")
+    env = {**os.environ, "ICR": str(Path(sys.executable).parent / "icr"), "XALPACAEVAL": str(X_ALPACAEVAL)}
+    env.pop("OPENAI_API_KEY", None)
+    done = subprocess.run(
+        ["bash", str(REPO / "scripts" / "first_hour.sh"), str(work)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    lines = done.stdout.splitlines()
+    steps = {}
+    for i, line in enumerate(lines):
+        if match := re.fullmatch(r"STEP (\S+) rc=(\d+)", line):
+            steps[match.group(1)] = (int(match.group(2)), lines[i + 1] if i + 1 < len(lines) else "")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    return work, steps
+
+
+def test_the_first_hour_runs_and_each_mistake_is_one_clear_refusal(first_hour):
+    work, steps = first_hour
+    assert list(steps) == [
+        "setup", "demo", "status", "report", "eval", "missing-prompts", "yaml-typo", "no-judge-key"
+    ]  # fmt: skip
+    for name in ("setup", "demo", "status", "report", "eval"):
+        assert steps[name] == (0, "-"), (name, steps[name])
+    for name in ("missing-prompts", "yaml-typo", "no-judge-key"):
+        assert steps[name][0] == 2, (name, steps[name])
+    assert "data.prompts" in steps["missing-prompts"][1] and "no-such-prompts" in steps["missing-prompts"][1]
+    assert steps["yaml-typo"][1] == "Error: invalid config:"
+    typo = (work / "yaml-typo.log").read_text()
+    assert "typo.yaml:3: generate.temprature: unknown key (did you mean 'temperature'?)" in typo
+    judge = (work / "no-judge-key.log").read_text()
+    assert "OPENAI_API_KEY" in judge and "--judge hf" in judge
+    # refused before anything ran: no run directory, no generated output
+    assert not (work / "runs").exists() and not (work / "eval-gpt4").exists()
+    status = (work / "status.log").read_text()
+    assert re.search(r"iter 1\s+train\s+done", status) and "8/8 stages done" in status
+    assert (work / "demo" / "runs" / "icr-demo" / "report" / "report.md").exists()
+    assert (work / "eval" / "results.json").exists() and (work / "eval" / "leaderboard.md").exists()
 
 
 def _finite_numbers(obj):
@@ -28,9 +81,8 @@ def _finite_numbers(obj):
             _finite_numbers(v)
 
 
-def test_quick_demo_writes_a_consistent_report(tmp_path, smollm_path):
-    result = CliRunner().invoke(main, ["demo", "--quick", "--output", str(tmp_path)], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
+def test_quick_demo_writes_a_consistent_report(first_hour):
+    tmp_path = first_hour[0] / "demo"
     report = json.loads((tmp_path / "report.json").read_text())
     md = (tmp_path / "report.md").read_text()
     assert (tmp_path / "reward_accuracy.png").stat().st_size > 1000

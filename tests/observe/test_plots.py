@@ -88,7 +88,9 @@ def test_training_panels_have_units_and_accuracy_in_percent(tmp_path, iterations
     accuracy = fig.axes[-1]
     assert accuracy.get_ylim() == (0, 100)
     assert max(np.concatenate([line.get_ydata() for line in accuracy.get_lines()])) > 1  # percent, not share
-    assert accuracy.get_xlim()[1] >= steps and all(ax.get_xlabel() == "optimizer step" for ax in fig.axes)
+    assert accuracy.get_xlim()[1] >= steps - 1 and all(ax.get_xlabel() == "updates applied" for ax in fig.axes)
+    # TRL logs step k's metrics from before its update: drawn after k - 1 updates, the first at 0
+    assert min(np.concatenate([line.get_xdata() for line in accuracy.get_lines()])) == 0
     assert legend_is_outside(fig)
     if steps >= plots.SMOOTH_FROM:  # per-step values faint, a labelled running mean on top
         lines = accuracy.get_lines()

@@ -20,7 +20,7 @@ TRAINING_PANELS = (
     ("dpo_loss", "DPO term  −log σ(β·Δ)", "nats"),
     ("nll_loss", "NLL term (chosen, token mean)", "nats per token"),
     ("rewards/margins", "reward margin β·Δ log-ratio", "nats"),
-    ("rewards/accuracies", "reward accuracy (batch)", "%"),
+    ("rewards/accuracies", "reward accuracy (next batch)", "%"),
 )
 
 
@@ -133,14 +133,16 @@ def plot_pair_outcomes(rows: list[dict], path: Path):
 
 
 def plot_training(curves: dict[int, list[dict]], path: Path):
-    """Training curves per iteration (x = optimizer step): the DPO and NLL terms of the loss (own
-    panels: their scales differ by an order of magnitude), reward margin and accuracy (%), as TRL
-    logs them for each step's batch."""
+    """Training curves per iteration: the DPO and NLL terms of the loss (own panels: their scales
+    differ by an order of magnitude), reward margin and accuracy (%). TRL computes the metrics it logs
+    at step k on step k's batch before that step's update, so with the weights of k − 1 updates: each
+    value is drawn at x = k − 1, the updates applied (0: the model before training), and reads as
+    "after that many updates, on a batch not yet trained on"."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(TRAINING_PANELS), figsize=(3.6 * len(TRAINING_PANELS), 3.3))
     for ax, (key, title, ylabel) in zip(axes, TRAINING_PANELS):
         for t, points in sorted(curves.items()):
-            pts = [(p["step"], _value(p, key)) for p in points if p.get(key) is not None]
+            pts = [(p["step"] - 1, _value(p, key)) for p in points if p.get(key) is not None]
             if not pts:
                 continue
             steps, values = [s for s, _ in pts], [v for _, v in pts]
@@ -151,7 +153,7 @@ def plot_training(curves: dict[int, list[dict]], path: Path):
             ax.plot(steps, values, color=f"C{t}", alpha=0.25, lw=0.6)
             ax.plot(steps, running_mean(values, max(2, len(values) // 50)), color=f"C{t}", label=f"iteration {t}")
         ax.set_title(title, fontsize=9)
-        ax.set_xlabel("optimizer step")
+        ax.set_xlabel("updates applied")
         ax.set_ylabel(ylabel)
         _count_axis(ax)
         if key in PERCENT_KEYS:
