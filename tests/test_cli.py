@@ -207,6 +207,7 @@ def test_help_shows_types_and_plain_defaults():
     assert options["--data.prompts"].startswith("PATH ") and "[default: embedded:demo]" in options["--data.prompts"]
     assert options["--output_dir"].startswith("PATH ") and options["--config"].startswith("PATH ")
     assert options["--train.trl_args"].startswith("MAPPING ")
+    assert options["--models.device_map"].startswith("[auto|balanced|null]")
     assert "[default: en,es,de,fr,ru]" in options["--data.languages"]
     assert "[default: true]" in options["--pairs.length_control"]
     help_text = invoke("run", "--help").output + invoke("eval", "--help").output

@@ -43,6 +43,24 @@ if __name__ == "__main__":  # the spawned child imports this file again
 """
 
 
+REFERENCE_PROBE = """
+import logging, sys
+from pathlib import Path
+
+sys.path.insert(0, sys.argv[3])
+from helpers import TOKEN_BUDGET, train_config
+from icr.core.logs import configure_logging
+from icr.core.models import load_model
+from icr.core.io import read_jsonl
+from icr.training.reference_logps import cached_reference_logps
+
+configure_logging(logging.INFO, rich=False)
+pairs_file, cache_dir = Path(sys.argv[1]), Path(sys.argv[2])
+reference = load_model(sys.argv[4], device="cpu", dtype="float32")
+cached_reference_logps(reference, pairs_file, read_jsonl(pairs_file), train_config(), cache_dir, TOKEN_BUDGET)
+"""
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -68,6 +86,37 @@ def test_each_launched_process_engine_child_sees_only_its_own_gpus(tiny_dir, tmp
     by_rank = {p["rank"]: p for p in probes}
     assert {r: p["seen"] for r, p in by_rank.items()} == {0: "0,1,2,3", 1: "4,5,6,7"}  # TP 2 × PP 2 each
     assert all(p["samples"] == 2 for p in probes)  # the HF engine ran in the child
+
+
+def test_reference_log_probs_are_scored_once_across_processes_into_the_same_cache(tiny_ref_dir, tmp_path):
+    from helpers import TRAIN_PAIRS, write_train_pairs
+    from icr.core.io import write_jsonl_atomic
+    from icr.training.reference_logps import REFERENCE_PAIRS_PER_PASS
+
+    pairs_file = write_train_pairs(tmp_path / "p.jsonl")
+    rows = read_jsonl(pairs_file)
+    many = [{**row, "id": f"{k}-{row['id']}"} for k in range(5) for row in rows]  # 20 pairs: 3 chunks of 8
+    write_jsonl_atomic(pairs_file, many)
+    assert len(many) == 5 * len(TRAIN_PAIRS) and -(-len(many) // REFERENCE_PAIRS_PER_PASS) == 3
+    probe = tmp_path / "reference.py"
+    probe.write_text(REFERENCE_PROBE)
+    args = [str(pairs_file), "", str(REPO / "tests"), str(tiny_ref_dir)]
+    caches = {}
+    for processes in (1, 2):
+        args[1] = str(tmp_path / f"cache{processes}")
+        launch = [sys.executable, str(probe), *args]
+        if processes == 2:
+            launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+            launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+            launch += ["--main_process_port", str(_free_port()), str(probe), *args]
+        done = subprocess.run(launch, env=_env(), capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        (cache,) = Path(args[1]).glob("ref_logps-*.json")
+        caches[processes] = cache.read_bytes()
+        if processes == 2:  # chunks 0 and 2 (8 + 4 pairs) to process 0, chunk 1 (8 pairs) to process 1
+            log = done.stdout + done.stderr
+            assert "process 0 of 2 scored 12 of 20 pairs" in log and "process 1 of 2 scored 8 of 20 pairs" in log
+    assert caches[1] == caches[2]
 
 
 def _run_config(root: Path, tiny_dir: Path, tiny_ref_dir: Path) -> Path:
@@ -109,3 +158,17 @@ def test_the_slurm_script_runs_as_plain_bash_on_one_node_with_two_processes(tiny
         assert [len(g["responses"]) for g in generations] == [3, 3]
     metrics = read_json(run / "iter_0" / "model" / "train_metrics.json")
     assert metrics["processes"] == 2 and metrics["global_batch"] == 4  # 2 processes × batch 2
+
+
+@pytest.mark.parametrize(
+    "name, kind", [("multi_node_ddp", "MULTI_GPU"), ("multi_node_zero3", "DEEPSPEED"), ("multi_node_fsdp", "FSDP")]
+)
+def test_the_multi_node_accelerate_configs_load_as_two_nodes_of_eight(name, kind):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(REPO / "configs" / "accelerate" / f"{name}.yaml"))
+    assert config.distributed_type == kind and not config.use_cpu
+    assert (config.num_machines, config.num_processes, config.machine_rank) == (2, 16, 0)
+    assert config.main_process_port == 29500 and config.rdzv_backend == "static"
+    text = (REPO / "configs" / "accelerate" / f"{name}.yaml").read_text()
+    assert "--machine_rank $SLURM_NODEID --main_process_ip $HEAD_NODE" in text  # how a launch overrides them

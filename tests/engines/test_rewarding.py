@@ -363,3 +363,30 @@ def test_records_scored_together_match_one_at_a_time(tiny_lm, tiny_ref_lm):
         assert got["reward_prompt"] == alone["reward_prompt"] and got["scored_tokens"] == alone["scored_tokens"]
         for key in ("logp_policy", "logp_ref"):
             np.testing.assert_allclose(got[key], alone[key], atol=1e-3, rtol=0)
+
+
+def test_models_split_by_device_map_give_the_rewards_of_whole_models(
+    tiny_lm, tiny_ref_lm, tiny_dir, tiny_ref_dir, monkeypatch
+):
+    """`models.device_map: auto` loads through accelerate's big-model inference (on this CPU every
+    layer lands on the CPU): the rewards are those of the default load, to fp32 tolerance."""
+    from transformers import AutoModelForCausalLM
+
+    from icr.config import ModelsConfig
+
+    asked, original = [], AutoModelForCausalLM.from_pretrained
+
+    def recording(*args, **kwargs):
+        asked.append(kwargs.get("device_map"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", recording)
+    split = ModelsConfig(device="cpu", dtype="float32", device_map="auto")
+    policy, reference = split.load(str(tiny_dir)), split.load(str(tiny_ref_dir))
+    assert asked == ["auto", "auto"]
+    gens = [generation("es", SPANISH, RESPONSES_ES), {**generation("en", ENGLISH, RESPONSES_EN), "id": "b"}]
+    whole = reward_records(gens, [ENGLISH] * 2, tiny_lm, tiny_ref_lm, RewardConfig())
+    mapped = reward_records(gens, [ENGLISH] * 2, policy, reference, RewardConfig())
+    for a, b in zip(whole, mapped):
+        np.testing.assert_allclose(a["reward"], b["reward"], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(a["logp_policy"], b["logp_policy"], rtol=1e-5, atol=1e-4)

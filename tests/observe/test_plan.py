@@ -225,3 +225,19 @@ def test_plan_shows_the_per_iteration_settings(tiny_dir, tiny_ref_dir, tmp_path,
     ]
     plain = CliRunner().invoke(main, ["plan", "--config", str(tmp_path / "c.yaml")], catch_exceptions=False)
     assert "per-iteration settings" not in plain.output
+
+
+def test_the_plan_projects_memory_from_the_headers_or_from_the_given_size(tiny_dir, tiny_ref_dir, tmp_path):
+    from icr.config import PlanConfig
+    from icr.observe.plan_text import format_plan
+
+    config = run_config(tmp_path, tiny_dir, tiny_ref_dir, "m")
+    memory = make_plan(config, roots=[tmp_path])["memory"]
+    params = weights_info(str(tiny_dir))["params"]
+    assert memory["projected"] and memory["train"]["gib_per_gpu"]["ddp"] == round(8 * params / 1024**3, 1)
+    unreadable = config.model_copy(update={"models": config.models.model_copy(update={"policy": "org/not-cached"})})
+    options = PlanConfig(tokenizer=str(tiny_dir))
+    assert not make_plan(unreadable, options, roots=[tmp_path])["memory"].get("projected")
+    given = make_plan(unreadable, PlanConfig(tokenizer=str(tiny_dir), policy_params=70_553_706_496), roots=[tmp_path])
+    assert given["memory"]["reward"]["device_map"] == "auto"
+    assert "→ reward: the two scorers do not fit one GPU: models.device_map: auto" in format_plan(given)

@@ -47,9 +47,15 @@ def _accepted_types(annotation) -> tuple:
 
 
 def choices(annotation) -> tuple[str, ...]:
-    """The values of a Literal field (or of a list of Literals), else ()."""
+    """The values of a Literal field (or of a list of Literals), with 'null' for an optional one, else ()."""
     inner = get_args(annotation)[0] if get_origin(annotation) is list else annotation
-    return tuple(get_args(inner)) if get_origin(inner) is Literal else ()
+    if get_origin(inner) is Literal:
+        return tuple(get_args(inner))
+    members = get_args(inner)
+    literals = [m for m in members if get_origin(m) is Literal]
+    if len(literals) == 1 and set(members) == {literals[0], type(None)}:  # `Literal[...] | None`
+        return (*get_args(literals[0]), "null")
+    return ()
 
 
 def parse_value(raw: str, annotation) -> Any:

@@ -313,4 +313,13 @@ class PlanConfig(StrictModel):
     output: str | None = Field(
         None, description="Where to write the plan as JSON [default: <output_dir>/<name>/plan.json]."
     )
+    gpu_memory_gib: float = Field(80.0, gt=0, description="Memory of one GPU, for the projected memory per stage.")
+    gpus_per_node: int = Field(8, ge=1, description="GPUs of one node, for the projected memory per stage.")
+    nodes: int = Field(1, ge=1, description="Nodes, for the projected memory per stage.")
+    policy_params: int | None = Field(
+        None,
+        ge=1,
+        description="Parameters of the policy (and reference) when their safetensors headers cannot be read "
+        "here, e.g. 8030261248 for Llama-3-8B [default: from the headers].",
+    )
     eval: PlanEvalConfig = Field(default_factory=PlanEvalConfig)

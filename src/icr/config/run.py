@@ -51,6 +51,13 @@ class ModelsConfig(StrictModel):
     )
     dtype: Dtype = "auto"
     device: Device = "auto"
+    device_map: Literal["auto", "balanced"] | None = Field(
+        None,
+        description="Split each scoring model over the node's GPUs (accelerate's big-model inference), for "
+        "models one GPU cannot hold: under accelerate launch one process per node then scores, the node's "
+        "others wait. null: each process holds whole models on its own device. icr plan says when it is needed.",
+        json_schema_extra=NOT_HASHED,
+    )
     trust_remote_code: bool = Field(False, description="Allow model repositories to run their own code.")
     allow_pickle: bool = Field(
         False, description="Allow loading pickle-based (.bin) checkpoints; safetensors only otherwise."
@@ -61,7 +68,7 @@ class ModelsConfig(StrictModel):
         settings: the one way a command loads a model it configures."""
         from icr.core.models import load_model
 
-        return load_model(spec, self.device, self.dtype, self.trust_remote_code, self.allow_pickle)
+        return load_model(spec, self.device, self.dtype, self.trust_remote_code, self.allow_pickle, self.device_map)
 
 
 class DataConfig(StrictModel):

@@ -25,12 +25,45 @@ class Shard:
     def owns(self, k: int) -> bool:
         return k % self.world == self.rank
 
+    @property
+    def takes_work(self) -> bool:
+        """Whether this process owns any work at all (and so needs the stage's models)."""
+        return True
+
     def wait(self) -> None:
         """Barrier across the launched processes (nothing to wait for in a single process)."""
         if self.world > 1:
             from accelerate import PartialState
 
             PartialState().wait_for_everyone()
+
+
+@dataclass(frozen=True)
+class NodeShard(Shard):
+    """The work of processes that split each model over their node's GPUs (`models.device_map`):
+    the node's first process takes the node's items (k % nodes == node); the node's other
+    processes take none, load nothing, and still join every barrier. `rank`/`world` stay the
+    global ones (part files, the main process)."""
+
+    node: int = 0
+    nodes: int = 1
+    first_on_node: bool = True
+
+    def owns(self, k: int) -> bool:
+        return self.first_on_node and k % self.nodes == self.node
+
+    @property
+    def takes_work(self) -> bool:
+        return self.first_on_node
+
+
+def node_shard(shard: Shard) -> Shard:
+    """`shard` with one working process per node (`NodeShard`), from the launcher's LOCAL_RANK and
+    LOCAL_WORLD_SIZE; `shard` itself when each node runs one process."""
+    local_rank, local_world = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if shard.world == 1 or local_world == 1:
+        return shard
+    return NodeShard(shard.rank, shard.world, shard.rank // local_world, shard.world // local_world, local_rank == 0)
 
 
 def current_shard() -> Shard:

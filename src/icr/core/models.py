@@ -231,8 +231,11 @@ def load_model(
     dtype: str = "auto",
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
+    device_map: str | None = None,
 ) -> LoadedModel:
-    """Load a causal LM for inference (eval mode, no grad needed)."""
+    """Load a causal LM for inference (eval mode, no grad needed): on `device`, or with `device_map`
+    ('auto', 'balanced') split over the visible GPUs by accelerate (the CPU when there are none)."""
+    import torch
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(spec)
@@ -245,9 +248,17 @@ def load_model(
             trust_remote_code=trust_remote_code,
             use_safetensors=None if allow_pickle else True,
             attn_implementation="sdpa",
+            **({"device_map": device_map} if device_map else {}),
         )
     except OSError as err:
         raise ModelLoadError(f"could not load model {spec!r}: {err}") from None
-    model.to(device).eval()
+    if not device_map:
+        model.to(device)
+    elif torch.cuda.is_available() and {"cpu", "disk"} & set(map(str, getattr(model, "hf_device_map", {}).values())):
+        raise ModelLoadError(
+            f"{spec} does not fit the GPUs of this node: models.device_map={device_map} put layers on the CPU or "
+            "disk, which the fast scorer does not read; use more GPUs or a smaller dtype"
+        )
+    model.eval()
     tokenizer = load_tokenizer(spec if not spec.startswith("embedded:") else path, trust_remote_code)
     return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, path=path)

@@ -30,6 +30,7 @@ from typing import Any
 from icr.config import JudgeConfig, PlanConfig, PlanEvalConfig, RunConfig
 from icr.core.errors import IcrError, ModelLoadError
 from icr.engines.rewarding import STRATEGIES
+from icr.observe.memory import memory_plan
 from icr.observe.weights import weights_info
 
 BENCHMARK_FILES = ("benchmarks/results/gpu-latest.json", "benchmarks/results/latest.json")
@@ -328,6 +329,23 @@ def eval_estimate(options: PlanEvalConfig, iterations: int) -> dict[str, Any]:
     }
 
 
+def _memory(config: RunConfig, options: PlanConfig, policy: dict[str, Any]) -> dict[str, Any]:
+    """`icr.observe.memory.memory_plan` of the policy (the reference's size when readable, else the
+    policy's: a DPO model and its SFT reference share an architecture)."""
+    if not policy["known"]:
+        return {"known": False, "reason": policy["reason"] + " (give --policy-params)"}
+    reference = weights_info(config.models.reference)
+    reference_params = reference["params"] if reference["known"] else policy["params"]
+    return memory_plan(
+        policy["params"],
+        reference_params,
+        options.gpu_memory_gib,
+        options.gpus_per_node,
+        options.nodes,
+        config.generate.gpu_memory_utilization,
+    )
+
+
 def make_plan(config: RunConfig, options: PlanConfig = PlanConfig(), roots: list[Path] | None = None) -> dict[str, Any]:
     """The whole plan as a JSON-ready dict (loads a tokenizer, never a model)."""
     from icr.core.models import load_tokenizer
@@ -343,6 +361,8 @@ def make_plan(config: RunConfig, options: PlanConfig = PlanConfig(), roots: list
     measured = measure_prompts(config, tokenizer)
     counts = iteration_counts(config, measured, options.processes)
     model = weights_info(config.models.policy)
+    if options.policy_params and not model["known"]:
+        model = {"known": True, "params": options.policy_params, "bytes": options.policy_params * 2, "given": True}
     plan = {
         "config": {
             "name": config.name,
@@ -362,6 +382,7 @@ def make_plan(config: RunConfig, options: PlanConfig = PlanConfig(), roots: list
         "disk": disk_estimate(config, measured, counts, model),
         "time": time_estimate(config, counts, model, roots),
         "eval": eval_estimate(options.eval, config.iterations),
+        "memory": _memory(config, options, model),
     }
     if config.iteration_overrides:  # the counts above are of the run's own settings, not of these
         plan["iteration_overrides"] = [{"iteration": o.iteration, "set": o.set} for o in config.iteration_overrides]

@@ -104,7 +104,25 @@ def _override_lines(plan: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _memory_lines(m: dict[str, Any]) -> list[str]:
+    if not m.get("projected"):
+        return [f"memory: not projected: {m['reason']}"]
+    g, r, t = m["generate"], m["reward"], m["train"]
+    per_gpu = t["gib_per_gpu"]
+    return [
+        f"memory per GPU, projected from the parameter count ({m['gpus']} GPUs of {m['gpu_gib']:g} GiB; "
+        "weights and training state only):",
+        f"  generate (vLLM)   {g['weights_gib_per_gpu']:>7.1f} GiB of weights at tensor_parallel_size "
+        f"{g['tensor_parallel_size']} × pipeline_parallel_size {g['pipeline_parallel_size']}",
+        f"  reward            {r['weights_gib_per_gpu']:>7.1f} GiB (policy + reference, device_map: "
+        f"{r['device_map'] or 'null'})",
+        f"  train             DDP {per_gpu['ddp']:.1f} GiB, ZeRO-3/FSDP {per_gpu['zero3_or_fsdp']:.1f} GiB, "
+        f"LoRA {per_gpu['lora']:.1f} GiB, LoRA under ZeRO-3 {per_gpu['lora_zero3']:.1f} GiB",
+        *(f"  → {line}" for line in m["advice"]),
+    ]
+
+
 def format_plan(plan: dict[str, Any]) -> str:
     """The plan as text for the terminal (every number is in the JSON too)."""
     lines = _work_lines(plan) + _override_lines(plan) + _disk_lines(plan["disk"]) + _time_lines(plan["time"])
-    return "\n".join([*lines, "", *_eval_lines(plan["eval"])])
+    return "\n".join([*lines, "", *_memory_lines(plan["memory"]), "", *_eval_lines(plan["eval"])])

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from icr.config import RewardConfig
-from icr.core.distributed import Shard
+from icr.core.distributed import Shard, node_shard
 from icr.core.io import read_jsonl
 from icr.core.records import GenerationRecord
 from icr.engines.rewarding import STRATEGIES, RewardingStrategy, make_strategy, reward_records
@@ -50,14 +50,18 @@ def reward_language(
 def run_reward(ctx: StageContext) -> dict:
     run, t, config = ctx.run, ctx.t, ctx.config
     policy, reference = run.policy_spec(t), run.reward_reference_spec(t)
-    translator = None
-    if STRATEGIES[config.reward.mode].needs_translator:
-        translator = ctx.pool.get(run.translator_spec(t))
-    strategy = make_strategy(config.reward, translator)
-    # one scorer per model for the whole stage: its token budget and out-of-memory back-off hold
-    # across languages and chunks
-    budget = config.reward.token_budget
-    scorers = Scorer.of(ctx.pool.get(policy), budget), Scorer.of(ctx.pool.get(reference), budget)
+    # models split over a node's GPUs (models.device_map): one process per node scores, the others wait
+    shard = run.shard if config.models.device_map is None else node_shard(run.shard)
+    strategy, scorers = None, (None, None)
+    if shard.takes_work:
+        translator = None
+        if STRATEGIES[config.reward.mode].needs_translator:
+            translator = ctx.pool.get(run.translator_spec(t))
+        strategy = make_strategy(config.reward, translator)
+        # one scorer per model for the whole stage: its token budget and out-of-memory back-off hold
+        # across languages and chunks
+        budget = config.reward.token_budget
+        scorers = Scorer.of(ctx.pool.get(policy), budget), Scorer.of(ctx.pool.get(reference), budget)
     counts = {}
     for lang in ctx.prompts.languages:
         generations = read_jsonl(run.generations_dir(t) / f"{lang}.jsonl")
@@ -69,7 +73,7 @@ def run_reward(ctx: StageContext) -> dict:
             reference=scorers[1],
             config=config.reward,
             strategy=strategy,
-            shard=run.shard,
+            shard=shard,
         )
         counts[lang] = len(done)
     return {"policy": policy, "reference": reference, "mode": config.reward.mode, "records": counts}

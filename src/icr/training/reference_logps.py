@@ -9,17 +9,21 @@ depend on; the spot check refuses stale or misaligned values.
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 import torch
 
 from icr.config import TrainConfig
 from icr.core.chat import pair_tokens
+from icr.core.distributed import Shard, current_shard
 from icr.core.errors import IcrError
 from icr.core.io import read_json, write_json_atomic
 from icr.core.models import LoadedModel, fingerprint
 from icr.engines.scoring.scorer import ScoreGroup, Scorer
 from icr.training.losses import PairLogps, reference_columns
+
+log = logging.getLogger(__name__)
 
 REFERENCE_PAIRS_PER_PASS = 8  # pairs whose responses share the reference's forward passes
 
@@ -29,21 +33,45 @@ class StaleReferenceError(IcrError, RuntimeError):
 
 
 def pair_logps(
-    lm: LoadedModel, pairs: list[dict], max_length: int, token_budget: int | str, per_token_nll: bool = False
+    lm: LoadedModel,
+    pairs: list[dict],
+    max_length: int,
+    token_budget: int | str,
+    per_token_nll: bool = False,
+    shard: Shard = Shard(),
 ) -> list[PairLogps]:
     """Summed log-probs of each pair's chosen and rejected completion under `lm` (our scorer, TRL's
     tokens and truncation): the reference's before training, the policy's after it. With
-    `per_token_nll`, also the token-mean NLL of the chosen response."""
-    out, scorer = [], Scorer(lm.model, token_budget)
-    for k in range(0, len(pairs), REFERENCE_PAIRS_PER_PASS):
-        # Every token after the shared prompt counts, as in TRL's completion mask (which also covers
-        # a prompt tail that merged with the response, see `icr.core.chat.pair_tokens`).
-        chunk = pairs[k : k + REFERENCE_PAIRS_PER_PASS]
-        tokens = [pair_tokens(lm.tokenizer, pair, max_length) for pair in chunk]
-        groups = [ScoreGroup(prompt, [chosen, rejected]) for prompt, chosen, rejected, _ in tokens]
-        for chosen, rejected in scorer.score_groups(groups, per_token=True):
-            nll = -sum(chosen) / max(len(chosen), 1) if per_token_nll else float("nan")
-            out.append(PairLogps(float(sum(chosen)), float(sum(rejected)), nll))
+    `per_token_nll`, also the token-mean NLL of the chosen response.
+
+    The pairs go through the scorer in fixed chunks of `REFERENCE_PAIRS_PER_PASS`; with a `shard` of
+    several processes each scores the chunks it owns and the values are gathered, so every process
+    returns the same list as one process alone, bit for bit."""
+    scorer = Scorer(lm.model, token_budget)
+    chunks = [pairs[k : k + REFERENCE_PAIRS_PER_PASS] for k in range(0, len(pairs), REFERENCE_PAIRS_PER_PASS)]
+    mine = {
+        k: _chunk_logps(lm, scorer, chunk, max_length, per_token_nll) for k, chunk in enumerate(chunks) if shard.owns(k)
+    }
+    if shard.world > 1:
+        log.info(
+            "reference log-probs: process %d of %d scored %d of %d pairs",
+            shard.rank, shard.world, sum(len(chunks[k]) for k in mine), len(pairs),
+        )  # fmt: skip
+        from accelerate.utils import gather_object
+
+        mine = {k: v for part in gather_object([mine]) for k, v in part.items()}
+    return [logps for k in range(len(chunks)) for logps in mine[k]]
+
+
+def _chunk_logps(lm: LoadedModel, scorer: Scorer, chunk: list[dict], max_length: int, per_token_nll: bool):
+    # Every token after the shared prompt counts, as in TRL's completion mask (which also covers
+    # a prompt tail that merged with the response, see `icr.core.chat.pair_tokens`).
+    tokens = [pair_tokens(lm.tokenizer, pair, max_length) for pair in chunk]
+    groups = [ScoreGroup(prompt, [chosen, rejected]) for prompt, chosen, rejected, _ in tokens]
+    out = []
+    for chosen, rejected in scorer.score_groups(groups, per_token=True):
+        nll = -sum(chosen) / max(len(chosen), 1) if per_token_nll else float("nan")
+        out.append(PairLogps(float(sum(chosen)), float(sum(rejected)), nll))
     return out
 
 
@@ -62,8 +90,11 @@ def cached_reference_logps(
     cache = cache_dir / f"ref_logps-{key}.json"
     if cache.exists():
         return [PairLogps(r["ref_chosen_logps"], r["ref_rejected_logps"], r["chosen_nll"]) for r in read_json(cache)]
-    values = pair_logps(reference, pairs, config.max_length, token_budget, per_token_nll=True)
-    write_json_atomic(cache, [{**reference_columns(v), "chosen_nll": v.chosen_nll} for v in values])
+    shard = current_shard()  # each process scores its share once, not the whole set P times
+    values = pair_logps(reference, pairs, config.max_length, token_budget, per_token_nll=True, shard=shard)
+    if shard.is_main:
+        write_json_atomic(cache, [{**reference_columns(v), "chosen_nll": v.chosen_nll} for v in values])
+    shard.wait()
     return values
 
 

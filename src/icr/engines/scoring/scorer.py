@@ -63,7 +63,11 @@ class ScoreGroup:
 
 def token_logprobs_from_hidden(model, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log softmax(head(hidden))[target] for M positions (hidden: [M, H]; targets: [M] -> float32 [M]),
-    by the output layer of the device's profile (`icr.engines.scoring.head`)."""
+    by the output layer of the device's profile (`icr.engines.scoring.head`). With the model split over
+    GPUs (`models.device_map`) the last layer's output moves to the output layer's GPU first."""
+    head_device = model.get_output_embeddings().weight.device
+    if hidden.device != head_device:
+        hidden, targets = hidden.to(head_device), targets.to(head_device)
     return profile_for(hidden.device).output_layer(model, hidden, targets)
 
 
