@@ -57,10 +57,15 @@ class NodeShard(Shard):
         return self.first_on_node
 
 
+def local_process() -> tuple[int, int]:
+    """(local rank, processes on this node), as torchrun / accelerate launch set them; (0, 1) alone."""
+    return int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
 def node_shard(shard: Shard) -> Shard:
-    """`shard` with one working process per node (`NodeShard`), from the launcher's LOCAL_RANK and
-    LOCAL_WORLD_SIZE; `shard` itself when each node runs one process."""
-    local_rank, local_world = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    """`shard` with one working process per node (`NodeShard`), from `local_process()`; `shard`
+    itself when each node runs one process."""
+    local_rank, local_world = local_process()
     if shard.world == 1 or local_world == 1:
         return shard
     return NodeShard(shard.rank, shard.world, shard.rank // local_world, shard.world // local_world, local_rank == 0)

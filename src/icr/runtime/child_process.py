@@ -26,11 +26,12 @@ from contextlib import contextmanager
 from typing import Any
 
 from icr.config import ModelsConfig, SamplingConfig
+from icr.core.distributed import local_process
 from icr.core.errors import IcrError
 from icr.core.models import LoadedModel
 from icr.engines.sampling import BACKENDS, make_generator
 from icr.engines.sampling.base import Generator
-from icr.runtime.placement import engine_environment, local_process
+from icr.runtime.placement import engine_environment
 
 log = logging.getLogger(__name__)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 
 from icr.config import SamplingConfig
+from icr.core.distributed import local_process
 from icr.core.errors import ConfigError
 
 
@@ -42,11 +43,6 @@ def node_devices() -> list[str]:
     import torch
 
     return [str(i) for i in range(torch.cuda.device_count())]
-
-
-def local_process() -> tuple[int, int]:
-    """(local rank, processes on this node), as torchrun / accelerate launch set them; (0, 1) alone."""
-    return int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
 
 
 def engine_environment(config: SamplingConfig) -> dict[str, str]:

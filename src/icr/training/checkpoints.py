@@ -31,6 +31,7 @@ import shutil
 import time
 from pathlib import Path
 
+from icr.config.base import hashed_fields
 from icr.config.train import TrainConfig
 from icr.core.distributed import current_shard
 from icr.core.io import write_json_atomic
@@ -44,10 +45,11 @@ STEP_FOLDER = re.compile(r"^checkpoint-(\d+)$")
 
 
 def inputs_key(pairs_file: Path, model_spec: str, config: TrainConfig, processes: int) -> str:
-    """What a checkpoint is valid for: the pairs' bytes, the model, every train setting but the
-    checkpointing and tracking ones, and the number of processes (it sets each one's data shard)."""
+    """What a checkpoint is valid for: the pairs' bytes, the model, the train settings that shape the
+    trained model (the hashed ones: not checkpointing, tracking or the divergence guard), and the
+    number of processes (it sets each one's data shard)."""
     digest = hashlib.sha256(pairs_file.read_bytes())
-    settings = config.model_dump(exclude={"save_steps", "save_minutes", "keep_checkpoints", "report_to", "run_name"})
+    settings = hashed_fields(config)
     digest.update(json.dumps([model_spec, settings, processes], sort_keys=True, default=str).encode())
     return digest.hexdigest()[:16]
 
