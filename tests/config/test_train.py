@@ -26,7 +26,7 @@ def test_a_trl_arg_icr_sets_itself_names_the_icr_field():
 
 def test_trl_args_reach_dpo_config_and_are_part_of_the_fingerprint(tmp_path):
     config = TrainConfig(trl_args={"max_grad_norm": 0.25, "optim": "adafactor", "padding_free": True})
-    args = dpo_config(config, str(tmp_path), n_pairs=8)
+    args = dpo_config(config, str(tmp_path))
     assert (args.max_grad_norm, args.optim, args.padding_free) == (0.25, "adafactor", True)
     plain, tuned = RunConfig(), RunConfig(train=config.model_dump())
     assert plain.section_hash("train") != tuned.section_hash("train")
@@ -43,6 +43,6 @@ def test_the_refused_keys_are_exactly_what_dpo_config_sets(monkeypatch, tmp_path
 
     passed: dict = {}
     monkeypatch.setattr(trl, "DPOConfig", lambda **kwargs: passed.update(kwargs))
-    dpo_config(TrainConfig(save_steps=3, gradient_checkpointing=True), str(tmp_path), n_pairs=8)
+    dpo_config(TrainConfig(save_steps=3, gradient_checkpointing=True), str(tmp_path))
     assert set(passed) == set(ICR_SET_DPO_ARGS)
     assert (passed["save_strategy"], passed["save_steps"], passed["save_total_limit"]) == ("steps", 3, 2)

@@ -111,8 +111,8 @@ def test_sequence_mean_turns_off_trls_sft_term_and_adds_its_own(tiny_dir):
     from icr.training.trainer import dpo_config, dpo_trainer, preference_dataset
 
     config = TrainConfig(nll_normalization="sequence_mean", nll_weight=0.5, precompute_ref=False)
-    assert dpo_config(config, "/tmp/unused", 2).loss_type == ["sigmoid"]
-    assert dpo_config(TrainConfig(nll_weight=0.5), "/tmp/unused", 2).loss_type == ["sigmoid", "sft"]
+    assert dpo_config(config, "/tmp/unused").loss_type == ["sigmoid"]
+    assert dpo_config(TrainConfig(nll_weight=0.5), "/tmp/unused").loss_type == ["sigmoid", "sft"]
     lm = load_model(str(tiny_dir), device="cpu", dtype="float32")
     pairs = [
         {

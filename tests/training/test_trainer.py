@@ -178,7 +178,7 @@ def test_global_batch_size_fixes_the_batch_whatever_the_process_count(processes,
 
     config = train_config(batch_size=2, grad_accum=5, global_batch_size=32)
     assert gradient_accumulation(config, processes) == accumulation
-    args = dpo_config(config, str(tmp_path), 100, processes)
+    args = dpo_config(config, str(tmp_path), processes)
     assert args.gradient_accumulation_steps * args.per_device_train_batch_size * processes == 32
     assert gradient_accumulation(train_config(batch_size=2, grad_accum=5), processes) == 5  # unset: grad_accum as given
 

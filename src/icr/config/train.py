@@ -132,7 +132,11 @@ class TrainConfig(StrictModel):
     )
     max_length: int = Field(2048, ge=16, description="Max prompt+response tokens (longer: truncated at the end).")
     seed: int = Field(0, description="Training seed.")
-    precompute_ref: bool = Field(True, description="Compute reference log-probs once before training.")
+    precompute_ref: bool = Field(
+        True,
+        description="Compute reference log-probs once before training. Under ZeRO-3/FSDP, which shard the "
+        "weights at load, the reference runs alongside the policy instead, sharded like it.",
+    )
     group_by_length: bool = Field(
         True, description="Pairs of similar length share a step (LengthGroupedSampler: random groups, sorted within)."
     )

@@ -12,8 +12,10 @@ fitting still needs its batch sizes checked on the machine (`make bench-gpu`).
 * train: weights, gradients and AdamW's two moments, all in the model's bf16 (icr trains in bf16
   on GPUs, without fp32 master weights): 8 bytes a parameter on every GPU under DDP, divided by the
   number of processes under ZeRO-3/FSDP; LoRA keeps only the frozen weights (2 bytes a parameter,
-  also divided under ZeRO-3) and the small adapter. The reference log-probs are computed before
-  training, so no reference model sits beside the policy. A layout fits when this state takes at
+  also divided under ZeRO-3) and the small adapter. Under DDP the reference log-probs are computed
+  before training; under ZeRO-3/FSDP a bf16 reference sharded like the policy sits beside it (2
+  bytes a parameter, divided: `icr.training.sharding`); with LoRA the policy without its adapter is
+  the reference. A layout fits when this state takes at
   most 60% of a GPU: activations of 2,400-token responses need the rest.
 """
 
@@ -70,7 +72,7 @@ def training_layout(params: int, gpu_bytes: float, processes: int) -> dict[str, 
     full, frozen = params * TRAIN_BYTES_PER_PARAM, params * BF16
     options = {
         "ddp": _gib(full),
-        "zero3_or_fsdp": _gib(full / processes),
+        "zero3_or_fsdp": _gib((full + frozen) / processes),  # + the reference, sharded alike
         "lora": _gib(frozen),
         "lora_zero3": _gib(frozen / processes),
     }

@@ -27,16 +27,14 @@ from icr.config import TrainConfig
 from icr.core.distributed import current_shard
 from icr.core.faults import divergence_guard
 from icr.core.io import write_json_atomic
-from icr.training.registry import TrainingJob
+from icr.training.registry import TrainingJob, fresh_scratch, promoting
 from icr.training.trainer import (
     _finite,
     _lora,
-    _model_and_pairs,
     _save_trained,
     compact_trl_lm_head_on_cpu,
-    fresh_scratch,
     gradient_accumulation,
-    promoting,
+    planned_model_and_pairs,
     training_memory,
 )
 
@@ -85,8 +83,9 @@ def kto_config(config: TrainConfig, output_dir: str, processes: int = 1, run_nam
     )
 
 
-def kto_trainer(lm, pairs: list[dict], config: TrainConfig, output_dir: str, run_name=None, callbacks=()):
-    """TRL's KTOTrainer on the pairs' examples (`kto_examples`) with `config`'s arguments and LoRA."""
+def kto_trainer(lm, pairs: list[dict], config: TrainConfig, output_dir: str, run_name=None, callbacks=(), args=None):
+    """TRL's KTOTrainer on the pairs' examples (`kto_examples`) with `config`'s arguments (`args`
+    when made already, before the model loaded) and LoRA."""
     from datasets import Dataset
     from transformers import PrinterCallback
     from trl import KTOTrainer
@@ -94,7 +93,7 @@ def kto_trainer(lm, pairs: list[dict], config: TrainConfig, output_dir: str, run
     from icr.core.progress import trainer_callback
 
     compact_trl_lm_head_on_cpu()
-    args = kto_config(config, output_dir, current_shard().world, run_name)
+    args = args or kto_config(config, output_dir, current_shard().world, run_name)
     trainer = KTOTrainer(
         model=lm.model,
         args=args,
@@ -112,12 +111,15 @@ def train_kto(job: TrainingJob) -> dict:
     """`icr.training.trainer.train_dpo`'s contract with the KTO loss: π^{t+1} from π^t (= reference)
     saved at `job.out_dir` (complete or not at all), with `train_metrics.json` (TRL's log history).
     The job's `token_budget`, `tracking_dir` and `pair_stats` are not used."""
-    config = job.config
-    lm, pairs = _model_and_pairs(job)
-    shard, work = current_shard(), fresh_scratch(job)
+    config, shard = job.config, current_shard()
+    work = job.scratch_dir
+    args, lm, pairs = planned_model_and_pairs(
+        job, lambda: kto_config(config, str(work / "trainer"), processes=shard.world, run_name=job.run_name)
+    )
+    fresh_scratch(job)
     lm.model.train()
     with training_memory(config):
-        trainer = kto_trainer(lm, pairs, config, str(work / "trainer"), job.run_name, job.callbacks)
+        trainer = kto_trainer(lm, pairs, config, str(work / "trainer"), job.run_name, job.callbacks, args)
     trainer.add_callback(divergence_guard(config.max_loss_ratio, f"{job.out_dir} (from {job.model_spec})"))
     with training_memory(config):
         result = trainer.train()

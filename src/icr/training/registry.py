@@ -4,11 +4,16 @@
 from __future__ import annotations
 
 import importlib
+import os
+import shutil
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from icr.config import TrainConfig
+from icr.core.distributed import current_shard
+from icr.core.faults import disk_errors, write_section
 
 TRAINERS: dict[str, tuple[str, str]] = {
     "dpo": ("icr.training.trainer", "train_dpo"),  # DPO + λ·NLL(chosen), the paper (§3.3)
@@ -51,3 +56,33 @@ def trainer_for(loss: str) -> Callable[[TrainingJob], dict]:
     """The training function of `train.loss` (imported on use: each pulls in TRL)."""
     module, name = TRAINERS[loss]
     return getattr(importlib.import_module(module), name)
+
+
+def fresh_scratch(job: TrainingJob) -> Path:
+    """The job's scratch folder, emptied of what a killed run left there (all processes wait for it)."""
+    shard = current_shard()
+    if shard.is_main:
+        shutil.rmtree(job.scratch_dir, ignore_errors=True)
+    shard.wait()
+    return job.scratch_dir
+
+
+@contextmanager
+def promoting(job: TrainingJob):
+    """Yield the scratch model folder to save into; on success the main process moves it to
+    `job.out_dir` in one step (an existing model moved aside first, so `out_dir` is never half
+    deleted). A stop signal lets the save finish, and acts once the stage is recorded. The scratch
+    folder is removed either way."""
+    shard, model_dir = current_shard(), job.scratch_dir / "model"
+    try:
+        with write_section(completes_record=False), disk_errors(job.out_dir):
+            yield model_dir
+            if shard.is_main:
+                if job.out_dir.exists():
+                    os.replace(job.out_dir, job.scratch_dir / "previous")
+                os.replace(model_dir, job.out_dir)
+                shutil.rmtree(job.checkpoint_dir, ignore_errors=True)  # the model they led to is whole
+    finally:
+        shard.wait()
+        if shard.is_main:
+            shutil.rmtree(job.scratch_dir, ignore_errors=True)

@@ -7,17 +7,18 @@
 TRL's DPOTrainer does the optimisation (`loss_type=["sigmoid", "sft"]`, `loss_weights=[1, λ]`).
 The policy starts from the current model, which is also the reference. Reference log-probs are
 computed once, before training, on exactly the tokens TRL trains on, cached, and spot-checked
-against TRL's own reference forward (`icr.training.reference_logps`).
+against TRL's own reference forward (`icr.training.reference_logps`); under ZeRO-3/FSDP, where no
+process holds the whole policy, TRL runs the reference alongside it (`icr.training.sharding`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
-import shutil
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -25,15 +26,16 @@ from icr.config import TrainConfig
 from icr.core.chat import pair_tokens
 from icr.core.distributed import current_shard
 from icr.core.errors import ConfigError, DataError
-from icr.core.faults import OutOfMemory, TrainingOutOfMemory, disk_errors, divergence_guard, write_section
+from icr.core.faults import OutOfMemory, TrainingOutOfMemory, divergence_guard
 from icr.core.io import read_jsonl, write_json_atomic
-from icr.core.models import LoadedModel, load_model
+from icr.core.models import LoadedModel
 from icr.core.oom import free_accelerator_memory, out_of_memory_errors
 from icr.training.checkpoints import checkpoint_callback, inputs_key
 from icr.training.checkpoints import prepare as prepare_checkpoints
 from icr.training.losses import PairLogps, dpo_summary, reference_columns
 from icr.training.reference_logps import cached_reference_logps, pair_logps, spot_check
-from icr.training.registry import TrainingJob
+from icr.training.registry import TrainingJob, fresh_scratch, promoting
+from icr.training.sharding import load_under_plan, reference_alongside, sharded_at_load
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +46,16 @@ def pair_length(tokenizer, pair: dict, config: TrainConfig) -> int:
     return len(prompt) + max(len(chosen), len(rejected))
 
 
-def preference_dataset(tokenizer, pairs: list[dict], ref: list[PairLogps], config: TrainConfig):
-    """TRL's preference columns (prompt, chosen, rejected, and ref_*_logps when precomputed) plus
-    the `length` that transformers' length-grouped sampler reads."""
+def preference_dataset(tokenizer, pairs: list[dict], ref: list[PairLogps] | None, config: TrainConfig):
+    """TRL's preference columns (prompt, chosen, rejected, and ref_*_logps when precomputed here:
+    `ref` None leaves them to TRL) plus the `length` that transformers' length-grouped sampler reads."""
     from datasets import Dataset
 
     rows = []
-    for pair, logps in zip(pairs, ref):
+    for i, pair in enumerate(pairs):
         row = {k: pair[k] for k in ("prompt", "chosen", "rejected")}
-        if config.precompute_ref:
-            row.update(reference_columns(logps))
+        if config.precompute_ref and ref is not None:
+            row.update(reference_columns(ref[i]))
         rows.append({**row, "length": pair_length(tokenizer, pair, config)})
     return Dataset.from_list(rows)
 
@@ -127,7 +129,7 @@ def gradient_accumulation(config: TrainConfig, processes: int) -> int:
     return config.global_batch_size // per_pass
 
 
-def dpo_config(config: TrainConfig, output_dir: str, n_pairs: int, processes: int = 1, run_name: str | None = None):
+def dpo_config(config: TrainConfig, output_dir: str, processes: int = 1, run_name: str | None = None):
     from trl import DPOConfig
 
     use_cpu = not torch.cuda.is_available()
@@ -176,17 +178,18 @@ def dpo_trainer(
     tracking_dir: Path | None = None,
     pair_stats: dict | None = None,
     callbacks: tuple = (),
+    args=None,
 ):
     """Our DPOTrainer on `dataset` (see `preference_dataset`) with `config`'s arguments and LoRA;
     tracker logs (`train.report_to`) under `tracking_dir` as `run_name`, with `pair_stats` logged at
     step 0 (`icr.training.tracking`); progress through `icr.core.progress`; `callbacks`: extra
-    transformers callbacks."""
+    transformers callbacks; `args`: the `dpo_config` the model was loaded under, if made already."""
     from transformers import PrinterCallback
 
     from icr.core.progress import trainer_callback
     from icr.training.tracking import pair_statistics_callback, tensorboard_dir
 
-    args = dpo_config(config, output_dir, len(dataset), current_shard().world, run_name)
+    args = args or dpo_config(config, output_dir, current_shard().world, run_name)
     with tensorboard_dir(tracking_dir):
         trainer = _make_trainer_class()(
             model=lm.model, args=args, train_dataset=dataset, processing_class=lm.tokenizer, peft_config=_lora(config)
@@ -219,25 +222,40 @@ def train_dpo(job: TrainingJob) -> dict:
 
     The folder appears complete or not at all (written beside it, then renamed). Metrics go to
     `out_dir/train_metrics.json`: TRL's log history plus the DPO and NLL terms before and after."""
-    config = job.config
-    lm, pairs = _model_and_pairs(job)
+    config, world = job.config, current_shard().world
+    args, lm, pairs = planned_model_and_pairs(
+        job, lambda: dpo_config(config, str(job.checkpoint_dir), processes=world, run_name=job.run_name)
+    )
     log.info("training %s on %d pairs (%s)", job.model_spec, len(pairs), job.pairs_file)
     fresh_scratch(job)
-    key = inputs_key(job.pairs_file, job.model_spec, config, current_shard().world)
-    resume = prepare_checkpoints(job.checkpoint_dir, key)
-    with training_memory(config):
-        cache_dir = job.out_dir.parent / "cache"
-        ref = cached_reference_logps(lm, job.pairs_file, pairs, config, cache_dir, job.token_budget)
+    resume = prepare_checkpoints(job.checkpoint_dir, inputs_key(job.pairs_file, job.model_spec, config, world))
+    ref = None
+    if sharded_at_load(lm.model):
+        reference_alongside(args)
+    else:
+        with training_memory(config):
+            ref = cached_reference_logps(
+                lm, job.pairs_file, pairs, config, job.out_dir.parent / "cache", job.token_budget
+            )
     dataset = preference_dataset(lm.tokenizer, pairs, ref, config)
     lm.model.train()
     callbacks = (checkpoint_callback(config), *job.callbacks)
-    trainer = dpo_trainer(
-        lm, dataset, config, str(job.checkpoint_dir), job.run_name, job.tracking_dir, job.pair_stats, callbacks
-    )
+    with training_memory(config):
+        trainer = dpo_trainer(
+            lm,
+            dataset,
+            config,
+            str(job.checkpoint_dir),
+            job.run_name,
+            job.tracking_dir,
+            job.pair_stats,
+            callbacks,
+            args,
+        )
     # a NaN/inf or exploding loss stops training: nothing below runs, no model is promoted
     trainer.add_callback(divergence_guard(config.max_loss_ratio, f"{job.out_dir} (from {job.model_spec})"))
     with training_memory(config):
-        if config.precompute_ref:
+        if ref is not None and config.precompute_ref:
             spot_check(trainer, trainer.train_dataset)
         if resume is not None:
             trainer.resume_from = resume
@@ -247,51 +265,18 @@ def train_dpo(job: TrainingJob) -> dict:
         return _save_and_measure(trainer, result, lm, pairs, ref, config, job.token_budget, model_dir)
 
 
-def fresh_scratch(job: TrainingJob) -> Path:
-    """The job's scratch folder, emptied of what a killed run left there (all processes wait for it)."""
-    shard = current_shard()
-    if shard.is_main:
-        shutil.rmtree(job.scratch_dir, ignore_errors=True)
-    shard.wait()
-    return job.scratch_dir
-
-
-@contextmanager
-def promoting(job: TrainingJob):
-    """Yield the scratch model folder to save into; on success the main process moves it to
-    `job.out_dir` in one step (an existing model moved aside first, so `out_dir` is never half
-    deleted). A stop signal lets the save finish, and acts once the stage is recorded. The scratch
-    folder is removed either way."""
-    shard, model_dir = current_shard(), job.scratch_dir / "model"
-    try:
-        with write_section(completes_record=False), disk_errors(job.out_dir):
-            yield model_dir
-            if shard.is_main:
-                if job.out_dir.exists():
-                    os.replace(job.out_dir, job.scratch_dir / "previous")
-                os.replace(model_dir, job.out_dir)
-                shutil.rmtree(job.checkpoint_dir, ignore_errors=True)  # the model they led to is whole
-    finally:
-        shard.wait()
-        if shard.is_main:
-            shutil.rmtree(job.scratch_dir, ignore_errors=True)
-
-
-def _model_and_pairs(job: TrainingJob) -> tuple[LoadedModel, list[dict]]:
-    """The model to train and the file's pairs that TRL keeps (`usable_pairs`); an empty pairs file
-    or an indivisible global batch fails before any weights load."""
+def planned_model_and_pairs(
+    job: TrainingJob, training_arguments: Callable[[], Any]
+) -> tuple[Any, LoadedModel, list[dict]]:
+    """The training arguments, the model to train loaded under their plan (`icr.training.sharding`)
+    and the file's pairs that TRL keeps (`usable_pairs`). An empty pairs file or an indivisible
+    global batch fails before any weights load."""
     pairs = read_jsonl(job.pairs_file)
     if not pairs:
         raise DataError(f"{job.pairs_file}: no preference pairs to train on")
     gradient_accumulation(job.config, current_shard().world)  # an indivisible global batch fails before loading
-    lm = load_model(
-        job.model_spec,
-        device=job.device,
-        dtype="float32" if job.device == "cpu" else "auto",
-        trust_remote_code=job.trust_remote_code,
-        allow_pickle=job.allow_pickle,
-    )
-    return lm, usable_pairs(lm.tokenizer, pairs, job.config.max_length)
+    args, lm = load_under_plan(job, training_arguments)
+    return args, lm, usable_pairs(lm.tokenizer, pairs, job.config.max_length)
 
 
 @contextmanager
@@ -321,7 +306,7 @@ def _save_and_measure(
     result,
     lm: LoadedModel,
     pairs: list[dict],
-    ref: list[PairLogps],
+    ref: list[PairLogps] | None,
     config: TrainConfig,
     token_budget: int | str,
     folder: Path,
@@ -333,12 +318,14 @@ def _save_and_measure(
     metrics = {
         "pairs": len(pairs),
         "steps": trainer.state.global_step,
-        "before": dpo_summary(ref, ref, config.beta),
+        "before": dpo_summary(ref, ref, config.beta) if ref is not None else None,
         "after": None,
     }
     if not shard.is_main:
         return metrics
-    if model is not None:  # weights whole in this process: measure the DPO and NLL terms after training
+    if (
+        model is not None and ref is not None
+    ):  # weights whole in this process: measure the DPO and NLL terms after training
         model.eval()
         trained = LoadedModel(model=model, tokenizer=lm.tokenizer, spec=str(folder), path=str(folder))
         metrics["after"] = dpo_summary(
