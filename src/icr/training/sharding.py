@@ -9,7 +9,6 @@ until FSDP broadcasts them) only when the training arguments, which carry the pl
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -49,9 +48,9 @@ def refuse_fsdp_without_gpus(args) -> None:
     """accelerate applies FSDP to GPU processes only: a CPU launch would train as plain data
     parallelism, and transformers' `cpu_ram_efficient_loading` would still leave every process but
     the first with empty weights that nothing fills in."""
-    from accelerate.utils import DistributedType
+    from accelerate.utils import DistributedType, parse_flag_from_env
 
-    fsdp_requested = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    fsdp_requested = parse_flag_from_env("ACCELERATE_USE_FSDP")
     on_cpu = args.distributed_state.distributed_type in (DistributedType.NO, DistributedType.MULTI_CPU)
     if fsdp_requested and on_cpu and not torch.cuda.is_available():
         raise ConfigError(

@@ -323,9 +323,8 @@ def _save_and_measure(
     }
     if not shard.is_main:
         return metrics
-    if (
-        model is not None and ref is not None
-    ):  # weights whole in this process: measure the DPO and NLL terms after training
+    # weights whole in this process (always so when the reference was scored before training)
+    if model is not None and ref is not None:
         model.eval()
         trained = LoadedModel(model=model, tokenizer=lm.tokenizer, spec=str(folder), path=str(folder))
         metrics["after"] = dpo_summary(
